@@ -1,0 +1,77 @@
+"""One ALFWorld game in the real TextWorld engine, with the handcoded expert on request (field notes §4).
+
+The lightest path to a game: `textworld.start` with ALFWorld's own wrappers. Every stage that plays
+(collection, evaluation, the notebooks) goes through `AlfworldGame`:
+
+    game = AlfworldGame(gamefile, expert=True)
+    state = game.reset()            # state.task, state.observation, state.admissible_commands, state.expert_action
+    state = game.step(state.expert_action)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alfworld_sft.prompts import split_first_observation
+
+
+@dataclass(frozen=True)
+class GameState:
+    observation: str  # what the engine printed (first state: the room description, without the task line)
+    admissible_commands: tuple[str, ...]
+    won: bool
+    done: bool
+    score: float
+    expert_action: str | None  # the handcoded expert's next command (None without the expert)
+    task: str  # "put a cool tomato in microwave"
+
+
+class AlfworldGame:
+    """A single game file played step by step; `close()` (or a `with` block) frees the engine."""
+
+    def __init__(self, gamefile: str | Path, *, expert: bool = False):
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
+
+        self.gamefile = Path(gamefile)
+        if not self.gamefile.exists():
+            raise FileNotFoundError(f"game file {self.gamefile} does not exist")
+        extras = ["gamefile", "expert_plan"] if expert else ["gamefile"]
+        wrappers = [AlfredDemangler(shuffle=False), AlfredInfos]
+        if expert:
+            wrappers.append(AlfredExpert())  # handcoded by default
+        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=extras)
+        self._expert = expert
+        self._env = textworld.start(str(self.gamefile), request_infos=infos, wrappers=wrappers)
+        self.task = ""
+
+    def reset(self) -> GameState:
+        state = self._env.reset()
+        self.task, observation = split_first_observation(state.feedback)
+        return self._state(state, observation, score=0.0, done=False)
+
+    def step(self, command: str) -> GameState:
+        state, score, done = self._env.step(command)
+        return self._state(state, state.feedback.strip(), score=float(score), done=bool(done))
+
+    def _state(self, state, observation: str, *, score: float, done: bool) -> GameState:
+        plan = state.get("extra.expert_plan") if self._expert else None
+        return GameState(
+            observation=observation,
+            admissible_commands=tuple(state["admissible_commands"] or ()),
+            won=bool(state["won"]),
+            done=done or bool(state["won"]),
+            score=score,
+            expert_action=plan[0] if plan else None,
+            task=self.task,
+        )
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> AlfworldGame:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

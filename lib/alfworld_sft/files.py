@@ -1,0 +1,108 @@
+"""Crash-safe file writing shared by every stage: atomic JSON files and append-only JSONL logs.
+
+A JSON file is written to a temporary sibling and renamed into place, so a reader never sees half of it.
+A JSONL file grows one flushed line per record; `read_jsonl` reports a malformed line by path and line
+number, and `repair_jsonl_tail` cuts a torn last line left by a killed writer so that the run can resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class MalformedRecordError(ValueError):
+    """A JSONL line that is not a JSON object; the message names the file and line."""
+
+    def __init__(self, path: Path, line_number: int, reason: str):
+        self.path, self.line_number = Path(path), line_number
+        super().__init__(f"{path}:{line_number}: {reason}")
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write `payload` as indented JSON atomically (temporary file, fsync, rename)."""
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def repair_jsonl_tail(path: str | os.PathLike[str]) -> bool:
+    """Cut a torn (unterminated or unparsable) last line off `path`; True when something was cut."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        end = len(data)
+        if data.endswith(b"\n"):
+            last_start = data.rfind(b"\n", 0, end - 1) + 1
+            try:
+                json.loads(data[last_start:end])
+                return False
+            except ValueError:
+                cut = last_start
+        else:
+            cut = data.rfind(b"\n") + 1
+        handle.truncate(cut)
+    return True
+
+
+def read_jsonl(path: str | os.PathLike[str], *, skip_malformed: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSONL file; a bad line raises `MalformedRecordError` with its line number,
+    or, with `skip_malformed`, is skipped with a warning naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, found {type(record).__name__}")
+            except ValueError as error:
+                failure = MalformedRecordError(path, number, f"malformed JSON line ({error})")
+                if not skip_malformed:
+                    raise failure from None
+                import warnings
+
+                warnings.warn(f"skipped {failure}", stacklevel=2)
+                continue
+            yield record
+
+
+def append_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
+    """Append records one flushed line each; returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(path, "a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            count += 1
+    return count

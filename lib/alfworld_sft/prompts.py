@@ -1,0 +1,115 @@
+"""The text the model reads and writes: one definition shared by collection, training and evaluation.
+
+What a model is trained on is exactly what it sees when it plays, so every stage builds its messages here:
+
+* `SYSTEM_PROMPT`: the instruction every conversation starts with.
+* `render_first_turn` / `render_turn`: the user turns (task and observation; optionally the admissible
+  commands, as set by `PromptFormat`).
+* `select_window`: the sliding window that fits a long game into `max_seq_len` tokens by dropping the
+  oldest middle turns (whole turns, never a cut token), keeping the system prompt and the task.
+
+A conversation is a list of `{"role": ..., "content": ...}` messages: system, then user and assistant in
+turn, each assistant message a single game command.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+SYSTEM_PROMPT = (
+    "You are a household robot in a text-based home (ALFWorld). Each turn you read what you observe and "
+    "reply with exactly one command that brings you closer to the task, for example 'go to countertop 1', "
+    "'open fridge 1', 'take mug 1 from countertop 1', 'move mug 1 to coffeemachine 1', "
+    "'heat egg 1 with microwave 1', 'cool apple 1 with fridge 1', 'clean cloth 1 with sinkbasin 1' or "
+    "'use desklamp 1'. Reply with the command only."
+)
+
+_WELCOME = re.compile(r"^-= Welcome to TextWorld, ALFRED! =-\s*", re.MULTILINE)
+_TASK = re.compile(r"\s*Your task is to: (?P<task>.+?)\s*$", re.DOTALL)
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How user turns are rendered; stored with every record and every adapter so that play matches training."""
+
+    show_admissible_commands: bool = False  # append the engine's admissible commands to every user turn
+
+
+def split_first_observation(text: str) -> tuple[str, str]:
+    """Split ALFWorld's first observation into (task, room description), dropping the welcome banner."""
+    text = _WELCOME.sub("", text.strip())
+    match = _TASK.search(text)
+    if not match:
+        raise ValueError(f"no 'Your task is to: ...' line in the first observation: {text[:200]!r}")
+    return match.group("task").rstrip("."), text[: match.start()].strip()
+
+
+def _with_commands(text: str, admissible_commands: Sequence[str] | None, fmt: PromptFormat) -> str:
+    if not fmt.show_admissible_commands:
+        return text
+    if admissible_commands is None:
+        raise ValueError("this prompt format shows admissible commands, but none were given")
+    return f"{text}\nAdmissible commands: {', '.join(admissible_commands)}"
+
+
+def render_first_turn(
+    task: str,
+    observation: str,
+    admissible_commands: Sequence[str] | None = None,
+    fmt: PromptFormat = PromptFormat(),
+) -> str:
+    """The first user turn: the task and the first observation."""
+    return _with_commands(f"Task: {task}.\nObservation: {observation}", admissible_commands, fmt)
+
+
+def render_turn(
+    observation: str, admissible_commands: Sequence[str] | None = None, fmt: PromptFormat = PromptFormat()
+) -> str:
+    """A later user turn: what the last command produced."""
+    return _with_commands(f"Observation: {observation.strip()}", admissible_commands, fmt)
+
+
+def build_messages(system: str, conversations: Sequence[Message]) -> list[Message]:
+    """The full message list of a record or a game in progress."""
+    return [{"role": "system", "content": system}, *conversations]
+
+
+def select_window(
+    messages: Sequence[Message], count_tokens: Callable[[Sequence[Message]], int], max_tokens: int
+) -> tuple[list[Message], int]:
+    """Fit `messages` into `max_tokens` by dropping the oldest (assistant, user) pairs after the first user turn.
+
+    Keeps the system prompt, the task turn and the most recent turns; returns the window and the number of
+    dropped pairs. `count_tokens` renders a message list and counts its tokens (it is called O(log n) times).
+    Raises ValueError when even the shortest window (system, task, last turns) does not fit.
+    """
+    messages = list(messages)
+    if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+        raise ValueError("a conversation starts with a system message and then a user message")
+    head, middle = messages[:2], messages[2:]
+    # The tail must keep its last message and, when that is the model's turn, the user turn before it.
+    keep_last = 2 if middle and middle[-1]["role"] == "assistant" else 1
+    droppable_pairs = max(0, (len(middle) - keep_last) // 2)
+
+    def window(dropped: int) -> list[Message]:
+        return head + middle[2 * dropped :]
+
+    if count_tokens(window(0)) <= max_tokens:
+        return window(0), 0
+    low, high = 1, droppable_pairs
+    if droppable_pairs == 0 or count_tokens(window(high)) > max_tokens:
+        raise ValueError(
+            f"the conversation does not fit in {max_tokens} tokens even with only the task and the last turn: "
+            "raise max_seq_len"
+        )
+    while low < high:
+        mid = (low + high) // 2
+        if count_tokens(window(mid)) <= max_tokens:
+            high = mid
+        else:
+            low = mid + 1
+    return window(low), low
