@@ -126,7 +126,35 @@ def resolve_model(model: str) -> str:
         return str(path.resolve())
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelUnavailableError(f"model folder {model} does not exist")
+    check_hub_model_available(model)
     return model
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def is_hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub: fails in milliseconds offline, where huggingface_hub retries for a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(hub_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_hub_model_available(model: str) -> None:
+    """Fail fast, with advice, for a hub id that is neither cached locally nor reachable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not is_hub_reachable():
+        raise explain_load_error(model, ConnectionError(f"{hub_endpoint()} is not reachable"))
 
 
 def explain_load_error(model: str, error: BaseException) -> ModelUnavailableError:

