@@ -1,9 +1,30 @@
 """ALFWorld game sources: which game files make up a split, from `$ALFWORLD_DATA` or the course's own generator.
 
-(Skeleton: the collection issue fills this module in.)
+A data root holds games in the layout that `alfworld-download` makes:
+`<root>/json_2.1.1/<split folder>/<task>-<Obj>-<Mrecep>-<Parent>-<scene>/<trial>/{game.tw-pddl,traj_data.json}`.
+The root is `$ALFWORLD_DATA` when that is set (the real ALFWorld games), else `data/generated/` (games the
+course generates offline with `alfworld_sft.generate`).
+
+    from alfworld_sft import games
+    games.list_games("train", task_types=[1, "pick_two_obj_and_place"], limit=12, seed=0)
+
+    alfworld-sft data status                 # which splits exist and how many games of each task type
+    alfworld-sft data download [--data-dir]  # the real ALFWorld games (needs internet)
+    alfworld-sft data generate --split train --count 60 --seed 0   # the offline games
 """
 
 from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from alfworld_sft import paths
 
 # ALFWorld's six task types, numbered as in ALFWorld's config (`env.task_types`).
 TASK_TYPES: dict[int, str] = {
@@ -22,3 +43,284 @@ SPLITS: dict[str, str] = {
     "eval_out_of_distribution": "valid_unseen",
     "valid_train": "valid_train",
 }
+
+GAME_FILE = "game.tw-pddl"
+TRAJ_FILE = "traj_data.json"
+JSON_DIR = "json_2.1.1"  # the folder alfworld-download unpacks the games into
+
+
+class MissingSplitError(FileNotFoundError):
+    """A split with no playable games; the message names the folder and how to fill it."""
+
+
+def generated_root() -> Path:
+    """Where the course's generated games live (git-ignored)."""
+    return paths.DATA_DIR / "generated"
+
+
+def data_root() -> Path:
+    """`$ALFWORLD_DATA` when set (it must exist), else the course's generated games under data/generated."""
+    value = os.environ.get("ALFWORLD_DATA")
+    if not value:
+        return generated_root()
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"ALFWORLD_DATA={value} is not a directory: unpack the ALFWorld archives there "
+            f"(`alfworld-sft data download --data-dir {value}`), point ALFWORLD_DATA at the folder that holds "
+            "json_2.1.1/, or unset it to use the course's generated games"
+        )
+    return root.resolve()
+
+
+def uses_generated_games() -> bool:
+    return not os.environ.get("ALFWORLD_DATA")
+
+
+def split_dir(split: str, root: Path | None = None) -> Path:
+    """The folder of a course split under the data root."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    return (root or data_root()) / JSON_DIR / SPLITS[split]
+
+
+def parse_task_types(task_types: Iterable[int | str]) -> list[str]:
+    """Task types given as numbers (1-6, also as text) or names -> names, in TASK_TYPES order."""
+    names = set()
+    for item in task_types:
+        text = str(item).strip()
+        if text.isdigit() and int(text) in TASK_TYPES:
+            names.add(TASK_TYPES[int(text)])
+        elif text in TASK_TYPES.values():
+            names.add(text)
+        else:
+            choices = ", ".join(f"{number}={name}" for number, name in TASK_TYPES.items())
+            raise ValueError(f"unknown task type {item!r}: use a number or a name ({choices})")
+    return [name for name in TASK_TYPES.values() if name in names]
+
+
+def game_id(gamefile: str | os.PathLike[str], root: Path | None = None) -> str:
+    """The game's folder relative to the data root, e.g. `json_2.1.1/train/pick_and_place_simple-.../trial_...`:
+    the stable key that resume and train/eval splitting use (CONTRIBUTING.md)."""
+    folder = Path(gamefile).resolve().parent
+    for base in (root or data_root(), generated_root()):
+        try:
+            return folder.relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            continue
+    # A game outside any data root: fall back to the last three parts, which still name split, task and trial.
+    return "/".join(folder.parts[-3:])
+
+
+def read_task_type(gamefile: str | os.PathLike[str]) -> str:
+    """The task type name that ALFWorld's expert uses for this game (`task_type` of traj_data.json)."""
+    traj = Path(gamefile).parent / TRAJ_FILE
+    try:
+        task_type = json.loads(traj.read_text(encoding="utf-8"))["task_type"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{traj} is missing: every game needs its traj_data.json beside it") from None
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"{traj}: no readable 'task_type' ({error}); re-unpack or regenerate this game") from None
+    if task_type not in TASK_TYPES.values():
+        raise ValueError(f"{traj}: unknown task_type {task_type!r}")
+    return task_type
+
+
+def _task_type_of(gamefile: Path) -> str:
+    # The task folder is named after the task type (`pick_two_obj_and_place-...`): reading it from the name
+    # avoids opening thousands of traj_data.json files (the real ones weigh hundreds of KB each).
+    prefix = gamefile.parent.parent.name.split("-", 1)[0]
+    return prefix if prefix in TASK_TYPES.values() else read_task_type(gamefile)
+
+
+def _missing_split_message(split: str, folder: Path, found: str) -> str:
+    if uses_generated_games():
+        fix = (
+            f"generate games with `alfworld-sft data generate --split {split} --count N` (or "
+            "`games.ensure_games`), or set ALFWORLD_DATA to the real ALFWorld data"
+        )
+    else:
+        fix = (
+            "unpack the ALFWorld archives into $ALFWORLD_DATA (`alfworld-sft data download`), "
+            "or unset ALFWORLD_DATA to use the course's generated games"
+        )
+    return f"split {split!r} has {found} at {folder}: {fix}"
+
+
+def all_games(split: str, root: Path | None = None) -> list[Path]:
+    """Every playable game of a split (game file with a traj_data.json beside it), sorted by game id."""
+    folder = split_dir(split, root)
+    if not folder.is_dir():
+        raise MissingSplitError(_missing_split_message(split, folder, "no folder"))
+    found = sorted(folder.glob(f"*/*/{GAME_FILE}"), key=lambda path: path.relative_to(folder).as_posix())
+    playable = [path for path in found if (path.parent / TRAJ_FILE).is_file()]
+    if not playable:
+        what = f"{len(found)} game files but no traj_data.json beside them" if found else "no games"
+        raise MissingSplitError(_missing_split_message(split, folder, what))
+    return playable
+
+
+def list_games(
+    split: str,
+    *,
+    task_types: Iterable[int | str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Path]:
+    """The game files of a course split, optionally of some task types only.
+
+    Without `limit`: every playable game, sorted by game id. With `limit`: a seeded sample, balanced across
+    task types by taking one game of each type in turn (so 12 games cover all six types twice); a larger
+    limit with the same seed extends a smaller one. Raises MissingSplitError when nothing is there.
+    """
+    games = all_games(split)
+    wanted = parse_task_types(task_types) if task_types is not None else list(TASK_TYPES.values())
+    by_type: dict[str, list[Path]] = {name: [] for name in wanted}
+    for path in games:
+        task_type = _task_type_of(path)
+        if task_type in by_type:
+            by_type[task_type].append(path)
+    if not any(by_type.values()):
+        raise MissingSplitError(
+            f"split {split!r} at {split_dir(split)} has no games of task types {', '.join(wanted)}: "
+            "choose other task types or add games of these"
+        )
+    if limit is None:
+        keep = {path for group in by_type.values() for path in group}
+        return [path for path in games if path in keep]  # all_games' order: sorted by game id
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    queues = []
+    for name in wanted:
+        group = list(by_type[name])
+        # Each type gets its own stream so that adding a type does not reshuffle the others.
+        random.Random(f"{seed}:{name}").shuffle(group)
+        queues.append(group)
+    sample: list[Path] = []
+    depth = 0
+    while len(sample) < limit and any(depth < len(queue) for queue in queues):
+        sample.extend(queue[depth] for queue in queues if depth < len(queue))
+        depth += 1
+    return sample[:limit]
+
+
+def count_games(root: Path | None = None) -> dict[str, dict[str, int]]:
+    """Games per split and task type under a data root; splits without games are left out."""
+    counts: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        try:
+            games = all_games(split, root)
+        except MissingSplitError:
+            continue
+        per_type = {name: 0 for name in TASK_TYPES.values()}
+        for path in games:
+            per_type[_task_type_of(path)] += 1
+        counts[split] = per_type
+    return counts
+
+
+def ensure_games(split: str, count: int, seed: int = 0) -> list[Path]:
+    """A balanced sample of `count` games of a split; on the generated data root, generate what is missing first.
+
+    With `$ALFWORLD_DATA` set nothing is generated: the real split must be there.
+    """
+    if uses_generated_games():
+        root = generated_root()
+        try:
+            have = len(all_games(split, root))
+        except MissingSplitError:
+            have = 0
+        if have < count:
+            from alfworld_sft.generate import generate_games
+
+            generate_games(root, SPLITS[split], count, seed)
+    return list_games(split, limit=count, seed=seed)
+
+
+def describe_game(gamefile: str | os.PathLike[str]) -> dict[str, Any]:
+    """The anatomy of one game file: what the engine reads from game.tw-pddl and the expert from traj_data.json."""
+    import re
+
+    gamefile = Path(gamefile)
+    game = json.loads(gamefile.read_text(encoding="utf-8"))
+    traj = json.loads((gamefile.parent / TRAJ_FILE).read_text(encoding="utf-8"))
+    problem = game["pddl_problem"]
+    objects = problem.split("(:objects", 1)[1].split("(:init", 1)[0]
+    instances = re.findall(r"^\s*(\S+)\s+-\s+(object|receptacle)\s*$", objects, re.MULTILINE)
+    init = problem.split("(:init", 1)[1].split("(:goal", 1)[0] if "(:init" in problem else ""
+    goal = problem.split("(:goal", 1)[1].strip() if "(:goal" in problem else ""
+    return {
+        "game_id": game_id(gamefile),
+        "game_file_keys": sorted(game),
+        "pddl_domain_chars": len(game["pddl_domain"]),
+        "grammar_chars": len(game["grammar"]),
+        "objects_in_room": sum(1 for name, kind in instances if kind == "object" and "_bar_" in name),
+        "receptacles_in_room": sum(1 for name, kind in instances if kind == "receptacle" and "_bar_" in name),
+        "init_facts": sum(line.strip().startswith("(") for line in init.splitlines()),
+        "goal": " ".join(goal.split())[:400],
+        "solvable": game.get("solvable"),
+        "walkthrough": game.get("walkthrough"),
+        "task_type": traj["task_type"],
+        "pddl_params": traj["pddl_params"],
+    }
+
+
+def download_data(data_dir: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:
+    """Fetch and unpack the real ALFWorld games with `alfworld-download` (needs internet)."""
+    target = Path(data_dir or os.environ.get("ALFWORLD_DATA") or Path.home() / ".cache" / "alfworld").expanduser()
+    command = [str(Path(sys.executable).with_name("alfworld-download")), "--data-dir", str(target)]
+    if force:
+        command.append("--force")
+    try:
+        subprocess.run(command, check=True)
+    except FileNotFoundError:
+        raise RuntimeError(f"{command[0]} not found: install the course (`pip install -e .`) first") from None
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(
+            f"alfworld-download failed (exit {error.returncode}): it needs internet access; on an offline machine "
+            "unset ALFWORLD_DATA and use the generated games (`alfworld-sft data generate`)"
+        ) from None
+    return target
+
+
+def _print_status() -> None:
+    root = data_root()
+    source = "generated games" if uses_generated_games() else "$ALFWORLD_DATA"
+    print(f"data root: {root} ({source})")
+    counts = count_games(root)
+    print("task types: " + ", ".join(f"{number}={name}" for number, name in TASK_TYPES.items()))
+    for split, folder in SPLITS.items():
+        per_type = counts.get(split)
+        if per_type is None:
+            print(f"  {split:<25} {folder:<13} missing")
+            continue
+        cells = " ".join(f"{number}:{per_type[name]:<4}" for number, name in TASK_TYPES.items())
+        print(f"  {split:<25} {folder:<13} {sum(per_type.values()):>5} games  {cells}")
+
+
+def _run_data(args) -> int:
+    if args.data_command == "status":
+        _print_status()
+    elif args.data_command == "download":
+        target = download_data(args.data_dir, force=args.force)
+        print(f"ALFWorld data in {target}: export ALFWORLD_DATA={target}")
+    elif args.data_command == "generate":
+        if not uses_generated_games():
+            raise ValueError("ALFWORLD_DATA is set, so the real games are used: unset it to generate games")
+        games = ensure_games(args.split, args.count, args.seed)
+        print(f"{len(games)} games of split {args.split!r} ready under {split_dir(args.split)}")
+    return 0
+
+
+def configure_parser(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="ALFWorld games: status, download (real data), generate (offline)")
+    commands = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    commands.add_parser("status", help="which splits exist under the data root, games per task type")
+    download = commands.add_parser("download", help="run alfworld-download (needs internet)")
+    download.add_argument("--data-dir", default=None, help="target folder (default: $ALFWORLD_DATA or ~/.cache/alfworld)")
+    download.add_argument("--force", action="store_true", help="unpack again over existing files")
+    generate = commands.add_parser("generate", help="generate offline games until a split has --count of them")
+    generate.add_argument("--split", default="train", choices=list(SPLITS))
+    generate.add_argument("--count", type=int, default=60, help="games the split should hold")
+    generate.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_data)

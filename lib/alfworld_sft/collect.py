@@ -1,0 +1,508 @@
+"""Oracle trajectories: ALFWorld's handcoded expert plays each game of a split in the real TextWorld engine.
+
+One expert command per step, the expert re-asked after every step (field notes §4). Each won game becomes one
+record of `trajectories.jsonl` in the format CONTRIBUTING.md fixes (system prompt, user/assistant turns rendered
+with `alfworld_sft.prompts`, the admissible commands of every user turn, and game metadata). Every attempted game,
+won or not, also gets one line in the sidecar ledger `<output stem>.attempts.jsonl`, so a rerun skips it.
+
+    alfworld-sft collect --split train --output results/oracle/trajectories.jsonl --max-steps 50 --workers 4
+
+    from alfworld_sft.collect import CollectConfig, collect_trajectories
+    summary = collect_trajectories(CollectConfig(split="train", limit=12, workers=2))
+
+Safe to kill: records are appended and flushed one by one by a single writer, a torn last line is cut on the
+next run, and the rerun plays only the games that are in neither the output nor the ledger. Python's `random`
+(which the expert falls back on) is seeded per game from (seed, game id), so a record does not depend on the
+worker count or the order games finish in. Beside the output: `<stem>.summary.json` and `<stem>.summary.png`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alfworld_sft import files, games, paths, prompts
+from alfworld_sft.results import write_result
+
+FORMAT_VERSION = 1
+RECORD_KEYS = (
+    "system", "conversations", "admissible_commands", "prompt_format", "game_id", "gamefile", "task_type", "task",
+    "split", "seed", "steps", "won", "format_version",
+)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    split: str = "train"  # course split (games.SPLITS)
+    output: Path = paths.RESULTS_DIR / "oracle" / "trajectories.jsonl"  # won games, one record a line
+    max_steps: int = 50  # expert commands per game before it counts as lost (the seed guide's cap)
+    workers: int = 1  # processes that play whole games; 1 plays in this process
+    limit: int | None = None  # a seeded sample balanced over task types (games.list_games); None: the whole split
+    task_types: tuple[int | str, ...] | None = None  # only these task types (numbers 1-6 or names)
+    seed: int = 0  # seeds the sample and, with the game id, Python's random for each game
+    prompt_format: prompts.PromptFormat = prompts.PromptFormat()  # how user turns are rendered
+    translate_once: bool = True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
+    games: tuple[Path, ...] | None = None  # play exactly these game files instead of listing the split
+    progress: bool = True  # show a tqdm bar
+
+
+@dataclass(frozen=True)
+class GameOutcome:
+    """What playing one game gave: the record when won, and the ledger line in any case."""
+
+    game_id: str
+    gamefile: str
+    task_type: str
+    won: bool
+    steps: int
+    error: str | None  # why the engine could not play it (then won is False and steps 0)
+    record: dict[str, Any] | None  # the trajectory record (also for a lost game; only won ones are kept)
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CollectSummary:
+    output: Path  # the trajectories file
+    ledger: Path  # one line per attempted game
+    summary_json: Path
+    plot: Path
+    attempted: int  # games in the ledger, over all runs into this output
+    won: int  # records in the output
+    played_now: int  # games played by this call
+    skipped: int  # games this call found done already
+    failed: tuple[str, ...]  # "game_id: error" for games the engine could not play
+    per_task_type: dict[str, dict[str, float]] = field(default_factory=dict)  # attempted, won, won_rate, mean_steps
+    wall_time_s: float = 0.0  # this call
+    workers: int = 1
+
+
+def ledger_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.attempts.jsonl")
+
+
+def summary_paths(output: Path) -> tuple[Path, Path]:
+    return output.with_name(f"{output.stem}.summary.json"), output.with_name(f"{output.stem}.summary.png")
+
+
+def seed_game(seed: int, game_id: str) -> None:
+    """Seed Python's random (the expert's fallback choices) for one game, independent of any other game."""
+    random.seed(f"{seed}:{game_id}")
+
+
+@contextlib.contextmanager
+def translate_once() -> Iterator[None]:
+    """Within the block, a PDDL problem translated at load is not translated again at reset.
+
+    TextWorld builds the PDDL state twice per game (at load and at reset), each time running fast-downward's
+    translator twice (plain and optimized). The translation is a pure function of (domain, problem, options)
+    and PddlState only reads its result, so the second pair of calls can return the first pair's objects.
+    The cache lives for the block only: use one block per game.
+    """
+    import fast_downward
+
+    original = fast_downward.pddl2sas
+    cache: dict[tuple[str, str, bool], Any] = {}
+
+    def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
+        key = (domain, problem, bool(optimize))
+        if key not in cache:
+            cache[key] = original(domain, problem, verbose=verbose, optimize=optimize)
+        return cache[key]
+
+    fast_downward.pddl2sas = pddl2sas
+    try:
+        yield
+    finally:
+        fast_downward.pddl2sas = original
+
+
+def play_game(
+    gamefile: str | os.PathLike[str],
+    *,
+    split: str,
+    seed: int = 0,
+    max_steps: int = 50,
+    prompt_format: prompts.PromptFormat = prompts.PromptFormat(),
+    translate: bool = True,
+    game_id: str | None = None,
+) -> GameOutcome:
+    """Play one game with the handcoded expert; never raises for a game the engine cannot play (see `error`)."""
+    from alfworld_sft.engine import AlfworldGame
+
+    gamefile = Path(gamefile).resolve()
+    game_id = game_id or games.game_id(gamefile)
+    start = time.perf_counter()
+    try:
+        task_type = games.read_task_type(gamefile)
+    except (OSError, ValueError) as error:
+        return GameOutcome(game_id, str(gamefile), "unknown", False, 0, str(error), None, 0.0)
+    seed_game(seed, game_id)
+    argv = list(sys.argv)  # fast-downward's translator overwrites sys.argv; give the caller its own back
+    try:
+        with translate_once() if translate else contextlib.nullcontext(), AlfworldGame(gamefile, expert=True) as game:
+            state = game.reset()
+            conversations = [
+                {"role": "user", "content": prompts.render_first_turn(
+                    state.task, state.observation, state.admissible_commands, prompt_format)}
+            ]
+            admissible = [list(state.admissible_commands)]
+            steps, won = 0, False
+            while steps < max_steps and state.expert_action:
+                command = state.expert_action
+                conversations.append({"role": "assistant", "content": command})
+                steps += 1
+                state = game.step(command)
+                if state.won or state.done:
+                    won = state.won
+                    break
+                if steps < max_steps:
+                    conversations.append({"role": "user", "content": prompts.render_turn(
+                        state.observation, state.admissible_commands, prompt_format)})
+                    admissible.append(list(state.admissible_commands))
+            task = state.task
+    except Exception as error:  # noqa: BLE001 - any engine failure is reported with the game, not fatal
+        message = f"{type(error).__name__}: {error}".strip()
+        return GameOutcome(game_id, str(gamefile), task_type, False, 0, message[:500], None,
+                           time.perf_counter() - start)
+    finally:
+        sys.argv[:] = argv
+    record = {
+        "system": prompts.SYSTEM_PROMPT,
+        "conversations": conversations,
+        "admissible_commands": admissible,
+        "prompt_format": dataclasses.asdict(prompt_format),
+        "game_id": game_id,
+        "gamefile": str(gamefile),
+        "task_type": task_type,
+        "task": task,
+        "split": split,
+        "seed": seed,
+        "steps": steps,
+        "won": won,
+        "format_version": FORMAT_VERSION,
+    }
+    return GameOutcome(game_id, str(gamefile), task_type, won, steps, None, record, time.perf_counter() - start)
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise ValueError naming the first way `record` breaks the trajectory contract (CONTRIBUTING.md)."""
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"record of {record.get('game_id', '?')} lacks keys {missing}")
+    turns = record["conversations"]
+    roles = [turn.get("role") for turn in turns]
+    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) or len(turns) % 2:
+        raise ValueError(f"record of {record['game_id']}: turns must alternate user/assistant and end with one")
+    if len(record["admissible_commands"]) != len(turns) // 2:
+        raise ValueError(f"record of {record['game_id']}: one admissible-command list per user turn expected")
+    if record["steps"] != len(turns) // 2:
+        raise ValueError(f"record of {record['game_id']}: steps={record['steps']} but {len(turns) // 2} commands")
+    if not turns[0]["content"].startswith("Task: "):
+        raise ValueError(f"record of {record['game_id']}: the first user turn must hold the task")
+
+
+def _read_done(path: Path, label: str) -> list[dict[str, Any]]:
+    """The records of a JSONL file we wrote. A torn last line (a killed writer) is cut; malformed lines are
+    reported by path and line, moved aside to `<name>.malformed` and their games count as not done."""
+    if not path.exists():
+        return []
+    if files.repair_jsonl_tail(path):
+        warnings.warn(f"{path}: cut a torn last line left by an interrupted run; its game will be replayed",
+                      stacklevel=3)
+    records, keep, bad = [], [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("game_id"), str):
+                    raise ValueError("not a JSON object with a game_id")
+            except ValueError as error:
+                warnings.warn(f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
+                              "its game will be replayed", stacklevel=3)
+                bad.append(line)
+                continue
+            records.append(record)
+            keep.append(line)
+    if bad:
+        # Downstream readers then see only records; the bad lines stay inspectable beside the file.
+        with open(path.with_name(f"{path.name}.malformed"), "a", encoding="utf-8") as handle:
+            handle.writelines(bad)
+        files.write_text(path, "".join(keep))
+    return records
+
+
+def _check_compatible(records: list[dict[str, Any]], config: CollectConfig, path: Path) -> None:
+    """A rerun must continue the same collection: same split, seed, step cap and prompt format."""
+    expected = {"split": config.split, "seed": config.seed, "prompt_format": dataclasses.asdict(config.prompt_format)}
+    if path.name.endswith(".attempts.jsonl"):
+        expected = {"split": config.split, "seed": config.seed, "max_steps": config.max_steps}
+    for record in records:
+        for key, value in expected.items():
+            if key in record and record[key] != value:
+                raise ValueError(
+                    f"{path} holds games collected with {key}={record[key]!r}, this run asks for {value!r}: "
+                    "use another --output, or the same settings to resume"
+                )
+
+
+def _ledger_line(outcome: GameOutcome, config: CollectConfig) -> dict[str, Any]:
+    return {
+        "game_id": outcome.game_id, "gamefile": outcome.gamefile, "task_type": outcome.task_type,
+        "won": outcome.won, "steps": outcome.steps, "error": outcome.error, "seconds": round(outcome.seconds, 3),
+        "split": config.split, "seed": config.seed, "max_steps": config.max_steps,
+    }
+
+
+def _play_task(task: tuple[str, str, CollectConfig]) -> GameOutcome:
+    gamefile, game_id, config = task
+    return play_game(gamefile, split=config.split, seed=config.seed, max_steps=config.max_steps,
+                     prompt_format=config.prompt_format, translate=config.translate_once, game_id=game_id)
+
+
+def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iterator[GameOutcome]:
+    """Outcomes in the order games finish; whole games per worker process."""
+    if workers <= 1:
+        yield from map(_play_task, tasks)
+        return
+    import multiprocessing
+
+    # spawn: a clean interpreter per worker, no inherited engine state or locks (also works under Jupyter).
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes=workers) as pool:
+        yield from pool.imap_unordered(_play_task, tasks, chunksize=1)
+
+
+def summarize_attempts(attempts: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per task type (ALFWorld order): attempted, won, won_rate, mean steps of won games, failed to load."""
+    table: dict[str, dict[str, float]] = {}
+    for name in games.TASK_TYPES.values():
+        rows = [row for row in attempts if row.get("task_type") == name]
+        won_steps = [row["steps"] for row in rows if row.get("won")]
+        table[name] = {
+            "attempted": len(rows),
+            "won": len(won_steps),
+            "won_rate": round(len(won_steps) / len(rows), 4) if rows else 0.0,
+            "mean_steps_won": round(sum(won_steps) / len(won_steps), 2) if won_steps else 0.0,
+            "failed": sum(1 for row in rows if row.get("error")),
+        }
+    return table
+
+
+def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Won rate and mean steps (won games) per task type, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_task_type)
+    labels = [f"{number}\n{name.replace('_', ' ')[:16]}" for number, name in enumerate(names, start=1)]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    rates = [per_task_type[name]["won_rate"] for name in names]
+    left.bar(labels, rates, color="tab:green")
+    for index, name in enumerate(names):
+        row = per_task_type[name]
+        left.text(index, rates[index] + 0.02, f"{row['won']}/{row['attempted']}", ha="center", fontsize=8)
+    left.set_ylim(0, 1.12)
+    left.set_ylabel("won rate")
+    left.set_title("expert won rate per task type")
+    right.bar(labels, [per_task_type[name]["mean_steps_won"] for name in names], color="tab:blue")
+    right.set_ylabel("mean steps (won games)")
+    right.set_title("expert steps per task type")
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def select_games(config: CollectConfig) -> list[Path]:
+    if config.games is not None:
+        if not config.games:
+            raise ValueError("CollectConfig.games is empty: give game files or leave it None to list the split")
+        return [Path(path) for path in config.games]
+    task_types = list(config.task_types) if config.task_types else None
+    return games.list_games(config.split, task_types=task_types, limit=config.limit, seed=config.seed)
+
+
+def collect_trajectories(config: CollectConfig) -> CollectSummary:
+    """Play every selected game not yet done with the expert, appending won games to `config.output`."""
+    from tqdm.auto import tqdm
+
+    if config.max_steps < 1 or config.workers < 1:
+        raise ValueError(f"max_steps and workers must be at least 1 (got {config.max_steps}, {config.workers})")
+    output = paths.resolve_repo_path(config.output)
+    ledger = ledger_path(output)
+    summary_json, plot = summary_paths(output)
+    start = time.perf_counter()
+
+    records = _read_done(output, "trajectory")
+    attempts = _read_done(ledger, "ledger")
+    _check_compatible(records, config, output)
+    _check_compatible(attempts, config, ledger)
+    attempted_ids = {row["game_id"] for row in attempts}
+    # A run killed between writing a record and its ledger line: the record is the truth.
+    orphans = [record for record in records if record["game_id"] not in attempted_ids]
+    if orphans:
+        repaired = [_ledger_line(GameOutcome(
+            r["game_id"], r["gamefile"], r["task_type"], r["won"], r["steps"], None, None, 0.0), config)
+            for r in orphans]
+        files.append_jsonl(ledger, repaired)
+        attempts.extend(repaired)
+        attempted_ids.update(record["game_id"] for record in orphans)
+
+    selected = select_games(config)
+    tasks, seen = [], set()
+    for gamefile in selected:
+        identifier = games.game_id(gamefile)
+        if identifier not in attempted_ids and identifier not in seen:
+            seen.add(identifier)
+            tasks.append((str(gamefile), identifier, config))
+    skipped = len(selected) - len(tasks)
+
+    failed_now: list[str] = []
+    bar = tqdm(total=len(tasks), unit="game", desc=f"collect {config.split}", disable=not config.progress,
+               dynamic_ncols=True)
+    won_now = 0
+    try:
+        for outcome in _outcomes(tasks, min(config.workers, max(1, len(tasks)))):
+            if outcome.won and outcome.record is not None:
+                files.append_jsonl(output, [outcome.record])
+                won_now += 1
+            line = _ledger_line(outcome, config)
+            files.append_jsonl(ledger, [line])
+            attempts.append(line)
+            if outcome.error:
+                failed_now.append(f"{outcome.gamefile}: {outcome.error}")
+                bar.write(f"skipped {outcome.gamefile}: the engine could not play it ({outcome.error})")
+            bar.update(1)
+            bar.set_postfix(won=won_now)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - start
+
+    per_type = summarize_attempts(attempts)
+    failed = tuple(f"{row['game_id']}: {row['error']}" for row in attempts if row.get("error"))
+    won_total = sum(1 for row in attempts if row.get("won"))
+    payload = {
+        "output": str(output),
+        "split": config.split,
+        "max_steps": config.max_steps,
+        "prompt_format": dataclasses.asdict(config.prompt_format),
+        "attempted": len(attempts),
+        "won": won_total,
+        "won_rate": round(won_total / len(attempts), 4) if attempts else 0.0,
+        "per_task_type": per_type,
+        "failed": list(failed),
+        "this_run": {
+            "played": len(tasks), "won": won_now, "skipped_done": skipped, "failed": len(failed_now),
+            "wall_time_s": round(wall, 2), "workers": config.workers,
+            "games_per_s": round(len(tasks) / wall, 3) if wall > 0 else 0.0,
+            "translate_once": config.translate_once,
+        },
+    }
+    write_result(summary_json, payload, seed=config.seed)
+    plot_summary(per_type, plot, f"oracle collection: {won_total}/{len(attempts)} games won, "
+                                 f"max {config.max_steps} steps ({config.split})")
+    return CollectSummary(
+        output=output, ledger=ledger, summary_json=summary_json, plot=plot, attempted=len(attempts),
+        won=won_total, played_now=len(tasks), skipped=skipped, failed=failed, per_task_type=per_type,
+        wall_time_s=wall, workers=config.workers,
+    )
+
+
+def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The seed guide's verification: record count, average turns, keys; plus the contract check of each record."""
+    path = paths.resolve_repo_path(path)
+    records = list(files.read_jsonl(path))
+    if not records:
+        raise ValueError(f"{path} holds no records: run the collection first (alfworld-sft collect)")
+    for record in records:
+        check_record(record)
+    turns = [len(record["conversations"]) for record in records]
+    ids = [record["game_id"] for record in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: {len(ids) - len(set(ids))} duplicate game ids")
+    return {
+        "records": len(records),
+        "avg_turns": round(sum(turns) / len(turns), 1),
+        "avg_steps": round(sum(record["steps"] for record in records) / len(records), 1),
+        "keys": list(records[0].keys()),
+        "task_types": {name: sum(r["task_type"] == name for r in records) for name in games.TASK_TYPES.values()},
+    }
+
+
+def render_transcript(record: dict[str, Any]) -> str:
+    """A record as readable text: the task, then each command and what the engine answered."""
+    lines = [f"[{record['task_type']}] {record['game_id']}", f"won={record['won']} in {record['steps']} steps", ""]
+    for turn in record["conversations"]:
+        prefix = "> " if turn["role"] == "assistant" else ""
+        lines.append(prefix + turn["content"])
+    return "\n".join(lines)
+
+
+def _print_summary(summary: CollectSummary) -> None:
+    print(f"{summary.won}/{summary.attempted} games won in {summary.output} "
+          f"(this run: {summary.played_now} played, {summary.skipped} already done, "
+          f"{summary.wall_time_s:.0f} s, {summary.workers} workers)")
+    for number, name in games.TASK_TYPES.items():
+        row = summary.per_task_type[name]
+        print(f"  {number} {name:<32} won {row['won']:>4}/{row['attempted']:<4} ({row['won_rate']:.0%})"
+              f"  mean steps {row['mean_steps_won']:.1f}")
+    for line in summary.failed:
+        print(f"  could not play: {line}")
+    print(f"summary: {summary.summary_json}\nplot: {summary.plot}")
+
+
+def _run_collect(args) -> int:
+    config = CollectConfig(
+        split=args.split,
+        output=Path(args.output),
+        max_steps=args.max_steps,
+        workers=args.workers,
+        limit=args.limit,
+        task_types=tuple(args.task_types.split(",")) if args.task_types else None,
+        seed=args.seed,
+        prompt_format=prompts.PromptFormat(show_admissible_commands=args.show_admissible_commands),
+        translate_once=not args.translate_twice,
+    )
+    _print_summary(collect_trajectories(config))
+    return 0
+
+
+def configure_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "collect", help="play a split with the handcoded expert and write oracle trajectories (resumable)"
+    )
+    parser.add_argument("--split", default="train", choices=list(games.SPLITS))
+    parser.add_argument("--output", default="results/oracle/trajectories.jsonl",
+                        help="JSONL of won games (relative paths are read from the repository root)")
+    parser.add_argument("--max-steps", type=int, default=50, help="expert commands per game (default 50)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes playing games (default: the CPU count)")
+    parser.add_argument("--limit", type=int, default=None, help="a seeded sample of this many games, balanced "
+                        "over task types (default: the whole split)")
+    parser.add_argument("--task-types", default=None, help="comma-separated task types, numbers 1-6 or names")
+    parser.add_argument("--seed", type=int, default=0, help="sample seed and per-game seed of the expert")
+    parser.add_argument("--show-admissible-commands", action="store_true",
+                        help="list the admissible commands in every user turn (prompts.PromptFormat)")
+    parser.add_argument("--translate-twice", action="store_true",
+                        help="let TextWorld translate each game's PDDL again at reset (slower; for comparison)")
+    parser.set_defaults(func=_run_collect)
