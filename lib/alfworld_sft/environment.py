@@ -346,7 +346,8 @@ def check_environment() -> EnvironmentReport:
     """Everything `doctor` and notebook 00 show."""
     banner = read_banner()
     packages = check_packages()
-    checks = [check_python(), *_package_checks(packages)]
+    # The data check runs before anything imports alfworld: that import creates a missing $ALFWORLD_DATA folder.
+    checks = [check_python(), *_package_checks(packages), check_alfworld_data()]
     checks.append(
         _probe(
             "bitsandbytes 4-bit",
@@ -366,7 +367,7 @@ def check_environment() -> EnvironmentReport:
             required=False,
         )
     )
-    checks += [check_alfworld_data(), check_default_model(), check_hub_access(), check_disk(banner)]
+    checks += [check_default_model(), check_hub_access(), check_disk(banner)]
     return EnvironmentReport(banner, packages, checks)
 
 

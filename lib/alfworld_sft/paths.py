@@ -12,7 +12,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 DATA_DIR = REPO_ROOT / "data"
-RESULTS_DIR = REPO_ROOT / "results"
+# Tests and side-by-side runs redirect every output with ALFWORLD_SFT_RESULTS_DIR; the default is results/.
+RESULTS_DIR = Path(os.environ.get("ALFWORLD_SFT_RESULTS_DIR") or REPO_ROOT / "results")
 EXECUTED_DIR = RESULTS_DIR / "executed"
 
 

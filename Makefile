@@ -1,0 +1,39 @@
+# The course in two commands on a fresh machine (README, "Quickstart"):
+#   make course   # set up .venv from the pins if missing, then run every notebook headless (small mode)
+#   make test     # the same set-up, then the test suite (what CI runs)
+
+PYTHON ?= python3.11            # the interpreter the venv is made from
+VENV ?= .venv                   # where the pinned environment lives
+MODE ?= small                   # course mode: small (minutes, CI) or full (everything)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# textworld's planner compiles during install and calls a command named `python`.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup course course-full test doctor lint clean-results
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $$($(BIN)/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["alfworld-sft"]["no-deps"]))')
+	touch $@
+
+course: setup
+	$(BIN)/alfworld-sft course --mode $(MODE)
+
+course-full: setup
+	$(BIN)/alfworld-sft course --mode full
+
+test: setup
+	$(BIN)/python -m pytest
+
+doctor: setup
+	$(BIN)/alfworld-sft doctor
+
+lint: setup
+	$(BIN)/ruff check lib tests benchmarks
+
+clean-results:
+	rm -rf results/executed results/small

@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+from alfworld_sft.files import MalformedRecordError, append_jsonl, read_jsonl, repair_jsonl_tail, write_json
+
+
+def test_write_json_is_atomic_and_leaves_no_temporary(tmp_path):
+    path = write_json(tmp_path / "a" / "result.json", {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+def test_torn_last_line_is_cut_and_reading_resumes(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, [{"id": 1}, {"id": 2}])
+    with open(path, "a") as handle:
+        handle.write('{"id": 3, "half')  # a writer killed mid-line
+    assert repair_jsonl_tail(path) is True
+    assert [r["id"] for r in read_jsonl(path)] == [1, 2]
+    assert repair_jsonl_tail(path) is False
+
+
+def test_unparsable_terminated_last_line_is_cut(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"id": 1}\n{"id": \n')
+    assert repair_jsonl_tail(path) is True
+    assert path.read_text() == '{"id": 1}\n'
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": 1}\n[1, 2]\n{"id": 3}\n')
+    with pytest.raises(MalformedRecordError, match=r"bad.jsonl:2: .*expected a JSON object"):
+        list(read_jsonl(path))
+    with pytest.warns(UserWarning, match="bad.jsonl:2"):
+        assert [r["id"] for r in read_jsonl(path, skip_malformed=True)] == [1, 3]
