@@ -1,0 +1,60 @@
+"""The headless runner: notebooks run in order with papermill, a failure names its notebook and cell, and the
+whole course runs for real in small mode."""
+
+import json
+import os
+import subprocess
+
+import nbformat
+import pytest
+
+from alfworld_sft.course import CourseConfig, list_notebooks, run_course
+from alfworld_sft.paths import NOTEBOOKS_DIR, REPO_ROOT
+
+
+def _notebook(path, *sources):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("small = False  # mode\nseed = 1  # seed")
+    params.metadata["tags"] = ["parameters"]
+    notebook.cells = [params] + [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(notebook, path)
+
+
+def test_notebooks_are_listed_in_course_order():
+    names = [p.name for p in list_notebooks()]
+    assert names == sorted(names) and names[0].startswith("00_")
+    with pytest.raises(ValueError, match="no notebook numbered 99"):
+        list_notebooks(NOTEBOOKS_DIR, ("99",))
+
+
+@pytest.mark.slow
+def test_runner_passes_parameters_and_stops_at_the_failing_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr("alfworld_sft.course.EXECUTED_DIR", tmp_path / "executed")
+    monkeypatch.setattr("alfworld_sft.course.run_dir", lambda small: tmp_path)
+    _notebook(tmp_path / "00_first.ipynb", "assert small is True and seed == 7", "open('ran-00', 'w').close()")
+    _notebook(tmp_path / "01_broken.ipynb", "x = 1", "raise ValueError('the data path is wrong')")
+    _notebook(tmp_path / "02_never.ipynb", "open('ran-02', 'w').close()")
+
+    result = run_course(CourseConfig(mode="small", seed=7, notebooks_dir=tmp_path))
+
+    assert [r.status for r in result.runs] == ["ok", "failed", "not run"]
+    assert (tmp_path / "ran-00").exists() and not (tmp_path / "ran-02").exists()
+    assert "ValueError: the data path is wrong" in result.runs[1].error and "cell" in result.runs[1].error
+    assert (tmp_path / "executed" / "small" / "01_broken.ipynb").exists()
+    summary = json.loads((tmp_path / "course.json").read_text())
+    assert summary["ok"] is False and summary["meta"]["seed"] == 7
+
+
+@pytest.mark.slow
+def test_the_whole_course_runs_headless_in_small_mode(tmp_path):
+    """`make course` for real: every notebook, the real engine, the real model, into a scratch results folder."""
+    env = {**os.environ, "ALFWORLD_SFT_RESULTS_DIR": str(tmp_path)}
+    result = subprocess.run(
+        ["alfworld-sft", "course", "--mode", "small"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads((tmp_path / "small" / "course.json").read_text())
+    assert summary["ok"] and len(summary["runs"]) == len(list_notebooks())
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert environment["ready"] and environment["banner"]["cpu_cores"] == os.cpu_count()
