@@ -1,0 +1,435 @@
+"""Generated ALFWorld games: the course's offline default when no `$ALFWORLD_DATA` is set.
+
+A seeded generator composes household rooms from ALFRED's vocabulary (`alfworld.gen.constants`: object and
+receptacle classes, which objects fit which receptacles, which can be heated, cooled, cleaned or toggled,
+which receptacles open) and writes each game with the PDDL domain and text grammar shipped in the alfworld
+wheel, in the layout `alfworld-download` makes:
+
+    <root>/logic/alfred.pddl, alfred.twl2
+    <root>/json_2.1.1/<split>/<task_type>-<Obj>-<Mrecep>-<Parent>-<scene>/trial_G<seed>_<type>_<slot>/
+        game.tw-pddl     JSON: pddl_domain, grammar (task sentence in place of "UNKNOWN GOAL"),
+                         pddl_problem, solvable, walkthrough (the expert's winning commands)
+        traj_data.json   task_type and pddl_params, read by ALFWorld's handcoded expert
+
+A game is kept only when the real TextWorld engine loads it and ALFWorld's handcoded expert wins it within
+`MAX_EXPERT_STEPS` (Python's `random` seeded, so the check is reproducible); otherwise the next attempt of the
+same slot is composed. Games are built in a scratch folder and renamed into place once verified, so an
+interrupted run never leaves half a game, and a rerun reuses every finished one. The same seed gives
+byte-identical files; another seed gives other rooms.
+
+    from alfworld_sft.generate import generate_games
+    gamefiles = generate_games(Path("data/generated"), "train", count=60, seed=0)
+
+The rules the rooms follow were checked against the real games (field notes §4): ALFRED's name mangling
+(`Name|x|y|z`, `|`→`_bar_`, `+`→`_plus_`, `-`→`_minus_`, `.`→`_dot_`), every otype/rtype constant declared in
+`:objects`, one location per receptacle, a `traj_data.json` beside the game file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alfworld_sft import files
+from alfworld_sft.games import TASK_TYPES
+
+MAX_EXPERT_STEPS = 50  # a generated game is kept only if the handcoded expert wins within this many commands
+MAX_ATTEMPTS = 40  # compositions tried for one game slot before giving up with an error
+
+# Receptacle classes of each room type, with (fewest, most) instances; ranges follow what the real ALFWorld
+# scenes hold (measured on the 108 train scenes), trimmed so that the expert can search a room in 50 steps.
+ROOM_RECEPTACLES: dict[str, dict[str, tuple[int, int]]] = {
+    "Kitchen": {
+        "Cabinet": (3, 8), "Drawer": (1, 4), "CounterTop": (1, 3), "Fridge": (1, 1), "Microwave": (1, 1),
+        "SinkBasin": (1, 1), "StoveBurner": (2, 4), "CoffeeMachine": (1, 1), "Toaster": (1, 1),
+        "GarbageCan": (1, 1), "DiningTable": (0, 1), "Shelf": (0, 2),
+    },
+    "LivingRoom": {
+        "Sofa": (1, 2), "ArmChair": (0, 2), "CoffeeTable": (1, 2), "SideTable": (0, 2), "Drawer": (0, 4),
+        "DiningTable": (0, 1), "TVStand": (0, 1), "Shelf": (0, 3), "Dresser": (0, 1), "Ottoman": (0, 1),
+        "Cabinet": (0, 2), "GarbageCan": (1, 1),
+    },
+    "Bedroom": {
+        "Bed": (1, 1), "Drawer": (2, 6), "Shelf": (0, 4), "Desk": (0, 1), "SideTable": (0, 2),
+        "Dresser": (0, 1), "LaundryHamper": (0, 1), "ArmChair": (0, 1), "Safe": (0, 1), "GarbageCan": (1, 1),
+    },
+    "Bathroom": {
+        "Toilet": (1, 1), "ToiletPaperHanger": (1, 1), "HandTowelHolder": (1, 2), "TowelHolder": (1, 1),
+        "SinkBasin": (1, 2), "BathtubBasin": (0, 1), "CounterTop": (1, 2), "Cabinet": (0, 4),
+        "Drawer": (0, 3), "Shelf": (0, 2), "GarbageCan": (1, 1),
+    },
+}
+
+# Portable object classes seen in each room type of the real scenes (most frequent first).
+ROOM_OBJECTS: dict[str, tuple[str, ...]] = {
+    "Kitchen": (
+        "Lettuce", "PepperShaker", "Cup", "SaltShaker", "Knife", "Fork", "ButterKnife", "Plate", "Tomato",
+        "Potato", "Spatula", "Egg", "DishSponge", "Spoon", "SoapBottle", "Mug", "Bowl", "Apple", "Bread",
+        "Pot", "Pan", "Kettle", "WineBottle", "Ladle", "Glassbottle", "Vase", "Statue", "CellPhone",
+        "CreditCard",
+    ),
+    "LivingRoom": (
+        "Statue", "CreditCard", "RemoteControl", "KeyChain", "Box", "Vase", "Laptop", "Pillow", "Newspaper",
+        "Watch", "Plate", "Book", "TissueBox", "WateringCan", "CellPhone", "Pencil", "Pen", "Candle", "Bowl",
+    ),
+    "Bedroom": (
+        "AlarmClock", "KeyChain", "CD", "CreditCard", "Book", "CellPhone", "Pencil", "Pen", "Pillow",
+        "Laptop", "Mug", "Bowl", "Box", "BaseballBat", "BasketBall", "TennisRacket", "Cloth", "TissueBox",
+        "Statue", "RemoteControl", "Watch", "Vase",
+    ),
+    "Bathroom": (
+        "Candle", "SprayBottle", "SoapBottle", "ToiletPaper", "Cloth", "SoapBar", "HandTowel", "Towel",
+        "Plunger", "DishSponge", "TissueBox",
+    ),
+}
+
+LAMP_HOLDERS = ("Desk", "SideTable", "Dresser")  # where the real games put the desk lamp
+# Appliances a task type uses; they are never the task's destination.
+TASK_APPLIANCE = {3: "SinkBasin", 4: "Microwave", 5: "Fridge"}
+TASK_PROPERTY = {3: "Cleanable", 4: "Heatable", 5: "Coolable"}
+
+
+@dataclass(frozen=True)
+class Task:
+    task_type: int  # key of games.TASK_TYPES
+    room: str  # Kitchen, LivingRoom, Bedroom or Bathroom
+    scene: int  # ALFRED scene number of that room type (constants.SCENE_TYPE), used in the folder name
+    object_target: str  # ALFRED class of the object to move or look at
+    parent_target: str  # ALFRED class of the destination receptacle ("" for look_at_obj_in_light)
+    toggle_target: str  # "DeskLamp" for look_at_obj_in_light, else ""
+    sentence: str  # the task as the game states it, from ALFWorld's goal templates
+
+
+@dataclass
+class Room:
+    receptacles: list[tuple[str, str]] = field(default_factory=list)  # (id, class)
+    objects: list[tuple[str, str, str]] = field(default_factory=list)  # (id, class, receptacle id)
+    locations: dict[str, str] = field(default_factory=dict)  # receptacle id -> location id
+    agent_location: str = ""
+
+
+def mangle(name: str) -> str:
+    """ALFRED's PDDL-safe form of an id: `Apple|+00.16|+00.97|-01.26` -> `Apple_bar__plus_00_dot_16...`."""
+    for char, word in (("|", "_bar_"), ("+", "_plus_"), ("-", "_minus_"), (".", "_dot_")):
+        name = name.replace(char, word)
+    return name
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 64-bit seed from the parts (Python's hash() changes between processes; sha256 does not)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def load_logic() -> tuple[str, str]:
+    """The PDDL domain and the text grammar shipped in the alfworld wheel (`alfworld/data/`)."""
+    import alfworld
+
+    data = Path(alfworld.__file__).parent / "data"
+    paths = data / "alfred.pddl", data / "alfred.twl2"
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing from the alfworld package: pip install alfworld")
+    return paths[0].read_text(encoding="utf-8"), paths[1].read_text(encoding="utf-8")
+
+
+def _constants():
+    from alfworld.gen import constants
+
+    return constants
+
+
+def _fits(constants, receptacle_class: str, object_class: str) -> bool:
+    return object_class in constants.VAL_RECEPTACLE_OBJECTS.get(receptacle_class, ())
+
+
+def _has(constants, property_name: str, object_class: str) -> bool:
+    return object_class in constants.VAL_ACTION_OBJECTS[property_name]
+
+
+def compose_receptacle_classes(task_type: int, room: str, rng: random.Random) -> list[str]:
+    """The receptacle classes of a room, one entry per instance."""
+    if task_type == 6:
+        # ALFWorld's expert loses track of what it holds after its first `move` and then falls back on random
+        # commands until one places the second object; in a smaller room that takes fewer steps.
+        counts = {cls: rng.randint(low, max(low, 1)) for cls, (low, high) in ROOM_RECEPTACLES[room].items()}
+    else:
+        counts = {cls: rng.randint(low, high) for cls, (low, high) in ROOM_RECEPTACLES[room].items()}
+    if task_type == 2 and not any(counts.get(cls) for cls in LAMP_HOLDERS):
+        counts[rng.choice([cls for cls in LAMP_HOLDERS if cls in counts])] = 1
+    return [cls for cls, count in counts.items() for _ in range(count)]
+
+
+def choose_task(task_type: int, rng: random.Random) -> tuple[Task, list[str]]:
+    """A task of `task_type` and the receptacle classes of the room it happens in."""
+    constants = _constants()
+    from alfworld.gen import goal_library
+
+    name = TASK_TYPES[task_type]
+    while True:  # a room without any valid (object, destination) pair is redrawn; rare
+        room = rng.choice(sorted(constants.GOALS_VALID[name]))
+        classes = compose_receptacle_classes(task_type, room, rng)
+        present = sorted(set(classes))
+        pairs = []
+        for obj in ROOM_OBJECTS[room]:
+            if task_type in TASK_PROPERTY and not _has(constants, TASK_PROPERTY[task_type], obj):
+                continue
+            starts = [cls for cls in present if _fits(constants, cls, obj)]
+            if task_type == 2:
+                if starts:
+                    pairs.append((obj, ""))
+                continue
+            for parent in starts:
+                # The target must start somewhere other than its destination, else the game is won at once.
+                if parent != TASK_APPLIANCE.get(task_type) and any(cls != parent for cls in starts):
+                    pairs.append((obj, parent))
+        if pairs:
+            break
+    obj, parent = rng.choice(pairs)
+    toggle = "DeskLamp" if task_type == 2 else ""
+    template = rng.choice(goal_library.gdict[name]["templates"])
+    sentence = template.format(obj=obj.lower(), recep=parent.lower(), toggle=toggle.lower(), mrecep="")
+    scene = rng.choice(list(constants.SCENE_TYPE[room]))
+    return Task(task_type, room, scene, obj, parent, toggle, sentence), classes
+
+
+def compose_room(task: Task, classes: Sequence[str], rng: random.Random) -> Room:
+    """Place receptacles at their own locations and objects in receptacles that can hold them."""
+    constants = _constants()
+    room = Room()
+    used_ids: set[str] = set()
+
+    def new_id(cls: str, suffix: str = "") -> str:
+        while True:
+            x, y, z = (rng.randint(-350, 350) / 100 for _ in range(3))
+            raw = f"{cls}|{x:+06.2f}|{abs(y):+06.2f}|{z:+06.2f}{suffix}"
+            if raw not in used_ids:
+                used_ids.add(raw)
+                return mangle(raw)
+
+    used_locations: set[str] = set()
+
+    def new_location() -> str:
+        while True:
+            x, z, rotation = rng.randint(-8, 12), rng.randint(-8, 12), rng.randint(0, 3)
+            raw = f"loc|{x}|{z}|{rotation}|{rng.choice([-30, 0, 15, 30, 45, 60])}"
+            if raw not in used_locations:
+                used_locations.add(raw)
+                return mangle(raw)
+
+    for cls in classes:
+        # Basins are named after their fixture, as in ALFRED: Sink|x|y|z|SinkBasin.
+        fixture = {"SinkBasin": "Sink", "BathtubBasin": "Bathtub"}.get(cls)
+        rid = new_id(fixture, f"|{cls}") if fixture else new_id(cls)
+        room.receptacles.append((rid, cls))
+        room.locations[rid] = new_location()
+    room.agent_location = new_location()
+
+    def place(obj_cls: str, forbidden: str = "") -> None:
+        holders = [rid for rid, cls in room.receptacles if cls != forbidden
+                   and _fits(constants, cls, obj_cls)]
+        if holders:
+            room.objects.append((new_id(obj_cls), obj_cls, rng.choice(holders)))
+
+    targets = rng.randint(2, 3) if task.task_type == 6 else rng.randint(1, 2)
+    for _ in range(targets):
+        place(task.object_target, forbidden=task.parent_target)
+    if task.toggle_target:
+        holders = [rid for rid, cls in room.receptacles if cls in LAMP_HOLDERS]
+        room.objects.append((new_id("DeskLamp"), "DeskLamp", rng.choice(holders)))
+    distractors = [cls for cls in ROOM_OBJECTS[task.room] if cls != task.object_target]
+    for _ in range(rng.randint(8, 16)):
+        # The destination must not already hold the target's class, so distractors of that class stay out.
+        place(rng.choice(distractors))
+    return room
+
+
+def render_problem(task: Task, room: Room, problem_id: str) -> str:
+    """The PDDL problem: constants, instances, initial facts and the goal from ALFWorld's goal library."""
+    constants = _constants()
+    from alfworld.gen import goal_library
+
+    static = set(constants.RECEPTACLES) - set(constants.MOVABLE_RECEPTACLES)
+    object_classes = sorted(set(constants.OBJECTS_SET) - static)
+    rtypes = sorted(static)
+    indent = "\n        "
+    declared = (
+        ["agent1 - agent"]
+        + [f"{cls} - object" for cls in object_classes]
+        + [f"{cls}Type - otype" for cls in object_classes]
+        + [f"{cls}Type - rtype" for cls in rtypes]
+        + [f"{oid} - object" for oid, _, _ in sorted(room.objects)]
+        + [f"{rid} - receptacle" for rid, _ in sorted(room.receptacles)]
+        + [f"{loc} - location" for loc in sorted({*room.locations.values(), room.agent_location})]
+    )
+    objects_by_id = sorted(room.objects)
+    movable, openable = set(constants.MOVABLE_RECEPTACLES), constants.OPENABLE_CLASS_SET
+    rtypes_here = sorted({cls for _, cls in room.receptacles})
+    otypes_here = sorted({cls for _, cls, _ in room.objects})
+    flags = {"Cleanable": "cleanable", "Heatable": "heatable", "Coolable": "coolable",
+             "Toggleable": "toggleable", "Sliceable": "sliceable"}
+    facts = (
+        [f"(receptacleType {rid} {cls}Type)" for rid, cls in sorted(room.receptacles)]
+        + [f"(objectType {oid} {cls}Type)" for oid, cls, _ in objects_by_id]
+        + [f"(canContain {r}Type {o}Type)" for r in rtypes_here for o in otypes_here if _fits(constants, r, o)]
+        + [f"(pickupable {oid})" for oid, cls, _ in objects_by_id if cls != "DeskLamp"]
+        + [f"(isReceptacleObject {oid})" for oid, cls, _ in objects_by_id if cls in movable]
+        + [f"(openable {rid})" for rid, cls in sorted(room.receptacles) if cls in openable]
+        + [f"(atLocation agent1 {room.agent_location})"]
+        + [f"({flag} {oid})" for prop, flag in flags.items() for oid, cls, _ in objects_by_id
+           if _has(constants, prop, cls)]
+        + [f"(inReceptacle {oid} {rid})" for oid, _, rid in objects_by_id]
+        + [f"(receptacleAtLocation {rid} {room.locations[rid]})" for rid, _ in sorted(room.receptacles)]
+        + [f"(objectAtLocation {oid} {room.locations[rid]})" for oid, _, rid in objects_by_id]
+    )
+    goal = goal_library.gdict[TASK_TYPES[task.task_type]]["pddl"].replace("#", "-").format(
+        obj=task.object_target, recep=task.parent_target, toggle=task.toggle_target, mrecep=""
+    )
+    # The goal library's text also closes the `(define ...` opened here.
+    return (
+        f"\n(define (problem plan_{problem_id})\n(:domain alfred)\n(:objects\n        "
+        + indent.join(declared)
+        + "\n        )\n\n(:init\n        "
+        + indent.join(facts)
+        + "\n        )\n\n"
+        + goal
+    )
+
+
+def trial_name(seed: int, task_type: int, slot: int) -> str:
+    """The trial folder of one game slot; finding it again is how a rerun reuses finished games."""
+    return f"trial_G{seed}_{task_type}_{slot:05d}"
+
+
+def compose_game(task_type: int, rng: random.Random, trial: str, expert_seed: int) -> tuple[str, dict, dict]:
+    """One candidate game: (task folder name, game.tw-pddl payload without walkthrough, traj_data payload);
+    `expert_seed` seeds Python's `random` for the expert's check; it is recorded so that it can be replayed."""
+    domain, grammar = load_logic()
+    task, classes = choose_task(task_type, rng)
+    room = compose_room(task, classes, rng)
+    destination = task.parent_target or task.toggle_target
+    folder = f"{TASK_TYPES[task_type]}-{task.object_target}-None-{destination}-{task.scene}"
+    game = {
+        "pddl_domain": domain,
+        "grammar": grammar.replace("UNKNOWN GOAL", task.sentence),
+        "pddl_problem": render_problem(task, room, trial),
+        "solvable": True,
+    }
+    traj = {
+        "task_id": trial,
+        "task_type": TASK_TYPES[task_type],
+        "pddl_params": {
+            "mrecep_target": "",
+            "object_sliced": False,
+            "object_target": task.object_target,
+            "parent_target": task.parent_target,
+            "toggle_target": task.toggle_target,
+        },
+        "scene": {"room_type": task.room, "scene_num": task.scene},
+        "generator": {"module": "alfworld_sft.generate", "expert_seed": expert_seed},
+    }
+    return folder, game, traj
+
+
+def verify_game(gamefile: Path, seed: int, max_steps: int = MAX_EXPERT_STEPS) -> list[str] | None:
+    """Play `gamefile` in the real engine with the handcoded expert (Python's `random` seeded with `seed`):
+    the winning commands, or None when the engine rejects the game or the expert does not win in time."""
+    from alfworld_sft.engine import AlfworldGame
+
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        with AlfworldGame(gamefile, expert=True) as game:
+            state = game.reset()
+            commands: list[str] = []
+            while not state.won and len(commands) < max_steps and state.expert_action:
+                commands.append(state.expert_action)
+                state = game.step(state.expert_action)
+            return commands if state.won else None
+    except Exception:  # noqa: BLE001 - any engine or expert failure means: not a keepable game
+        return None
+    finally:
+        random.setstate(saved)
+
+
+def find_game(split_dir: Path, task_type: int, trial: str) -> Path | None:
+    """The finished game of a slot, if an earlier run made it."""
+    for path in sorted(split_dir.glob(f"{TASK_TYPES[task_type]}-*/{trial}/game.tw-pddl")):
+        if (path.parent / "traj_data.json").exists():
+            return path
+    return None
+
+
+def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot: int) -> tuple[Path, int]:
+    """The game of one slot (reused if present, else composed and verified): (game file, attempts made)."""
+    split_dir = root / "json_2.1.1" / split_folder
+    trial = trial_name(seed, task_type, slot)
+    existing = find_game(split_dir, task_type, trial)
+    if existing:
+        return existing, 0
+    scratch_root = root / ".generating"  # outside the split folder: readers never see a game being built
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(MAX_ATTEMPTS):
+        sub_seed = derive_seed(seed, split_folder, task_type, slot, attempt)
+        folder, game, traj = compose_game(task_type, random.Random(sub_seed), trial, sub_seed)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{trial}.", dir=scratch_root))
+        try:
+            trial_dir = scratch / trial
+            trial_dir.mkdir()
+            files.write_text(trial_dir / "traj_data.json", json.dumps(traj, indent=2) + "\n")
+            files.write_text(trial_dir / "game.tw-pddl", json.dumps(game))
+            walkthrough = verify_game(trial_dir / "game.tw-pddl", sub_seed)
+            if walkthrough is None:
+                continue
+            files.write_text(trial_dir / "game.tw-pddl", json.dumps({**game, "walkthrough": walkthrough}))
+            final = split_dir / folder / trial
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a game someone left incomplete by deleting one of its files
+                shutil.rmtree(final)
+            os.replace(trial_dir, final)
+            return final / "game.tw-pddl", attempt + 1
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    raise RuntimeError(
+        f"no {TASK_TYPES[task_type]} game the expert wins in {MAX_ATTEMPTS} attempts "
+        f"(seed {seed}, slot {slot}): "
+        "try another seed or leave this task type out"
+    )
+
+
+def write_logic(root: Path) -> None:
+    """Copy the wheel's domain and grammar to `root/logic/`, as `alfworld-download` lays them out."""
+    domain, grammar = load_logic()
+    for name, text in (("alfred.pddl", domain), ("alfred.twl2", grammar)):
+        path = root / "logic" / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            files.write_text(path, text)
+
+
+def generate_games(
+    root: Path, split_folder: str, count: int, seed: int, task_types: Iterable[int] | None = None
+) -> list[Path]:
+    """Write `count` verified games under `root/json_2.1.1/<split_folder>/`, balanced over `task_types`
+    (all six by default), and return their game files; finished games of an earlier run are reused."""
+    from tqdm.auto import tqdm
+
+    types = sorted(set(TASK_TYPES if task_types is None else task_types))
+    unknown = [t for t in types if t not in TASK_TYPES]
+    if unknown or not types:
+        raise ValueError(f"task types {unknown or '(none)'} are not valid: choose from {sorted(TASK_TYPES)}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    root = Path(root)
+    write_logic(root)
+    gamefiles = []
+    progress = tqdm(range(count), desc=f"generating {split_folder} games", unit="game")
+    for index in progress:
+        path, _ = generate_game(root, split_folder, seed, types[index % len(types)], index // len(types))
+        gamefiles.append(path)
+    return gamefiles
