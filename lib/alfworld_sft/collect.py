@@ -277,11 +277,23 @@ def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iter
         yield from map(_play_task, tasks)
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     # spawn: a clean interpreter per worker, no inherited engine state or locks (also works under Jupyter).
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes=workers) as pool:
-        yield from pool.imap_unordered(_play_task, tasks, chunksize=1)
+    # An executor, not a Pool: a worker that dies raises BrokenProcessPool instead of being respawned forever.
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [executor.submit(_play_task, task) for task in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            f"a collection worker process died ({error}); the records so far are kept: rerun to resume, "
+            "or use --workers 1 (a script read from stdin cannot start spawn workers: save it to a file)"
+        ) from None
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def summarize_attempts(attempts: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -58,9 +58,22 @@ def generated_root() -> Path:
     return paths.DATA_DIR / "generated"
 
 
+# Importing alfworld writes its default (~/.cache/alfworld) into os.environ["ALFWORLD_DATA"] when the user set
+# nothing (alfworld/info.py), so after the engine's first game the variable no longer tells what the user chose.
+_ALFWORLD_DATA_AT_IMPORT = os.environ.get("ALFWORLD_DATA")
+
+
+def user_alfworld_data() -> str | None:
+    """`$ALFWORLD_DATA` as the user set it, not as alfworld's import filled it in."""
+    value = os.environ.get("ALFWORLD_DATA") or None
+    if value and not _ALFWORLD_DATA_AT_IMPORT and value == os.path.expanduser("~/.cache/alfworld"):
+        return None
+    return value
+
+
 def data_root() -> Path:
     """`$ALFWORLD_DATA` when set (it must exist), else the course's generated games under data/generated."""
-    value = os.environ.get("ALFWORLD_DATA")
+    value = user_alfworld_data()
     if not value:
         return generated_root()
     root = Path(value).expanduser()
@@ -74,7 +87,7 @@ def data_root() -> Path:
 
 
 def uses_generated_games() -> bool:
-    return not os.environ.get("ALFWORLD_DATA")
+    return not user_alfworld_data()
 
 
 def split_dir(split: str, root: Path | None = None) -> Path:
@@ -267,7 +280,7 @@ def describe_game(gamefile: str | os.PathLike[str]) -> dict[str, Any]:
 
 def download_data(data_dir: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:
     """Fetch and unpack the real ALFWorld games with `alfworld-download` (needs internet)."""
-    target = Path(data_dir or os.environ.get("ALFWORLD_DATA") or Path.home() / ".cache" / "alfworld").expanduser()
+    target = Path(data_dir or user_alfworld_data() or Path.home() / ".cache" / "alfworld").expanduser()
     command = [str(Path(sys.executable).with_name("alfworld-download")), "--data-dir", str(target)]
     if force:
         command.append("--force")
