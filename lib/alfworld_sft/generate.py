@@ -390,16 +390,17 @@ def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot
             files.write_text(trial_dir / "game.tw-pddl", json.dumps({**game, "walkthrough": walkthrough}))
             final = split_dir / folder / trial
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # a game someone left incomplete by deleting one of its files
+            if find_game(split_dir, task_type, trial):  # a concurrent run finished this slot meanwhile
+                return final / "game.tw-pddl", attempt + 1
+            if final.exists():  # a game left incomplete by deleting one of its files
                 shutil.rmtree(final)
             os.replace(trial_dir, final)
             return final / "game.tw-pddl", attempt + 1
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     raise RuntimeError(
-        f"no {TASK_TYPES[task_type]} game the expert wins in {MAX_ATTEMPTS} attempts "
-        f"(seed {seed}, slot {slot}): "
-        "try another seed or leave this task type out"
+        f"no {TASK_TYPES[task_type]} game the expert wins in {MAX_ATTEMPTS} attempts (seed {seed}, "
+        f"slot {slot}): try another seed or leave this task type out"
     )
 
 
@@ -428,8 +429,7 @@ def generate_games(
     root = Path(root)
     write_logic(root)
     gamefiles = []
-    progress = tqdm(range(count), desc=f"generating {split_folder} games", unit="game")
-    for index in progress:
+    for index in tqdm(range(count), desc=f"generating {split_folder} games", unit="game"):
         path, _ = generate_game(root, split_folder, seed, types[index % len(types)], index // len(types))
         gamefiles.append(path)
     return gamefiles
