@@ -56,7 +56,7 @@ def test_doctor_prints_the_report_and_writes_json(tmp_path):
 def test_doctor_fails_on_a_missing_data_directory(tmp_path):
     result, output = _doctor(tmp_path, ALFWORLD_DATA=str(tmp_path / "nowhere"))
     assert result.returncode == 1
-    assert f"ALFWORLD_DATA={tmp_path / 'nowhere'} does not exist" in result.stdout
+    assert f"ALFWORLD_DATA={tmp_path / 'nowhere'} is not a directory" in result.stdout
     assert json.loads(output.read_text())["ready"] is False
 
 

@@ -241,50 +241,46 @@ def probe_engine() -> str:
     return f"played '{state.observation[:40]}...' in {time.perf_counter() - started:.1f} s ({gamefile.parent.parent.name})"
 
 
-def _data_root() -> Path | None:
-    value = os.environ.get("ALFWORLD_DATA")
-    return Path(value).expanduser() if value else None
-
-
 def _find_games() -> list[Path]:
-    from alfworld_sft.paths import DATA_DIR
+    from alfworld_sft import games
 
-    roots = [r for r in (_data_root(), DATA_DIR / "generated") if r is not None]
+    try:
+        roots = [games.data_root(), games.generated_root()]
+    except FileNotFoundError:  # reported by the data check
+        roots = [games.generated_root()]
     for root in roots:
-        games = sorted((root / "json_2.1.1").glob("*/*/*/game.tw-pddl"))[:1]
-        if games:
-            return games
+        for split in games.SPLITS:
+            try:
+                return games.all_games(split, root)[:1]
+            except games.MissingSplitError:
+                continue
     return []
 
 
 def check_alfworld_data() -> Check:
-    from alfworld_sft.games import SPLITS
+    from alfworld_sft import games
 
-    root = _data_root()
-    if root is None:
+    try:
+        root = games.data_root()
+    except FileNotFoundError as error:
+        return Check("ALFWorld data", "fail", str(error).split(":")[0], str(error).split(": ", 1)[-1])
+    counts = {split: sum(per_type.values()) for split, per_type in games.count_games(root).items()}
+    summary = ", ".join(f"{split} {n}" for split, n in counts.items()) or "no games yet"
+    if games.uses_generated_games():
         return Check(
-            "ALFWorld data", "warn", "ALFWORLD_DATA is not set: the course generates its own games under data/generated",
+            "ALFWorld data", "warn", f"ALFWORLD_DATA is not set: generated games under {root} ({summary})",
             "for the real games: unpack them and `export ALFWORLD_DATA=/path` (README, 'Data'), "
             "or `alfworld-sft data download` with internet",
             required=False,
         )
-    if not root.is_dir():
+    if not counts:
         return Check(
-            "ALFWorld data", "fail", f"ALFWORLD_DATA={root} does not exist",
-            "point ALFWORLD_DATA at the folder that holds json_2.1.1/ and logic/, or unset it to use generated games",
-        )
-    counts = {name: len(list((root / "json_2.1.1" / folder).glob("*/*/game.tw-pddl"))) for name, folder in SPLITS.items()}
-    found = {name: n for name, n in counts.items() if n}
-    if not found:
-        return Check(
-            "ALFWorld data", "fail", f"no games under {root}/json_2.1.1/<split>/",
+            "ALFWorld data", "fail", f"no games under {root}/{games.JSON_DIR}/<split>/",
             "unpack the archives there (README, 'Data') or run `alfworld-sft data download`",
         )
-    missing = [name for name, n in counts.items() if not n]
-    detail = ", ".join(f"{name} {n}" for name, n in found.items())
-    if missing:
-        detail += f"; absent: {', '.join(missing)}"
-    return Check("ALFWorld data", "ok", f"{root}: {detail}", "", required=False)
+    absent = [split for split in games.SPLITS if split not in counts]
+    detail = f"{root}: {summary}" + (f"; absent: {', '.join(absent)}" if absent else "")
+    return Check("ALFWorld data", "ok", detail, "", required=False)
 
 
 def check_default_model() -> Check:
