@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import os
 import re
@@ -103,8 +104,8 @@ SAMPLE_GAMES = (
     (
         "look at alarmclock under the desklamp",
         (
-            "You are in the middle of a room. Looking quickly around you, you see a bed 1, a desk 1, a drawer 2, "
-            "a drawer 1, a dresser 1, a garbagecan 1, a safe 1, a sidetable 2, and a sidetable 1."
+            "You are in the middle of a room. Looking quickly around you, you see a bed 1, a desk 1, "
+            "a drawer 2, a drawer 1, a dresser 1, a garbagecan 1, a safe 1, a sidetable 2, and a sidetable 1."
         ),
         ("go to desk 1", "On the desk 1, you see a alarmclock 1, a desklamp 1, and a pen 2."),
     ),
@@ -142,6 +143,11 @@ def sample_conversations(fmt: prompts.PromptFormat, count: int = 3) -> list[list
 
 def read_adapter_base(adapter: Path) -> tuple[str, dict[str, Any]]:
     """The base model an adapter was trained on, and its training record ({} when there is none)."""
+    if not adapter.exists():
+        raise FileNotFoundError(
+            f"no adapter at {adapter}: run notebook 03 (training) first, which saves it there, "
+            "or pass the adapter folder with --adapter"
+        )
     if not (adapter / "adapter_config.json").exists():
         raise FileNotFoundError(
             f"{adapter} holds no adapter_config.json: it is not a LoRA adapter folder. Train one first "
@@ -242,9 +248,9 @@ def merge_adapter(config: MergeConfig, log: Callable[[str], None] = print) -> di
         base_logits = compute_logits(model, tokenizer, conversations)
     adapter_logits = compute_logits(model, tokenizer, conversations)
     merged = model.merge_and_unload()
-    in_memory_logits = compute_logits(merged, tokenizer, conversations)
 
     eot = end_of_turn_ids(tokenizer)
+    parameters = sum(p.numel() for p in merged.parameters())
     merged.generation_config.eos_token_id = eot
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     merged.generation_config.do_sample = False
@@ -270,9 +276,9 @@ def merge_adapter(config: MergeConfig, log: Callable[[str], None] = print) -> di
             "base_path": base_path,
             "dtype": dtype_name,
             "device": device,
+            "parameters": parameters,
             "prompts": len(conversations),
             "max_abs_logit_diff": diff,
-            "max_abs_logit_diff_in_memory": max_abs_diff(in_memory_logits, adapter_logits),
             "adapter_effect_max_abs_logit_diff": max_abs_diff(adapter_logits, base_logits),
             "tolerance": tolerance,
             "end_of_turn_token_ids": eot,
@@ -386,6 +392,11 @@ def convert_to_gguf(
     if not (merged / "config.json").exists():
         raise FileNotFoundError(
             f"{merged} holds no config.json: merge the adapter first (`alfworld-sft merge`, notebook 04)"
+        )
+    if importlib.util.find_spec("sentencepiece") is None:
+        # The converter imports it before it looks at the tokenizer, even for byte-level BPE vocabularies.
+        raise ToolMissingError(
+            f"llama.cpp's converter needs the sentencepiece package: install it with `{EXPORT_INSTALL_HINT}`"
         )
     script = ensure_converter(log=log)
     partial = outfile.with_name(f".{outfile.name}.partial")
@@ -931,6 +942,75 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
             f"{output / GGUF_RECORD}): the conversion lost more than rounding"
         )
     return record
+
+
+def export_gguf_when_installed(config: ExportConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`export_gguf` when llama.cpp's tools are installed; otherwise say what to install and skip (notebook 04
+    keeps going, so the course runs on a machine without the `export` extra)."""
+    if not llama_cpp_available():
+        advice = (
+            "GGUF export skipped: llama.cpp's tools are not installed; "
+            + f"install them with `{EXPORT_INSTALL_HINT}`"
+        )
+        log(advice)
+        return {"skipped": [advice], "files": {}, "verification": {}}
+    return export_gguf(config, log)
+
+
+def format_gguf_table(record: dict[str, Any], parameters: int) -> str:
+    """The GGUF files of an export record: size, bits per weight, agreement with the merged model."""
+    rows = [f"{'file':<34} {'MB':>8} {'bits/weight':>12} {'identical replies':>18} {'token agreement':>16}"]
+    for kind, entry in record["files"].items():
+        check = record["verification"].get(kind, {})
+        bits = entry["size_mb"] * 1e6 * 8 / parameters
+        replies = f"{check.get('identical_replies', '-')}/{check.get('replies', '-')}"
+        agreement = f"{check['token_agreement']:.0%}" if "token_agreement" in check else "-"
+        name = Path(entry["path"]).name
+        rows.append(f"{name:<34} {entry['size_mb']:>8.1f} {bits:>12.2f} {replies:>18} {agreement:>16}")
+    return "\n".join(rows)
+
+
+def summarize_export(merge: dict[str, Any], gguf: dict[str, Any]) -> dict[str, Any]:
+    """The figures notebook 04 keeps: the merge check, GGUF sizes and agreement, the Ollama command."""
+    merge_keys = (
+        "base_model",
+        "dtype",
+        "max_abs_logit_diff",
+        "tolerance",
+        "adapter_effect_max_abs_logit_diff",
+        "seconds",
+    )
+    check_keys = (
+        "identical_replies",
+        "replies",
+        "token_agreement",
+        "prompts_tokenized_identically",
+        "runtime",
+    )
+    return {
+        "merge": {key: merge[key] for key in merge_keys},
+        "gguf_files": gguf["files"],
+        "gguf_verification": {
+            kind: {key: check[key] for key in check_keys} for kind, check in gguf["verification"].items()
+        },
+        "ollama_create": gguf.get("ollama_create"),
+        "skipped": gguf["skipped"],
+    }
+
+
+def compare_answers(
+    base: str, merged: Path, messages: list[prompts.Message], max_new_tokens: int = 24
+) -> dict[str, str]:
+    """Greedy replies of the base model and of the merged fine-tuned model to the same game prompt."""
+    import torch
+
+    replies = {}
+    for label, source in (("base", base), ("fine_tuned", str(resolve_repo_path(merged)))):
+        model = models.load_model(source, dtype=torch.float32)
+        tokenizer = models.load_tokenizer(source)
+        replies[label] = models.generate_reply(model, tokenizer, messages, max_new_tokens=max_new_tokens)
+        del model
+    return replies
 
 
 # --------------------------------------------------------------------------------------------- CLI
