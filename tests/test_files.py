@@ -35,3 +35,15 @@ def test_malformed_line_names_file_and_line(tmp_path):
         list(read_jsonl(path))
     with pytest.warns(UserWarning, match="bad.jsonl:2"):
         assert [r["id"] for r in read_jsonl(path, skip_malformed=True)] == [1, 3]
+
+
+def test_written_json_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "result.json", {})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
