@@ -1,0 +1,95 @@
+"""The reply -> command rule, and each of the five agents playing a real game with the default model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from alfworld_sft.agents import AGENTS, NOTHING_HAPPENS, extract_command, map_action, render_demonstration
+
+ADMISSIBLE = (
+    "go to countertop 1", "go to drawer 1", "go to drawer 2", "open drawer 1", "take mug 1 from countertop 1",
+    "move mug 1 to coffeemachine 1", "inventory", "look",
+)
+
+needs_data = pytest.mark.skipif(not os.environ.get("ALFWORLD_DATA"), reason="ALFWORLD_DATA is not set (real games)")
+
+
+def test_extract_command_reads_action_lines_and_strips_decoration():
+    assert extract_command("Thought: the mug may be there.\nAction: go to countertop 1") == "go to countertop 1"
+    assert extract_command("> open drawer 1.") == "open drawer 1"
+    assert extract_command("'look'\nmore text") == "look"
+    assert extract_command("Thought: only thinking") == ""
+
+
+@pytest.mark.parametrize(
+    ("reply", "command", "how"),
+    [
+        ("go to drawer 1", "go to drawer 1", "exact"),
+        ("Go to  Drawer 1!", "go to drawer 1", "normalized"),
+        ("put mug 1 in/on coffeemachine 1", "move mug 1 to coffeemachine 1", "normalized"),
+        ("take mug 1 from counter top 1", "take mug 1 from countertop 1", "closest"),
+        ("go to drawer 3", None, "invalid"),  # an invented number never maps to another object
+        ("I think I should look for a mug", None, "invalid"),
+        ("", None, "invalid"),
+    ],
+)
+def test_map_action_follows_the_documented_rule(reply, command, how):
+    mapped = map_action(reply, ADMISSIBLE)
+    assert (mapped.command, mapped.how) == (command, how)
+
+
+def test_render_demonstration_drops_admissible_lists_and_shortens_observations():
+    record = {
+        "game_id": "json_2.1.1/train/x/trial_1", "task_type": "pick_and_place_simple", "task": "put a mug in shelf",
+        "conversations": [
+            {"role": "user", "content": "Task: put a mug in shelf.\nObservation: " + "word " * 80
+             + "\nAdmissible commands: look, inventory"},
+            {"role": "assistant", "content": "go to shelf 1"},
+        ],
+    }
+    demo = render_demonstration(record, max_observation_chars=60)
+    assert "Admissible" not in demo.text and "> go to shelf 1" in demo.text
+    assert demo.text.startswith("Task: put a mug in shelf.") and " ..." in demo.text
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from alfworld_sft.backends import load_backend
+
+    return load_backend("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def gamefile() -> Path:
+    root = Path(os.environ["ALFWORLD_DATA"]) / "json_2.1.1" / "valid_seen"
+    return sorted(root.glob("pick_and_place_simple-*/*/game.tw-pddl"))[0]
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.parametrize("agent_name", list(AGENTS))
+def test_each_agent_plays_a_real_game_with_the_default_model(agent_name, backend, gamefile):
+    from alfworld_sft.agents import Demonstration
+    from alfworld_sft.evaluation import play_games
+
+    demos = [Demonstration("json_2.1.1/train/demo", "pick_and_place_simple",
+                           "Task: put a mug in shelf.\nObservation: You see a shelf 1.\n> go to shelf 1")]
+    max_steps = 2
+    [record] = play_games(agent_name, backend, [gamefile], max_steps=max_steps, seed=0, batch_size=1,
+                          agent_kwargs={"demonstrations": demos} if agent_name == "few_shot" else None)
+    agent = AGENTS[agent_name]
+    assert record["agent"] == agent_name and record["task_type"] == "pick_and_place_simple"
+    turns = [turn for trial in record["transcript"] for turn in trial["turns"]]
+    assert len(turns) == record["steps"] == len(record["actions"])
+    if not record["won"]:
+        assert record["trials"] == agent.trials and record["steps"] == agent.trials * max_steps
+        assert len(record["reflections"]) == agent.trials - 1
+    assert record["tokens_generated"] > 0
+    assert all(t["reply"] is not None for t in turns)
+    assert record["invalid_replies"] == sum(t["how"] == "invalid" for t in turns)
+    assert all(t["observation"] == NOTHING_HAPPENS for t in turns if t["how"] == "invalid")
+    if agent.plans:
+        assert all(trial["plan"] for trial in record["transcript"])
