@@ -35,6 +35,7 @@ from alfworld_sft import files, games, paths, prompts
 from alfworld_sft.results import write_result
 
 FORMAT_VERSION = 1
+DEFAULT_PROMPT_FORMAT = prompts.PromptFormat()
 RECORD_KEYS = (
     "system", "conversations", "admissible_commands", "prompt_format", "game_id", "gamefile", "task_type", "task",
     "split", "seed", "steps", "won", "format_version",
@@ -50,7 +51,7 @@ class CollectConfig:
     limit: int | None = None  # a seeded sample balanced over task types (games.list_games); None: the whole split
     task_types: tuple[int | str, ...] | None = None  # only these task types (numbers 1-6 or names)
     seed: int = 0  # seeds the sample and, with the game id, Python's random for each game
-    prompt_format: prompts.PromptFormat = prompts.PromptFormat()  # how user turns are rendered
+    prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT  # how user turns are rendered
     translate_once: bool = True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
     games: tuple[Path, ...] | None = None  # play exactly these game files instead of listing the split
     progress: bool = True  # show a tqdm bar
@@ -132,7 +133,7 @@ def play_game(
     split: str,
     seed: int = 0,
     max_steps: int = 50,
-    prompt_format: prompts.PromptFormat = prompts.PromptFormat(),
+    prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT,
     translate: bool = True,
     game_id: str | None = None,
 ) -> GameOutcome:
@@ -227,8 +228,8 @@ def _read_done(path: Path, label: str) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("game_id"), str):
-                    raise ValueError("not a JSON object with a game_id")
-            except ValueError as error:
+                    raise TypeError("not a JSON object with a game_id")
+            except (ValueError, TypeError) as error:
                 warnings.warn(f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
                               "its game will be replayed", stacklevel=3)
                 bad.append(line)
@@ -312,7 +313,13 @@ def summarize_attempts(attempts: Sequence[dict[str, Any]]) -> dict[str, dict[str
     return table
 
 
-def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+SHORT_NAMES = {
+    "pick_and_place_simple": "place", "look_at_obj_in_light": "look in light", "pick_clean_then_place_in_recep": "clean",
+    "pick_heat_then_place_in_recep": "heat", "pick_cool_then_place_in_recep": "cool", "pick_two_obj_and_place": "pick two",
+}
+
+
+def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: str, max_steps: int) -> Path:
     """Won rate and mean steps (won games) per task type, as a PNG."""
     import matplotlib
 
@@ -320,7 +327,7 @@ def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: 
     import matplotlib.pyplot as plt
 
     names = list(per_task_type)
-    labels = [f"{number}\n{name.replace('_', ' ')[:16]}" for number, name in enumerate(names, start=1)]
+    labels = [f"{number} {SHORT_NAMES.get(name, name)}" for number, name in enumerate(names, start=1)]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     rates = [per_task_type[name]["won_rate"] for name in names]
     left.bar(labels, rates, color="tab:green")
@@ -331,10 +338,13 @@ def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: 
     left.set_ylabel("won rate")
     left.set_title("expert won rate per task type")
     right.bar(labels, [per_task_type[name]["mean_steps_won"] for name in names], color="tab:blue")
+    right.axhline(max_steps, color="grey", linestyle="--", linewidth=1, label=f"step cap ({max_steps})")
+    right.set_ylim(0, max_steps * 1.2)
+    right.legend(loc="upper left", fontsize=8)
     right.set_ylabel("mean steps (won games)")
     right.set_title("expert steps per task type")
     for axis in (left, right):
-        axis.tick_params(axis="x", labelsize=7)
+        axis.tick_params(axis="x", labelsize=8)
     figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -432,7 +442,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     }
     write_result(summary_json, payload, seed=config.seed)
     plot_summary(per_type, plot, f"oracle collection: {won_total}/{len(attempts)} games won, "
-                                 f"max {config.max_steps} steps ({config.split})")
+                                 f"max {config.max_steps} steps ({config.split})", config.max_steps)
     return CollectSummary(
         output=output, ledger=ledger, summary_json=summary_json, plot=plot, attempted=len(attempts),
         won=won_total, played_now=len(tasks), skipped=skipped, failed=failed, per_task_type=per_type,
@@ -470,17 +480,19 @@ def render_transcript(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _print_summary(summary: CollectSummary) -> None:
-    print(f"{summary.won}/{summary.attempted} games won in {summary.output} "
-          f"(this run: {summary.played_now} played, {summary.skipped} already done, "
-          f"{summary.wall_time_s:.0f} s, {summary.workers} workers)")
+def describe_summary(summary: CollectSummary) -> str:
+    """The collection in a few lines: totals, won rate and mean steps per task type, games that failed."""
+    lines = [(f"{summary.won}/{summary.attempted} games won, records in {summary.output} "
+              f"(this run: {summary.played_now} played, {summary.skipped} already done, "
+              f"{summary.wall_time_s:.0f} s, {summary.workers} workers)")]
     for number, name in games.TASK_TYPES.items():
         row = summary.per_task_type[name]
-        print(f"  {number} {name:<32} won {row['won']:>4}/{row['attempted']:<4} ({row['won_rate']:.0%})"
-              f"  mean steps {row['mean_steps_won']:.1f}")
-    for line in summary.failed:
-        print(f"  could not play: {line}")
-    print(f"summary: {summary.summary_json}\nplot: {summary.plot}")
+        steps = f"{row['mean_steps_won']:.1f}" if row["won"] else "-"
+        lines.append(f"  {number} {name:<32} won {row['won']:>4}/{row['attempted']:<4} ({row['won_rate']:>4.0%})"
+                     f"  mean steps {steps}")
+    lines.extend(f"  could not play: {line}" for line in summary.failed)
+    lines.append(f"summary: {summary.summary_json}\nplot: {summary.plot}")
+    return "\n".join(lines)
 
 
 def _run_collect(args) -> int:
@@ -495,7 +507,7 @@ def _run_collect(args) -> int:
         prompt_format=prompts.PromptFormat(show_admissible_commands=args.show_admissible_commands),
         translate_once=not args.translate_twice,
     )
-    _print_summary(collect_trajectories(config))
+    print(describe_summary(collect_trajectories(config)))
     return 0
 
 
