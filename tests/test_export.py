@@ -174,9 +174,12 @@ def test_modelfile_template_renders_like_chat_template(tmp_path: Path) -> None:
     rendered = export.render_go_template(template, {"Messages": [{"Role": "user", "Content": "hi"}]})
     assert rendered == tokenizer.apply_chat_template(lone, tokenize=False, add_generation_prompt=True)
     assert "named SmolLM" in rendered
-    path, command = export.write_modelfile(tmp_path, tmp_path / "m-q4_k_m.gguf", tokenizer, "alfworld-sft")
+    path, command = export.write_modelfile(
+        tmp_path, tmp_path / "m-q4_k_m.gguf", tokenizer, "alfworld-sft", 2048
+    )
     text = path.read_text()
     assert text.startswith("FROM ./m-q4_k_m.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text
+    assert "PARAMETER num_ctx 2048" in text
     assert f'TEMPLATE """{template}"""' in text
     assert command == f"ollama create alfworld-sft -f {path}"
 

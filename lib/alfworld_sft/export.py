@@ -661,21 +661,29 @@ def check_ollama_template(tokenizer: Any, template: str) -> list[dict[str, Any]]
     return cases
 
 
-def build_modelfile(gguf_name: str, template: str, stop_tokens: Sequence[str]) -> str:
+def build_modelfile(
+    gguf_name: str, template: str, stop_tokens: Sequence[str], num_ctx: int | None = None
+) -> str:
     if '"""' in template:
         raise ValueError('the chat template contains """, which a Modelfile TEMPLATE cannot quote')
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     lines += [f'PARAMETER stop "{token}"' for token in stop_tokens]
-    lines += ["PARAMETER temperature 0", ""]
+    lines += ["PARAMETER temperature 0"]
+    # Ollama's default context is shorter than a long game; it would silently cut the oldest turns.
+    lines += [f"PARAMETER num_ctx {num_ctx}"] if num_ctx else []
+    lines += [""]
     return "\n".join(lines)
 
 
-def write_modelfile(output: Path, gguf: Path, tokenizer: Any, name: str) -> tuple[Path, str]:
-    """Write `output/Modelfile` for `gguf`; returns its path and the `ollama create` command."""
+def write_modelfile(
+    output: Path, gguf: Path, tokenizer: Any, name: str, num_ctx: int | None = None
+) -> tuple[Path, str]:
+    """Write `output/Modelfile` for `gguf` (context `num_ctx`: the training record's max_seq_len);
+    returns its path and the `ollama create` command."""
     template = build_ollama_template(tokenizer)
     check_ollama_template(tokenizer, template)
     stops = [tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer)]
-    path = write_text(output / "Modelfile", build_modelfile(gguf.name, template, stops))
+    path = write_text(output / "Modelfile", build_modelfile(gguf.name, template, stops, num_ctx))
     return path, f"ollama create {name} -f {path}"
 
 
@@ -910,7 +918,8 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
         record["skipped"].append(f"check in llama.cpp (the runtime Ollama uses): `{EXPORT_INSTALL_HINT}`")
 
     served = files.get(config.quantize or "", converted)
-    modelfile, command = write_modelfile(output, served, tokenizer, config.name)
+    num_ctx = training_record.get("max_seq_len")
+    modelfile, command = write_modelfile(output, served, tokenizer, config.name, num_ctx)
     record.update(modelfile=str(modelfile), ollama_create=command, ollama_created=False)
     if config.create_ollama and shutil.which("ollama"):
         result = subprocess.run(command.split(), check=False, capture_output=True, text=True)
