@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-
 from alfworld_sft.backends import BackendError, ExpertBackend, OllamaBackend, Request, read_training_record
 
 needs_data = pytest.mark.skipif(not os.environ.get("ALFWORLD_DATA"), reason="ALFWORLD_DATA is not set (real games)")
@@ -73,7 +72,7 @@ def test_unreachable_ollama_server_gives_a_clear_error():
 class TagsOnly(BaseHTTPRequestHandler):
     """Answers like an Ollama server that holds one model (the real server cannot run on this machine)."""
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         body = json.dumps({"models": [{"name": "llama3.1:8b:latest"}]}).encode()
         self.send_response(200 if self.path == "/api/tags" else 404)
         self.send_header("Content-Type", "application/json")

@@ -6,7 +6,6 @@ import os
 from collections import Counter
 
 import pytest
-
 from alfworld_sft import files
 from alfworld_sft.backends import ExpertBackend
 from alfworld_sft.evaluation import (

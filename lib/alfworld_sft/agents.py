@@ -83,7 +83,7 @@ def normalize_command(text: str) -> str:
     text = text.lower().replace("in/on", "to")
     text = re.sub(r"[^a-z0-9 ]+", " ", text)
     text = re.sub(r"\s+", " ", text).strip()
-    text = re.sub(r"^put (.+?) (?:in|on|into|onto) ", r"move \1 to ", text)
+    text = re.sub(r"^put (.+?) (?:in|on|into|onto|to) ", r"move \1 to ", text)
     return text
 
 

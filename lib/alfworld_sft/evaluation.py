@@ -17,13 +17,11 @@ actions) is rebuilt from the checkpoint, with a PNG of the success rates beside 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,55 +61,17 @@ class EvalConfig:
 
 
 # --- games ---------------------------------------------------------------------------------------------------
-def data_root() -> Path:
-    root = os.environ.get("ALFWORLD_DATA")
-    if not root:
-        raise FileNotFoundError("ALFWORLD_DATA is not set: run `alfworld-download` and export ALFWORLD_DATA")
-    return Path(root)
-
-
 def select_games(split: str, num_games: int, seed: int) -> list[Path]:
     """`num_games` game files of a split, balanced over task types and seeded (0: all of them)."""
-    if hasattr(games, "list_games"):
-        return games.list_games(split, limit=num_games or None, seed=seed)
-    if split not in games.SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose from {', '.join(games.SPLITS)}")
-    folder = data_root() / "json_2.1.1" / games.SPLITS[split]
-    found = sorted(folder.glob("*/*/game.tw-pddl"))
-    if not found:
-        raise FileNotFoundError(
-            f"no games under {folder}: run `alfworld-download` (the {split} split lives in {folder.name})"
-        )
-    by_type: dict[str, list[Path]] = defaultdict(list)
-    for gamefile in found:
-        by_type[task_type_of(gamefile)].append(gamefile)
-    rng = random.Random(seed)
-    for group in by_type.values():
-        rng.shuffle(group)
-    if not num_games or num_games >= len(found):
-        return [g for t in sorted(by_type) for g in by_type[t]]
-    chosen: list[Path] = []
-    while len(chosen) < num_games:
-        for task_type in sorted(by_type):
-            if by_type[task_type] and len(chosen) < num_games:
-                chosen.append(by_type[task_type].pop(0))
-    return chosen
+    return games.list_games(split, limit=num_games or None, seed=seed)
 
 
 def task_type_of(gamefile: Path) -> str:
-    if hasattr(games, "read_task_type"):
-        return games.read_task_type(gamefile)
-    return Path(gamefile).parent.parent.name.split("-")[0]
+    return games.read_task_type(gamefile)
 
 
 def game_id_of(gamefile: Path) -> str:
-    if hasattr(games, "game_id"):
-        return games.game_id(gamefile)
-    gamefile = Path(gamefile).resolve()
-    root = os.environ.get("ALFWORLD_DATA")
-    if root and gamefile.is_relative_to(Path(root).resolve()):
-        return str(gamefile.parent.relative_to(Path(root).resolve()))
-    return str(gamefile.parent)
+    return games.game_id(gamefile)
 
 
 # --- demonstrations ------------------------------------------------------------------------------------------
@@ -418,7 +378,7 @@ def compare_results(a: str | Path | dict[str, Any], b: str | Path | dict[str, An
             type_rows.append({"agent": agent_name, "task_type": task_type,
                               **{f"won_{lab}": f"{c.get('won', 0)}/{c.get('games', 0)}"
                                  for lab, c in zip(labels, cells)}})
-    markdown = _markdown(agent_rows) + "\n\n" + _markdown(type_rows)
+    markdown = markdown_table(agent_rows) + "\n\n" + markdown_table(type_rows)
     if plot is None:
         base = Path(b) if not isinstance(b, dict) else paths.RESULTS_DIR / "eval" / "comparison.json"
         plot = base.with_name(f"{_slug(labels[0])}_vs_{_slug(labels[1])}.png")
@@ -431,13 +391,34 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _markdown(rows: Sequence[dict[str, Any]]) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if r.get(h) is None else str(r.get(h)) for h in header) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def example_transcripts(results_path: str | Path) -> dict[str, str]:
+    """One transcript per agent from a run's checkpoint (a won game when there is one), as readable text."""
+    results = files.read_json(results_path)
+    checkpoint = results["config"]["checkpoint"]
+    checkpoint = paths.resolve_repo_path(checkpoint) if checkpoint else Path(results_path).with_suffix(".ckpt.jsonl")
+    chosen: dict[str, dict[str, Any]] = {}
+    for record in files.read_jsonl(checkpoint):
+        if record["agent"] not in chosen or (record["won"] and not chosen[record["agent"]]["won"]):
+            chosen[record["agent"]] = record
+    return {agent: transcript_text(chosen[agent]) for agent in results["agents"] if agent in chosen}
+
+
+def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[str, Any] | None:
+    """Evaluate `adapter` (its base model from its training record) with `config`, or None when it is absent."""
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").exists():
+        print(f"no fine-tuned adapter at {adapter}: run notebook 03 first; only the base model is evaluated")
+        return None
+    return run_evaluation(replace(config, model="", adapter=str(adapter)))
 
 
 def transcript_text(record: dict[str, Any], *, max_turns: int = 12) -> str:
@@ -499,7 +480,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     results = run_evaluation(config)
-    print(_markdown(results_table(results)))
+    print(markdown_table(results_table(results)))
     print(f"wrote {paths.resolve_repo_path(config.output)} ({time.perf_counter() - started:.0f} s)")
     return 0
 
