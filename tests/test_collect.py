@@ -32,6 +32,19 @@ def _records(path: Path) -> dict[str, dict]:
     return {record["game_id"]: record for record in files.read_jsonl(path)}
 
 
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(line) for line in found.split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, dict]:
     """The sample collected once, in this process: the records every other run must reproduce."""
@@ -82,7 +95,7 @@ def test_records_do_not_depend_on_worker_count(reference, tmp_path):
 def test_a_killed_run_resumes_without_loss_or_duplicates(reference, tmp_path):
     output = tmp_path / "killed.jsonl"
     command = [sys.executable, "-m", "alfworld_sft.cli", "collect", "--split", "train", "--output", str(output),
-               "--limit", "4", "--task-types", "1,2,5", "--seed", "0", "--workers", "1"]
+               "--limit", "4", "--task-types", "1,2,5", "--seed", "0", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -90,11 +103,17 @@ def test_a_killed_run_resumes_without_loss_or_duplicates(reference, tmp_path):
             if output.exists() and output.read_text().count("\n") >= 1:
                 break
             time.sleep(0.05)
+        workers = _children(process.pid)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
     done_before = output.read_text().count("\n")
     assert 1 <= done_before < 4, "the kill should land after the first record and before the last"
+    assert workers, "the collection should have started worker processes"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "workers outlived the killed collection"
 
     summary = collect_trajectories(_config(output, workers=1))
     assert summary.skipped >= done_before and summary.played_now == 4 - summary.skipped

@@ -272,6 +272,19 @@ def _play_task(task: tuple[str, str, CollectConfig]) -> GameOutcome:
                      prompt_format=config.prompt_format, translate=config.translate_once, game_id=game_id)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: exit once the collecting process is gone (a killed parent otherwise leaves idle workers
+    waiting on their task queue forever)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iterator[GameOutcome]:
     """Outcomes in the order games finish; whole games per worker process."""
     if workers <= 1:
@@ -283,7 +296,8 @@ def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iter
 
     # spawn: a clean interpreter per worker, no inherited engine state or locks (also works under Jupyter).
     # An executor, not a Pool: a worker that dies raises BrokenProcessPool instead of being respawned forever.
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         futures = [executor.submit(_play_task, task) for task in tasks]
         for future in as_completed(futures):
