@@ -1,0 +1,247 @@
+"""Formatting: real expert trajectories -> tokenized examples whose labels are exactly the assistant's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from alfworld_sft import formatting, models, prompts
+from alfworld_sft.files import MalformedRecordError
+
+ALFWORLD_DATA = os.environ.get("ALFWORLD_DATA")
+needs_data = pytest.mark.skipif(not ALFWORLD_DATA, reason="needs real ALFWorld games: set $ALFWORLD_DATA")
+
+# Llama-3.1-Instruct's chat template, the `chat_template` field of
+# https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/blob/main/tokenizer_config.json (no hub here: written
+# out from that file; the same text is quoted in ldp's llama3.1_chat_template_hf.jinja and spark-nlp's
+# PromptAssembler docstring).
+LLAMA31_CHAT_TEMPLATE = (
+    "{{- bos_token }}\n{%- if custom_tools is defined %}\n    {%- set tools = custom_tools %}\n{%- endif %}\n"
+    "{%- if not tools_in_user_message is defined %}\n    {%- set tools_in_user_message = true %}\n{%- endif %}\n"
+    "{%- if not date_string is defined %}\n    {%- set date_string = \"26 Jul 2024\" %}\n{%- endif %}\n"
+    "{%- if not tools is defined %}\n    {%- set tools = none %}\n{%- endif %}\n\n"
+    "{#- This block extracts the system message, so we can slot it into the right place. #}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n{%- else %}\n    {%- set system_message = \"\" %}\n{%- endif %}\n\n"
+    "{#- System message + builtin tools #}\n{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+    "{%- if builtin_tools is defined or tools is not none %}\n    {{- \"Environment: ipython\\n\" }}\n{%- endif %}\n"
+    "{%- if builtin_tools is defined %}\n"
+    "    {{- \"Tools: \" + builtin_tools | reject('equalto', 'code_interpreter') | join(\", \") + \"\\n\\n\"}}\n"
+    "{%- endif %}\n{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
+    "{%- if tools is not none and not tools_in_user_message %}\n"
+    "    {{- \"You have access to the following functions. To call a function, please respond with JSON for a function call.\" }}\n"
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
+    "    {{- \"Do not use variables.\\n\\n\" }}\n    {%- for t in tools %}\n        {{- t | tojson(indent=4) }}\n"
+    "        {{- \"\\n\\n\" }}\n    {%- endfor %}\n{%- endif %}\n{{- system_message }}\n{{- \"<|eot_id|>\" }}\n\n"
+    "{#- Custom tools are passed in a user message with some extra guidance #}\n"
+    "{%- if tools_in_user_message and not tools is none %}\n"
+    "    {#- Extract the first user message so we can plug it in here #}\n    {%- if messages | length != 0 %}\n"
+    "        {%- set first_user_message = messages[0]['content']|trim %}\n        {%- set messages = messages[1:] %}\n"
+    "    {%- else %}\n        {{- raise_exception(\"Cannot put tools in the first user message when there's no first user message!\") }}\n"
+    "{%- endif %}\n    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
+    "    {{- \"Given the following functions, please respond with a JSON for a function call \" }}\n"
+    "    {{- \"with its proper arguments that best answers the given prompt.\\n\\n\" }}\n"
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
+    "    {{- \"Do not use variables.\\n\\n\" }}\n    {%- for t in tools %}\n        {{- t | tojson(indent=4) }}\n"
+    "        {{- \"\\n\\n\" }}\n    {%- endfor %}\n    {{- first_user_message + \"<|eot_id|>\"}}\n{%- endif %}\n\n"
+    "{%- for message in messages %}\n"
+    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}\n"
+    "        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n"
+    "    {%- elif 'tool_calls' in message %}\n        {%- if not message.tool_calls|length == 1 %}\n"
+    "            {{- raise_exception(\"This model only supports single tool-calls at once!\") }}\n        {%- endif %}\n"
+    "        {%- set tool_call = message.tool_calls[0].function %}\n"
+    "        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}\n"
+    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "            {{- \"<|python_tag|>\" + tool_call.name + \".call(\" }}\n"
+    "            {%- for arg_name, arg_val in tool_call.arguments | items %}\n"
+    "                {{- arg_name + '=\"' + arg_val + '\"' }}\n                {%- if not loop.last %}\n"
+    "                    {{- \", \" }}\n                {%- endif %}\n                {%- endfor %}\n"
+    "            {{- \")\" }}\n        {%- else  %}\n            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "            {{- '{\"name\": \"' + tool_call.name + '\", ' }}\n            {{- '\"parameters\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n            {{- \"}\" }}\n        {%- endif %}\n"
+    "        {%- if builtin_tools is defined %}\n            {#- This means we're in ipython mode #}\n"
+    "            {{- \"<|eom_id|>\" }}\n        {%- else %}\n            {{- \"<|eot_id|>\" }}\n        {%- endif %}\n"
+    "    {%- elif message.role == \"tool\" or message.role == \"ipython\" %}\n"
+    "        {{- \"<|start_header_id|>ipython<|end_header_id|>\\n\\n\" }}\n"
+    "        {%- if message.content is mapping or message.content is iterable %}\n"
+    "            {{- message.content | tojson }}\n        {%- else %}\n            {{- message.content }}\n"
+    "        {%- endif %}\n        {{- \"<|eot_id|>\" }}\n    {%- endif %}\n{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n{%- endif %}\n"
+)
+LLAMA31_SPECIAL_TOKENS = [
+    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>",
+    "<|python_tag|>", "<|finetune_right_pad_id|>",
+]
+
+
+def build_llama31_tokenizer():
+    """The default model's BPE with Llama-3.1-Instruct's special tokens, roles and chat template."""
+    tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
+    tokenizer.add_special_tokens({"additional_special_tokens": LLAMA31_SPECIAL_TOKENS})
+    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    tokenizer.pad_token = "<|finetune_right_pad_id|>"
+    tokenizer.chat_template = LLAMA31_CHAT_TEMPLATE
+    return tokenizer
+
+
+def write_expert_records(path: Path, n_games: int, fmt: prompts.PromptFormat = prompts.PromptFormat(), seed: int = 0) -> Path:
+    """Real records: the collection stage's expert plays `n_games` train games (balanced over task types)."""
+    from alfworld_sft.collect import CollectConfig, collect_trajectories
+
+    config = CollectConfig(split="train", output=path, limit=n_games, seed=seed, prompt_format=fmt, progress=False)
+    summary = collect_trajectories(config)
+    assert summary.won > 0, summary
+    return path
+
+
+@pytest.fixture(scope="module")
+def records_path(tmp_path_factory) -> Path:
+    if not ALFWORLD_DATA:
+        pytest.skip("needs real ALFWorld games: set $ALFWORLD_DATA")
+    return write_expert_records(tmp_path_factory.mktemp("records") / "trajectories.jsonl", 4)
+
+
+@pytest.fixture(scope="module")
+def chatml_tokenizer():
+    return models.load_tokenizer(models.DEFAULT_MODEL)
+
+
+def labelled_runs(example: dict) -> list[list[int]]:
+    runs, current = [], []
+    for label in example["labels"]:
+        if label == formatting.IGNORE_INDEX:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append(label)
+    return runs + ([current] if current else [])
+
+
+def assert_labels_are_commands(example: dict, window: list[dict], tokenizer, marker: str) -> None:
+    commands = [m["content"].strip() for m in window if m["role"] == "assistant"]
+    decoded = [tokenizer.decode(run) for run in labelled_runs(example)]
+    assert decoded == [command + marker for command in commands]
+    assert all(l in (formatting.IGNORE_INDEX, i) for l, i in zip(example["labels"], example["input_ids"]))
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["chatml", "llama31"])
+def test_labels_cover_assistant_commands_and_end_of_turn_only(records_path, chatml_tokenizer, style):
+    tokenizer = chatml_tokenizer if style == "chatml" else build_llama31_tokenizer()
+    marker = formatting.end_of_turn_marker(tokenizer)
+    assert marker == {"chatml": "<|im_end|>", "llama31": "<|eot_id|>"}[style]
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    for record in formatting.load_records(records_path):
+        example = formatting.build_example(record, tokenizer, max_seq_len=100_000)
+        window = prompts.build_messages(record["system"], record["conversations"])
+        assert example["dropped_pairs"] == 0
+        assert_labels_are_commands(example, window, tokenizer, marker)
+        if style == "llama31":
+            assert tokenizer.decode(example["input_ids"]).startswith("<|begin_of_text|><|start_header_id|>system")
+            assert tokenizer.convert_tokens_to_ids("<|eot_id|>") in example["labels"]
+
+
+@needs_data
+@pytest.mark.slow
+def test_long_records_keep_system_and_task_and_match_the_agents_window(records_path, chatml_tokenizer):
+    records = formatting.load_records(records_path)
+    longest = max(records, key=lambda r: len(r["conversations"]))
+    messages = prompts.build_messages(longest["system"], longest["conversations"])
+    full = formatting.count_template_tokens(chatml_tokenizer, messages)
+    max_seq_len = full * 2 // 3
+    example = formatting.build_example(longest, chatml_tokenizer, max_seq_len)
+    window, dropped = prompts.select_window(
+        messages, lambda m: formatting.count_template_tokens(chatml_tokenizer, m), max_seq_len
+    )
+    assert example["dropped_pairs"] == dropped > 0
+    assert example["num_tokens"] <= max_seq_len < example["full_tokens"] == full
+    text = chatml_tokenizer.decode(example["input_ids"])
+    assert text.startswith("<|im_start|>system\n" + prompts.SYSTEM_PROMPT)
+    assert longest["conversations"][0]["content"] in text  # the task turn stays
+    assert longest["conversations"][-1]["content"] + "<|im_end|>" in text  # so does the winning command
+    assert_labels_are_commands(example, window, chatml_tokenizer, "<|im_end|>")
+
+
+@needs_data
+@pytest.mark.slow
+def test_dataset_split_by_game_seeded_with_stats_plot_and_saved(records_path, chatml_tokenizer, tmp_path):
+    config = formatting.FormatConfig(max_seq_len=768, eval_fraction=0.3, seed=3)
+    dataset = formatting.format_records(records_path, config, tokenizer=chatml_tokenizer)
+    train_games, eval_games = set(dataset["train"]["game_id"]), set(dataset["eval"]["game_id"])
+    assert train_games and eval_games and not train_games & eval_games
+    again = formatting.format_records(records_path, config, tokenizer=chatml_tokenizer)
+    assert set(again["eval"]["game_id"]) == eval_games
+    stats = formatting.summarize_lengths(dataset, 768)
+    tokens = stats["tokens"]
+    assert tokens["min"] <= tokens["median"] <= tokens["p95"] <= tokens["max"] <= 768
+    assert stats["truncated_examples"] == sum(d > 0 for s in dataset.values() for d in s["dropped_pairs"])
+    out = formatting.save_formatted(dataset, tmp_path / "sft_data", source=records_path, config=config)
+    assert (out / "lengths.png").stat().st_size > 0
+    loaded, info = formatting.load_formatted(out)
+    assert loaded["train"]["input_ids"] == dataset["train"]["input_ids"]
+    assert info["max_seq_len"] == 768 and info["prompt_format"] == {"show_admissible_commands": False}
+    assert info["source_sha256"] == formatting.sha256_file(records_path)
+    example = dataset["train"][0]
+    shown = formatting.render_trained_text(example, chatml_tokenizer)
+    assert "⟦" in shown and shown.replace("⟦", "").replace("⟧", "") == chatml_tokenizer.decode(example["input_ids"])
+    assert '<span style="background' in formatting.render_trained_html(example, chatml_tokenizer)
+
+
+@needs_data
+@pytest.mark.slow
+def test_admissible_commands_format_is_carried(tmp_path, chatml_tokenizer):
+    path = write_expert_records(tmp_path / "t.jsonl", 1, prompts.PromptFormat(show_admissible_commands=True))
+    records = formatting.load_records(path)
+    assert formatting.prompt_format_of(records).show_admissible_commands
+    example = formatting.build_example(records[0], chatml_tokenizer, 100_000)
+    assert "Admissible commands:" in chatml_tokenizer.decode(example["input_ids"])
+
+
+GOOD = {
+    "system": "s", "game_id": "g1", "prompt_format": {"show_admissible_commands": False},
+    "conversations": [{"role": "user", "content": "Task: x.\nObservation: y"}, {"role": "assistant", "content": "look"}],
+}
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("{not json", "malformed JSON"),
+        (json.dumps({**GOOD, "conversations": []}), "empty conversation"),
+        (json.dumps({**GOOD, "conversations": [{"role": "assistant", "content": "look"}]}), "expected 'user'"),
+        (json.dumps({**GOOD, "conversations": GOOD["conversations"][:1]}), "ends with a user turn"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "game_id"}), "'game_id'"),
+    ],
+)
+def test_malformed_input_names_file_and_line(tmp_path, bad_line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + bad_line + "\n")
+    with pytest.raises(MalformedRecordError) as caught:
+        formatting.load_records(path)
+    assert caught.value.line_number == 3 and f"{path}:3" in str(caught.value) and message in str(caught.value)
+
+
+def test_missing_file_and_mixed_formats_are_explained(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        formatting.load_records(tmp_path / "none.jsonl")
+    other = {**GOOD, "prompt_format": {"show_admissible_commands": True}}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(other) + "\n")
+    with pytest.raises(ValueError, match="mixes prompt formats"):
+        formatting.load_records(path)
+
+
+def test_pad_equal_to_eos_is_refused(tmp_path, chatml_tokenizer):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "game_id": "g2"}) + "\n")
+    tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
+    tokenizer.pad_token = tokenizer.eos_token
+    with pytest.raises(ValueError, match="pads with its eos"):
+        formatting.format_records(path, formatting.FormatConfig(eval_fraction=0.5), tokenizer=tokenizer)
+    dataset = formatting.format_records(path, formatting.FormatConfig(eval_fraction=0.5), tokenizer=chatml_tokenizer)
+    assert len(dataset["train"]) == len(dataset["eval"]) == 1
