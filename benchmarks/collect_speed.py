@@ -1,12 +1,13 @@
-"""Collection speed: the same fixed games played by the bare engine loop and by the collector at 1 and N workers.
+"""Collection speed: fixed games played by the bare engine loop and by the collector at 1 and N workers.
 
     python benchmarks/collect_speed.py --games 12 --workers 2
 
-The baseline, measured in the same run, is the bare engine: ALFWorld's expert playing each game in this process
-with no records, files or progress bar. Then `collect_trajectories` plays the same games (same per-game seeds,
-so the same steps) with TextWorld's double PDDL translation, with the translation paid once, and with N worker
-processes. Prints games/s, steps/s, CPU seconds per game (workers included) and the speed-ups; the load average
-is printed too: on a shared machine other jobs take cores, and CPU s/game shows the cost whatever the load. Uses $ALFWORLD_DATA, or the generated games (made first if missing).
+The baseline, measured in the same run, is the bare engine: ALFWorld's expert playing each game in this
+process with no records, files or progress bar. Then `collect_trajectories` plays the same games (same
+per-game seeds, so the same steps) with TextWorld's double PDDL translation, with the translation paid once,
+and with N worker processes. Prints games/s, steps/s, CPU seconds per game (workers included) and the
+speed-ups. The load average is printed too: on a shared machine other jobs take cores, while CPU s/game shows
+the cost whatever the load. Uses $ALFWORLD_DATA, or the generated games (made first if missing).
 """
 
 from __future__ import annotations
@@ -41,8 +42,13 @@ def play_bare(gamefiles: list[Path], seed: int, max_steps: int) -> int:
 def play_collect(gamefiles: list[Path], seed: int, max_steps: int, workers: int, translate_once: bool) -> int:
     with tempfile.TemporaryDirectory() as folder:
         config = collect.CollectConfig(
-            output=Path(folder) / "trajectories.jsonl", games=tuple(gamefiles), seed=seed, max_steps=max_steps,
-            workers=workers, translate_once=translate_once, progress=False,
+            output=Path(folder) / "trajectories.jsonl",
+            games=tuple(gamefiles),
+            seed=seed,
+            max_steps=max_steps,
+            workers=workers,
+            translate_once=translate_once,
+            progress=False,
         )
         summary = collect.collect_trajectories(config)
         if summary.failed:
@@ -67,16 +73,25 @@ def main() -> None:
     args = parser.parse_args()
 
     gamefiles = games.ensure_games(args.split, args.games, args.seed)
-    print(f"{len(gamefiles)} games of {args.split} from {games.data_root()}, seed {args.seed}, "
-          f"max {args.max_steps} steps; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{len(gamefiles)} games of {args.split} from {games.data_root()}, seed {args.seed}, "
+        f"max {args.max_steps} steps; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
 
     runs = [
         ("bare engine loop (baseline)", lambda: play_bare(gamefiles, args.seed, args.max_steps)),
-        ("collect, 1 worker, PDDL translated twice",
-         lambda: play_collect(gamefiles, args.seed, args.max_steps, 1, translate_once=False)),
-        ("collect, 1 worker", lambda: play_collect(gamefiles, args.seed, args.max_steps, 1, translate_once=True)),
-        (f"collect, {args.workers} workers",
-         lambda: play_collect(gamefiles, args.seed, args.max_steps, args.workers, translate_once=True)),
+        (
+            "collect, 1 worker, PDDL translated twice",
+            lambda: play_collect(gamefiles, args.seed, args.max_steps, 1, translate_once=False),
+        ),
+        (
+            "collect, 1 worker",
+            lambda: play_collect(gamefiles, args.seed, args.max_steps, 1, translate_once=True),
+        ),
+        (
+            f"collect, {args.workers} workers",
+            lambda: play_collect(gamefiles, args.seed, args.max_steps, args.workers, translate_once=True),
+        ),
     ]
     rows = []
     for label, run in runs:
@@ -85,17 +100,31 @@ def main() -> None:
         steps = run()
         seconds = time.perf_counter() - start
         cpu = _cpu_seconds() - cpu_start
-        rows.append((label, seconds, steps))
-        print(f"  {label:<44} {seconds:7.1f} s  {len(gamefiles) / seconds:6.3f} games/s  {steps / seconds:6.1f} "
-              f"steps/s  {cpu / len(gamefiles):5.2f} CPU s/game  (load {os.getloadavg()[0]:.1f})", flush=True)
-    if len({steps for _, _, steps in rows}) != 1:
-        raise RuntimeError(f"the runs played different numbers of steps: {[steps for *_, steps in rows]}")
+        rows.append((label, seconds, steps, cpu))
+        print(
+            f"  {label:<44} {seconds:7.1f} s  {len(gamefiles) / seconds:6.3f} games/s  "
+            f"{steps / seconds:6.1f} steps/s  {cpu / len(gamefiles):5.2f} CPU s/game  "
+            f"(load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    if len({steps for _, _, steps, _ in rows}) != 1:
+        raise RuntimeError(f"the runs played different numbers of steps: {[row[2] for row in rows]}")
 
-    bare, twice, once, parallel = (seconds for _, seconds, _ in rows)
+    bare, twice, once, parallel = (seconds for _, seconds, _, _ in rows)
+    cpu_once, cpu_parallel = rows[2][3], rows[3][3]
     print(f"1 worker vs bare engine:       {bare / once:.2f}x  (translating twice: {bare / twice:.2f}x)")
     print(f"translating the PDDL once:     {twice / once:.2f}x faster than twice")
-    print(f"{args.workers} workers vs 1 worker:        {once / parallel:.2f}x  "
-          f"(goal >= {0.8 * args.workers:.1f}x; efficiency {once / parallel / args.workers:.0%})")
+    print(
+        f"{args.workers} workers vs 1 worker:        {once / parallel:.2f}x  "
+        f"(goal >= {0.8 * args.workers:.1f}x; efficiency {once / parallel / args.workers:.0%})"
+    )
+    # Wall-clock speed-up needs N idle cores; the CPU cost per game tells what N workers add whatever the load
+    # (their start-up: each spawned worker imports TextWorld and ALFWorld once).
+    print(
+        f"CPU per game, {args.workers} workers vs 1:   {cpu_parallel / cpu_once:.2f}x  "
+        f"(with {args.workers} idle cores the speed-up is at most "
+        f"{args.workers * cpu_once / cpu_parallel:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

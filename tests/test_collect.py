@@ -94,8 +94,24 @@ def test_records_do_not_depend_on_worker_count(reference, tmp_path):
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_loss_or_duplicates(reference, tmp_path):
     output = tmp_path / "killed.jsonl"
-    command = [sys.executable, "-m", "alfworld_sft.cli", "collect", "--split", "train", "--output", str(output),
-               "--limit", "4", "--task-types", "1,2,5", "--seed", "0", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "alfworld_sft.cli",
+        "collect",
+        "--split",
+        "train",
+        "--output",
+        str(output),
+        "--limit",
+        "4",
+        "--task-types",
+        "1,2,5",
+        "--seed",
+        "0",
+        "--workers",
+        "2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -168,15 +184,21 @@ def test_a_game_the_engine_cannot_load_is_reported_and_skipped(tmp_path):
     shutil.copytree(source, broken)
     (broken / "game.tw-pddl").write_text('{"pddl_domain": "(define"}')
     output = tmp_path / "out" / "broken.jsonl"
-    summary = collect_trajectories(CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False))
+    summary = collect_trajectories(
+        CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False)
+    )
     assert summary.won == 0 and summary.attempted == 1
     assert len(summary.failed) == 1 and "KeyError" in summary.failed[0]
     ledger = [json.loads(line) for line in summary.ledger.read_text().splitlines()]
     assert ledger[0]["error"] and ledger[0]["won"] is False
     assert not output.exists() or output.read_text() == ""
     # The rerun does not try it again.
-    assert collect_trajectories(CollectConfig(output=output, games=(broken / "game.tw-pddl",),
-                                              progress=False)).played_now == 0
+    assert (
+        collect_trajectories(
+            CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False)
+        ).played_now
+        == 0
+    )
 
 
 @needs_real_data
@@ -190,8 +212,12 @@ def test_translating_once_plays_the_same_game(reference):
 @needs_real_data
 def test_admissible_commands_can_be_shown_in_user_turns(tmp_path):
     gamefile = games.list_games("train", task_types=[1], limit=1)[0]
-    outcome = collect.play_game(gamefile, split="train", max_steps=2,
-                                prompt_format=prompts.PromptFormat(show_admissible_commands=True))
+    outcome = collect.play_game(
+        gamefile,
+        split="train",
+        max_steps=2,
+        prompt_format=prompts.PromptFormat(show_admissible_commands=True),
+    )
     turns = outcome.record["conversations"]
     assert outcome.steps == 2 and not outcome.won
     assert turns[0]["content"].endswith(", ".join(outcome.record["admissible_commands"][0]))
@@ -214,8 +240,19 @@ def test_a_missing_split_stops_the_collection_with_the_fix(tmp_path, monkeypatch
     with pytest.raises(games.MissingSplitError, match=r"json_2.1.1/valid_seen.*alfworld-sft data download"):
         collect_trajectories(CollectConfig(split="eval_in_distribution", output=tmp_path / "o.jsonl"))
     result = subprocess.run(
-        [sys.executable, "-m", "alfworld_sft.cli", "collect", "--split", "eval_in_distribution",
-         "--output", str(tmp_path / "o.jsonl")], check=False, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "alfworld_sft.cli",
+            "collect",
+            "--split",
+            "eval_in_distribution",
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
         env={**os.environ, "ALFWORLD_DATA": str(tmp_path)},
     )
     assert result.returncode == 2 and "valid_seen" in result.stderr and "Traceback" not in result.stderr

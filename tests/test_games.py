@@ -65,7 +65,10 @@ def test_list_games_is_sorted_and_needs_traj_data(tree):
 def test_task_types_by_number_or_name(tree):
     listed = games.list_games("train", task_types=[6, "pick_and_place_simple", "3"])
     assert {games.read_task_type(path) for path in listed} == {
-        "pick_two_obj_and_place", "pick_and_place_simple", "pick_clean_then_place_in_recep"}
+        "pick_two_obj_and_place",
+        "pick_and_place_simple",
+        "pick_clean_then_place_in_recep",
+    }
     with pytest.raises(ValueError, match="unknown task type 7"):
         games.list_games("train", task_types=[7])
     with pytest.raises(ValueError, match="unknown split"):
@@ -112,8 +115,13 @@ def test_read_task_type_reports_a_broken_traj_data(tree):
 
 
 def test_data_status_counts_games_per_split_and_type(tree):
-    result = subprocess.run([sys.executable, "-m", "alfworld_sft.cli", "data", "status"],
-                            check=False, capture_output=True, text=True, env={**os.environ, "ALFWORLD_DATA": str(tree)})
+    result = subprocess.run(
+        [sys.executable, "-m", "alfworld_sft.cli", "data", "status"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ALFWORLD_DATA": str(tree)},
+    )
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "18 games" in result.stdout and "1:3" in result.stdout
     assert "valid_seen    missing" in result.stdout
@@ -125,7 +133,9 @@ def test_the_real_splits(monkeypatch):
     assert len(games.list_games("train")) == 3553
     assert len(games.list_games("eval_in_distribution")) == 140
     sample = games.list_games("train", limit=12, seed=0)
-    assert sorted(games.read_task_type(path) for path in sample) == sorted(list(games.TASK_TYPES.values()) * 2)
+    assert sorted(games.read_task_type(path) for path in sample) == sorted(
+        list(games.TASK_TYPES.values()) * 2
+    )
     anatomy = games.describe_game(sample[0])
     assert anatomy["game_file_keys"] == ["grammar", "pddl_domain", "pddl_problem", "solvable", "walkthrough"]
     assert anatomy["receptacles_in_room"] > 0 and anatomy["objects_in_room"] > 0 and anatomy["init_facts"] > 0

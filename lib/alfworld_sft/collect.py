@@ -1,9 +1,10 @@
 """Oracle trajectories: ALFWorld's handcoded expert plays each game of a split in the real TextWorld engine.
 
-One expert command per step, the expert re-asked after every step (field notes §4). Each won game becomes one
-record of `trajectories.jsonl` in the format CONTRIBUTING.md fixes (system prompt, user/assistant turns rendered
-with `alfworld_sft.prompts`, the admissible commands of every user turn, and game metadata). Every attempted game,
-won or not, also gets one line in the sidecar ledger `<output stem>.attempts.jsonl`, so a rerun skips it.
+One expert command per step, the expert re-asked after every step (field notes §4). Each won game becomes
+one record of `trajectories.jsonl` in the format CONTRIBUTING.md fixes (system prompt, user/assistant turns
+rendered with `alfworld_sft.prompts`, the admissible commands of every user turn, and game metadata). Every
+attempted game, won or not, also gets one line in the sidecar ledger `<output stem>.attempts.jsonl`, so a
+rerun skips it.
 
     alfworld-sft collect --split train --output results/oracle/trajectories.jsonl --max-steps 50 --workers 4
 
@@ -37,8 +38,19 @@ from alfworld_sft.results import write_result
 FORMAT_VERSION = 1
 DEFAULT_PROMPT_FORMAT = prompts.PromptFormat()
 RECORD_KEYS = (
-    "system", "conversations", "admissible_commands", "prompt_format", "game_id", "gamefile", "task_type", "task",
-    "split", "seed", "steps", "won", "format_version",
+    "system",
+    "conversations",
+    "admissible_commands",
+    "prompt_format",
+    "game_id",
+    "gamefile",
+    "task_type",
+    "task",
+    "split",
+    "seed",
+    "steps",
+    "won",
+    "format_version",
 )
 
 
@@ -48,11 +60,15 @@ class CollectConfig:
     output: Path = paths.RESULTS_DIR / "oracle" / "trajectories.jsonl"  # won games, one record a line
     max_steps: int = 50  # expert commands per game before it counts as lost (the seed guide's cap)
     workers: int = 1  # processes that play whole games; 1 plays in this process
-    limit: int | None = None  # a seeded sample balanced over task types (games.list_games); None: the whole split
+    limit: int | None = (
+        None  # a seeded sample balanced over task types (games.list_games); None: the whole split
+    )
     task_types: tuple[int | str, ...] | None = None  # only these task types (numbers 1-6 or names)
     seed: int = 0  # seeds the sample and, with the game id, Python's random for each game
     prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT  # how user turns are rendered
-    translate_once: bool = True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
+    translate_once: bool = (
+        True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
+    )
     games: tuple[Path, ...] | None = None  # play exactly these game files instead of listing the split
     progress: bool = True  # show a tqdm bar
 
@@ -82,7 +98,9 @@ class CollectSummary:
     played_now: int  # games played by this call
     skipped: int  # games this call found done already
     failed: tuple[str, ...]  # "game_id: error" for games the engine could not play
-    per_task_type: dict[str, dict[str, float]] = field(default_factory=dict)  # attempted, won, won_rate, mean_steps
+    per_task_type: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  # attempted, won, won_rate, mean_steps
     wall_time_s: float = 0.0  # this call
     workers: int = 1
 
@@ -137,7 +155,7 @@ def play_game(
     translate: bool = True,
     game_id: str | None = None,
 ) -> GameOutcome:
-    """Play one game with the handcoded expert; never raises for a game the engine cannot play (see `error`)."""
+    """Play one game with the handcoded expert; a game the engine cannot play gives `error`."""
     from alfworld_sft.engine import AlfworldGame
 
     gamefile = Path(gamefile).resolve()
@@ -150,11 +168,18 @@ def play_game(
     seed_game(seed, game_id)
     argv = list(sys.argv)  # fast-downward's translator overwrites sys.argv; give the caller its own back
     try:
-        with translate_once() if translate else contextlib.nullcontext(), AlfworldGame(gamefile, expert=True) as game:
+        with (
+            translate_once() if translate else contextlib.nullcontext(),
+            AlfworldGame(gamefile, expert=True) as game,
+        ):
             state = game.reset()
             conversations = [
-                {"role": "user", "content": prompts.render_first_turn(
-                    state.task, state.observation, state.admissible_commands, prompt_format)}
+                {
+                    "role": "user",
+                    "content": prompts.render_first_turn(
+                        state.task, state.observation, state.admissible_commands, prompt_format
+                    ),
+                }
             ]
             admissible = [list(state.admissible_commands)]
             steps, won = 0, False
@@ -167,14 +192,21 @@ def play_game(
                     won = state.won
                     break
                 if steps < max_steps:
-                    conversations.append({"role": "user", "content": prompts.render_turn(
-                        state.observation, state.admissible_commands, prompt_format)})
+                    conversations.append(
+                        {
+                            "role": "user",
+                            "content": prompts.render_turn(
+                                state.observation, state.admissible_commands, prompt_format
+                            ),
+                        }
+                    )
                     admissible.append(list(state.admissible_commands))
             task = state.task
     except Exception as error:  # noqa: BLE001 - any engine failure is reported with the game, not fatal
         message = f"{type(error).__name__}: {error}".strip()
-        return GameOutcome(game_id, str(gamefile), task_type, False, 0, message[:500], None,
-                           time.perf_counter() - start)
+        return GameOutcome(
+            game_id, str(gamefile), task_type, False, 0, message[:500], None, time.perf_counter() - start
+        )
     finally:
         sys.argv[:] = argv
     record = {
@@ -192,7 +224,9 @@ def play_game(
         "won": won,
         "format_version": FORMAT_VERSION,
     }
-    return GameOutcome(game_id, str(gamefile), task_type, won, steps, None, record, time.perf_counter() - start)
+    return GameOutcome(
+        game_id, str(gamefile), task_type, won, steps, None, record, time.perf_counter() - start
+    )
 
 
 def check_record(record: dict[str, Any]) -> None:
@@ -203,11 +237,15 @@ def check_record(record: dict[str, Any]) -> None:
     turns = record["conversations"]
     roles = [turn.get("role") for turn in turns]
     if not turns or roles != ["user", "assistant"] * (len(turns) // 2) or len(turns) % 2:
-        raise ValueError(f"record of {record['game_id']}: turns must alternate user/assistant and end with one")
+        raise ValueError(
+            f"record of {record['game_id']}: turns must alternate user/assistant and end with one"
+        )
     if len(record["admissible_commands"]) != len(turns) // 2:
         raise ValueError(f"record of {record['game_id']}: one admissible-command list per user turn expected")
     if record["steps"] != len(turns) // 2:
-        raise ValueError(f"record of {record['game_id']}: steps={record['steps']} but {len(turns) // 2} commands")
+        raise ValueError(
+            f"record of {record['game_id']}: steps={record['steps']} but {len(turns) // 2} commands"
+        )
     if not turns[0]["content"].startswith("Task: "):
         raise ValueError(f"record of {record['game_id']}: the first user turn must hold the task")
 
@@ -218,8 +256,10 @@ def _read_done(path: Path, label: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     if files.repair_jsonl_tail(path):
-        warnings.warn(f"{path}: cut a torn last line left by an interrupted run; its game will be replayed",
-                      stacklevel=3)
+        warnings.warn(
+            f"{path}: cut a torn last line left by an interrupted run; its game will be replayed",
+            stacklevel=3,
+        )
     records, keep, bad = [], [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -230,8 +270,11 @@ def _read_done(path: Path, label: str) -> list[dict[str, Any]]:
                 if not isinstance(record, dict) or not isinstance(record.get("game_id"), str):
                     raise TypeError("not a JSON object with a game_id")
             except (ValueError, TypeError) as error:
-                warnings.warn(f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
-                              "its game will be replayed", stacklevel=3)
+                warnings.warn(
+                    f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
+                    "its game will be replayed",
+                    stacklevel=3,
+                )
                 bad.append(line)
                 continue
             records.append(record)
@@ -246,7 +289,11 @@ def _read_done(path: Path, label: str) -> list[dict[str, Any]]:
 
 def _check_compatible(records: list[dict[str, Any]], config: CollectConfig, path: Path) -> None:
     """A rerun must continue the same collection: same split, seed, step cap and prompt format."""
-    expected = {"split": config.split, "seed": config.seed, "prompt_format": dataclasses.asdict(config.prompt_format)}
+    expected = {
+        "split": config.split,
+        "seed": config.seed,
+        "prompt_format": dataclasses.asdict(config.prompt_format),
+    }
     if path.name.endswith(".attempts.jsonl"):
         expected = {"split": config.split, "seed": config.seed, "max_steps": config.max_steps}
     for record in records:
@@ -260,16 +307,30 @@ def _check_compatible(records: list[dict[str, Any]], config: CollectConfig, path
 
 def _ledger_line(outcome: GameOutcome, config: CollectConfig) -> dict[str, Any]:
     return {
-        "game_id": outcome.game_id, "gamefile": outcome.gamefile, "task_type": outcome.task_type,
-        "won": outcome.won, "steps": outcome.steps, "error": outcome.error, "seconds": round(outcome.seconds, 3),
-        "split": config.split, "seed": config.seed, "max_steps": config.max_steps,
+        "game_id": outcome.game_id,
+        "gamefile": outcome.gamefile,
+        "task_type": outcome.task_type,
+        "won": outcome.won,
+        "steps": outcome.steps,
+        "error": outcome.error,
+        "seconds": round(outcome.seconds, 3),
+        "split": config.split,
+        "seed": config.seed,
+        "max_steps": config.max_steps,
     }
 
 
 def _play_task(task: tuple[str, str, CollectConfig]) -> GameOutcome:
     gamefile, game_id, config = task
-    return play_game(gamefile, split=config.split, seed=config.seed, max_steps=config.max_steps,
-                     prompt_format=config.prompt_format, translate=config.translate_once, game_id=game_id)
+    return play_game(
+        gamefile,
+        split=config.split,
+        seed=config.seed,
+        max_steps=config.max_steps,
+        prompt_format=config.prompt_format,
+        translate=config.translate_once,
+        game_id=game_id,
+    )
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -296,8 +357,12 @@ def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iter
 
     # spawn: a clean interpreter per worker, no inherited engine state or locks (also works under Jupyter).
     # An executor, not a Pool: a worker that dies raises BrokenProcessPool instead of being respawned forever.
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+    executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         futures = [executor.submit(_play_task, task) for task in tasks]
         for future in as_completed(futures):
@@ -328,8 +393,12 @@ def summarize_attempts(attempts: Sequence[dict[str, Any]]) -> dict[str, dict[str
 
 
 SHORT_NAMES = {
-    "pick_and_place_simple": "place", "look_at_obj_in_light": "look in light", "pick_clean_then_place_in_recep": "clean",
-    "pick_heat_then_place_in_recep": "heat", "pick_cool_then_place_in_recep": "cool", "pick_two_obj_and_place": "pick two",
+    "pick_and_place_simple": "place",
+    "look_at_obj_in_light": "look in light",
+    "pick_clean_then_place_in_recep": "clean",
+    "pick_heat_then_place_in_recep": "heat",
+    "pick_cool_then_place_in_recep": "cool",
+    "pick_two_obj_and_place": "pick two",
 }
 
 
@@ -372,7 +441,9 @@ def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: 
 def select_games(config: CollectConfig) -> list[Path]:
     if config.games is not None:
         if not config.games:
-            raise ValueError("CollectConfig.games is empty: give game files or leave it None to list the split")
+            raise ValueError(
+                "CollectConfig.games is empty: give game files or leave it None to list the split"
+            )
         return [Path(path) for path in config.games]
     task_types = list(config.task_types) if config.task_types else None
     return games.list_games(config.split, task_types=task_types, limit=config.limit, seed=config.seed)
@@ -383,7 +454,9 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     from tqdm.auto import tqdm
 
     if config.max_steps < 1 or config.workers < 1:
-        raise ValueError(f"max_steps and workers must be at least 1 (got {config.max_steps}, {config.workers})")
+        raise ValueError(
+            f"max_steps and workers must be at least 1 (got {config.max_steps}, {config.workers})"
+        )
     output = paths.resolve_repo_path(config.output)
     ledger = ledger_path(output)
     summary_json, plot = summary_paths(output)
@@ -397,9 +470,15 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     # A run killed between writing a record and its ledger line: the record is the truth.
     orphans = [record for record in records if record["game_id"] not in attempted_ids]
     if orphans:
-        repaired = [_ledger_line(GameOutcome(
-            r["game_id"], r["gamefile"], r["task_type"], r["won"], r["steps"], None, None, 0.0), config)
-            for r in orphans]
+        repaired = [
+            _ledger_line(
+                GameOutcome(
+                    r["game_id"], r["gamefile"], r["task_type"], r["won"], r["steps"], None, None, 0.0
+                ),
+                config,
+            )
+            for r in orphans
+        ]
         files.append_jsonl(ledger, repaired)
         attempts.extend(repaired)
         attempted_ids.update(record["game_id"] for record in orphans)
@@ -414,8 +493,13 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     skipped = len(selected) - len(tasks)
 
     failed_now: list[str] = []
-    bar = tqdm(total=len(tasks), unit="game", desc=f"collect {config.split}", disable=not config.progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(tasks),
+        unit="game",
+        desc=f"collect {config.split}",
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
     won_now = 0
     try:
         for outcome in _outcomes(tasks, min(config.workers, max(1, len(tasks)))):
@@ -448,24 +532,42 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
         "per_task_type": per_type,
         "failed": list(failed),
         "this_run": {
-            "played": len(tasks), "won": won_now, "skipped_done": skipped, "failed": len(failed_now),
-            "wall_time_s": round(wall, 2), "workers": config.workers,
+            "played": len(tasks),
+            "won": won_now,
+            "skipped_done": skipped,
+            "failed": len(failed_now),
+            "wall_time_s": round(wall, 2),
+            "workers": config.workers,
             "games_per_s": round(len(tasks) / wall, 3) if wall > 0 else 0.0,
             "translate_once": config.translate_once,
         },
     }
     write_result(summary_json, payload, seed=config.seed)
-    plot_summary(per_type, plot, f"oracle collection: {won_total}/{len(attempts)} games won, "
-                                 f"max {config.max_steps} steps ({config.split})", config.max_steps)
+    plot_summary(
+        per_type,
+        plot,
+        f"oracle collection: {won_total}/{len(attempts)} games won, "
+        f"max {config.max_steps} steps ({config.split})",
+        config.max_steps,
+    )
     return CollectSummary(
-        output=output, ledger=ledger, summary_json=summary_json, plot=plot, attempted=len(attempts),
-        won=won_total, played_now=len(tasks), skipped=skipped, failed=failed, per_task_type=per_type,
-        wall_time_s=wall, workers=config.workers,
+        output=output,
+        ledger=ledger,
+        summary_json=summary_json,
+        plot=plot,
+        attempted=len(attempts),
+        won=won_total,
+        played_now=len(tasks),
+        skipped=skipped,
+        failed=failed,
+        per_task_type=per_type,
+        wall_time_s=wall,
+        workers=config.workers,
     )
 
 
 def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The seed guide's verification: record count, average turns, keys; plus the contract check of each record."""
+    """The seed guide's verification (record count, average turns, keys) plus the record contract check."""
     path = paths.resolve_repo_path(path)
     records = list(files.read_jsonl(path))
     if not records:
@@ -481,13 +583,19 @@ def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:
         "avg_turns": round(sum(turns) / len(turns), 1),
         "avg_steps": round(sum(record["steps"] for record in records) / len(records), 1),
         "keys": list(records[0].keys()),
-        "task_types": {name: sum(r["task_type"] == name for r in records) for name in games.TASK_TYPES.values()},
+        "task_types": {
+            name: sum(r["task_type"] == name for r in records) for name in games.TASK_TYPES.values()
+        },
     }
 
 
 def render_transcript(record: dict[str, Any]) -> str:
     """A record as readable text: the task, then each command and what the engine answered."""
-    lines = [f"[{record['task_type']}] {record['game_id']}", f"won={record['won']} in {record['steps']} steps", ""]
+    lines = [
+        f"[{record['task_type']}] {record['game_id']}",
+        f"won={record['won']} in {record['steps']} steps",
+        "",
+    ]
     for turn in record["conversations"]:
         prefix = "> " if turn["role"] == "assistant" else ""
         lines.append(prefix + turn["content"])
@@ -496,14 +604,20 @@ def render_transcript(record: dict[str, Any]) -> str:
 
 def describe_summary(summary: CollectSummary) -> str:
     """The collection in a few lines: totals, won rate and mean steps per task type, games that failed."""
-    lines = [(f"{summary.won}/{summary.attempted} games won, records in {summary.output} "
-              f"(this run: {summary.played_now} played, {summary.skipped} already done, "
-              f"{summary.wall_time_s:.0f} s, {summary.workers} workers)")]
+    lines = [
+        (
+            f"{summary.won}/{summary.attempted} games won, records in {summary.output} "
+            f"(this run: {summary.played_now} played, {summary.skipped} already done, "
+            f"{summary.wall_time_s:.0f} s, {summary.workers} workers)"
+        )
+    ]
     for number, name in games.TASK_TYPES.items():
         row = summary.per_task_type[name]
         steps = f"{row['mean_steps_won']:.1f}" if row["won"] else "-"
-        lines.append(f"  {number} {name:<32} won {row['won']:>4}/{row['attempted']:<4} ({row['won_rate']:>4.0%})"
-                     f"  mean steps {steps}")
+        lines.append(
+            f"  {number} {name:<32} won {row['won']:>4}/{row['attempted']:<4} ({row['won_rate']:>4.0%})"
+            f"  mean steps {steps}"
+        )
     lines.extend(f"  could not play: {line}" for line in summary.failed)
     lines.append(f"summary: {summary.summary_json}\nplot: {summary.plot}")
     return "\n".join(lines)
@@ -530,17 +644,35 @@ def configure_parser(subparsers) -> None:
         "collect", help="play a split with the handcoded expert and write oracle trajectories (resumable)"
     )
     parser.add_argument("--split", default="train", choices=list(games.SPLITS))
-    parser.add_argument("--output", default="results/oracle/trajectories.jsonl",
-                        help="JSONL of won games (relative paths are read from the repository root)")
+    parser.add_argument(
+        "--output",
+        default=str(paths.RESULTS_DIR / "oracle" / "trajectories.jsonl"),
+        help="JSONL of won games (relative paths are read from the repository root; "
+        "default: results/oracle/trajectories.jsonl)",
+    )
     parser.add_argument("--max-steps", type=int, default=50, help="expert commands per game (default 50)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes playing games (default: the CPU count)")
-    parser.add_argument("--limit", type=int, default=None, help="a seeded sample of this many games, balanced "
-                        "over task types (default: the whole split)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes playing games (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="a seeded sample of this many games, balanced over task types (default: the whole split)",
+    )
     parser.add_argument("--task-types", default=None, help="comma-separated task types, numbers 1-6 or names")
     parser.add_argument("--seed", type=int, default=0, help="sample seed and per-game seed of the expert")
-    parser.add_argument("--show-admissible-commands", action="store_true",
-                        help="list the admissible commands in every user turn (prompts.PromptFormat)")
-    parser.add_argument("--translate-twice", action="store_true",
-                        help="let TextWorld translate each game's PDDL again at reset (slower; for comparison)")
+    parser.add_argument(
+        "--show-admissible-commands",
+        action="store_true",
+        help="list the admissible commands in every user turn (prompts.PromptFormat)",
+    )
+    parser.add_argument(
+        "--translate-twice",
+        action="store_true",
+        help="let TextWorld translate each game's PDDL again at reset (slower; for comparison)",
+    )
     parser.set_defaults(func=_run_collect)

@@ -1,7 +1,8 @@
-"""ALFWorld game sources: which game files make up a split, from `$ALFWORLD_DATA` or the course's own generator.
+"""ALFWorld game sources: which game files make up a split, from `$ALFWORLD_DATA` or the course's generator.
 
 A data root holds games in the layout that `alfworld-download` makes:
-`<root>/json_2.1.1/<split folder>/<task>-<Obj>-<Mrecep>-<Parent>-<scene>/<trial>/{game.tw-pddl,traj_data.json}`.
+`<root>/json_2.1.1/<split folder>/<task>-<Obj>-<Mrecep>-<Parent>-<scene>/<trial>/`, each trial folder holding
+`game.tw-pddl` and `traj_data.json`.
 The root is `$ALFWORLD_DATA` when that is set (the real ALFWorld games), else `data/generated/` (games the
 course generates offline with `alfworld_sft.generate`).
 
@@ -58,8 +59,8 @@ def generated_root() -> Path:
     return paths.DATA_DIR / "generated"
 
 
-# Importing alfworld writes its default (~/.cache/alfworld) into os.environ["ALFWORLD_DATA"] when the user set
-# nothing (alfworld/info.py), so after the engine's first game the variable no longer tells what the user chose.
+# Importing alfworld writes its default (~/.cache/alfworld) into os.environ["ALFWORLD_DATA"] when the user
+# set nothing (alfworld/info.py): after the first game the variable no longer shows what the user chose.
 _ALFWORLD_DATA_AT_IMPORT = os.environ.get("ALFWORLD_DATA")
 
 
@@ -80,8 +81,8 @@ def data_root() -> Path:
     if not root.is_dir():
         raise FileNotFoundError(
             f"ALFWORLD_DATA={value} is not a directory: unpack the ALFWorld archives there "
-            f"(`alfworld-sft data download --data-dir {value}`), point ALFWORLD_DATA at the folder that holds "
-            "json_2.1.1/, or unset it to use the course's generated games"
+            f"(`alfworld-sft data download --data-dir {value}`), point ALFWORLD_DATA at the folder that "
+            "holds json_2.1.1/, or unset it to use the course's generated games"
         )
     return root.resolve()
 
@@ -113,7 +114,7 @@ def parse_task_types(task_types: Iterable[int | str]) -> list[str]:
 
 
 def game_id(gamefile: str | os.PathLike[str], root: Path | None = None) -> str:
-    """The game's folder relative to the data root, e.g. `json_2.1.1/train/pick_and_place_simple-.../trial_...`:
+    """The game's folder relative to the data root (`json_2.1.1/train/pick_and_place_simple-.../trial_...`):
     the stable key that resume and train/eval splitting use (CONTRIBUTING.md)."""
     folder = Path(gamefile).resolve().parent
     for base in (root or data_root(), generated_root()):
@@ -133,7 +134,9 @@ def read_task_type(gamefile: str | os.PathLike[str]) -> str:
     except FileNotFoundError:
         raise FileNotFoundError(f"{traj} is missing: every game needs its traj_data.json beside it") from None
     except (ValueError, KeyError) as error:
-        raise ValueError(f"{traj}: no readable 'task_type' ({error}); re-unpack or regenerate this game") from None
+        raise ValueError(
+            f"{traj}: no readable 'task_type' ({error}); re-unpack or regenerate this game"
+        ) from None
     if task_type not in TASK_TYPES.values():
         raise ValueError(f"{traj}: unknown task_type {task_type!r}")
     return task_type
@@ -233,7 +236,7 @@ def count_games(root: Path | None = None) -> dict[str, dict[str, int]]:
 
 
 def ensure_games(split: str, count: int, seed: int = 0) -> list[Path]:
-    """A balanced sample of `count` games of a split; on the generated data root, generate what is missing first.
+    """A balanced sample of `count` games of a split; on the generated data root, generate missing ones first.
 
     With `$ALFWORLD_DATA` set nothing is generated: the real split must be there.
     """
@@ -251,7 +254,7 @@ def ensure_games(split: str, count: int, seed: int = 0) -> list[Path]:
 
 
 def describe_game(gamefile: str | os.PathLike[str]) -> dict[str, Any]:
-    """The anatomy of one game file: what the engine reads from game.tw-pddl and the expert from traj_data.json."""
+    """The anatomy of one game: what the engine reads from game.tw-pddl and the expert from traj_data.json."""
     import re
 
     gamefile = Path(gamefile)
@@ -290,8 +293,8 @@ def download_data(data_dir: str | os.PathLike[str] | None = None, *, force: bool
         raise RuntimeError(f"{command[0]} not found: install the course (`pip install -e .`) first") from None
     except subprocess.CalledProcessError as error:
         raise RuntimeError(
-            f"alfworld-download failed (exit {error.returncode}): it needs internet access; on an offline machine "
-            "unset ALFWORLD_DATA and use the generated games (`alfworld-sft data generate`)"
+            f"alfworld-download failed (exit {error.returncode}): it needs internet access; on an offline "
+            "machine unset ALFWORLD_DATA and use the generated games (`alfworld-sft data generate`)"
         ) from None
     return target
 
@@ -326,13 +329,19 @@ def _run_data(args) -> int:
 
 
 def configure_parser(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="ALFWorld games: status, download (real data), generate (offline)")
+    parser = subparsers.add_parser(
+        "data", help="ALFWorld games: status, download (real data), generate (offline)"
+    )
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     commands.add_parser("status", help="which splits exist under the data root, games per task type")
     download = commands.add_parser("download", help="run alfworld-download (needs internet)")
-    download.add_argument("--data-dir", default=None, help="target folder (default: $ALFWORLD_DATA or ~/.cache/alfworld)")
+    download.add_argument(
+        "--data-dir", default=None, help="target folder (default: $ALFWORLD_DATA or ~/.cache/alfworld)"
+    )
     download.add_argument("--force", action="store_true", help="unpack again over existing files")
-    generate = commands.add_parser("generate", help="generate offline games until a split has --count of them")
+    generate = commands.add_parser(
+        "generate", help="generate offline games until a split has --count of them"
+    )
     generate.add_argument("--split", default="train", choices=list(SPLITS))
     generate.add_argument("--count", type=int, default=60, help="games the split should hold")
     generate.add_argument("--seed", type=int, default=0)
