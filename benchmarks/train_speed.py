@@ -109,6 +109,7 @@ def run_setup(model, name: str, steps: list[list[int]], batch: int, *, grouped: 
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    torch.cuda.empty_cache()  # the previous set-up's optimizer and adapters are gone: start from the weights alone
     if upcast:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -171,8 +172,6 @@ def run_setup(model, name: str, steps: list[list[int]], batch: int, *, grouped: 
         "padding_share": round(1 - useful / padded, 3),
     }
     base = peft_model.unload()  # drop the LoRA layers, keep the quantized base for the next set-up
-    del optimizer, peft_model
-    torch.cuda.empty_cache()
     if upcast:  # undo prepare_model_for_kbit_training's fp32 upcast so the next set-up starts alike
         for param in base.parameters():
             if param.dtype == torch.float32:
@@ -195,16 +194,17 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
     print(f"built and quantized the 8B-shaped model in {time.perf_counter() - started:.0f} s; "
           f"weights {torch.cuda.memory_allocated() / GIB:.2f} GiB", flush=True)
     setups = [
-        ("naive", dict(grouped=False, upcast=True, liger=False)),
-        ("bf16", dict(grouped=False, upcast=False, liger=False)),
-        ("bf16+grouped", dict(grouped=True, upcast=False, liger=False)),
-        ("course: bf16+grouped+liger", dict(grouped=True, upcast=False, liger=True)),
+        ("naive", {"grouped": False, "upcast": True, "liger": False}),
+        ("bf16", {"grouped": False, "upcast": False, "liger": False}),
+        ("bf16+grouped", {"grouped": True, "upcast": False, "liger": False}),
+        ("course: bf16+grouped+liger", {"grouped": True, "upcast": False, "liger": True}),
     ]
     results = []
     for name, options in setups:
         try:
             result, model = run_setup(model, name, steps, args.batch, warmup=args.warmup, device="cuda", **options)
-        except Exception as error:  # one failing set-up (e.g. liger missing) must not hide the others
+        except (ImportError, RuntimeError, TypeError, ValueError, AttributeError) as error:
+            # one failing set-up (liger missing or incompatible, out of memory) must not hide the others
             print(f"{name}: failed: {type(error).__name__}: {error}", flush=True)
             continue
         results.append(result)

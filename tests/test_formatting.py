@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from alfworld_sft import formatting, models, prompts
 from alfworld_sft.files import MalformedRecordError
 
@@ -87,7 +86,10 @@ def build_llama31_tokenizer():
     return tokenizer
 
 
-def write_expert_records(path: Path, n_games: int, fmt: prompts.PromptFormat = prompts.PromptFormat(), seed: int = 0) -> Path:
+DEFAULT_FORMAT = prompts.PromptFormat()
+
+
+def write_expert_records(path: Path, n_games: int, fmt: prompts.PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> Path:
     """Real records: the collection stage's expert plays `n_games` train games (balanced over task types)."""
     from alfworld_sft.collect import CollectConfig, collect_trajectories
 
