@@ -301,11 +301,16 @@ def load_backend(model: str, *, adapter: str | Path | None = None, backend: str 
         raise ValueError(f"unknown backend {backend!r}: choose auto, transformers, ollama, vllm or expert")
     if adapter is not None and not Path(adapter).expanduser().is_dir():
         raise FileNotFoundError(f"adapter folder {adapter} does not exist: pass the folder training wrote")
+    record = read_training_record(adapter)
     if not model:
-        record = read_training_record(adapter)
         if record is None:
             raise ValueError("no --model given and the adapter has no training_record.json naming its base model")
         model = record.base_model
+    elif record is not None and record.base_model != model:
+        import warnings
+
+        warnings.warn(f"the adapter was trained on {record.base_model!r} but is loaded on {model!r}: "
+                      "an adapter only fits the model it was trained on", stacklevel=2)
     if backend == "expert" or model == EXPERT_MODEL:
         return ExpertBackend()
     if backend == "ollama" or model.startswith("ollama:"):

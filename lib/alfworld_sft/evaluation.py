@@ -448,8 +448,9 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--agents", nargs="+", default=list(defaults.agents), choices=list(AGENTS))
     parser.add_argument("--num-games", type=int, default=defaults.num_games, help="0 = the whole split")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    parser.add_argument("--model", default=defaults.model,
-                        help="default model name, hub id, folder, ollama:NAME or `expert` (empty: adapter's base)")
+    parser.add_argument("--model", default=None,
+                        help=f"model name, hub id, folder, ollama:NAME or `expert` (default: the adapter's base "
+                             f"model, else {defaults.model})")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder")
     parser.add_argument("--split", default=defaults.split, choices=list(games.SPLITS))
     parser.add_argument("--checkpoint", default=None, help="JSONL of finished games (default: beside --output)")
@@ -473,7 +474,8 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     config = EvalConfig(
-        agents=tuple(args.agents), num_games=args.num_games, max_steps=args.max_steps, model=args.model,
+        agents=tuple(args.agents), num_games=args.num_games, max_steps=args.max_steps,
+        model=args.model if args.model is not None else ("" if args.adapter else EvalConfig.model),
         adapter=args.adapter, split=args.split, checkpoint=args.checkpoint, output=args.output,
         batch_size=args.batch_size, seed=args.seed, trajectories=args.trajectories, backend=args.backend,
         ollama_url=args.ollama_url, dtype=args.dtype, window_tokens=args.window_tokens, threads=args.threads,
