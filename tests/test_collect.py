@@ -170,6 +170,21 @@ def test_a_malformed_line_is_reported_moved_aside_and_skipped(reference, tmp_pat
 
 
 @needs_real_data
+@pytest.mark.slow
+def test_a_damaged_record_is_moved_aside_and_its_game_replayed(reference, tmp_path):
+    output = tmp_path / "damaged.jsonl"
+    files.append_jsonl(output, sorted(reference.values(), key=lambda record: record["game_id"]))
+    collect_trajectories(_config(output, workers=1))  # writes the ledger: all four games won
+    lines = output.read_text().splitlines(keepends=True)
+    damaged = lines[1][:40] + "\n"
+    output.write_text("".join([lines[0], damaged, *lines[2:]]))
+    with pytest.warns(UserWarning, match=rf"{output.name}:2: malformed trajectory line"):
+        summary = collect_trajectories(_config(output, workers=1))
+    assert summary.played_now == 1 and summary.won == 4 and summary.attempted == 4
+    assert _records(output) == reference
+
+
+@needs_real_data
 def test_a_rerun_with_other_settings_is_refused(reference, tmp_path):
     output = tmp_path / "settings.jsonl"
     files.append_jsonl(output, list(reference.values()))

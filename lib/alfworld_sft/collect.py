@@ -28,7 +28,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +97,10 @@ class CollectSummary:
     won: int  # records in the output
     played_now: int  # games played by this call
     skipped: int  # games this call found done already
-    failed: tuple[str, ...]  # "game_id: error" for games the engine could not play
-    per_task_type: dict[str, dict[str, float]] = field(
-        default_factory=dict
-    )  # attempted, won, won_rate, mean_steps
-    wall_time_s: float = 0.0  # this call
-    workers: int = 1
+    failed: tuple[str, ...]  # "game file: error" for games the engine could not play
+    per_task_type: dict[str, dict[str, float]]  # attempted, won, won_rate, mean_steps_won, failed
+    wall_time_s: float  # this call
+    workers: int  # worker processes of this call
 
 
 def ledger_path(output: Path) -> Path:
@@ -466,6 +464,11 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     attempts = _read_done(ledger, "ledger")
     _check_compatible(records, config, output)
     _check_compatible(attempts, config, ledger)
+    record_ids = {record["game_id"] for record in records}
+    # The latest ledger line of a game counts; a won game whose record is gone (a malformed line moved aside)
+    # is played again.
+    latest = {row["game_id"]: row for row in attempts}
+    attempts = [row for row in latest.values() if not row.get("won") or row["game_id"] in record_ids]
     attempted_ids = {row["game_id"] for row in attempts}
     # A run killed between writing a record and its ledger line: the record is the truth.
     orphans = [record for record in records if record["game_id"] not in attempted_ids]
@@ -519,7 +522,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     wall = time.perf_counter() - start
 
     per_type = summarize_attempts(attempts)
-    failed = tuple(f"{row['game_id']}: {row['error']}" for row in attempts if row.get("error"))
+    failed = tuple(f"{row['gamefile']}: {row['error']}" for row in attempts if row.get("error"))
     won_total = sum(1 for row in attempts if row.get("won"))
     payload = {
         "output": str(output),
