@@ -317,7 +317,9 @@ def plot_lengths(dataset: Any, max_seq_len: int, path: str | os.PathLike[str]) -
     full = [n for split in dataset.values() for n in split["full_tokens"]]
     kept = [n for split in dataset.values() for n in split["num_tokens"]]
     figure, axis = plt.subplots(figsize=(7, 3.5))
-    bins = min(40, max(5, len(full) // 3))
+    count = min(40, max(5, len(full) // 3))
+    low, high = min(kept), max(full)
+    bins = [low + (high - low) * i / count for i in range(count + 1)] if high > low else count  # shared by both
     axis.hist(full, bins=bins, alpha=0.5, label="whole conversation")
     axis.hist(kept, bins=bins, alpha=0.7, label="after the window")
     axis.axvline(max_seq_len, color="red", linestyle="--", label=f"max_seq_len = {max_seq_len}")
