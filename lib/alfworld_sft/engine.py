@@ -31,8 +31,17 @@ class AlfworldGame:
     """A single game file played step by step; `close()` (or a `with` block) frees the engine."""
 
     def __init__(self, gamefile: str | Path, *, expert: bool = False):
+        import os
+
         import textworld
+
+        # Importing alfworld writes its default ~/.cache/alfworld into $ALFWORLD_DATA when the user set nothing;
+        # undo that, so that the variable keeps telling what the user chose (games.data_root reads it).
+        user_choice = os.environ.get("ALFWORLD_DATA")
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
+
+        if user_choice is None:
+            os.environ.pop("ALFWORLD_DATA", None)
 
         self.gamefile = Path(gamefile)
         if not self.gamefile.exists():

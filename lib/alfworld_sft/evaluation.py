@@ -58,12 +58,25 @@ class EvalConfig:
     dtype: str = "float32"  # torch dtype of a transformers model (bfloat16 halves memory)
     window_tokens: int | None = None  # prompt budget; default: training max_seq_len, else agents' base window
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    shard: str | None = None  # "I/N": play only every N-th game from the I-th (0-based), for N parallel processes
 
 
 # --- games ---------------------------------------------------------------------------------------------------
 def select_games(split: str, num_games: int, seed: int) -> list[Path]:
     """`num_games` game files of a split, balanced over task types and seeded (0: all of them)."""
     return games.list_games(split, limit=num_games or None, seed=seed)
+
+
+def shard_games(gamefiles: Sequence[Path], shard: str | None) -> list[Path]:
+    """The I-th of N interleaved shards ("I/N"); shards of one run share its checkpoint key, so their
+    checkpoints concatenated and read by an unsharded run give the whole run's results."""
+    if not shard:
+        return list(gamefiles)
+    match = re.fullmatch(r"(\d+)/(\d+)", shard)
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"--shard takes I/N with 0 <= I < N, e.g. 0/4, not {shard!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    return list(gamefiles)[index::count]
 
 
 def task_type_of(gamefile: Path) -> str:
@@ -206,7 +219,7 @@ def run_evaluation(config: EvalConfig, *, backend: Backend | None = None,
         raise ValueError(f"unknown agent(s) {', '.join(unknown)}: choose from {', '.join(AGENTS)}")
     output = paths.resolve_repo_path(config.output)
     checkpoint = paths.resolve_repo_path(config.checkpoint) if config.checkpoint else output.with_suffix(".ckpt.jsonl")
-    gamefiles = select_games(config.split, config.num_games, config.seed)
+    gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
     own_backend = backend is None
     backend = backend or load_backend(config.model, adapter=config.adapter, backend=config.backend,
                                       ollama_url=config.ollama_url, dtype=config.dtype, threads=config.threads)
@@ -464,6 +477,9 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--window-tokens", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="play only shard I of N (parallel processes, one checkpoint each; concatenate them "
+                             "and rerun without --shard for the whole run's results)")
     parser.set_defaults(func=_run_evaluate)
     compare = subparsers.add_parser("compare", help="compare two evaluation result files (table + plot)")
     compare.add_argument("a")
@@ -479,6 +495,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         adapter=args.adapter, split=args.split, checkpoint=args.checkpoint, output=args.output,
         batch_size=args.batch_size, seed=args.seed, trajectories=args.trajectories, backend=args.backend,
         ollama_url=args.ollama_url, dtype=args.dtype, window_tokens=args.window_tokens, threads=args.threads,
+        shard=args.shard,
     )
     started = time.perf_counter()
     results = run_evaluation(config)
