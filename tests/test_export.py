@@ -252,7 +252,9 @@ def test_gguf_round_trip(merged: tuple[Path, dict], tmp_path: Path) -> None:
         )
     )
     f16, q4 = record["verification"]["f16"], record["verification"]["q4_k_m"]
-    assert f16["runtime"] == "llama.cpp" and f16["identical_replies"] == f16["replies"] == 2
+    # f16 reproduces the merged model's greedy replies; a divergence is allowed only at a near-tie.
+    assert f16["runtime"] == "llama.cpp" and f16["replies"] == 2
+    assert all(margin <= export.NEAR_TIE_LOGITS for margin in f16["divergence_margins"])
     assert f16["prompts_tokenized_identically"] == 2 and q4["prompts_tokenized_identically"] == 2
     assert 0.0 <= q4["token_agreement"] <= 1.0
     sizes = {kind: entry["size_mb"] for kind, entry in record["files"].items()}
