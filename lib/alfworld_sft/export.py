@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import ctypes
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -468,12 +469,18 @@ def quantize_gguf(
     params.nthread = threads
     partial = outfile.with_name(f".{outfile.name}.partial")
     # The quantizer writes a line per tensor straight to stderr (fd 2); keep it for the error message only.
-    with tempfile.TemporaryFile() as native, _redirect_fd(2, native.fileno()):
+    # (in Jupyter, llama-cpp-python's log callback prints to sys.stderr, which is not fd 2).
+    python_log = io.StringIO()
+    with (
+        tempfile.TemporaryFile() as native,
+        _redirect_fd(2, native.fileno()),
+        contextlib.redirect_stderr(python_log),
+    ):
         code = llama_cpp.llama_model_quantize(
             str(source).encode(), str(partial).encode(), ctypes.byref(params)
         )
         native.seek(0)
-        native_log = native.read().decode(errors="replace")
+        native_log = native.read().decode(errors="replace") + python_log.getvalue()
     fallbacks = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", native_log)
     if code != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
