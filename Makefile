@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # textworld's planner compiles during install and calls a command named `python`.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup course course-full test doctor lint clean-results
+.PHONY: setup setup-export course course-full test doctor lint clean-results
 
 setup: $(STAMP)
 
@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $$($(BIN)/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["alfworld-sft"]["no-deps"]))')
 	touch $@
 
+# llama.cpp's converter and quantizer for notebook 04's GGUF steps: compiles llama.cpp (~7 min of CPU).
+setup-export: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,export]'
+
 course: setup
 	$(BIN)/alfworld-sft course --mode $(MODE)
 
-course-full: setup
+course-full: setup-export
 	$(BIN)/alfworld-sft course --mode full
 
 test: setup

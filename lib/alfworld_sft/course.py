@@ -7,7 +7,8 @@
 Each notebook runs with the kernel named `python3`, which is the Python that runs this command (the venv's),
 in the notebooks folder, with the shared parameters `small` and `seed`. Executed copies go to
 results/executed/<mode>/ (git-ignored). The run stops at the first failing notebook and names it and the
-failing cell; it ends with a table of notebook, status and seconds, also written to `run_dir/course.json`.
+failing cell; it ends with a table of notebook, status and seconds, also written to `run_dir/course.json`,
+and with `run_dir/summary.md`: the headline figures of every stage and links to its plots.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from typing import Any
+
+from alfworld_sft.files import read_json, write_text
 from alfworld_sft.paths import EXECUTED_DIR, NOTEBOOKS_DIR, run_dir
 from alfworld_sft.results import format_table, write_result
 
@@ -106,7 +110,66 @@ def run_course(config: CourseConfig = CourseConfig()) -> CourseResult:
     write_result(run_dir(config.mode == "small") / "course.json", {
         "mode": config.mode, "ok": result.ok, "runs": [asdict(r) for r in result.runs]
     }, seed=config.seed)
+    write_course_summary(run_dir(config.mode == "small"))
     return result
+
+
+def _stage_rows(stage: str, summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """The headline figures of one notebook's summary JSON: (stage, figure, value)."""
+    rows: list[tuple[str, str, Any]] = []
+
+    def add(figure: str, value: Any) -> None:
+        if value is not None:
+            rows.append((stage, figure, value))
+
+    if stage.startswith("00"):
+        add("machine ready", summary.get("ready"))
+        add("default model's greedy reply", summary.get("greedy_reply"))
+    elif stage.startswith("01"):
+        add("games won / attempted", f"{summary.get('won')} / {summary.get('attempted')}")
+        add("records written", summary.get("records"))
+        for task_type, figures in (summary.get("per_task_type") or {}).items():
+            add(f"won {task_type}", f"{figures.get('won')} / {figures.get('attempted')}")
+        add("collection wall time (s)", summary.get("wall_time_s"))
+    elif stage.startswith("02"):
+        add("examples (train / eval)", " / ".join(str(v) for v in (summary.get("examples") or {}).values()))
+        tokens = summary.get("tokens") or {}
+        add("tokens per example (median / p95 / max)", f"{tokens.get('median')} / {tokens.get('p95')} / {tokens.get('max')}")
+        add("trained (assistant) tokens", summary.get("trained_tokens_total"))
+        add("examples cut by the window", summary.get("truncated_examples"))
+    elif stage.startswith("03"):
+        add("optimizer steps", summary.get("global_step"))
+        add("final train loss", _round(summary.get("train_loss")))
+        add("eval loss before -> best", f"{_round(summary.get('eval_loss_initial'))} -> {_round(summary.get('eval_loss_best'))}")
+        add("training time (s)", _round(summary.get("runtime_s")))
+    elif stage.startswith("04"):
+        merge = summary.get("merge") or {}
+        add("merged vs base+adapter max |logit diff|", merge.get("max_abs_logit_diff"))
+        for name, size in (summary.get("gguf_files") or {}).items():
+            add(f"GGUF {name}", size)
+        if summary.get("skipped"):
+            add("GGUF export", f"skipped: {summary['skipped']}")
+    elif stage.startswith("05"):
+        finetuned = {row["agent"]: row for row in summary.get("finetuned") or []}
+        for row in summary.get("base") or []:
+            tuned = finetuned.get(row["agent"], {}).get("success_rate")
+            add(f"success {row['agent']} (base / fine-tuned)", f"{row.get('success_rate')} / {tuned}")
+    return rows
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def write_course_summary(folder: Path) -> Path:
+    """`summary.md` in a run folder: one table of every stage's headline figures, then links to the plots."""
+    rows = []
+    for path in sorted(folder.glob("[0-9][0-9]_*.json")):
+        rows += _stage_rows(path.stem, read_json(path))
+    plots = sorted(p.relative_to(folder) for p in folder.rglob("*.png") if "executed" not in p.parts)
+    lines = ["# Course summary", "", f"Run folder: `{folder}`", "", format_table(rows, ("stage", "figure", "value"))]
+    lines += ["", "## Plots", ""] + [f"- [{plot}]({plot})" for plot in plots]
+    return write_text(folder / "summary.md", "\n".join(lines) + "\n")
 
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
