@@ -2,9 +2,11 @@
 #   make course   # set up .venv from the pins if missing, then run every notebook headless (small mode)
 #   make test     # the same set-up, then the test suite (what CI runs)
 
-PYTHON ?= python3.11            # the interpreter the venv is made from
-VENV ?= .venv                   # where the pinned environment lives
-MODE ?= small                   # course mode: small (minutes, CI) or full (everything)
+# The interpreter the venv is made from, where the pinned environment lives, and the course mode
+# (small: minutes, CI; full: everything). Make keeps a trailing comment's spaces in a value: none here.
+PYTHON ?= python3.11
+VENV ?= .venv
+MODE ?= small
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # textworld's planner compiles during install and calls a command named `python`.
