@@ -9,6 +9,7 @@ VENV ?= .venv
 MODE ?= small
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXPORT_STAMP := $(VENV)/.installed-export
 # textworld's planner compiles during install and calls a command named `python`.
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -22,9 +23,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $$($(BIN)/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["alfworld-sft"]["no-deps"]))')
 	touch $@
 
-# llama.cpp's converter and quantizer for notebook 04's GGUF steps: compiles llama.cpp (~7 min of CPU).
-setup-export: setup
+# llama.cpp's converter and quantizer for notebook 04's GGUF steps and their test: compiles llama.cpp
+# (~7 min of CPU, once).
+setup-export: $(EXPORT_STAMP)
+
+$(EXPORT_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,export]'
+	touch $@
 
 course: setup
 	$(BIN)/alfworld-sft course --mode $(MODE)
@@ -32,7 +37,7 @@ course: setup
 course-full: setup-export
 	$(BIN)/alfworld-sft course --mode full
 
-test: setup
+test: setup-export
 	$(BIN)/python -m pytest
 
 doctor: setup

@@ -56,5 +56,7 @@ def test_the_whole_course_runs_headless_in_small_mode(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((tmp_path / "small" / "course.json").read_text())
     assert summary["ok"] and len(summary["runs"]) == len(list_notebooks())
+    summary_md = (tmp_path / "small" / "summary.md").read_text()
+    assert "| 03_training" in summary_md and "loss_curve.png" in summary_md
     environment = json.loads((tmp_path / "environment.json").read_text())
     assert environment["ready"] and environment["banner"]["cpu_cores"] == os.cpu_count()
