@@ -7,7 +7,6 @@ import subprocess
 
 import nbformat
 import pytest
-
 from alfworld_sft.course import CourseConfig, list_notebooks, run_course
 from alfworld_sft.paths import NOTEBOOKS_DIR, REPO_ROOT
 

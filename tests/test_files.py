@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from alfworld_sft.files import MalformedRecordError, append_jsonl, read_jsonl, repair_jsonl_tail, write_json
 
 

@@ -5,7 +5,6 @@ import subprocess
 
 import nbformat
 import pytest
-
 from alfworld_sft.paths import NOTEBOOKS_DIR, REPO_ROOT
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))

@@ -3,7 +3,6 @@
 import tomllib
 
 import yaml
-
 from alfworld_sft.environment import read_pins
 from alfworld_sft.paths import REPO_ROOT
 

@@ -1,5 +1,4 @@
 import pytest
-
 from alfworld_sft.prompts import (
     SYSTEM_PROMPT,
     PromptFormat,

@@ -17,7 +17,6 @@ import argparse
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 from typing import Any
 
 from alfworld_sft.files import read_json, write_text
@@ -145,8 +144,8 @@ def _stage_rows(stage: str, summary: dict[str, Any]) -> list[tuple[str, str, Any
     elif stage.startswith("04"):
         merge = summary.get("merge") or {}
         add("merged vs base+adapter max |logit diff|", merge.get("max_abs_logit_diff"))
-        for name, size in (summary.get("gguf_files") or {}).items():
-            add(f"GGUF {name}", size)
+        for name, gguf in (summary.get("gguf_files") or {}).items():
+            add(f"GGUF {name} (MB)", gguf.get("size_mb") if isinstance(gguf, dict) else gguf)
         if summary.get("skipped"):
             add("GGUF export", f"skipped: {summary['skipped']}")
     elif stage.startswith("05"):
