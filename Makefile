@@ -13,7 +13,7 @@ EXPORT_STAMP := $(VENV)/.installed-export
 # textworld's planner compiles during install and calls a command named `python`.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup setup-export course course-full test doctor lint clean-results
+.PHONY: setup setup-export course course-full test doctor lint clean-results colab
 
 setup: $(STAMP)
 
@@ -48,3 +48,7 @@ lint: setup
 
 clean-results:
 	rm -rf results/executed results/small
+
+# Every notebook's Colab set-up cell and README's "Open in Colab" links, from pyproject's [project.urls] Repository.
+colab:
+	$(PYTHON) tools/sync_colab.py
