@@ -1,5 +1,5 @@
-"""Generated games: the real engine loads them, the handcoded expert wins them, seeds decide the bytes,
-and an interrupted run leaves no half game and resumes."""
+"""Generated games: the real engine loads them, the handcoded expert wins them (at collection too), seeds
+decide the bytes, and an interrupted run leaves no half game and resumes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from alfworld_sft import generate
+from alfworld_sft import files, generate
+from alfworld_sft.collect import CollectConfig, collect_trajectories
 from alfworld_sft.engine import AlfworldGame
 from alfworld_sft.games import TASK_TYPES
 
@@ -73,6 +74,22 @@ def test_real_engine_loads_and_expert_wins_each(generated):
         assert target in state.task
 
 
+def test_collection_with_the_generator_seed_wins_every_verified_game(generated, tmp_path, monkeypatch):
+    root, gamefiles = generated
+    # The two pick_two_obj_and_place games, where the expert falls back on random commands: when the
+    # generator seeded the expert otherwise than the collection, the second was lost at collection.
+    pick_two = [path for path in gamefiles if TASK_TYPES[6] in path.parent.parent.name]
+    assert len(pick_two) == 2
+    monkeypatch.setenv("ALFWORLD_DATA", str(root))  # ids, hence the expert's seeds, relative to this root
+    output = tmp_path / "trajectories.jsonl"
+    config = CollectConfig(output=output, games=tuple(pick_two), seed=0, progress=False)
+    summary = collect_trajectories(config)
+    assert summary.won == 2
+    for record in files.read_jsonl(output):
+        walkthrough = json.loads(Path(record["gamefile"]).read_text())["walkthrough"]
+        assert [turn["content"] for turn in record["conversations"][1::2]] == walkthrough
+
+
 def test_rerun_reuses_and_same_seed_gives_same_bytes(generated, tmp_path):
     root, gamefiles = generated
     before = snapshot(root)
@@ -99,10 +116,10 @@ def test_interrupted_run_leaves_no_half_game_and_resumes(tmp_path, monkeypatch):
     real_verify = generate.verify_game
     calls = []
 
-    def crash_after_first_game(gamefile, seed, max_steps=generate.MAX_EXPERT_STEPS):
+    def crash_after_first_game(gamefile, game_id, seed, max_steps=generate.MAX_EXPERT_STEPS):
         if any(result is not None for result in calls):
             raise KeyboardInterrupt("simulated crash while verifying the second game")
-        calls.append(real_verify(gamefile, seed, max_steps))
+        calls.append(real_verify(gamefile, game_id, seed, max_steps))
         return calls[-1]
 
     monkeypatch.setattr(generate, "verify_game", crash_after_first_game)

@@ -111,9 +111,15 @@ def summary_paths(output: Path) -> tuple[Path, Path]:
     return output.with_name(f"{output.stem}.summary.json"), output.with_name(f"{output.stem}.summary.png")
 
 
+def expert_seed(seed: int, game_id: str) -> str:
+    """What seeds Python's random (the expert's fallback choices) for one game: the run's seed and the game
+    id, independent of any other game. `generate` verifies each game it writes with this seed, so collecting
+    generated games with the generator's seed replays the walkthroughs it verified."""
+    return f"{seed}:{game_id}"
+
+
 def seed_game(seed: int, game_id: str) -> None:
-    """Seed Python's random (the expert's fallback choices) for one game, independent of any other game."""
-    random.seed(f"{seed}:{game_id}")
+    random.seed(expert_seed(seed, game_id))
 
 
 @contextlib.contextmanager

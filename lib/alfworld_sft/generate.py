@@ -12,10 +12,12 @@ wheel, in the layout `alfworld-download` makes:
         traj_data.json   task_type and pddl_params, read by ALFWorld's handcoded expert
 
 A game is kept only when the real TextWorld engine loads it and ALFWorld's handcoded expert wins it within
-`MAX_EXPERT_STEPS` (Python's `random` seeded, so the check is reproducible); otherwise the next attempt of the
-same slot is composed. Games are built in a scratch folder and renamed into place once verified, so an
-interrupted run never leaves half a game, and a rerun reuses every finished one. The same seed gives
-byte-identical files; another seed gives other rooms.
+`MAX_EXPERT_STEPS`, played as the collection plays it (`collect.play_game`, Python's `random` seeded from
+the generator's seed and the game id by `collect.expert_seed`): collecting the games with the same seed wins
+every one by its recorded walkthrough (another seed changes the expert's random fallbacks, which pick_two
+games need, and may lose some). Otherwise the next attempt of the same slot is composed. Games are built in a
+scratch folder and renamed into place once verified, so an interrupted run never leaves half a game, and a
+rerun reuses every finished one. The same seed gives byte-identical files; another seed gives other rooms.
 
     from alfworld_sft.generate import generate_games
     gamefiles = generate_games(Path("data/generated"), "train", count=60, seed=0)
@@ -37,8 +39,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alfworld_sft import files
-from alfworld_sft.games import TASK_TYPES
+from alfworld_sft import collect, files
+from alfworld_sft.games import JSON_DIR, TASK_TYPES
 
 MAX_EXPERT_STEPS = 50  # a generated game is kept only if the handcoded expert wins within this many commands
 MAX_ATTEMPTS = 40  # compositions tried for one game slot before giving up with an error
@@ -316,9 +318,9 @@ def trial_name(seed: int, task_type: int, slot: int) -> str:
     return f"trial_G{seed}_{task_type}_{slot:05d}"
 
 
-def compose_game(task_type: int, rng: random.Random, trial: str, expert_seed: int) -> tuple[str, dict, dict]:
-    """One candidate game: (task folder name, game.tw-pddl payload without walkthrough, traj_data payload);
-    `expert_seed` seeds Python's `random` for the expert's check; it is recorded so that it can be replayed."""
+def compose_game(task_type: int, rng: random.Random, trial: str) -> tuple[str, dict, dict]:
+    """One candidate game: (task folder name, game.tw-pddl payload without walkthrough, traj_data payload
+    without the `generator` entry that records how it was verified)."""
     domain, grammar = load_logic()
     task, classes = choose_task(task_type, rng)
     room = compose_room(task, classes, rng)
@@ -341,30 +343,26 @@ def compose_game(task_type: int, rng: random.Random, trial: str, expert_seed: in
             "toggle_target": task.toggle_target,
         },
         "scene": {"room_type": task.room, "scene_num": task.scene},
-        "generator": {"module": "alfworld_sft.generate", "expert_seed": expert_seed},
     }
     return folder, game, traj
 
 
-def verify_game(gamefile: Path, seed: int, max_steps: int = MAX_EXPERT_STEPS) -> list[str] | None:
-    """Play `gamefile` in the real engine with the handcoded expert (Python's `random` seeded with `seed`):
-    the winning commands, or None when the engine rejects the game or the expert does not win in time."""
-    from alfworld_sft.engine import AlfworldGame
-
+def verify_game(
+    gamefile: Path, game_id: str, seed: int, max_steps: int = MAX_EXPERT_STEPS
+) -> list[str] | None:
+    """Play `gamefile` exactly as the collection with `seed` will play the game `game_id`
+    (`collect.play_game`: the real engine, the handcoded expert, Python's `random` seeded with
+    `collect.expert_seed(seed, game_id)`): the winning commands, or None when the engine rejects the game or
+    the expert does not win in time."""
     saved = random.getstate()
-    random.seed(seed)
     try:
-        with AlfworldGame(gamefile, expert=True) as game:
-            state = game.reset()
-            commands: list[str] = []
-            while not state.won and len(commands) < max_steps and state.expert_action:
-                commands.append(state.expert_action)
-                state = game.step(state.expert_action)
-            return commands if state.won else None
-    except Exception:  # noqa: BLE001 - any engine or expert failure means: not a keepable game
-        return None
+        # The record's split is never read: only the commands are kept.
+        outcome = collect.play_game(gamefile, split="", seed=seed, max_steps=max_steps, game_id=game_id)
     finally:
         random.setstate(saved)
+    if not outcome.won:
+        return None
+    return [turn["content"] for turn in outcome.record["conversations"] if turn["role"] == "assistant"]
 
 
 def find_game(split_dir: Path, task_type: int, trial: str) -> Path | None:
@@ -377,7 +375,7 @@ def find_game(split_dir: Path, task_type: int, trial: str) -> Path | None:
 
 def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot: int) -> tuple[Path, int]:
     """The game of one slot (reused if present, else composed and verified): (game file, attempts made)."""
-    split_dir = root / "json_2.1.1" / split_folder
+    split_dir = root / JSON_DIR / split_folder
     trial = trial_name(seed, task_type, slot)
     existing = find_game(split_dir, task_type, trial)
     if existing:
@@ -386,14 +384,17 @@ def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot
     scratch_root.mkdir(parents=True, exist_ok=True)
     for attempt in range(MAX_ATTEMPTS):
         sub_seed = derive_seed(seed, split_folder, task_type, slot, attempt)
-        folder, game, traj = compose_game(task_type, random.Random(sub_seed), trial, sub_seed)
+        folder, game, traj = compose_game(task_type, random.Random(sub_seed), trial)
+        game_id = f"{JSON_DIR}/{split_folder}/{folder}/{trial}"  # games.game_id of the finished game
+        expert = {"module": "alfworld_sft.generate", "expert_seed": collect.expert_seed(seed, game_id)}
+        traj = {**traj, "generator": expert}
         scratch = Path(tempfile.mkdtemp(prefix=f"{trial}.", dir=scratch_root))
         try:
             trial_dir = scratch / trial
             trial_dir.mkdir()
             files.write_text(trial_dir / "traj_data.json", json.dumps(traj, indent=2) + "\n")
             files.write_text(trial_dir / "game.tw-pddl", json.dumps(game))
-            walkthrough = verify_game(trial_dir / "game.tw-pddl", sub_seed)
+            walkthrough = verify_game(trial_dir / "game.tw-pddl", game_id, seed)
             if walkthrough is None:
                 continue
             files.write_text(trial_dir / "game.tw-pddl", json.dumps({**game, "walkthrough": walkthrough}))
