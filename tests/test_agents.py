@@ -92,3 +92,26 @@ def test_each_agent_plays_a_real_game_with_the_default_model(agent_name, backend
     assert all(t["observation"] == NOTHING_HAPPENS for t in turns if t["how"] == "invalid")
     if agent.plans:
         assert all(trial["plan"] for trial in record["transcript"])
+
+
+def test_prompt_window_moves_in_quarter_budget_jumps_so_consecutive_prompts_share_a_prefix():
+    from alfworld_sft.agents import Trial, Turn, build_agent
+    from alfworld_sft.backends import ExpertBackend
+
+    agent = build_agent("zero_shot", ExpertBackend(), window_tokens=400)
+    trial = Trial("put a mug in coffeemachine", "You are in the middle of a room.", ADMISSIBLE)
+    windows, moves = [], []
+    for step in range(60):
+        trial.turns.append(Turn("go to drawer 1", "go to drawer 1", "exact",
+                                f"You arrive at drawer {step}. The drawer {step} is closed.", ADMISSIBLE))
+        before = trial.dropped_pairs
+        windows.append(agent.act_messages(trial, []))
+        assert agent.backend.count_tokens(windows[-1]) <= 400
+        if trial.dropped_pairs != before:
+            moves.append(step)
+            # a move frees a quarter of the budget, so several steps follow before the next one
+            assert agent.backend.count_tokens(windows[-1]) <= 300
+        elif len(windows) > 1:
+            assert windows[-1][: len(windows[-2])] == windows[-2]  # the last prompt, extended
+    # without the jump the window would move at every step once full
+    assert len(moves) >= 2 and min(b - a for a, b in zip(moves, moves[1:])) >= 3

@@ -39,22 +39,59 @@ def test_expert_backend_wins_at_least_90_percent_of_fixed_real_games():
     assert all(r["invalid_replies"] == 0 for r in records)  # the expert's commands are always admissible
 
 
-@pytest.mark.slow
-def test_batched_generation_matches_one_at_a_time():
-    """Left padding with pad != eos: a reply must not depend on the other prompts of its batch."""
+@pytest.fixture(scope="module")
+def default_backend():
     from alfworld_sft.backends import load_backend
 
-    backend = load_backend("smollm2-135m-instruct")
-    assert backend.tokenizer.pad_token_id != backend.tokenizer.eos_token_id
-    prompts = [
-        ({"role": "system", "content": "Reply with one command."}, {"role": "user", "content": text})
-        for text in ("Task: put a mug in shelf.\nObservation: You see a shelf 1 and a countertop 1.",
-                     "Observation: Nothing happens.", "Task: examine the book with the desklamp.")
-    ]
-    batched = backend.generate([Request(p, 8) for p in prompts])
-    alone = [backend.generate([Request(p, 8)])[0] for p in prompts]
-    assert [r.text for r in batched] == [r.text for r in alone]
-    assert all(0 < r.new_tokens <= 8 for r in batched)
+    return load_backend("smollm2-135m-instruct", device="cpu", threads=2)
+
+
+def reference_replies(backend, prompts, max_new_tokens):
+    """transformers' own greedy `generate`, one prompt at a time: the independent reference."""
+    import torch
+
+    replies = []
+    for messages in prompts:
+        ids = torch.tensor([backend.encode(messages)])
+        with torch.no_grad():
+            out = backend.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                         do_sample=False, eos_token_id=backend.stop_ids,
+                                         pad_token_id=backend.tokenizer.pad_token_id)
+        replies.append(backend.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return replies
+
+
+PROMPTS = [
+    ({"role": "system", "content": "Reply with one command."}, {"role": "user", "content": text})
+    for text in ("Task: put a mug in shelf.\nObservation: You see a shelf 1 and a countertop 1.",
+                 "Observation: Nothing happens.", "Task: examine the book with the desklamp.")
+]
+
+
+@pytest.mark.slow
+def test_batched_generation_matches_one_at_a_time_and_transformers_generate(default_backend):
+    """Prompts of different lengths share one decode batch: no reply may depend on the others."""
+    batched = default_backend.generate([Request(p, 12) for p in PROMPTS])
+    alone = [default_backend.generate([Request(p, 12)])[0] for p in PROMPTS]
+    assert [r.text for r in batched] == [r.text for r in alone] == reference_replies(default_backend, PROMPTS, 12)
+    assert all(0 < r.new_tokens <= 12 for r in batched)
+
+
+@pytest.mark.slow
+def test_a_session_reuses_its_prefix_and_replies_as_if_from_scratch(default_backend):
+    """The second turn of a conversation computes only its new tokens, and its reply is unchanged by that."""
+    first = list(PROMPTS[0])
+    reply = default_backend.generate([Request(tuple(first), 12, session="game")])[0]
+    second = (*first, {"role": "assistant", "content": reply.text},
+              {"role": "user", "content": "Observation: You arrive at shelf 1. On the shelf 1, you see nothing."})
+    before_prompt, before_reused = default_backend.prompt_tokens, default_backend.reused_tokens
+    continued = default_backend.generate([Request(second, 12, session="game"), Request(PROMPTS[1], 12)])
+    reused = default_backend.reused_tokens - before_reused
+    assert reused >= len(default_backend.encode(first)) - 1  # the whole first prompt came from the session
+    assert default_backend.prompt_tokens - before_prompt == len(default_backend.encode(second)) + len(
+        default_backend.encode(PROMPTS[1]))
+    assert [r.text for r in continued] == reference_replies(default_backend, [second, PROMPTS[1]], 12)
+    assert set(default_backend.sessions) == {"game"}  # a request without a session keeps nothing
 
 
 def free_port() -> int:

@@ -68,3 +68,15 @@ def test_window_of_a_training_record_ends_with_the_assistant_turn():
 def test_window_that_cannot_fit_says_what_to_do():
     with pytest.raises(ValueError, match="raise max_seq_len"):
         select_window(_game(5), count_words, 5)
+
+
+def test_window_of_a_game_in_progress_only_moves_forward():
+    """With min_dropped a later, longer game keeps at least the earlier drops; when it already fits it keeps
+    exactly them, so consecutive prompts share their prefix."""
+    budget = count_words(_game(8))
+    _, dropped = select_window(_game(12), count_words, budget)
+    assert dropped > 0
+    window, kept = select_window(_game(12), count_words, budget + 100, min_dropped=dropped)
+    assert kept == dropped and window == _game(12)[:2] + _game(12)[2 + 2 * dropped :]
+    _, later = select_window(_game(30), count_words, budget, min_dropped=dropped)
+    assert later > dropped

@@ -25,6 +25,7 @@ Reply -> command (`map_action`), the documented rule:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import random
 import re
@@ -139,6 +140,7 @@ class Trial:
     plan: str = ""
     turns: list[Turn] = field(default_factory=list)
     won: bool = False
+    dropped_pairs: int = 0  # oldest (reply, observation) pairs the prompt window has left behind
 
 
 class Agent:
@@ -180,11 +182,19 @@ class Agent:
                 turn.observation, turn.admissible_commands, self.fmt)})
         messages = prompts.build_messages(self.system_message(trial, reflections), conversation)
         try:
-            window, _ = prompts.select_window(messages, self.backend.count_tokens, self.window_tokens)
+            window, dropped = prompts.select_window(messages, self.backend.count_tokens, self.window_tokens,
+                                                    min_dropped=trial.dropped_pairs)
         except ValueError:
             # One long turn (a room with many receptacles) can overflow the budget: keep the system prompt,
             # the task and the current observation rather than stop the game.
-            window = messages[:2] + messages[2:][-1:]
+            return messages[:2] + messages[2:][-1:]
+        if dropped > trial.dropped_pairs:
+            # The window had to move: move it a quarter of the budget further, so that the next steps extend
+            # this prompt (a backend reuses a prompt's prefix) instead of shifting it every step.
+            with contextlib.suppress(ValueError):
+                window, dropped = prompts.select_window(messages, self.backend.count_tokens,
+                                                        self.window_tokens * 3 // 4, min_dropped=dropped)
+            trial.dropped_pairs = dropped
         return window
 
     def plan_messages(self, trial: Trial, reflections: Sequence[str]) -> list[Message]:
@@ -318,11 +328,13 @@ class Episode:
     def request(self) -> Request:
         agent = self.agent
         if self.phase == "plan":
-            return Request(tuple(agent.plan_messages(self.trial, self.reflections)), agent.plan_tokens)
+            return Request(tuple(agent.plan_messages(self.trial, self.reflections)), agent.plan_tokens,
+                           session=id(self))
         if self.phase == "reflect":
-            return Request(tuple(agent.reflect_messages(self.trial, self.reflections)), REFLECT_TOKENS)
+            return Request(tuple(agent.reflect_messages(self.trial, self.reflections)), REFLECT_TOKENS,
+                           session=id(self))
         return Request(tuple(agent.act_messages(self.trial, self.reflections)), agent.max_new_tokens,
-                       expert_action=self.state.expert_action)
+                       expert_action=self.state.expert_action, session=id(self))
 
     def advance(self, reply: Reply) -> None:
         started = time.perf_counter()

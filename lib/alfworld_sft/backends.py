@@ -1,8 +1,9 @@
 """Model backends for evaluation: one interface, `Backend.generate(requests) -> replies`, over several engines.
 
 * `TransformersBackend`: a local transformers model (the default's name, a hub id or a folder), optionally
-  with a LoRA adapter (peft). All requests of one call are generated together in one left-padded batch,
-  greedy, stopping at the end-of-turn token, so games played at the same time share each forward pass.
+  with a LoRA adapter (peft), on the GPU when there is one. Greedy, stopping at the end-of-turn token; each
+  game's conversation keeps its key/value cache between steps (only the new tokens are computed) and the
+  requests of one call decode together, one forward pass per token for all games played at the same time.
 * `OllamaBackend`: an Ollama server over its HTTP API (`/api/chat`), by model name (`llama3.1:8b-sft`).
 * `VllmBackend`: vLLM's offline engine, when vLLM is installed (GPU machines).
 * `ExpertBackend`: replays the handcoded expert's next action; the harness's own sanity check (it must win
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class Request:
     messages: tuple[Message, ...]  # system, then user/assistant turns, ending on a user turn
     max_new_tokens: int  # the most tokens this reply may have
     expert_action: str | None = None  # the handcoded expert's next command (read by ExpertBackend only)
+    session: Hashable | None = None  # the conversation this request continues (a backend may reuse its prefix)
 
 
 @dataclass(frozen=True)
@@ -107,27 +109,38 @@ class ExpertBackend(Backend):
 
 
 class TransformersBackend(Backend):
-    """A local transformers causal LM; every call is one left-padded greedy batch."""
+    """A local transformers causal LM, greedy, with two things that make a game step cheap.
+
+    * Prefix reuse: each request names its `session` (one game's conversation); the backend keeps the key/value
+      states of that session's last prompt and reply, and the next prompt only computes its new tokens (the
+      previous reply and the new observation) instead of the whole window again. On a CPU, processing the
+      prompt is most of the cost of a step.
+    * Batched decoding: the new tokens of each request are processed one request at a time (on a CPU that costs
+      the same as a padded batch, without the padding), then all requests decode together, one token per
+      forward pass for the whole batch, in a preallocated (static) cache with every row's prompt aligned on its
+      right end. Decoding is bound by reading the weights, so a batch of 8 costs little more than one request.
+
+    Greedy replies do not depend on the batch or on the reuse (up to float rounding: tests compare float32).
+    Sessions missing from a call are forgotten, so memory stays bounded by the batch.
+    """
 
     def __init__(self, model: str, *, adapter: str | Path | None = None, dtype: str = "float32",
-                 threads: int | None = None):
+                 threads: int | None = None, device: str = "auto", prefix_cache: bool = True):
         import torch
 
         from alfworld_sft import models
 
         if threads:
             torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu")
         record = read_training_record(adapter) or read_training_record(_local_folder(model))
         label = model if adapter is None else f"{model}+{Path(adapter).name}"
         super().__init__(name=label, training_record=record)
         self.tokenizer = models.load_tokenizer(model)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None or self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
-            raise BackendError(
-                f"the tokenizer of {model} has no pad token distinct from eos ({self.tokenizer.eos_token!r}); "
-                "left-padded batches would be cut at the padding: use a model whose tokenizer defines one"
-            )
-        self.model = models.load_model(model, dtype=getattr(torch, dtype))
+        self.model = models.load_model(model, dtype=getattr(torch, dtype)).to(device)
         if adapter is not None:
             adapter_path = Path(adapter).expanduser()
             if not (adapter_path / "adapter_config.json").exists():
@@ -136,7 +149,13 @@ class TransformersBackend(Backend):
 
             self.model = PeftModel.from_pretrained(self.model, str(adapter_path))
         self.model.eval()
+        self.device = torch.device(device)
+        self.prefix_cache = prefix_cache
         self.stop_ids = self._stop_token_ids()
+        # session -> (token ids whose keys/values are kept, [(keys, values) per layer], each [1, heads, len, dim])
+        self.sessions: dict[Hashable, tuple[list[int], list[tuple[Any, Any]]]] = {}
+        self.prompt_tokens = 0  # prompt tokens of all requests so far
+        self.reused_tokens = 0  # of which taken from a session's kept prefix instead of computed
 
     def _stop_token_ids(self) -> list[int]:
         # The end-of-turn token: ChatML's <|im_end|>, Llama-3's <|eot_id|>, and the tokenizer's own eos.
@@ -150,8 +169,14 @@ class TransformersBackend(Backend):
     def render(self, messages: Sequence[Message]) -> str:
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+        return len(self.encode(messages))
+
+    def close(self) -> None:
+        self.sessions.clear()
 
     def generate(self, requests: Sequence[Request]) -> list[Reply]:
         import torch
@@ -159,29 +184,109 @@ class TransformersBackend(Backend):
         if not requests:
             return []
         started = time.perf_counter()
-        texts = [self.render(r.messages) for r in requests]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            self.model.device
-        )
-        longest = max(r.max_new_tokens for r in requests)
+        prompts = [self.encode(r.messages) for r in requests]
         with torch.no_grad():
-            output = self.model.generate(
-                **batch,
-                max_new_tokens=longest,
-                do_sample=False,
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        new = output[:, batch["input_ids"].shape[1] :].tolist()
+            prefilled = [self._prefill(r.session, ids) for r, ids in zip(requests, prompts)]
+            generated, caches = self._decode(prompts, prefilled, [r.max_new_tokens for r in requests])
+        self._keep_sessions(requests, prompts, generated, caches)
         share = (time.perf_counter() - started) / len(requests)
         replies = []
-        for request, ids in zip(requests, new):
-            ids = ids[: request.max_new_tokens]
-            stop = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
-            kept = ids if stop is None else ids[: stop + 1]
-            text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
-            replies.append(Reply(text=text, new_tokens=len(kept), seconds=share))
+        for ids in generated:
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            replies.append(Reply(text=text, new_tokens=len(ids), seconds=share))
         return replies
+
+    def _prefill(self, session: Hashable | None, ids: list[int]) -> tuple[list[tuple[Any, Any]], int]:
+        """Keys/values of the whole prompt and the greedy first reply token, reusing the session's prefix."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        reused = 0
+        if self.prefix_cache and session in self.sessions:
+            kept_ids, kept = self.sessions[session]
+            reused = min(_common_prefix(kept_ids, ids), len(ids) - 1)  # at least one new token gives the logits
+            if reused:
+                for layer, (keys, values) in enumerate(kept):
+                    cache.update(keys[:, :, :reused], values[:, :, :reused], layer)
+        self.prompt_tokens += len(ids)
+        self.reused_tokens += reused
+        new = torch.tensor([ids[reused:]], device=self.device)
+        positions = torch.arange(reused, len(ids), device=self.device).unsqueeze(0)
+        # Only the last position's logits are needed: the vocabulary projection of every prompt token would cost
+        # a fifth of the model's compute and hundreds of MB.
+        out = self.model(input_ids=new, position_ids=positions, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return layers, int(out.logits[0, -1].argmax())
+
+    def _decode(self, prompts: list[list[int]], prefilled: list[tuple[list[tuple[Any, Any]], int]],
+                limits: list[int]) -> tuple[list[list[int]], Any]:
+        """Greedy decoding of all rows together; returns each row's reply ids (up to and including the stop
+        token) and the static cache (columns: prompts right-aligned at `width`, then the fed reply tokens)."""
+        import torch
+        from transformers import StaticCache
+
+        rows, width, longest = len(prompts), max(len(p) for p in prompts), max(limits)
+        cache = StaticCache(config=self.model.config, max_cache_len=width + longest)
+        for layer in range(len(prefilled[0][0])):
+            sample = prefilled[0][0][layer][0]
+            keys = sample.new_zeros((rows, sample.shape[1], width, sample.shape[3]))
+            values = sample.new_zeros((rows, sample.shape[1], width, prefilled[0][0][layer][1].shape[3]))
+            for row, (layers, _) in enumerate(prefilled):
+                length = len(prompts[row])
+                keys[row, :, width - length :] = layers[layer][0][0]
+                values[row, :, width - length :] = layers[layer][1][0]
+            cache.update(keys, values, layer)
+        mask = torch.zeros((rows, width + longest), dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(prompts):
+            mask[row, width - len(prompt) : width] = 1
+        generated = [[first] for _, first in prefilled]
+        done = [first in self.stop_ids or limit <= 1 for (_, first), limit in zip(prefilled, limits)]
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        step = 0
+        while not all(done):
+            column = width + step
+            mask[:, column] = 1
+            out = self.model(
+                input_ids=torch.tensor([[ids[-1]] for ids in generated], device=self.device),
+                position_ids=(lengths + step).unsqueeze(1),
+                attention_mask=mask[:, : column + 1],
+                past_key_values=cache,
+                cache_position=torch.tensor([column], device=self.device),
+                use_cache=True,
+            )
+            for row, token in enumerate(out.logits[:, -1].argmax(-1).tolist()):
+                if not done[row]:
+                    generated[row].append(token)
+                    done[row] = token in self.stop_ids or len(generated[row]) >= limits[row]
+            step += 1
+        return generated, cache
+
+    def _keep_sessions(self, requests: Sequence[Request], prompts: list[list[int]], generated: list[list[int]],
+                       cache: Any) -> None:
+        """Keep each session's prompt and fed reply tokens for the next call; forget sessions not in this call."""
+        if not self.prefix_cache:
+            return
+        width = max(len(p) for p in prompts)
+        kept: dict[Hashable, tuple[list[int], list[tuple[Any, Any]]]] = {}
+        for row, (request, prompt, reply) in enumerate(zip(requests, prompts, generated)):
+            if request.session is None:
+                continue
+            fed = len(reply) - 1  # the last reply token was never fed back, so it has no keys/values
+            start, stop = width - len(prompt), width + fed
+            layers = [(layer.keys[row : row + 1, :, start:stop].clone(), layer.values[row : row + 1, :, start:stop].clone())
+                      for layer in cache.layers]
+            kept[request.session] = (prompt + reply[:fed], layers)
+        self.sessions = kept
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 class OllamaBackend(Backend):
@@ -293,7 +398,8 @@ def _local_folder(model: str) -> Path | None:
 
 
 def load_backend(model: str, *, adapter: str | Path | None = None, backend: str = "auto",
-                 ollama_url: str = OLLAMA_URL, dtype: str = "float32", threads: int | None = None) -> Backend:
+                 ollama_url: str = OLLAMA_URL, dtype: str = "float32", threads: int | None = None,
+                 device: str = "auto", prefix_cache: bool = True) -> Backend:
     """Pick the backend for `model`: `expert`, `ollama:NAME` (or backend="ollama"), vLLM when installed on a
     CUDA machine, else transformers. With `model` empty, an adapter's training record names the base model.
     """
@@ -317,4 +423,5 @@ def load_backend(model: str, *, adapter: str | Path | None = None, backend: str 
         return OllamaBackend(model.removeprefix("ollama:"), url=ollama_url)
     if backend == "vllm" or (backend == "auto" and _vllm_usable()):
         return VllmBackend(model, adapter=adapter)
-    return TransformersBackend(model, adapter=adapter, dtype=dtype, threads=threads)
+    return TransformersBackend(model, adapter=adapter, dtype=dtype, threads=threads, device=device,
+                               prefix_cache=prefix_cache)

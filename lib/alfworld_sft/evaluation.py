@@ -58,6 +58,7 @@ class EvalConfig:
     dtype: str = "float32"  # torch dtype of a transformers model (bfloat16 halves memory)
     window_tokens: int | None = None  # prompt budget; default: training max_seq_len, else agents' base window
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    device: str = "auto"  # where a transformers model runs: auto (the GPU when there is one), cpu or cuda
     shard: str | None = None  # "I/N": play only every N-th game from the I-th (0-based), for N parallel processes
 
 
@@ -222,7 +223,8 @@ def run_evaluation(config: EvalConfig, *, backend: Backend | None = None,
     gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
     own_backend = backend is None
     backend = backend or load_backend(config.model, adapter=config.adapter, backend=config.backend,
-                                      ollama_url=config.ollama_url, dtype=config.dtype, threads=config.threads)
+                                      ollama_url=config.ollama_url, dtype=config.dtype, threads=config.threads,
+                                      device=config.device)
     key = run_key(config, backend.name)
     done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
     agent_kwargs: dict[str, Any] = {"window_tokens": config.window_tokens}
@@ -477,6 +479,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--window-tokens", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default=defaults.device, help="auto (GPU when there is one), cpu or cuda")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="play only shard I of N (parallel processes, one checkpoint each; concatenate them "
                              "and rerun without --shard for the whole run's results)")
@@ -495,7 +498,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         adapter=args.adapter, split=args.split, checkpoint=args.checkpoint, output=args.output,
         batch_size=args.batch_size, seed=args.seed, trajectories=args.trajectories, backend=args.backend,
         ollama_url=args.ollama_url, dtype=args.dtype, window_tokens=args.window_tokens, threads=args.threads,
-        shard=args.shard,
+        device=args.device, shard=args.shard,
     )
     started = time.perf_counter()
     results = run_evaluation(config)

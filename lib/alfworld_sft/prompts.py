@@ -79,13 +79,18 @@ def build_messages(system: str, conversations: Sequence[Message]) -> list[Messag
 
 
 def select_window(
-    messages: Sequence[Message], count_tokens: Callable[[Sequence[Message]], int], max_tokens: int
+    messages: Sequence[Message],
+    count_tokens: Callable[[Sequence[Message]], int],
+    max_tokens: int,
+    *,
+    min_dropped: int = 0,
 ) -> tuple[list[Message], int]:
     """Fit `messages` into `max_tokens` by dropping the oldest (assistant, user) pairs after the first user turn.
 
     Keeps the system prompt, the task turn and the most recent turns; returns the window and the number of
-    dropped pairs. `count_tokens` renders a message list and counts its tokens (it is called O(log n) times).
-    Raises ValueError when even the shortest window (system, task, last turns) does not fit.
+    dropped pairs, at least `min_dropped` (a game in progress passes what it dropped last step, so that its
+    window only ever moves forward). `count_tokens` renders a message list and counts its tokens (it is called
+    O(log n) times). Raises ValueError when even the shortest window (system, task, last turns) does not fit.
     """
     messages = list(messages)
     if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
@@ -98,10 +103,11 @@ def select_window(
     def window(dropped: int) -> list[Message]:
         return head + middle[2 * dropped :]
 
-    if count_tokens(window(0)) <= max_tokens:
-        return window(0), 0
-    low, high = 1, droppable_pairs
-    if droppable_pairs == 0 or count_tokens(window(high)) > max_tokens:
+    first = min(min_dropped, droppable_pairs)
+    if count_tokens(window(first)) <= max_tokens:
+        return window(first), first
+    low, high = first + 1, droppable_pairs
+    if droppable_pairs <= first or count_tokens(window(high)) > max_tokens:
         raise ValueError(
             f"the conversation does not fit in {max_tokens} tokens even with only the task and the last turn: "
             "raise max_seq_len"
