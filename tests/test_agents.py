@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -114,4 +115,4 @@ def test_prompt_window_moves_in_quarter_budget_jumps_so_consecutive_prompts_shar
         elif len(windows) > 1:
             assert windows[-1][: len(windows[-2])] == windows[-2]  # the last prompt, extended
     # without the jump the window would move at every step once full
-    assert len(moves) >= 2 and min(b - a for a, b in zip(moves, moves[1:])) >= 3
+    assert len(moves) >= 2 and min(b - a for a, b in itertools.pairwise(moves)) >= 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from alfworld_sft import files
@@ -89,3 +90,32 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(tmp_path):
 def test_compare_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="alfworld-sft evaluate"):
         compare_results(tmp_path / "a.json", tmp_path / "b.json")
+
+
+def test_shards_merge_into_the_whole_run_without_loading_a_model(tmp_path, monkeypatch):
+    """Shards played in parallel, their checkpoints concatenated: the merging run only summarizes."""
+    from alfworld_sft import evaluation
+
+    model = "smollm2-135m-instruct"
+    common = {"agents": ("zero_shot",), "num_games": 4, "max_steps": 12, "model": model,
+              "split": "eval_in_distribution", "batch_size": 2, "seed": 0}
+    shard_files = []
+    for shard in ("0/2", "1/2"):
+        stem = tmp_path / f"shard{shard[0]}"
+        expert = ExpertBackend()
+        expert.name = model  # plays like the expert, keyed like the model, so the merge can be checked cheaply
+        run_evaluation(EvalConfig(**common, shard=shard, output=f"{stem}.json", checkpoint=f"{stem}.jsonl"),
+                       backend=expert)
+        shard_files.append(Path(f"{stem}.jsonl"))
+    merged = tmp_path / "merged.jsonl"
+    merged.write_text("".join(f.read_text() for f in shard_files))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run must not load a model")
+
+    monkeypatch.setattr(evaluation, "load_backend", no_model)
+    results = run_evaluation(EvalConfig(**common, output=str(tmp_path / "merged.json"), checkpoint=str(merged)))
+    block = results["agents"]["zero_shot"]
+    assert block["games"] == 4 and results["model"] == model
+    assert sorted(g["game_id"] for g in block["games_detail"]) == sorted(
+        evaluation.game_id_of(g) for g in evaluation.select_games("eval_in_distribution", 4, 0))

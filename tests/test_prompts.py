@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from alfworld_sft.prompts import (
     SYSTEM_PROMPT,
@@ -56,7 +58,7 @@ def test_window_keeps_system_task_and_latest_turns():
     # Dropping one pair fewer would not fit: the window is as long as the budget allows.
     assert count_words(messages[:2] + messages[2 + 2 * (dropped - 1) :]) > budget
     roles = [m["role"] for m in window[1:]]
-    assert all(a != b for a, b in zip(roles, roles[1:]))
+    assert all(a != b for a, b in itertools.pairwise(roles))
 
 
 def test_window_of_a_training_record_ends_with_the_assistant_turn():

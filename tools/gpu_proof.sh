@@ -14,6 +14,9 @@
 # shard resumes from its checkpoint, so rerunning the script after an interruption loses nothing.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+# 16-20 processes share one GPU: in the first run each one's allocator cache of odd-sized blocks grew to ~4 GiB and
+# the longest (few_shot) prompts ran out of memory; expandable segments curb that fragmentation (not re-measured).
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 SHARDS=${SHARDS:-8}  # evaluation processes per model
 AGENTS=${AGENTS:-"zero_shot few_shot react reflexion hierarchical"}  # zero_shot first: the proof's headline
 proof=results/proof

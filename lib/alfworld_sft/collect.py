@@ -19,7 +19,6 @@ worker count or the order games finish in. Beside the output: `<stem>.summary.js
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -122,33 +121,6 @@ def seed_game(seed: int, game_id: str) -> None:
     random.seed(expert_seed(seed, game_id))
 
 
-@contextlib.contextmanager
-def translate_once() -> Iterator[None]:
-    """Within the block, a PDDL problem translated at load is not translated again at reset.
-
-    TextWorld builds the PDDL state twice per game (at load and at reset), each time running fast-downward's
-    translator twice (plain and optimized). The translation is a pure function of (domain, problem, options)
-    and PddlState only reads its result, so the second pair of calls can return the first pair's objects.
-    The cache lives for the block only: use one block per game.
-    """
-    import fast_downward
-
-    original = fast_downward.pddl2sas
-    cache: dict[tuple[str, str, bool], Any] = {}
-
-    def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
-        key = (domain, problem, bool(optimize))
-        if key not in cache:
-            cache[key] = original(domain, problem, verbose=verbose, optimize=optimize)
-        return cache[key]
-
-    fast_downward.pddl2sas = pddl2sas
-    try:
-        yield
-    finally:
-        fast_downward.pddl2sas = original
-
-
 def play_game(
     gamefile: str | os.PathLike[str],
     *,
@@ -172,10 +144,7 @@ def play_game(
     seed_game(seed, game_id)
     argv = list(sys.argv)  # fast-downward's translator overwrites sys.argv; give the caller its own back
     try:
-        with (
-            translate_once() if translate else contextlib.nullcontext(),
-            AlfworldGame(gamefile, expert=True) as game,
-        ):
+        with AlfworldGame(gamefile, expert=True, translate_once=translate) as game:
             state = game.reset()
             conversations = [
                 {

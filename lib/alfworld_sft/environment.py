@@ -112,7 +112,7 @@ def _nvidia_driver() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True, text=True, timeout=10, check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -184,7 +184,7 @@ def _probe(name: str, probe: Callable[[], str], fix: str, *, required: bool = Tr
     try:
         detail = probe()
         return Check(name, "skip" if detail.startswith("skipped") else "ok", detail, fix, required)
-    except Exception as error:  # a probe reports any failure as a finding, never crashes the report
+    except Exception as error:  # noqa: BLE001 - a probe reports any failure as a finding, never crashes the report
         return Check(name, "fail" if required else "warn", f"{type(error).__name__}: {error}"[:300], fix, required)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from alfworld_sft import files, games, paths, prompts
 from alfworld_sft.agents import AGENTS, Demonstration, Episode, build_agent, render_demonstration
-from alfworld_sft.backends import OLLAMA_URL, Backend, ExpertBackend, load_backend
+from alfworld_sft.backends import OLLAMA_URL, Backend, ExpertBackend, choose_backend, load_backend
 
 DEFAULT_AGENTS = ("zero_shot", "few_shot", "react", "reflexion", "hierarchical")
 DEMO_TASK_TYPES = (  # the shorter task types make compact demonstrations; pick_two often needs 50+ steps
@@ -222,16 +222,19 @@ def run_evaluation(config: EvalConfig, *, backend: Backend | None = None,
     checkpoint = paths.resolve_repo_path(config.checkpoint) if config.checkpoint else output.with_suffix(".ckpt.jsonl")
     gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
     own_backend = backend is None
-    backend = backend or load_backend(config.model, adapter=config.adapter, backend=config.backend,
-                                      ollama_url=config.ollama_url, dtype=config.dtype, threads=config.threads,
-                                      device=config.device)
-    key = run_key(config, backend.name)
+    name = backend.name if backend else choose_backend(config.model, adapter=config.adapter,
+                                                       backend=config.backend).name
+    key = run_key(config, name)
     done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
+    todo = {a: [g for g in gamefiles if (a, game_id_of(g)) not in done] for a in config.agents}
+    if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
+        backend = load_backend(config.model, adapter=config.adapter, backend=config.backend,
+                               ollama_url=config.ollama_url, dtype=config.dtype, threads=config.threads,
+                               device=config.device)
     agent_kwargs: dict[str, Any] = {"window_tokens": config.window_tokens}
     try:
         for agent_name in config.agents:
-            todo = [g for g in gamefiles if (agent_name, game_id_of(g)) not in done]
-            if not todo:
+            if not todo[agent_name]:
                 continue
             kwargs = dict(agent_kwargs)
             if agent_name == "few_shot":
@@ -239,16 +242,16 @@ def run_evaluation(config: EvalConfig, *, backend: Backend | None = None,
                     demonstrations = load_demonstrations(
                         config.trajectories, seed=config.seed, exclude=[game_id_of(g) for g in gamefiles])
                 kwargs["demonstrations"] = demonstrations
-            with tqdm(total=len(gamefiles), initial=len(gamefiles) - len(todo), desc=agent_name,
+            with tqdm(total=len(gamefiles), initial=len(gamefiles) - len(todo[agent_name]), desc=agent_name,
                       unit="game") as bar:
-                play_games(agent_name, backend, todo, max_steps=config.max_steps, seed=config.seed,
+                play_games(agent_name, backend, todo[agent_name], max_steps=config.max_steps, seed=config.seed,
                            batch_size=config.batch_size, agent_kwargs=kwargs, progress=bar,
                            on_finished=lambda _g, record: files.append_jsonl(checkpoint, [{**key, **record}]))
     finally:
-        if own_backend:
+        if own_backend and backend is not None:
             backend.close()
     records = read_checkpoint(checkpoint, key)
-    results = summarize_run(records, config, backend.name, [game_id_of(g) for g in gamefiles])
+    results = summarize_run(records, config, name, [game_id_of(g) for g in gamefiles])
     write_results(output, results, seed=config.seed)
     return results
 
@@ -323,8 +326,11 @@ def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 2]})
     width = 0.8 / max(1, len(runs))
     for i, (label, run) in enumerate(runs.items()):
-        rates = [run["agents"].get(a, {}).get("success_rate", 0.0) for a in agent_names]
-        left.bar([x + i * width for x in range(len(agent_names))], rates, width, label=label)
+        blocks = [run["agents"].get(a, {}) for a in agent_names]
+        bars = left.bar([x + i * width for x in range(len(agent_names))],
+                        [b.get("success_rate", 0.0) for b in blocks], width, label=label)
+        # won/games on every bar: a 0% bar is otherwise indistinguishable from an agent that did not run
+        left.bar_label(bars, [f"{b['won']}/{b['games']}" if b else "" for b in blocks], fontsize=7, padding=2)
     left.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(agent_names))], agent_names, rotation=30)
     left.set_ylabel("success rate")
     left.set_ylim(0, 1)
@@ -359,11 +365,11 @@ def _agent_order(name: str) -> int:
 
 
 def compare_results(a: str | Path | dict[str, Any], b: str | Path | dict[str, Any], *,
-                    plot: str | Path | None = None) -> dict[str, Any]:
+                    plot: str | Path | None = None, agents: Sequence[str] | None = None) -> dict[str, Any]:
     """Two result files side by side: a table per agent and one per (agent, task type), plus a PNG.
 
     Returns {"agents": rows, "task_types": rows, "markdown": text, "plot": path}; the plot lands at `plot`
-    (default: beside `b`, named <a>_vs_<b>.png).
+    (default: beside `b`, named <a>_vs_<b>.png). `agents` keeps only those agents.
     """
     runs, labels = [], []
     for item in (a, b):
@@ -378,6 +384,8 @@ def compare_results(a: str | Path | dict[str, Any], b: str | Path | dict[str, An
             labels.append(item.stem)
     if labels[0] == labels[1]:
         labels = [f"A:{labels[0]}", f"B:{labels[1]}"]
+    if agents is not None:
+        runs = [{**run, "agents": {k: v for k, v in run["agents"].items() if k in agents}} for run in runs]
     agent_rows, type_rows = [], []
     for agent_name in sorted(set(runs[0]["agents"]) | set(runs[1]["agents"]), key=_agent_order):
         blocks = [r["agents"].get(agent_name, {}) for r in runs]
@@ -388,6 +396,8 @@ def compare_results(a: str | Path | dict[str, Any], b: str | Path | dict[str, An
             **{f"avg_steps_{lab}": blk.get("avg_steps") for lab, blk in zip(labels, blocks)},
             **{f"invalid_{lab}": blk.get("invalid_reply_rate") for lab, blk in zip(labels, blocks)},
         })
+        if not all(blocks):  # an agent only one run played has no side-by-side per task type
+            continue
         for task_type in sorted(set().union(*(blk.get("per_task_type", {}) for blk in blocks))):
             cells = [blk.get("per_task_type", {}).get(task_type, {}) for blk in blocks]
             type_rows.append({"agent": agent_name, "task_type": task_type,
@@ -488,6 +498,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("a")
     compare.add_argument("b")
     compare.add_argument("--plot", default=None, help="PNG path (default: beside B)")
+    compare.add_argument("--agents", nargs="+", default=None, choices=list(AGENTS), help="only these agents")
     compare.set_defaults(func=_run_compare)
 
 
@@ -508,7 +519,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    comparison = compare_results(args.a, args.b, plot=args.plot)
+    comparison = compare_results(args.a, args.b, plot=args.plot, agents=args.agents)
     print(comparison["markdown"])
     print(f"plot: {comparison['plot']}")
     return 0

@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from alfworld_sft import models, prompts
-from alfworld_sft.files import read_json, write_json, write_text
+from alfworld_sft.files import read_json, write_text
 from alfworld_sft.paths import cache_dir, resolve_repo_path
+from alfworld_sft.results import write_result
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the `export` extra's pin; its sdist vendors llama.cpp and its converter
 EXPORT_INSTALL_HINT = "pip install -e '.[export]'"
@@ -296,7 +297,7 @@ def merge_adapter(config: MergeConfig, log: Callable[[str], None] = print) -> di
                 f"merged logits differ from base+adapter by {diff:.3g} > {tolerance} on {len(conversations)} "
                 f"game prompts: the merge is wrong; {partial} is left for inspection"
             )
-        write_json(partial / MERGE_RECORD, record)
+        write_result(partial / MERGE_RECORD, record)  # with the versions that decided the merge
         if output.exists():
             shutil.rmtree(output)
         os.replace(partial, output)
@@ -1006,7 +1007,7 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
         record["llama_cpp_python"] = metadata.version("llama-cpp-python")
     except metadata.PackageNotFoundError:
         record["llama_cpp_python"] = None
-    write_json(output / GGUF_RECORD, record)
+    write_result(output / GGUF_RECORD, record)
     del model
     failed = [
         k

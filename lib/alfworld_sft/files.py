@@ -86,8 +86,8 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_malformed: bool = False) ->
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, found {type(record).__name__}")
-            except ValueError as error:
+                    raise TypeError(f"expected a JSON object, found {type(record).__name__}")
+            except (ValueError, TypeError) as error:
                 failure = MalformedRecordError(path, number, f"malformed JSON line ({error})")
                 if not skip_malformed:
                     raise failure from None
