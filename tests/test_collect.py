@@ -225,6 +225,21 @@ def test_translating_once_plays_the_same_game(reference):
 
 
 @needs_real_data
+def test_the_engine_gives_the_caller_its_sys_argv_back():
+    """fast-downward's translator overwrites sys.argv at every load and reset; a CLI parsing it later must not
+    see the translator's arguments."""
+    from alfworld_sft.engine import AlfworldGame
+
+    gamefile = games.list_games("train", task_types=[1], limit=1)[0]
+    before = list(sys.argv)
+    for translate_once in (True, False):
+        with AlfworldGame(gamefile, expert=True, translate_once=translate_once) as game:
+            game.reset()
+            game.reset()
+        assert sys.argv == before
+
+
+@needs_real_data
 def test_admissible_commands_can_be_shown_in_user_turns(tmp_path):
     gamefile = games.list_games("train", task_types=[1], limit=1)[0]
     outcome = collect.play_game(

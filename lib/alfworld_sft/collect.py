@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import random
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -142,7 +141,6 @@ def play_game(
     except (OSError, ValueError) as error:
         return GameOutcome(game_id, str(gamefile), "unknown", False, 0, str(error), None, 0.0)
     seed_game(seed, game_id)
-    argv = list(sys.argv)  # fast-downward's translator overwrites sys.argv; give the caller its own back
     try:
         with AlfworldGame(gamefile, expert=True, translate_once=translate) as game:
             state = game.reset()
@@ -180,8 +178,6 @@ def play_game(
         return GameOutcome(
             game_id, str(gamefile), task_type, False, 0, message[:500], None, time.perf_counter() - start
         )
-    finally:
-        sys.argv[:] = argv
     record = {
         "system": prompts.SYSTEM_PROMPT,
         "conversations": conversations,

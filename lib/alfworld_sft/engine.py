@@ -92,8 +92,18 @@ class AlfworldGame:
             self._env = textworld.start(str(self.gamefile), request_infos=infos, wrappers=wrappers)
         self.task = ""
 
-    def _translating(self) -> contextlib.AbstractContextManager[None]:
-        return self._translations.active() if self._translations else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _translating(self) -> Iterator[None]:
+        """Around a load or reset: the translation cache, and the caller's sys.argv, which fast-downward's
+        translator overwrites, given back."""
+        import sys
+
+        argv = list(sys.argv)
+        try:
+            with self._translations.active() if self._translations else contextlib.nullcontext():
+                yield
+        finally:
+            sys.argv[:] = argv
 
     def reset(self) -> GameState:
         with self._translating():
