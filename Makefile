@@ -44,7 +44,7 @@ doctor: setup
 	$(BIN)/alfworld-sft doctor
 
 lint: setup
-	$(BIN)/ruff check lib tests benchmarks
+	$(BIN)/ruff check lib tests benchmarks tools && $(BIN)/ruff format --check lib tests benchmarks tools
 
 clean-results:
 	rm -rf results/executed results/small

@@ -24,19 +24,24 @@ from alfworld_sft.backends import load_backend
 from alfworld_sft.evaluation import load_demonstrations, play_games, select_games
 
 
-def measure(agent: str, backend, gamefiles, *, batch_size: int, prefix_cache: bool, max_steps: int,
-            kwargs) -> dict:
+def measure(agent: str, backend, gamefiles, *, batch_size: int, prefix_cache: bool, max_steps: int, kwargs) -> dict:
     backend.prefix_cache = prefix_cache
     computed_before = backend.prompt_tokens - backend.reused_tokens
     started = time.perf_counter()
-    records = play_games(agent, backend, gamefiles, max_steps=max_steps, seed=0, batch_size=batch_size,
-                         agent_kwargs=kwargs)
+    records = play_games(
+        agent, backend, gamefiles, max_steps=max_steps, seed=0, batch_size=batch_size, agent_kwargs=kwargs
+    )
     seconds = time.perf_counter() - started
-    return {"batch_size": batch_size, "prefix_cache": prefix_cache, "seconds": round(seconds, 1),
-            "games_per_hour": round(3600 * len(records) / seconds, 1), "steps": sum(r["steps"] for r in records),
-            "tokens_generated": sum(r["tokens_generated"] for r in records),
-            "prompt_tokens_computed": backend.prompt_tokens - backend.reused_tokens - computed_before,
-            "actions": [r["actions"] for r in records]}
+    return {
+        "batch_size": batch_size,
+        "prefix_cache": prefix_cache,
+        "seconds": round(seconds, 1),
+        "games_per_hour": round(3600 * len(records) / seconds, 1),
+        "steps": sum(r["steps"] for r in records),
+        "tokens_generated": sum(r["tokens_generated"] for r in records),
+        "prompt_tokens_computed": backend.prompt_tokens - backend.reused_tokens - computed_before,
+        "actions": [r["actions"] for r in records],
+    }
 
 
 def main() -> None:
@@ -69,14 +74,20 @@ def main() -> None:
         }
         moves = [sorted(map(tuple, mode.pop("actions"))) for mode in modes.values()]
         rate = {name: mode["games_per_hour"] for name, mode in modes.items()}
-        figures[agent] = {**modes, "same_moves": all(m == moves[0] for m in moves),
-                          "speedup_vs_naive": round(rate["batched"] / rate["naive"], 2),
-                          "speedup_of_batching": round(rate["batched"] / rate["one_at_a_time"], 2)}
-        print(f"{agent:13s} games/h: naive {rate['naive']:7.1f} | one at a time {rate['one_at_a_time']:7.1f} | "
-              f"batch {args.batch_size} {rate['batched']:7.1f} | batched/naive x{figures[agent]['speedup_vs_naive']:.2f}"
-              f" | batched/one-at-a-time x{figures[agent]['speedup_of_batching']:.2f} | prompt tokens computed "
-              f"{modes['naive']['prompt_tokens_computed']} -> {modes['batched']['prompt_tokens_computed']} | "
-              f"same moves: {figures[agent]['same_moves']}", flush=True)
+        figures[agent] = {
+            **modes,
+            "same_moves": all(m == moves[0] for m in moves),
+            "speedup_vs_naive": round(rate["batched"] / rate["naive"], 2),
+            "speedup_of_batching": round(rate["batched"] / rate["one_at_a_time"], 2),
+        }
+        print(
+            f"{agent:13s} games/h: naive {rate['naive']:7.1f} | one at a time {rate['one_at_a_time']:7.1f} | "
+            f"batch {args.batch_size} {rate['batched']:7.1f} | batched/naive x{figures[agent]['speedup_vs_naive']:.2f}"
+            f" | batched/one-at-a-time x{figures[agent]['speedup_of_batching']:.2f} | prompt tokens computed "
+            f"{modes['naive']['prompt_tokens_computed']} -> {modes['batched']['prompt_tokens_computed']} | "
+            f"same moves: {figures[agent]['same_moves']}",
+            flush=True,
+        )
     if args.output:
         from alfworld_sft.results import write_result
 

@@ -66,10 +66,20 @@ def build_quantized_llama(device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=14336, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128009,
-        pad_token_id=128004, attn_implementation="sdpa",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128009,
+        pad_token_id=128004,
+        attn_implementation="sdpa",
     )
     torch.manual_seed(0)
     with torch.device(device):
@@ -80,8 +90,13 @@ def build_quantized_llama(device: str):
                 if not isinstance(linear, torch.nn.Linear):
                     continue
                 quantized = bnb.nn.Linear4bit(
-                    linear.in_features, linear.out_features, bias=False, compute_dtype=torch.bfloat16,
-                    compress_statistics=True, quant_type="nf4", device="meta",
+                    linear.in_features,
+                    linear.out_features,
+                    bias=False,
+                    compute_dtype=torch.bfloat16,
+                    compress_statistics=True,
+                    quant_type="nf4",
+                    device="meta",
                 )
                 quantized.weight = bnb.nn.Params4bit(
                     linear.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4"
@@ -104,15 +119,26 @@ def micro_batches(step: list[int], batch: int, grouped: bool) -> list[list[int]]
     return [order[i : i + batch] for i in range(0, len(order), batch)]
 
 
-def run_setup(model, name: str, steps: list[list[int]], batch: int, *, grouped: bool, upcast: bool, liger: bool,
-              warmup: int, device: str) -> dict:
+def run_setup(
+    model,
+    name: str,
+    steps: list[list[int]],
+    batch: int,
+    *,
+    grouped: bool,
+    upcast: bool,
+    liger: bool,
+    warmup: int,
+    device: str,
+) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     torch.cuda.empty_cache()  # the previous set-up's optimizer and adapters are gone: start from the weights alone
     if upcast:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -120,10 +146,21 @@ def run_setup(model, name: str, steps: list[list[int]], batch: int, *, grouped: 
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
         apply_liger_kernel_to_llama(
-            rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=True, model=model
+            rope=True,
+            rms_norm=True,
+            swiglu=True,
+            cross_entropy=False,
+            fused_linear_cross_entropy=True,
+            model=model,
         )
-    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     peft_model = get_peft_model(model, lora)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
     pad_id = 128004
@@ -187,12 +224,18 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
     lengths = [min(n, args.max_seq_len) for n in json.loads(LENGTHS_FILE.read_text())["lengths"]]
     effective = args.batch * args.grad_accum
     steps = make_steps(lengths, args.warmup + args.steps, effective, args.seed)
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | lengths: n={len(lengths)} "
-          f"median={statistics.median(lengths)} max={max(lengths)} | effective batch {args.batch}x{args.grad_accum}", flush=True)
+    print(
+        f"{torch.cuda.get_device_name()} | torch {torch.__version__} | lengths: n={len(lengths)} "
+        f"median={statistics.median(lengths)} max={max(lengths)} | effective batch {args.batch}x{args.grad_accum}",
+        flush=True,
+    )
     started = time.perf_counter()
     model = build_quantized_llama("cuda")
-    print(f"built and quantized the 8B-shaped model in {time.perf_counter() - started:.0f} s; "
-          f"weights {torch.cuda.memory_allocated() / GIB:.2f} GiB", flush=True)
+    print(
+        f"built and quantized the 8B-shaped model in {time.perf_counter() - started:.0f} s; "
+        f"weights {torch.cuda.memory_allocated() / GIB:.2f} GiB",
+        flush=True,
+    )
     setups = [
         ("naive", {"grouped": False, "upcast": True, "liger": False}),
         ("bf16", {"grouped": False, "upcast": False, "liger": False}),
@@ -212,9 +255,11 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
     if results:
         naive = results[0]["useful_tokens_per_s"]
         for result in results:
-            print(f"{result['setup']:<30} {result['useful_tokens_per_s']:>7} useful tok/s  "
-                  f"x{result['useful_tokens_per_s'] / naive:.2f}  {result['step_s']:.2f} s/step  "
-                  f"peak {result['peak_gib']:.1f} GiB  padding {result['padding_share']:.0%}")
+            print(
+                f"{result['setup']:<30} {result['useful_tokens_per_s']:>7} useful tok/s  "
+                f"x{result['useful_tokens_per_s'] / naive:.2f}  {result['step_s']:.2f} s/step  "
+                f"peak {result['peak_gib']:.1f} GiB  padding {result['padding_share']:.0%}"
+            )
     return results
 
 
@@ -230,15 +275,31 @@ def benchmark_cpu(args: argparse.Namespace) -> dict:
     data = args.data or str(paths.run_dir(True) / "oracle" / "trajectories.jsonl")
     with tempfile.TemporaryDirectory() as out:
         config = training.TrainConfig(
-            data=data, output=out, epochs=1, batch=args.batch, grad_accum=args.grad_accum, max_seq_len=args.max_seq_len,
-            eval_steps=10_000, save_steps=10_000, logging_steps=1, eval_fraction=0.0, device="cpu", seed=args.seed,
+            data=data,
+            output=out,
+            epochs=1,
+            batch=args.batch,
+            grad_accum=args.grad_accum,
+            max_seq_len=args.max_seq_len,
+            eval_steps=10_000,
+            save_steps=10_000,
+            logging_steps=1,
+            eval_fraction=0.0,
+            device="cpu",
+            seed=args.seed,
         )
         started = time.perf_counter()
         result = training.train(config)
         elapsed = time.perf_counter() - started
     tokens = result.record["data_stats"]["tokens"]["total"]
-    summary = {"data": data, "epoch_s": round(elapsed, 1), "steps": result.global_step, "tokens": tokens,
-               "tokens_per_s": round(tokens / elapsed), "max_seq_len": args.max_seq_len}
+    summary = {
+        "data": data,
+        "epoch_s": round(elapsed, 1),
+        "steps": result.global_step,
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / elapsed),
+        "max_seq_len": args.max_seq_len,
+    }
     print(json.dumps(summary))
     return summary
 

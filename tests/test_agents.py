@@ -10,8 +10,14 @@ import pytest
 from alfworld_sft.agents import AGENTS, NOTHING_HAPPENS, extract_command, map_action, render_demonstration
 
 ADMISSIBLE = (
-    "go to countertop 1", "go to drawer 1", "go to drawer 2", "open drawer 1", "take mug 1 from countertop 1",
-    "move mug 1 to coffeemachine 1", "inventory", "look",
+    "go to countertop 1",
+    "go to drawer 1",
+    "go to drawer 2",
+    "open drawer 1",
+    "take mug 1 from countertop 1",
+    "move mug 1 to coffeemachine 1",
+    "inventory",
+    "look",
 )
 
 needs_data = pytest.mark.skipif(not os.environ.get("ALFWORLD_DATA"), reason="ALFWORLD_DATA is not set (real games)")
@@ -43,10 +49,16 @@ def test_map_action_follows_the_documented_rule(reply, command, how):
 
 def test_render_demonstration_drops_admissible_lists_and_shortens_observations():
     record = {
-        "game_id": "json_2.1.1/train/x/trial_1", "task_type": "pick_and_place_simple", "task": "put a mug in shelf",
+        "game_id": "json_2.1.1/train/x/trial_1",
+        "task_type": "pick_and_place_simple",
+        "task": "put a mug in shelf",
         "conversations": [
-            {"role": "user", "content": "Task: put a mug in shelf.\nObservation: " + "word " * 80
-             + "\nAdmissible commands: look, inventory"},
+            {
+                "role": "user",
+                "content": "Task: put a mug in shelf.\nObservation: "
+                + "word " * 80
+                + "\nAdmissible commands: look, inventory",
+            },
             {"role": "assistant", "content": "go to shelf 1"},
         ],
     }
@@ -75,11 +87,23 @@ def test_each_agent_plays_a_real_game_with_the_default_model(agent_name, backend
     from alfworld_sft.agents import Demonstration
     from alfworld_sft.evaluation import play_games
 
-    demos = [Demonstration("json_2.1.1/train/demo", "pick_and_place_simple",
-                           "Task: put a mug in shelf.\nObservation: You see a shelf 1.\n> go to shelf 1")]
+    demos = [
+        Demonstration(
+            "json_2.1.1/train/demo",
+            "pick_and_place_simple",
+            "Task: put a mug in shelf.\nObservation: You see a shelf 1.\n> go to shelf 1",
+        )
+    ]
     max_steps = 1
-    [record] = play_games(agent_name, backend, [gamefile], max_steps=max_steps, seed=0, batch_size=1,
-                          agent_kwargs={"demonstrations": demos} if agent_name == "few_shot" else None)
+    [record] = play_games(
+        agent_name,
+        backend,
+        [gamefile],
+        max_steps=max_steps,
+        seed=0,
+        batch_size=1,
+        agent_kwargs={"demonstrations": demos} if agent_name == "few_shot" else None,
+    )
     agent = AGENTS[agent_name]
     assert record["agent"] == agent_name and record["task_type"] == "pick_and_place_simple"
     turns = [turn for trial in record["transcript"] for turn in trial["turns"]]
@@ -103,8 +127,15 @@ def test_prompt_window_moves_in_quarter_budget_jumps_so_consecutive_prompts_shar
     trial = Trial("put a mug in coffeemachine", "You are in the middle of a room.", ADMISSIBLE)
     windows, moves = [], []
     for step in range(60):
-        trial.turns.append(Turn("go to drawer 1", "go to drawer 1", "exact",
-                                f"You arrive at drawer {step}. The drawer {step} is closed.", ADMISSIBLE))
+        trial.turns.append(
+            Turn(
+                "go to drawer 1",
+                "go to drawer 1",
+                "exact",
+                f"You arrive at drawer {step}. The drawer {step} is closed.",
+                ADMISSIBLE,
+            )
+        )
         before = trial.dropped_pairs
         windows.append(agent.act_messages(trial, []))
         assert agent.backend.count_tokens(windows[-1]) <= 400

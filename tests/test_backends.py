@@ -19,8 +19,13 @@ def fixed_games() -> list[Path]:
     """10 valid_seen games: 2 of each task type except pick_two (the expert often needs > 50 steps there)."""
     root = Path(os.environ["ALFWORLD_DATA"]) / "json_2.1.1" / "valid_seen"
     chosen = []
-    for task_type in ("pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
-                      "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep"):
+    for task_type in (
+        "pick_and_place_simple",
+        "look_at_obj_in_light",
+        "pick_clean_then_place_in_recep",
+        "pick_heat_then_place_in_recep",
+        "pick_cool_then_place_in_recep",
+    ):
         chosen += sorted(root.glob(f"{task_type}-*/*/game.tw-pddl"))[:2]
     return chosen
 
@@ -54,17 +59,25 @@ def reference_replies(backend, prompts, max_new_tokens):
     for messages in prompts:
         ids = torch.tensor([backend.encode(messages)])
         with torch.no_grad():
-            out = backend.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                         do_sample=False, eos_token_id=backend.stop_ids,
-                                         pad_token_id=backend.tokenizer.pad_token_id)
-        replies.append(backend.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+            out = backend.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=backend.stop_ids,
+                pad_token_id=backend.tokenizer.pad_token_id,
+            )
+        replies.append(backend.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return replies
 
 
 PROMPTS = [
     ({"role": "system", "content": "Reply with one command."}, {"role": "user", "content": text})
-    for text in ("Task: put a mug in shelf.\nObservation: You see a shelf 1 and a countertop 1.",
-                 "Observation: Nothing happens.", "Task: examine the book with the desklamp.")
+    for text in (
+        "Task: put a mug in shelf.\nObservation: You see a shelf 1 and a countertop 1.",
+        "Observation: Nothing happens.",
+        "Task: examine the book with the desklamp.",
+    )
 ]
 
 
@@ -82,14 +95,18 @@ def test_a_session_reuses_its_prefix_and_replies_as_if_from_scratch(default_back
     """The second turn of a conversation computes only its new tokens, and its reply is unchanged by that."""
     first = list(PROMPTS[0])
     reply = default_backend.generate([Request(tuple(first), 12, session="game")])[0]
-    second = (*first, {"role": "assistant", "content": reply.text},
-              {"role": "user", "content": "Observation: You arrive at shelf 1. On the shelf 1, you see nothing."})
+    second = (
+        *first,
+        {"role": "assistant", "content": reply.text},
+        {"role": "user", "content": "Observation: You arrive at shelf 1. On the shelf 1, you see nothing."},
+    )
     before_prompt, before_reused = default_backend.prompt_tokens, default_backend.reused_tokens
     continued = default_backend.generate([Request(second, 12, session="game"), Request(PROMPTS[1], 12)])
     reused = default_backend.reused_tokens - before_reused
     assert reused >= len(default_backend.encode(first)) - 1  # the whole first prompt came from the session
     assert default_backend.prompt_tokens - before_prompt == len(default_backend.encode(second)) + len(
-        default_backend.encode(PROMPTS[1]))
+        default_backend.encode(PROMPTS[1])
+    )
     assert [r.text for r in continued] == reference_replies(default_backend, [second, PROMPTS[1]], 12)
     assert set(default_backend.sessions) == {"game"}  # a request without a session keeps nothing
 
@@ -134,9 +151,15 @@ def test_unknown_ollama_model_gives_a_clear_error():
 
 def test_training_record_is_read_and_a_broken_one_is_named(tmp_path):
     assert read_training_record(tmp_path) is None
-    (tmp_path / "training_record.json").write_text(json.dumps(
-        {"base_model": "smollm2-135m-instruct", "prompt_format": {"show_admissible_commands": True},
-         "max_seq_len": 1024}))
+    (tmp_path / "training_record.json").write_text(
+        json.dumps(
+            {
+                "base_model": "smollm2-135m-instruct",
+                "prompt_format": {"show_admissible_commands": True},
+                "max_seq_len": 1024,
+            }
+        )
+    )
     record = read_training_record(tmp_path)
     assert record.max_seq_len == 1024 and record.prompt_format == {"show_admissible_commands": True}
     (tmp_path / "training_record.json").write_text("{}")

@@ -28,7 +28,9 @@ def load_sync():
 
 
 def setup_cell(path):
-    return next(c.source for c in nbformat.read(path, as_version=4).cells if "colab-setup" in c.metadata.get("tags", []))
+    return next(
+        c.source for c in nbformat.read(path, as_version=4).cells if "colab-setup" in c.metadata.get("tags", [])
+    )
 
 
 def test_notebooks_and_readme_match_the_repository_url():
@@ -123,7 +125,8 @@ def test_setup_cell_in_colab_with_everything_installed(tmp_path):
 def test_install_plan_leaves_out_colabs_kernel_and_keeps_no_deps_apart(tmp_path):
     setup = runpy.run_path(str(SETUP))
     pytest_pin = f"pytest=={pytest.__version__}"
-    (tmp_path / "pyproject.toml").write_text(textwrap.dedent(f"""
+    (tmp_path / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
         [project]
         name = "not-installed-course"
         version = "1.0"
@@ -132,7 +135,8 @@ def test_install_plan_leaves_out_colabs_kernel_and_keeps_no_deps_apart(tmp_path)
         export = ["nbformat==0.0.1"]
         [tool.alfworld-sft]
         no-deps = ["{pytest_pin}"]
-    """))
+    """)
+    )
     pip = setup["PIP"]
     assert setup["plan_install"](tmp_path) == [
         [*pip, "install", "-q", pytest_pin, "textworld[pddl]==0.0.1"],
@@ -147,7 +151,10 @@ def test_find_unmet_reads_pins_like_pip():
     find_unmet = runpy.run_path(str(SETUP))["find_unmet"]
     met = [f"pytest=={pytest.__version__}", "pytest", f"nbformat[test]=={nbformat.__version__}"]
     assert find_unmet(met) == []
-    assert find_unmet(["pytest==0.0.1", "no-such-package-here==1.0"]) == ["pytest==0.0.1", "no-such-package-here==1.0"]
+    assert find_unmet(["pytest==0.0.1", "no-such-package-here==1.0"]) == [
+        "pytest==0.0.1",
+        "no-such-package-here==1.0",
+    ]
 
 
 def test_find_stale_modules_names_imported_modules_whose_version_changed():

@@ -199,9 +199,7 @@ def test_a_game_the_engine_cannot_load_is_reported_and_skipped(tmp_path):
     shutil.copytree(source, broken)
     (broken / "game.tw-pddl").write_text('{"pddl_domain": "(define"}')
     output = tmp_path / "out" / "broken.jsonl"
-    summary = collect_trajectories(
-        CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False)
-    )
+    summary = collect_trajectories(CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False))
     assert summary.won == 0 and summary.attempted == 1
     assert len(summary.failed) == 1 and "KeyError" in summary.failed[0]
     ledger = [json.loads(line) for line in summary.ledger.read_text().splitlines()]
@@ -209,9 +207,7 @@ def test_a_game_the_engine_cannot_load_is_reported_and_skipped(tmp_path):
     assert not output.exists() or output.read_text() == ""
     # The rerun does not try it again.
     assert (
-        collect_trajectories(
-            CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False)
-        ).played_now
+        collect_trajectories(CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False)).played_now
         == 0
     )
 

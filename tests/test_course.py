@@ -50,7 +50,11 @@ def test_the_whole_course_runs_headless_in_small_mode(tmp_path):
     """`make course` for real: every notebook, the real engine, the real model, into a scratch results folder."""
     env = {**os.environ, "ALFWORLD_SFT_RESULTS_DIR": str(tmp_path)}
     result = subprocess.run(
-        ["alfworld-sft", "course", "--mode", "small"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        ["alfworld-sft", "course", "--mode", "small"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -37,7 +37,11 @@ def _doctor(tmp_path, **env):
     output = tmp_path / "environment.json"
     result = subprocess.run(
         ["alfworld-sft", "doctor", "--output", str(output)],
-        capture_output=True, text=True, env={**os.environ, **env}, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+        check=False,
     )
     return result, output
 

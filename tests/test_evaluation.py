@@ -46,9 +46,17 @@ def test_select_games_is_balanced_and_seeded():
 
 @pytest.mark.slow
 def test_resume_after_interruption_neither_loses_nor_repeats_a_game(tmp_path):
-    config = EvalConfig(agents=("zero_shot", "react"), num_games=4, max_steps=12, model="expert",
-                        split="eval_in_distribution", output=str(tmp_path / "run.json"),
-                        checkpoint=str(tmp_path / "run.ckpt.jsonl"), batch_size=2, seed=0)
+    config = EvalConfig(
+        agents=("zero_shot", "react"),
+        num_games=4,
+        max_steps=12,
+        model="expert",
+        split="eval_in_distribution",
+        output=str(tmp_path / "run.json"),
+        checkpoint=str(tmp_path / "run.ckpt.jsonl"),
+        batch_size=2,
+        seed=0,
+    )
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(config, backend=CrashingExpert(calls=30))
     checkpoint = tmp_path / "run.ckpt.jsonl"
@@ -67,9 +75,14 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(tmp_path):
         assert block["games"] == 4 and len(block["games_detail"]) == 4
         assert block["won"] == sum(g["won"] for g in block["games_detail"])
         assert all(g["actions"] for g in block["games_detail"])
-        assert set(block["per_task_type"]) <= {"pick_and_place_simple", "look_at_obj_in_light",
-                                              "pick_clean_then_place_in_recep", "pick_heat_then_place_in_recep",
-                                              "pick_cool_then_place_in_recep", "pick_two_obj_and_place"}
+        assert set(block["per_task_type"]) <= {
+            "pick_and_place_simple",
+            "look_at_obj_in_light",
+            "pick_clean_then_place_in_recep",
+            "pick_heat_then_place_in_recep",
+            "pick_cool_then_place_in_recep",
+            "pick_two_obj_and_place",
+        }
     assert (tmp_path / "run.png").stat().st_size > 0
     saved = files.read_json(tmp_path / "run.json")
     assert saved["meta"]["seed"] == 0 and saved["agents"]["react"]["invalid_reply_rate"] == 0.0
@@ -97,15 +110,24 @@ def test_shards_merge_into_the_whole_run_without_loading_a_model(tmp_path, monke
     from alfworld_sft import evaluation
 
     model = "smollm2-135m-instruct"
-    common = {"agents": ("zero_shot",), "num_games": 4, "max_steps": 12, "model": model,
-              "split": "eval_in_distribution", "batch_size": 2, "seed": 0}
+    common = {
+        "agents": ("zero_shot",),
+        "num_games": 4,
+        "max_steps": 12,
+        "model": model,
+        "split": "eval_in_distribution",
+        "batch_size": 2,
+        "seed": 0,
+    }
     shard_files = []
     for shard in ("0/2", "1/2"):
         stem = tmp_path / f"shard{shard[0]}"
         expert = ExpertBackend()
         expert.name = model  # plays like the expert, keyed like the model, so the merge can be checked cheaply
-        run_evaluation(EvalConfig(**common, shard=shard, output=f"{stem}.json", checkpoint=f"{stem}.jsonl"),
-                       backend=expert)
+        run_evaluation(
+            EvalConfig(**common, shard=shard, output=f"{stem}.json", checkpoint=f"{stem}.jsonl"),
+            backend=expert,
+        )
         shard_files.append(Path(f"{stem}.jsonl"))
     merged = tmp_path / "merged.jsonl"
     merged.write_text("".join(f.read_text() for f in shard_files))
@@ -118,4 +140,5 @@ def test_shards_merge_into_the_whole_run_without_loading_a_model(tmp_path, monke
     block = results["agents"]["zero_shot"]
     assert block["games"] == 4 and results["model"] == model
     assert sorted(g["game_id"] for g in block["games_detail"]) == sorted(
-        evaluation.game_id_of(g) for g in evaluation.select_games("eval_in_distribution", 4, 0))
+        evaluation.game_id_of(g) for g in evaluation.select_games("eval_in_distribution", 4, 0)
+    )

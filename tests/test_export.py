@@ -24,9 +24,7 @@ def train_tiny_adapter(out: Path, steps: int = 3) -> Path:
     torch.manual_seed(0)
     tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
     model = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32)
-    model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-    )
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
     messages = prompts.build_messages(
         prompts.SYSTEM_PROMPT,
         [
@@ -93,9 +91,7 @@ def test_merge_matches_base_plus_adapter(merged: tuple[Path, dict]) -> None:
 
 def test_wrong_base_model_is_refused(adapter: Path, tmp_path: Path) -> None:
     with pytest.raises(export.BaseModelMismatchError, match="trained on 'smollm2-135m-instruct'.*--base"):
-        export.merge_adapter(
-            export.MergeConfig(adapter=adapter, output=tmp_path / "m", base="meta-llama/Llama-3.1-8B")
-        )
+        export.merge_adapter(export.MergeConfig(adapter=adapter, output=tmp_path / "m", base="meta-llama/Llama-3.1-8B"))
     assert not (tmp_path / "m").exists()
     # The same model under another name (its converted folder) is accepted.
     assert export.check_base_model(adapter, str(models.default_model_dir())) == models.DEFAULT_MODEL
@@ -153,9 +149,7 @@ def test_missing_llama_cpp_says_what_to_install() -> None:
 def test_missing_converter_download_says_what_to_do(tmp_path: Path) -> None:
     env = {**os.environ, "ALFWORLD_SFT_CACHE": str(tmp_path), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
     code = "from alfworld_sft import export\nexport.ensure_converter(log=lambda _: None)\n"
-    result = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
-    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "ToolMissingError" in result.stderr and "pip download --no-binary :all:" in result.stderr
     assert "convert_hf_to_gguf.py" in result.stderr
@@ -174,9 +168,7 @@ def test_modelfile_template_renders_like_chat_template(tmp_path: Path) -> None:
     rendered = export.render_go_template(template, {"Messages": [{"Role": "user", "Content": "hi"}]})
     assert rendered == tokenizer.apply_chat_template(lone, tokenize=False, add_generation_prompt=True)
     assert "named SmolLM" in rendered
-    path, command = export.write_modelfile(
-        tmp_path, tmp_path / "m-q4_k_m.gguf", tokenizer, "alfworld-sft", 2048
-    )
+    path, command = export.write_modelfile(tmp_path, tmp_path / "m-q4_k_m.gguf", tokenizer, "alfworld-sft", 2048)
     text = path.read_text()
     assert text.startswith("FROM ./m-q4_k_m.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text
     assert "PARAMETER num_ctx 2048" in text

@@ -9,82 +9,10 @@ from pathlib import Path
 import pytest
 from alfworld_sft import formatting, models, prompts
 from alfworld_sft.files import MalformedRecordError
+from chat_templates import build_llama31_tokenizer
 
 ALFWORLD_DATA = os.environ.get("ALFWORLD_DATA")
 needs_data = pytest.mark.skipif(not ALFWORLD_DATA, reason="needs real ALFWorld games: set $ALFWORLD_DATA")
-
-# Llama-3.1-Instruct's chat template, the `chat_template` field of
-# https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/blob/main/tokenizer_config.json (no hub here: written
-# out from that file; the same text is quoted in ldp's llama3.1_chat_template_hf.jinja and spark-nlp's
-# PromptAssembler docstring).
-LLAMA31_CHAT_TEMPLATE = (
-    "{{- bos_token }}\n{%- if custom_tools is defined %}\n    {%- set tools = custom_tools %}\n{%- endif %}\n"
-    "{%- if not tools_in_user_message is defined %}\n    {%- set tools_in_user_message = true %}\n{%- endif %}\n"
-    "{%- if not date_string is defined %}\n    {%- set date_string = \"26 Jul 2024\" %}\n{%- endif %}\n"
-    "{%- if not tools is defined %}\n    {%- set tools = none %}\n{%- endif %}\n\n"
-    "{#- This block extracts the system message, so we can slot it into the right place. #}\n"
-    "{%- if messages[0]['role'] == 'system' %}\n    {%- set system_message = messages[0]['content']|trim %}\n"
-    "    {%- set messages = messages[1:] %}\n{%- else %}\n    {%- set system_message = \"\" %}\n{%- endif %}\n\n"
-    "{#- System message + builtin tools #}\n{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
-    "{%- if builtin_tools is defined or tools is not none %}\n    {{- \"Environment: ipython\\n\" }}\n{%- endif %}\n"
-    "{%- if builtin_tools is defined %}\n"
-    "    {{- \"Tools: \" + builtin_tools | reject('equalto', 'code_interpreter') | join(\", \") + \"\\n\\n\"}}\n"
-    "{%- endif %}\n{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
-    "{%- if tools is not none and not tools_in_user_message %}\n"
-    "    {{- \"You have access to the following functions. To call a function, please respond with JSON for a function call.\" }}\n"
-    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
-    "    {{- \"Do not use variables.\\n\\n\" }}\n    {%- for t in tools %}\n        {{- t | tojson(indent=4) }}\n"
-    "        {{- \"\\n\\n\" }}\n    {%- endfor %}\n{%- endif %}\n{{- system_message }}\n{{- \"<|eot_id|>\" }}\n\n"
-    "{#- Custom tools are passed in a user message with some extra guidance #}\n"
-    "{%- if tools_in_user_message and not tools is none %}\n"
-    "    {#- Extract the first user message so we can plug it in here #}\n    {%- if messages | length != 0 %}\n"
-    "        {%- set first_user_message = messages[0]['content']|trim %}\n        {%- set messages = messages[1:] %}\n"
-    "    {%- else %}\n        {{- raise_exception(\"Cannot put tools in the first user message when there's no first user message!\") }}\n"
-    "{%- endif %}\n    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
-    "    {{- \"Given the following functions, please respond with a JSON for a function call \" }}\n"
-    "    {{- \"with its proper arguments that best answers the given prompt.\\n\\n\" }}\n"
-    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
-    "    {{- \"Do not use variables.\\n\\n\" }}\n    {%- for t in tools %}\n        {{- t | tojson(indent=4) }}\n"
-    "        {{- \"\\n\\n\" }}\n    {%- endfor %}\n    {{- first_user_message + \"<|eot_id|>\"}}\n{%- endif %}\n\n"
-    "{%- for message in messages %}\n"
-    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}\n"
-    "        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n"
-    "    {%- elif 'tool_calls' in message %}\n        {%- if not message.tool_calls|length == 1 %}\n"
-    "            {{- raise_exception(\"This model only supports single tool-calls at once!\") }}\n        {%- endif %}\n"
-    "        {%- set tool_call = message.tool_calls[0].function %}\n"
-    "        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}\n"
-    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
-    "            {{- \"<|python_tag|>\" + tool_call.name + \".call(\" }}\n"
-    "            {%- for arg_name, arg_val in tool_call.arguments | items %}\n"
-    "                {{- arg_name + '=\"' + arg_val + '\"' }}\n                {%- if not loop.last %}\n"
-    "                    {{- \", \" }}\n                {%- endif %}\n                {%- endfor %}\n"
-    "            {{- \")\" }}\n        {%- else  %}\n            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
-    "            {{- '{\"name\": \"' + tool_call.name + '\", ' }}\n            {{- '\"parameters\": ' }}\n"
-    "            {{- tool_call.arguments | tojson }}\n            {{- \"}\" }}\n        {%- endif %}\n"
-    "        {%- if builtin_tools is defined %}\n            {#- This means we're in ipython mode #}\n"
-    "            {{- \"<|eom_id|>\" }}\n        {%- else %}\n            {{- \"<|eot_id|>\" }}\n        {%- endif %}\n"
-    "    {%- elif message.role == \"tool\" or message.role == \"ipython\" %}\n"
-    "        {{- \"<|start_header_id|>ipython<|end_header_id|>\\n\\n\" }}\n"
-    "        {%- if message.content is mapping or message.content is iterable %}\n"
-    "            {{- message.content | tojson }}\n        {%- else %}\n            {{- message.content }}\n"
-    "        {%- endif %}\n        {{- \"<|eot_id|>\" }}\n    {%- endif %}\n{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n{%- endif %}\n"
-)
-LLAMA31_SPECIAL_TOKENS = [
-    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>",
-    "<|python_tag|>", "<|finetune_right_pad_id|>",
-]
-
-
-def build_llama31_tokenizer():
-    """The default model's BPE with Llama-3.1-Instruct's special tokens, roles and chat template."""
-    tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
-    tokenizer.add_special_tokens({"additional_special_tokens": LLAMA31_SPECIAL_TOKENS})
-    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
-    tokenizer.pad_token = "<|finetune_right_pad_id|>"
-    tokenizer.chat_template = LLAMA31_CHAT_TEMPLATE
-    return tokenizer
-
 
 DEFAULT_FORMAT = prompts.PromptFormat()
 
@@ -127,7 +55,7 @@ def assert_labels_are_commands(example: dict, window: list[dict], tokenizer, mar
     commands = [m["content"].strip() for m in window if m["role"] == "assistant"]
     decoded = [tokenizer.decode(run) for run in labelled_runs(example)]
     assert decoded == [command + marker for command in commands]
-    assert all(l in (formatting.IGNORE_INDEX, i) for l, i in zip(example["labels"], example["input_ids"]))
+    assert all(label in (formatting.IGNORE_INDEX, i) for label, i in zip(example["labels"], example["input_ids"]))
 
 
 @needs_data
@@ -205,8 +133,13 @@ def test_admissible_commands_format_is_carried(tmp_path, chatml_tokenizer):
 
 
 GOOD = {
-    "system": "s", "game_id": "g1", "prompt_format": {"show_admissible_commands": False},
-    "conversations": [{"role": "user", "content": "Task: x.\nObservation: y"}, {"role": "assistant", "content": "look"}],
+    "system": "s",
+    "game_id": "g1",
+    "prompt_format": {"show_admissible_commands": False},
+    "conversations": [
+        {"role": "user", "content": "Task: x.\nObservation: y"},
+        {"role": "assistant", "content": "look"},
+    ],
 }
 
 
@@ -215,7 +148,10 @@ GOOD = {
     [
         ("{not json", "malformed JSON"),
         (json.dumps({**GOOD, "conversations": []}), "empty conversation"),
-        (json.dumps({**GOOD, "conversations": [{"role": "assistant", "content": "look"}]}), "expected 'user'"),
+        (
+            json.dumps({**GOOD, "conversations": [{"role": "assistant", "content": "look"}]}),
+            "expected 'user'",
+        ),
         (json.dumps({**GOOD, "conversations": GOOD["conversations"][:1]}), "ends with a user turn"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "game_id"}), "'game_id'"),
     ],

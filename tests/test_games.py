@@ -133,9 +133,7 @@ def test_the_real_splits(monkeypatch):
     assert len(games.list_games("train")) == 3553
     assert len(games.list_games("eval_in_distribution")) == 140
     sample = games.list_games("train", limit=12, seed=0)
-    assert sorted(games.read_task_type(path) for path in sample) == sorted(
-        list(games.TASK_TYPES.values()) * 2
-    )
+    assert sorted(games.read_task_type(path) for path in sample) == sorted(list(games.TASK_TYPES.values()) * 2)
     anatomy = games.describe_game(sample[0])
     assert anatomy["game_file_keys"] == ["grammar", "pddl_domain", "pddl_problem", "solvable", "walkthrough"]
     assert anatomy["receptacles_in_room"] > 0 and anatomy["objects_in_room"] > 0 and anatomy["init_facts"] > 0

@@ -101,9 +101,11 @@ def test_rerun_reuses_and_same_seed_gives_same_bytes(generated, tmp_path):
     # first look_at_obj_in_light and pick_two_obj_and_place ones (the latter won through the expert's seeded
     # random fallbacks). Once, in the full suite's long-lived process, this slot came out otherwise (not
     # reproduced since): the separate process keeps the check about the seed, not about the suite's history.
-    script = ("import sys; from pathlib import Path; from alfworld_sft import generate; "
-              "print('\\n'.join(map(str, generate.generate_games(Path(sys.argv[1]), 'train', count=2, seed=0, "
-              "task_types=[2, 6]))))")
+    script = (
+        "import sys; from pathlib import Path; from alfworld_sft import generate; "
+        "print('\\n'.join(map(str, generate.generate_games(Path(sys.argv[1]), 'train', count=2, seed=0, "
+        "task_types=[2, 6]))))"
+    )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
     again = [Path(line) for line in done.stdout.split()]
     for new, old in zip(again, [gamefiles[1], gamefiles[5]], strict=True):
@@ -144,7 +146,9 @@ def test_interrupted_run_leaves_no_half_game_and_resumes(tmp_path, monkeypatch):
     gamefiles = generate.generate_games(tmp_path, "valid_seen", count=3, seed=5, task_types=[1, 5])
     assert gamefiles[0] == trials[0] / "game.tw-pddl"
     assert [json.loads((p.parent / "traj_data.json").read_text())["task_type"] for p in gamefiles] == [
-        TASK_TYPES[1], TASK_TYPES[5], TASK_TYPES[1]
+        TASK_TYPES[1],
+        TASK_TYPES[5],
+        TASK_TYPES[1],
     ]
     assert len([path for path in split.glob("*/*") if path.is_dir()]) == 3
 

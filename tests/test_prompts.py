@@ -31,7 +31,9 @@ def test_first_observation_without_task_is_rejected():
 def test_admissible_commands_follow_the_format():
     plain = render_turn("You arrive at fridge 1.", ["open fridge 1"])
     assert plain == "Observation: You arrive at fridge 1."
-    listed = render_turn("You arrive at fridge 1.", ["look", "open fridge 1"], PromptFormat(show_admissible_commands=True))
+    listed = render_turn(
+        "You arrive at fridge 1.", ["look", "open fridge 1"], PromptFormat(show_admissible_commands=True)
+    )
     assert listed.endswith("Admissible commands: look, open fridge 1")
     with pytest.raises(ValueError, match="admissible"):
         render_first_turn("t", "o", None, PromptFormat(show_admissible_commands=True))
@@ -40,7 +42,10 @@ def test_admissible_commands_follow_the_format():
 def _game(turns: int) -> list[dict[str, str]]:
     conversation = [{"role": "user", "content": render_first_turn("put a mug in sink", "room")}]
     for i in range(turns):
-        conversation += [{"role": "assistant", "content": f"go to cabinet {i}"}, {"role": "user", "content": f"Observation: {i}"}]
+        conversation += [
+            {"role": "assistant", "content": f"go to cabinet {i}"},
+            {"role": "user", "content": f"Observation: {i}"},
+        ]
     return build_messages(SYSTEM_PROMPT, conversation)
 
 

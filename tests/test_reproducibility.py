@@ -54,9 +54,23 @@ def test_a_rerun_collects_the_same_trajectories(data_root, tmp_path, monkeypatch
     second = tmp_path / "second" / "trajectories.jsonl"
     hash_seed = "1" if os.environ.get("PYTHONHASHSEED") == "0" else "0"
     subprocess.run(
-        [sys.executable, "-m", "alfworld_sft.cli", "collect", "--split", "train", "--output", str(second),
-         "--seed", "0", "--workers", "2"],
-        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        [
+            sys.executable,
+            "-m",
+            "alfworld_sft.cli",
+            "collect",
+            "--split",
+            "train",
+            "--output",
+            str(second),
+            "--seed",
+            "0",
+            "--workers",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
     )
     assert sorted(first.output.read_bytes().splitlines()) == sorted(second.read_bytes().splitlines())
     ledgers = [
@@ -75,8 +89,14 @@ def test_a_rerun_of_the_evaluation_gets_the_same_outcomes(data_root, tmp_path, m
     runs = []
     for name in ("first", "second"):
         # The split is only where the games are: determinism does not depend on which games they are.
-        config = EvalConfig(agents=("zero_shot",), num_games=2, max_steps=3, split="train", seed=0,
-                            output=str(tmp_path / name / "results.json"))
+        config = EvalConfig(
+            agents=("zero_shot",),
+            num_games=2,
+            max_steps=3,
+            split="train",
+            seed=0,
+            output=str(tmp_path / name / "results.json"),
+        )
         results = run_evaluation(config)  # loads the default model afresh, as a rerun does
         games = sorted(files.read_jsonl(tmp_path / name / "results.ckpt.jsonl"), key=lambda r: r["game_id"])
         assert len(games) == 2 and all(game["actions"] and game["steps"] for game in games)

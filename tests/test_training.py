@@ -25,8 +25,19 @@ def records_path(tmp_path_factory):
 
 def tiny_config(records_path, output, **changes) -> training.TrainConfig:
     config = training.TrainConfig(
-        data=str(records_path), output=str(output), max_seq_len=768, batch=2, grad_accum=1, lr=1e-3, max_steps=4,
-        eval_steps=2, save_steps=2, logging_steps=1, eval_fraction=0.25, seed=0, device="cpu",
+        data=str(records_path),
+        output=str(output),
+        max_seq_len=768,
+        batch=2,
+        grad_accum=1,
+        lr=1e-3,
+        max_steps=4,
+        eval_steps=2,
+        save_steps=2,
+        logging_steps=1,
+        eval_fraction=0.25,
+        seed=0,
+        device="cpu",
     )
     return replace(config, **changes)
 
@@ -60,8 +71,14 @@ def test_interrupted_training_resumes_eval_loss_falls_and_adapter_changes_output
     assert result.global_step == 4
     assert result.eval_loss_initial is not None and result.eval_loss_best < result.eval_loss_initial
 
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", training.TRAINING_LOG,
-                 training.LOSS_PLOT, training.TRAINING_RECORD):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        training.TRAINING_LOG,
+        training.LOSS_PLOT,
+        training.TRAINING_RECORD,
+    ):
         assert (output / name).exists(), name
     record = training.read_training_record(output)
     assert record["base_model"] == models.DEFAULT_MODEL
@@ -93,7 +110,9 @@ def test_a_formatted_folder_trains_only_with_its_own_settings(records_path, tmp_
     folder = formatting.save_formatted(dataset, tmp_path / "sft_data", source=records_path, config=fmt)
     with pytest.raises(ValueError, match="reformat it"):
         training.train(tiny_config(folder, tmp_path / "a", max_seq_len=768))
-    result = training.train(tiny_config(folder, tmp_path / "b", max_seq_len=640, max_steps=1, eval_steps=1, save_steps=1))
+    result = training.train(
+        tiny_config(folder, tmp_path / "b", max_seq_len=640, max_steps=1, eval_steps=1, save_steps=1)
+    )
     assert result.global_step == 1
     assert result.record["data_sha256"] == formatting.sha256_file(records_path)
 
@@ -102,8 +121,13 @@ def test_cpu_defaults_and_clear_setup_errors(monkeypatch):
     import torch
 
     setup = training.resolve_setup(training.TrainConfig(device="cpu"))
-    assert setup == {"device": "cpu", "quantization": "none", "backend": "peft", "gradient_checkpointing": False,
-                     "liger": False}
+    assert setup == {
+        "device": "cpu",
+        "quantization": "none",
+        "backend": "peft",
+        "gradient_checkpointing": False,
+        "liger": False,
+    }
     if not torch.cuda.is_available():
         with pytest.raises(training.TrainingSetupError, match="sees no GPU.*--device cpu"):
             training.resolve_setup(training.TrainConfig(device="cuda"))
@@ -116,12 +140,24 @@ def test_cpu_defaults_and_clear_setup_errors(monkeypatch):
 
 def test_out_of_memory_advice_names_the_fixes():
     config = training.TrainConfig(batch=8, max_seq_len=4096)
-    message = str(training._explain_oom(config, {"device": "cuda", "quantization": "none", "gradient_checkpointing": True}))
+    message = str(
+        training._explain_oom(config, {"device": "cuda", "quantization": "none", "gradient_checkpointing": True})
+    )
     assert "--batch (now 8" in message and "--max-seq-len (now 4096)" in message and "QLoRA instead of LoRA" in message
 
 
 def test_cli_train_reports_a_missing_data_file(tmp_path, capsys):
-    code = cli.main(["train", "--data", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "out"), "--device", "cpu"])
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "none.jsonl"),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2
     assert "none.jsonl does not exist" in capsys.readouterr().err
 
@@ -129,7 +165,17 @@ def test_cli_train_reports_a_missing_data_file(tmp_path, capsys):
 def test_course_configs_match_between_formatting_and_training():
     for small in (True, False):
         fmt, train = formatting.course_format_config(small, 0), training.course_config(small, 0)
-        assert (fmt.max_seq_len, fmt.eval_fraction, fmt.seed) == (train.max_seq_len, train.eval_fraction, train.seed)
+        assert (fmt.max_seq_len, fmt.eval_fraction, fmt.seed) == (
+            train.max_seq_len,
+            train.eval_fraction,
+            train.seed,
+        )
     full = training.course_config(False, 0)
     assert (full.epochs, full.batch, full.lr, full.max_seq_len, full.grad_accum) == (3, 4, 2e-4, 2048, 4)
-    assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.warmup_ratio, full.save_total_limit) == (16, 16, 0, 0.05, 2)
+    assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.warmup_ratio, full.save_total_limit) == (
+        16,
+        16,
+        0,
+        0.05,
+        2,
+    )

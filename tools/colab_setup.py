@@ -48,7 +48,11 @@ def read_requirements(repo: Path = REPO, extras: Iterable[str] = ()) -> tuple[li
         raise ValueError(f"unknown extra {', '.join(unknown)}: pyproject.toml defines {', '.join(sorted(optional))}")
     wanted = project["dependencies"] + [requirement for extra in extras for requirement in optional[extra]]
     resolved = [r for r in wanted if _normalize(_REQUIREMENT.match(r)[1]) not in COLAB_KEEPS]
-    return resolved, list(pyproject["tool"]["alfworld-sft"]["no-deps"]), f"{project['name']}=={project['version']}"
+    return (
+        resolved,
+        list(pyproject["tool"]["alfworld-sft"]["no-deps"]),
+        f"{project['name']}=={project['version']}",
+    )
 
 
 def find_unmet(requirements: Iterable[str]) -> list[str]:
@@ -88,7 +92,8 @@ def find_stale_modules(before: dict[str, str], after: dict[str, str]) -> list[st
     the process keeps using the old code until it restarts."""
     changed = {name for name, version in after.items() if before.get(name, version) != version}
     return sorted(
-        module for module, dists in metadata.packages_distributions().items()
+        module
+        for module, dists in metadata.packages_distributions().items()
         if module in sys.modules and changed & {_normalize(d) for d in dists}
     )
 

@@ -126,7 +126,7 @@ def sync_notebook_text(text: str, url: str, needs: ColabNeeds) -> str:
         "outputs": [],
         "source": _source_lines(render_setup_cell(url, needs)),
     }
-    notebook["cells"] = cells[: parameters[0]] + [cell] + cells[parameters[0]:]
+    notebook["cells"] = cells[: parameters[0]] + [cell] + cells[parameters[0] :]
     return json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -138,7 +138,9 @@ def render_readme_block(url: str, notebooks: list[Path]) -> str:
         link = f"https://colab.research.google.com/github/{owner}/{name}/blob/{BRANCH}/notebooks/{notebook.name}"
         title = notebook.stem[3:].replace("_", " ")
         first = ", ".join(needs.run_first) or "-"
-        rows.append(f"| {notebook.name[:2]} | {title} | [![Open In Colab]({BADGE})]({link}) | {needs.runtime} | {first} |")
+        rows.append(
+            f"| {notebook.name[:2]} | {title} | [![Open In Colab]({BADGE})]({link}) | {needs.runtime} | {first} |"
+        )
     return "\n".join([README_START, *rows, README_END])
 
 

@@ -74,7 +74,9 @@ def extract_command(reply: str) -> str:
     if actions:
         text = actions[-1]
     else:
-        lines = [line for line in reply.splitlines() if line.strip() and not re.match(r"\s*thought\s*:", line, re.IGNORECASE)]
+        lines = [
+            line for line in reply.splitlines() if line.strip() and not re.match(r"\s*thought\s*:", line, re.IGNORECASE)
+        ]
         text = lines[0] if lines else ""
     text = text.strip().strip("`'\"").lstrip(">").strip()
     return text.rstrip(".").strip()
@@ -153,8 +155,13 @@ class Agent:
     plans: ClassVar[bool] = False
     system_prompt: ClassVar[str] = prompts.SYSTEM_PROMPT
 
-    def __init__(self, backend: Backend, *, window_tokens: int | None = None,
-                 demonstrations: Sequence[Demonstration] = ()):
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        window_tokens: int | None = None,
+        demonstrations: Sequence[Demonstration] = (),
+    ):
         self.backend = backend
         record = backend.training_record
         self.fmt = PromptFormat(**record.prompt_format) if record else BASE_PROMPT_FORMAT
@@ -173,17 +180,26 @@ class Agent:
 
     def act_messages(self, trial: Trial, reflections: Sequence[str]) -> list[Message]:
         conversation: list[Message] = [
-            {"role": "user", "content": prompts.render_first_turn(
-                trial.task, trial.first_observation, trial.first_admissible, self.fmt)}
+            {
+                "role": "user",
+                "content": prompts.render_first_turn(
+                    trial.task, trial.first_observation, trial.first_admissible, self.fmt
+                ),
+            }
         ]
         for turn in trial.turns:
             conversation.append({"role": "assistant", "content": self.assistant_text(turn)})
-            conversation.append({"role": "user", "content": prompts.render_turn(
-                turn.observation, turn.admissible_commands, self.fmt)})
+            conversation.append(
+                {
+                    "role": "user",
+                    "content": prompts.render_turn(turn.observation, turn.admissible_commands, self.fmt),
+                }
+            )
         messages = prompts.build_messages(self.system_message(trial, reflections), conversation)
         try:
-            window, dropped = prompts.select_window(messages, self.backend.count_tokens, self.window_tokens,
-                                                    min_dropped=trial.dropped_pairs)
+            window, dropped = prompts.select_window(
+                messages, self.backend.count_tokens, self.window_tokens, min_dropped=trial.dropped_pairs
+            )
         except ValueError:
             # One long turn (a room with many receptacles) can overflow the budget: keep the system prompt,
             # the task and the current observation rather than stop the game.
@@ -192,8 +208,9 @@ class Agent:
             # The window had to move: move it a quarter of the budget further, so that the next steps extend
             # this prompt (a backend reuses a prompt's prefix) instead of shifting it every step.
             with contextlib.suppress(ValueError):
-                window, dropped = prompts.select_window(messages, self.backend.count_tokens,
-                                                        self.window_tokens * 3 // 4, min_dropped=dropped)
+                window, dropped = prompts.select_window(
+                    messages, self.backend.count_tokens, self.window_tokens * 3 // 4, min_dropped=dropped
+                )
             trial.dropped_pairs = dropped
         return window
 
@@ -206,9 +223,12 @@ class Agent:
         plan = f"Plan:\n{trial.plan}\n" if trial.plan else ""
         return [
             {"role": "system", "content": REFLECT_SYSTEM_PROMPT},
-            {"role": "user", "content": f"Task: {trial.task}.\n{plan}Last steps of the attempt:\n{steps}\n"
-                                        "The task was not completed. What went wrong, and what should be done "
-                                        "differently next time?"},
+            {
+                "role": "user",
+                "content": f"Task: {trial.task}.\n{plan}Last steps of the attempt:\n{steps}\n"
+                "The task was not completed. What went wrong, and what should be done "
+                "differently next time?",
+            },
         ]
 
 
@@ -270,8 +290,11 @@ class HierarchicalAgent(Agent):
         critique = "".join(f"\nCritique of an earlier plan that failed: {r}" for r in reflections)
         return [
             {"role": "system", "content": PLANNER_SYSTEM_PROMPT},
-            {"role": "user", "content": f"Task: {trial.task}.\nRoom: {trial.first_observation}{critique}\n"
-                                        "Write the numbered subgoals."},
+            {
+                "role": "user",
+                "content": f"Task: {trial.task}.\nRoom: {trial.first_observation}{critique}\n"
+                "Write the numbered subgoals.",
+            },
         ]
 
     def system_message(self, trial: Trial, reflections: Sequence[str]) -> str:
@@ -328,13 +351,19 @@ class Episode:
     def request(self) -> Request:
         agent = self.agent
         if self.phase == "plan":
-            return Request(tuple(agent.plan_messages(self.trial, self.reflections)), agent.plan_tokens,
-                           session=id(self))
+            return Request(
+                tuple(agent.plan_messages(self.trial, self.reflections)), agent.plan_tokens, session=id(self)
+            )
         if self.phase == "reflect":
-            return Request(tuple(agent.reflect_messages(self.trial, self.reflections)), REFLECT_TOKENS,
-                           session=id(self))
-        return Request(tuple(agent.act_messages(self.trial, self.reflections)), agent.max_new_tokens,
-                       expert_action=self.state.expert_action, session=id(self))
+            return Request(
+                tuple(agent.reflect_messages(self.trial, self.reflections)), REFLECT_TOKENS, session=id(self)
+            )
+        return Request(
+            tuple(agent.act_messages(self.trial, self.reflections)),
+            agent.max_new_tokens,
+            expert_action=self.state.expert_action,
+            session=id(self),
+        )
 
     def advance(self, reply: Reply) -> None:
         started = time.perf_counter()
@@ -384,9 +413,14 @@ class Episode:
             "task": self.trial.task,
             "reflections": list(self.reflections),
             "transcript": [
-                {"plan": t.plan, "won": t.won,
-                 "turns": [{"reply": u.reply, "command": u.command, "how": u.how, "observation": u.observation}
-                           for u in t.turns]}
+                {
+                    "plan": t.plan,
+                    "won": t.won,
+                    "turns": [
+                        {"reply": u.reply, "command": u.command, "how": u.how, "observation": u.observation}
+                        for u in t.turns
+                    ],
+                }
                 for t in self.trials
             ],
             "actions": [u.command or f"(invalid) {u.reply}" for t in self.trials for u in t.turns],
@@ -413,7 +447,12 @@ def render_demonstration(record: dict[str, Any], *, max_observation_chars: int =
 def describe_agents() -> list[dict[str, Any]]:
     """Name, description, reply budget and trials of every agent (for the notebook)."""
     return [
-        {"agent": cls.name, "description": cls.description, "max_new_tokens": cls.max_new_tokens,
-         "trials": cls.trials, "plans": cls.plans}
+        {
+            "agent": cls.name,
+            "description": cls.description,
+            "max_new_tokens": cls.max_new_tokens,
+            "trials": cls.trials,
+            "plans": cls.plans,
+        }
         for cls in AGENTS.values()
     ]

@@ -124,8 +124,16 @@ class TransformersBackend(Backend):
     Sessions missing from a call are forgotten, so memory stays bounded by the batch.
     """
 
-    def __init__(self, model: str, *, adapter: str | Path | None = None, dtype: str = "float32",
-                 threads: int | None = None, device: str = "auto", prefix_cache: bool = True):
+    def __init__(
+        self,
+        model: str,
+        *,
+        adapter: str | Path | None = None,
+        dtype: str = "float32",
+        threads: int | None = None,
+        device: str = "auto",
+        prefix_cache: bool = True,
+    ):
         import torch
 
         from alfworld_sft import models
@@ -217,13 +225,13 @@ class TransformersBackend(Backend):
         positions = torch.arange(reused, len(ids), device=self.device).unsqueeze(0)
         # Only the last position's logits are needed: the vocabulary projection of every prompt token would cost
         # a fifth of the model's compute and hundreds of MB.
-        out = self.model(input_ids=new, position_ids=positions, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+        out = self.model(input_ids=new, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         return layers, int(out.logits[0, -1].argmax())
 
-    def _decode(self, prompts: list[list[int]], prefilled: list[tuple[list[tuple[Any, Any]], int]],
-                limits: list[int]) -> tuple[list[list[int]], Any]:
+    def _decode(
+        self, prompts: list[list[int]], prefilled: list[tuple[list[tuple[Any, Any]], int]], limits: list[int]
+    ) -> tuple[list[list[int]], Any]:
         """Greedy decoding of all rows together; returns each row's reply ids (up to and including the stop
         token) and the static cache (columns: prompts right-aligned at `width`, then the fed reply tokens)."""
         import torch
@@ -265,8 +273,9 @@ class TransformersBackend(Backend):
             step += 1
         return generated, cache
 
-    def _keep_sessions(self, requests: Sequence[Request], prompts: list[list[int]], generated: list[list[int]],
-                       cache: Any) -> None:
+    def _keep_sessions(
+        self, requests: Sequence[Request], prompts: list[list[int]], generated: list[list[int]], cache: Any
+    ) -> None:
         """Keep each session's prompt and fed reply tokens for the next call; forget sessions not in this call."""
         if not self.prefix_cache:
             return
@@ -277,8 +286,13 @@ class TransformersBackend(Backend):
                 continue
             fed = len(reply) - 1  # the last reply token was never fed back, so it has no keys/values
             start, stop = width - len(prompt), width + fed
-            layers = [(layer.keys[row : row + 1, :, start:stop].clone(), layer.values[row : row + 1, :, start:stop].clone())
-                      for layer in cache.layers]
+            layers = [
+                (
+                    layer.keys[row : row + 1, :, start:stop].clone(),
+                    layer.values[row : row + 1, :, start:stop].clone(),
+                )
+                for layer in cache.layers
+            ]
             kept[request.session] = (prompt + reply[:fed], layers)
         self.sessions = kept
 
@@ -326,7 +340,8 @@ class OllamaBackend(Backend):
         wanted = self.model if ":" in self.model else f"{self.model}:latest"
         if wanted not in names and self.model not in names:
             raise BackendError(
-                f"Ollama at {self.url} does not know model {self.model!r} (it has: {', '.join(sorted(names)) or 'none'}): "
+                f"Ollama at {self.url} does not know model {self.model!r} "
+                f"(it has: {', '.join(sorted(names)) or 'none'}): "
                 f"`ollama pull {self.model}` or `ollama create {self.model} -f Modelfile`"
             )
 
@@ -344,8 +359,13 @@ class OllamaBackend(Backend):
                 },
             )
             text = answer.get("message", {}).get("content", "").strip()
-            replies.append(Reply(text=text, new_tokens=int(answer.get("eval_count", 0)),
-                                 seconds=time.perf_counter() - started))
+            replies.append(
+                Reply(
+                    text=text,
+                    new_tokens=int(answer.get("eval_count", 0)),
+                    seconds=time.perf_counter() - started,
+                )
+            )
         return replies
 
 
@@ -356,7 +376,9 @@ class VllmBackend(Backend):
         try:
             from vllm import LLM
         except ImportError as error:
-            raise BackendError("vLLM is not installed: `pip install vllm` on a CUDA machine, or use --backend transformers") from error
+            raise BackendError(
+                "vLLM is not installed: `pip install vllm` on a CUDA machine, or use --backend transformers"
+            ) from error
         from alfworld_sft import models
 
         record = read_training_record(adapter) or read_training_record(_local_folder(model))
@@ -380,8 +402,10 @@ class VllmBackend(Backend):
         params = [SamplingParams(temperature=0, max_tokens=r.max_new_tokens) for r in requests]
         outputs = self.llm.chat([list(r.messages) for r in requests], params, lora_request=self.lora, use_tqdm=False)
         share = (time.perf_counter() - started) / max(1, len(requests))
-        return [Reply(text=o.outputs[0].text.strip(), new_tokens=len(o.outputs[0].token_ids), seconds=share)
-                for o in outputs]
+        return [
+            Reply(text=o.outputs[0].text.strip(), new_tokens=len(o.outputs[0].token_ids), seconds=share)
+            for o in outputs
+        ]
 
 
 def _vllm_usable() -> bool:
@@ -438,8 +462,11 @@ def choose_backend(model: str, *, adapter: str | Path | None = None, backend: st
     elif record is not None and record.base_model != model:
         import warnings
 
-        warnings.warn(f"the adapter was trained on {record.base_model!r} but is loaded on {model!r}: "
-                      "an adapter only fits the model it was trained on", stacklevel=2)
+        warnings.warn(
+            f"the adapter was trained on {record.base_model!r} but is loaded on {model!r}: "
+            "an adapter only fits the model it was trained on",
+            stacklevel=2,
+        )
     adapter_path = None if adapter is None else Path(adapter).expanduser()
     if backend == "expert" or model == EXPERT_MODEL:
         return BackendChoice("expert", EXPERT_MODEL, None)
@@ -450,9 +477,17 @@ def choose_backend(model: str, *, adapter: str | Path | None = None, backend: st
     return BackendChoice("transformers", model, adapter_path)
 
 
-def load_backend(model: str, *, adapter: str | Path | None = None, backend: str = "auto",
-                 ollama_url: str = OLLAMA_URL, dtype: str = "float32", threads: int | None = None,
-                 device: str = "auto", prefix_cache: bool = True) -> Backend:
+def load_backend(
+    model: str,
+    *,
+    adapter: str | Path | None = None,
+    backend: str = "auto",
+    ollama_url: str = OLLAMA_URL,
+    dtype: str = "float32",
+    threads: int | None = None,
+    device: str = "auto",
+    prefix_cache: bool = True,
+) -> Backend:
     """Load the backend `choose_backend` picks (same arguments), with the engine settings for local models."""
     choice = choose_backend(model, adapter=adapter, backend=backend)
     if choice.kind == "expert":
@@ -461,5 +496,11 @@ def load_backend(model: str, *, adapter: str | Path | None = None, backend: str 
         return OllamaBackend(choice.model, url=ollama_url)
     if choice.kind == "vllm":
         return VllmBackend(choice.model, adapter=choice.adapter)
-    return TransformersBackend(choice.model, adapter=choice.adapter, dtype=dtype, threads=threads, device=device,
-                               prefix_cache=prefix_cache)
+    return TransformersBackend(
+        choice.model,
+        adapter=choice.adapter,
+        dtype=dtype,
+        threads=threads,
+        device=device,
+        prefix_cache=prefix_cache,
+    )

@@ -58,15 +58,11 @@ class CollectConfig:
     output: Path = paths.RESULTS_DIR / "oracle" / "trajectories.jsonl"  # won games, one record a line
     max_steps: int = 50  # expert commands per game before it counts as lost (the seed guide's cap)
     workers: int = 1  # processes that play whole games; 1 plays in this process
-    limit: int | None = (
-        None  # a seeded sample balanced over task types (games.list_games); None: the whole split
-    )
+    limit: int | None = None  # a seeded sample balanced over task types (games.list_games); None: the whole split
     task_types: tuple[int | str, ...] | None = None  # only these task types (numbers 1-6 or names)
     seed: int = 0  # seeds the sample and, with the game id, Python's random for each game
     prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT  # how user turns are rendered
-    translate_once: bool = (
-        True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
-    )
+    translate_once: bool = True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
     games: tuple[Path, ...] | None = None  # play exactly these game files instead of listing the split
     progress: bool = True  # show a tqdm bar
 
@@ -166,9 +162,7 @@ def play_game(
                     conversations.append(
                         {
                             "role": "user",
-                            "content": prompts.render_turn(
-                                state.observation, state.admissible_commands, prompt_format
-                            ),
+                            "content": prompts.render_turn(state.observation, state.admissible_commands, prompt_format),
                         }
                     )
                     admissible.append(list(state.admissible_commands))
@@ -193,9 +187,7 @@ def play_game(
         "won": won,
         "format_version": FORMAT_VERSION,
     }
-    return GameOutcome(
-        game_id, str(gamefile), task_type, won, steps, None, record, time.perf_counter() - start
-    )
+    return GameOutcome(game_id, str(gamefile), task_type, won, steps, None, record, time.perf_counter() - start)
 
 
 def check_record(record: dict[str, Any]) -> None:
@@ -206,15 +198,11 @@ def check_record(record: dict[str, Any]) -> None:
     turns = record["conversations"]
     roles = [turn.get("role") for turn in turns]
     if not turns or roles != ["user", "assistant"] * (len(turns) // 2) or len(turns) % 2:
-        raise ValueError(
-            f"record of {record['game_id']}: turns must alternate user/assistant and end with one"
-        )
+        raise ValueError(f"record of {record['game_id']}: turns must alternate user/assistant and end with one")
     if len(record["admissible_commands"]) != len(turns) // 2:
         raise ValueError(f"record of {record['game_id']}: one admissible-command list per user turn expected")
     if record["steps"] != len(turns) // 2:
-        raise ValueError(
-            f"record of {record['game_id']}: steps={record['steps']} but {len(turns) // 2} commands"
-        )
+        raise ValueError(f"record of {record['game_id']}: steps={record['steps']} but {len(turns) // 2} commands")
     if not turns[0]["content"].startswith("Task: "):
         raise ValueError(f"record of {record['game_id']}: the first user turn must hold the task")
 
@@ -410,9 +398,7 @@ def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: 
 def select_games(config: CollectConfig) -> list[Path]:
     if config.games is not None:
         if not config.games:
-            raise ValueError(
-                "CollectConfig.games is empty: give game files or leave it None to list the split"
-            )
+            raise ValueError("CollectConfig.games is empty: give game files or leave it None to list the split")
         return [Path(path) for path in config.games]
     task_types = list(config.task_types) if config.task_types else None
     return games.list_games(config.split, task_types=task_types, limit=config.limit, seed=config.seed)
@@ -423,9 +409,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     from tqdm.auto import tqdm
 
     if config.max_steps < 1 or config.workers < 1:
-        raise ValueError(
-            f"max_steps and workers must be at least 1 (got {config.max_steps}, {config.workers})"
-        )
+        raise ValueError(f"max_steps and workers must be at least 1 (got {config.max_steps}, {config.workers})")
     output = paths.resolve_repo_path(config.output)
     ledger = ledger_path(output)
     summary_json, plot = summary_paths(output)
@@ -446,9 +430,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     if orphans:
         repaired = [
             _ledger_line(
-                GameOutcome(
-                    r["game_id"], r["gamefile"], r["task_type"], r["won"], r["steps"], None, None, 0.0
-                ),
+                GameOutcome(r["game_id"], r["gamefile"], r["task_type"], r["won"], r["steps"], None, None, 0.0),
                 config,
             )
             for r in orphans
@@ -520,8 +502,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     plot_summary(
         per_type,
         plot,
-        f"oracle collection: {won_total}/{len(attempts)} games won, "
-        f"max {config.max_steps} steps ({config.split})",
+        f"oracle collection: {won_total}/{len(attempts)} games won, max {config.max_steps} steps ({config.split})",
         config.max_steps,
     )
     return CollectSummary(
@@ -557,9 +538,7 @@ def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:
         "avg_turns": round(sum(turns) / len(turns), 1),
         "avg_steps": round(sum(record["steps"] for record in records) / len(records), 1),
         "keys": list(records[0].keys()),
-        "task_types": {
-            name: sum(r["task_type"] == name for r in records) for name in games.TASK_TYPES.values()
-        },
+        "task_types": {name: sum(r["task_type"] == name for r in records) for name in games.TASK_TYPES.values()},
     }
 
 

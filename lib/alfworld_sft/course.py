@@ -106,9 +106,11 @@ def run_course(config: CourseConfig = CourseConfig()) -> CourseResult:
         if run.status == "failed":
             print(f"\n{notebook.name} failed at {run.error}\nSee the executed copy: {run.executed}", flush=True)
             break
-    write_result(run_dir(config.mode == "small") / "course.json", {
-        "mode": config.mode, "ok": result.ok, "runs": [asdict(r) for r in result.runs]
-    }, seed=config.seed)
+    write_result(
+        run_dir(config.mode == "small") / "course.json",
+        {"mode": config.mode, "ok": result.ok, "runs": [asdict(r) for r in result.runs]},
+        seed=config.seed,
+    )
     write_course_summary(run_dir(config.mode == "small"))
     return result
 
@@ -133,13 +135,19 @@ def _stage_rows(stage: str, summary: dict[str, Any]) -> list[tuple[str, str, Any
     elif stage.startswith("02"):
         add("examples (train / eval)", " / ".join(str(v) for v in (summary.get("examples") or {}).values()))
         tokens = summary.get("tokens") or {}
-        add("tokens per example (median / p95 / max)", f"{tokens.get('median')} / {tokens.get('p95')} / {tokens.get('max')}")
+        add(
+            "tokens per example (median / p95 / max)",
+            f"{tokens.get('median')} / {tokens.get('p95')} / {tokens.get('max')}",
+        )
         add("trained (assistant) tokens", summary.get("trained_tokens_total"))
         add("examples cut by the window", summary.get("truncated_examples"))
     elif stage.startswith("03"):
         add("optimizer steps", summary.get("global_step"))
         add("final train loss", _round(summary.get("train_loss")))
-        add("eval loss before -> best", f"{_round(summary.get('eval_loss_initial'))} -> {_round(summary.get('eval_loss_best'))}")
+        add(
+            "eval loss before -> best",
+            f"{_round(summary.get('eval_loss_initial'))} -> {_round(summary.get('eval_loss_best'))}",
+        )
         add("training time (s)", _round(summary.get("runtime_s")))
     elif stage.startswith("04"):
         merge = summary.get("merge") or {}
@@ -166,14 +174,22 @@ def write_course_summary(folder: Path) -> Path:
     for path in sorted(folder.glob("[0-9][0-9]_*.json")):
         rows += _stage_rows(path.stem, read_json(path))
     plots = sorted(p.relative_to(folder) for p in folder.rglob("*.png") if "executed" not in p.parts)
-    lines = ["# Course summary", "", f"Run folder: `{folder}`", "", format_table(rows, ("stage", "figure", "value"))]
+    lines = [
+        "# Course summary",
+        "",
+        f"Run folder: `{folder}`",
+        "",
+        format_table(rows, ("stage", "figure", "value")),
+    ]
     lines += ["", "## Plots", ""] + [f"- [{plot}]({plot})" for plot in plots]
     return write_text(folder / "summary.md", "\n".join(lines) + "\n")
 
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("course", help="run the numbered notebooks headless with papermill")
-    parser.add_argument("--mode", choices=("small", "full"), default="small", help="small: minutes, for CI; full: everything")
+    parser.add_argument(
+        "--mode", choices=("small", "full"), default="small", help="small: minutes, for CI; full: everything"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed passed to every notebook")
     parser.add_argument("--only", nargs="*", default=(), metavar="NN", help="run only these notebook numbers")
     parser.set_defaults(func=_run_course_cli)

@@ -70,7 +70,9 @@ class EnvironmentReport:
         return format_table(rows, ("package", "group", "pinned", "installed", "status"))
 
     def checks_table(self) -> str:
-        rows = [(c.name, c.status.upper(), c.detail, c.fix if c.status in ("warn", "fail") else "") for c in self.checks]
+        rows = [
+            (c.name, c.status.upper(), c.detail, c.fix if c.status in ("warn", "fail") else "") for c in self.checks
+        ]
         return format_table(rows, ("check", "status", "detail", "fix"))
 
     def to_json(self) -> dict[str, Any]:
@@ -112,7 +114,10 @@ def _nvidia_driver() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -154,7 +159,9 @@ def check_packages() -> list[PackagePin]:
             status = "missing"
         else:
             # A local build tag (torch 2.13.0+cpu) still satisfies ==2.13.0.
-            status = "ok" if Requirement(f"{name}{specifier}").specifier.contains(installed.split("+")[0]) else "differs"
+            status = (
+                "ok" if Requirement(f"{name}{specifier}").specifier.contains(installed.split("+")[0]) else "differs"
+            )
         packages.append(PackagePin(name, specifier, group, installed, status))
     return packages
 
@@ -238,7 +245,9 @@ def probe_engine() -> str:
     started = time.perf_counter()
     with AlfworldGame(gamefile, expert=True) as game:
         state = game.step(game.reset().expert_action)
-    return f"played '{state.observation[:40]}...' in {time.perf_counter() - started:.1f} s ({gamefile.parent.parent.name})"
+    return (
+        f"played '{state.observation[:40]}...' in {time.perf_counter() - started:.1f} s ({gamefile.parent.parent.name})"
+    )
 
 
 def _find_games() -> list[Path]:
@@ -268,14 +277,18 @@ def check_alfworld_data() -> Check:
     summary = ", ".join(f"{split} {n}" for split, n in counts.items()) or "no games yet"
     if games.uses_generated_games():
         return Check(
-            "ALFWorld data", "warn", f"ALFWORLD_DATA is not set: generated games under {root} ({summary})",
+            "ALFWorld data",
+            "warn",
+            f"ALFWORLD_DATA is not set: generated games under {root} ({summary})",
             "for the real games: unpack them and `export ALFWORLD_DATA=/path` (README, 'Data'), "
             "or `alfworld-sft data download` with internet",
             required=False,
         )
     if not counts:
         return Check(
-            "ALFWorld data", "fail", f"no games under {root}/{games.JSON_DIR}/<split>/",
+            "ALFWorld data",
+            "fail",
+            f"no games under {root}/{games.JSON_DIR}/<split>/",
             "unpack the archives there (README, 'Data') or run `alfworld-sft data download`",
         )
     absent = [split for split in games.SPLITS if split not in counts]
@@ -294,9 +307,7 @@ def check_default_model() -> Check:
     folder = models.default_model_dir()
     if (folder / models.COMPLETE_MARKER).exists():
         return Check("default model", "ok", f"{models.DEFAULT_MODEL} converted at {folder}", fix)
-    return Check(
-        "default model", "ok", f"{gguf.name} installed; converted on first use into {folder} (~25 s)", fix
-    )
+    return Check("default model", "ok", f"{gguf.name} installed; converted on first use into {folder} (~25 s)", fix)
 
 
 def check_hub_access() -> Check:
@@ -324,7 +335,9 @@ def check_hub_access() -> Check:
 def check_python() -> Check:
     ok = sys.version_info[:2] == (3, 11)
     return Check(
-        "python", "ok" if ok else "fail", sys.version.split()[0],
+        "python",
+        "ok" if ok else "fail",
+        sys.version.split()[0],
         "the pins are tested on Python 3.11: `make setup PYTHON=python3.11`",
     )
 
@@ -332,7 +345,9 @@ def check_python() -> Check:
 def check_disk(banner: dict[str, Any]) -> Check:
     free = banner["disk_free_gib"]
     return Check(
-        "free disk", "ok" if free >= 10 else "warn", f"{free} GiB free (cache {cache_dir()})",
+        "free disk",
+        "ok" if free >= 10 else "warn",
+        f"{free} GiB free (cache {cache_dir()})",
         "the full course needs ~10 GiB (venv 2 GiB, train split 0.4 GiB, models): free some space",
         required=False,
     )
@@ -352,13 +367,25 @@ def check_environment() -> EnvironmentReport:
             "CUDA (seed guide: 'bitsandbytes not compiled for CUDA')",
         )
     )
-    checks.append(_probe("ALFWorld engine", probe_engine, "`make setup` builds textworld's planner: it needs g++, make and a `python` on PATH"))
     checks.append(
-        _probe("unsloth", probe_unsloth, "GPU route only: `pip install -e '.[gpu]'` with a CUDA torch (README)", required=False)
+        _probe(
+            "ALFWorld engine",
+            probe_engine,
+            "`make setup` builds textworld's planner: it needs g++, make and a `python` on PATH",
+        )
     )
     checks.append(
         _probe(
-            "flash-attn", probe_flash_attn,
+            "unsloth",
+            probe_unsloth,
+            "GPU route only: `pip install -e '.[gpu]'` with a CUDA torch (README)",
+            required=False,
+        )
+    )
+    checks.append(
+        _probe(
+            "flash-attn",
+            probe_flash_attn,
             "optional: `pip install flash-attn --no-build-isolation`; if it fails to build, skip it (sdpa is used)",
             required=False,
         )
@@ -395,4 +422,6 @@ def require_ready(report: EnvironmentReport) -> None:
     """Stop (in a notebook or a script) when a required check failed, naming each with its fix."""
     failed = [c for c in report.checks if c.status == "fail" and c.required]
     if failed:
-        raise RuntimeError("this machine is not ready:\n" + "\n".join(f"- {c.name}: {c.detail}. Fix: {c.fix}" for c in failed))
+        raise RuntimeError(
+            "this machine is not ready:\n" + "\n".join(f"- {c.name}: {c.detail}. Fix: {c.fix}" for c in failed)
+        )

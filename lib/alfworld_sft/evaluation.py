@@ -31,8 +31,11 @@ from alfworld_sft.backends import OLLAMA_URL, Backend, ExpertBackend, choose_bac
 
 DEFAULT_AGENTS = ("zero_shot", "few_shot", "react", "reflexion", "hierarchical")
 DEMO_TASK_TYPES = (  # the shorter task types make compact demonstrations; pick_two often needs 50+ steps
-    "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
-    "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep",
+    "pick_and_place_simple",
+    "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
 )
 
 
@@ -89,8 +92,9 @@ def game_id_of(gamefile: Path) -> str:
 
 
 # --- demonstrations ------------------------------------------------------------------------------------------
-def load_demonstrations(trajectories: str | Path | None = None, *, seed: int = 0, count: int = 3,
-                        exclude: Sequence[str] = ()) -> list[Demonstration]:
+def load_demonstrations(
+    trajectories: str | Path | None = None, *, seed: int = 0, count: int = 3, exclude: Sequence[str] = ()
+) -> list[Demonstration]:
     """`count` expert demonstrations of distinct task types from TRAINING games, never from `exclude`.
 
     From a trajectories.jsonl (CONTRIBUTING.md records) when given: the shortest won game of each type.
@@ -104,8 +108,10 @@ def load_demonstrations(trajectories: str | Path | None = None, *, seed: int = 0
         records = [r for r in files.read_jsonl(trajectories) if r.get("won") and r["game_id"] not in excluded]
         bad = [r["game_id"] for r in records if r.get("split", "train") != "train"]
         if bad:
-            raise ValueError(f"{trajectories} holds non-training games (e.g. {bad[0]}): demonstrations must come "
-                             "from the train split")
+            raise ValueError(
+                f"{trajectories} holds non-training games (e.g. {bad[0]}): demonstrations must come "
+                "from the train split"
+            )
         demos = []
         for task_type in task_types:
             of_type = sorted((r for r in records if r.get("task_type") == task_type), key=lambda r: r["steps"])
@@ -113,8 +119,10 @@ def load_demonstrations(trajectories: str | Path | None = None, *, seed: int = 0
                 demos.append(render_demonstration(of_type[0]))
             if len(demos) == count:
                 return demos
-        raise ValueError(f"{trajectories} has won games of only {len(demos)} of the task types "
-                         f"{', '.join(DEMO_TASK_TYPES)}; {count} demonstrations need {count}")
+        raise ValueError(
+            f"{trajectories} has won games of only {len(demos)} of the task types "
+            f"{', '.join(DEMO_TASK_TYPES)}; {count} demonstrations need {count}"
+        )
     train = select_games("train", 30, seed)
     demos = []
     for task_type in task_types:
@@ -144,15 +152,30 @@ def play_expert(gamefile: Path, *, seed: int, max_steps: int) -> dict[str, Any]:
             conversations.append({"role": "assistant", "content": action})
             if not state.done:
                 conversations.append({"role": "user", "content": prompts.render_turn(state.observation)})
-    return {"game_id": game_id_of(gamefile), "task_type": task_type_of(gamefile), "task": state.task,
-            "conversations": conversations, "steps": steps, "won": state.won, "split": "train"}
+    return {
+        "game_id": game_id_of(gamefile),
+        "task_type": task_type_of(gamefile),
+        "task": state.task,
+        "conversations": conversations,
+        "steps": steps,
+        "won": state.won,
+        "split": "train",
+    }
 
 
 # --- playing -------------------------------------------------------------------------------------------------
-def play_games(agent_name: str, backend: Backend, gamefiles: Sequence[Path], *, max_steps: int, seed: int,
-               batch_size: int, agent_kwargs: dict[str, Any] | None = None,
-               on_finished: Callable[[Path, dict[str, Any]], None] | None = None,
-               progress: Any = None) -> list[dict[str, Any]]:
+def play_games(
+    agent_name: str,
+    backend: Backend,
+    gamefiles: Sequence[Path],
+    *,
+    max_steps: int,
+    seed: int,
+    batch_size: int,
+    agent_kwargs: dict[str, Any] | None = None,
+    on_finished: Callable[[Path, dict[str, Any]], None] | None = None,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
     """Play `gamefiles` with one agent, `batch_size` at a time, one generate call per step for all of them.
 
     Returns one record per game (`Episode.record()` plus game keys), in the order they finished, and hands each
@@ -174,8 +197,13 @@ def play_games(agent_name: str, backend: Backend, gamefiles: Sequence[Path], *, 
             if not episode.finished:
                 still.append((gamefile, episode))
                 continue
-            record = {"agent": agent_name, "game_id": game_id_of(gamefile), "task_type": task_type_of(gamefile),
-                      "gamefile": str(gamefile), **episode.record()}
+            record = {
+                "agent": agent_name,
+                "game_id": game_id_of(gamefile),
+                "task_type": task_type_of(gamefile),
+                "gamefile": str(gamefile),
+                **episode.record(),
+            }
             finished.append(record)
             if on_finished:
                 on_finished(gamefile, record)
@@ -210,8 +238,12 @@ def read_checkpoint(path: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def run_evaluation(config: EvalConfig, *, backend: Backend | None = None,
-                   demonstrations: Sequence[Demonstration] | None = None) -> dict[str, Any]:
+def run_evaluation(
+    config: EvalConfig,
+    *,
+    backend: Backend | None = None,
+    demonstrations: Sequence[Demonstration] | None = None,
+) -> dict[str, Any]:
     """Play every agent on the selected games, resuming from the checkpoint; write and return the results."""
     from tqdm.auto import tqdm
 
@@ -222,15 +254,22 @@ def run_evaluation(config: EvalConfig, *, backend: Backend | None = None,
     checkpoint = paths.resolve_repo_path(config.checkpoint) if config.checkpoint else output.with_suffix(".ckpt.jsonl")
     gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
     own_backend = backend is None
-    name = backend.name if backend else choose_backend(config.model, adapter=config.adapter,
-                                                       backend=config.backend).name
+    name = (
+        backend.name if backend else choose_backend(config.model, adapter=config.adapter, backend=config.backend).name
+    )
     key = run_key(config, name)
     done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
     todo = {a: [g for g in gamefiles if (a, game_id_of(g)) not in done] for a in config.agents}
     if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
-        backend = load_backend(config.model, adapter=config.adapter, backend=config.backend,
-                               ollama_url=config.ollama_url, dtype=config.dtype, threads=config.threads,
-                               device=config.device)
+        backend = load_backend(
+            config.model,
+            adapter=config.adapter,
+            backend=config.backend,
+            ollama_url=config.ollama_url,
+            dtype=config.dtype,
+            threads=config.threads,
+            device=config.device,
+        )
     agent_kwargs: dict[str, Any] = {"window_tokens": config.window_tokens}
     try:
         for agent_name in config.agents:
@@ -240,13 +279,26 @@ def run_evaluation(config: EvalConfig, *, backend: Backend | None = None,
             if agent_name == "few_shot":
                 if demonstrations is None:
                     demonstrations = load_demonstrations(
-                        config.trajectories, seed=config.seed, exclude=[game_id_of(g) for g in gamefiles])
+                        config.trajectories, seed=config.seed, exclude=[game_id_of(g) for g in gamefiles]
+                    )
                 kwargs["demonstrations"] = demonstrations
-            with tqdm(total=len(gamefiles), initial=len(gamefiles) - len(todo[agent_name]), desc=agent_name,
-                      unit="game") as bar:
-                play_games(agent_name, backend, todo[agent_name], max_steps=config.max_steps, seed=config.seed,
-                           batch_size=config.batch_size, agent_kwargs=kwargs, progress=bar,
-                           on_finished=lambda _g, record: files.append_jsonl(checkpoint, [{**key, **record}]))
+            with tqdm(
+                total=len(gamefiles),
+                initial=len(gamefiles) - len(todo[agent_name]),
+                desc=agent_name,
+                unit="game",
+            ) as bar:
+                play_games(
+                    agent_name,
+                    backend,
+                    todo[agent_name],
+                    max_steps=config.max_steps,
+                    seed=config.seed,
+                    batch_size=config.batch_size,
+                    agent_kwargs=kwargs,
+                    progress=bar,
+                    on_finished=lambda _g, record: files.append_jsonl(checkpoint, [{**key, **record}]),
+                )
     finally:
         if own_backend and backend is not None:
             backend.close()
@@ -282,19 +334,42 @@ def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize_run(records: Sequence[dict[str, Any]], config: EvalConfig, model_name: str,
-                  game_ids: Sequence[str]) -> dict[str, Any]:
+def summarize_run(
+    records: Sequence[dict[str, Any]], config: EvalConfig, model_name: str, game_ids: Sequence[str]
+) -> dict[str, Any]:
     """The results document: settings, then per agent its summary and its games (only the selected games)."""
     wanted = set(game_ids)
     agents: dict[str, Any] = {}
     for agent_name in config.agents:
         mine = [r for r in records if r["agent"] == agent_name and r["game_id"] in wanted]
-        keep = ("game_id", "task_type", "won", "steps", "trials", "invalid_replies", "mapped", "tokens_generated",
-                "wall_s", "task", "actions", "reflections")
-        agents[agent_name] = {**summarize_agent(mine), "games_detail": [{k: r[k] for k in keep} for r in mine]}
-    return {"model": model_name, "adapter": config.adapter, "split": config.split, "num_games": len(game_ids),
-            "max_steps": config.max_steps, "batch_size": config.batch_size, "config": asdict(config),
-            "agents": agents}
+        keep = (
+            "game_id",
+            "task_type",
+            "won",
+            "steps",
+            "trials",
+            "invalid_replies",
+            "mapped",
+            "tokens_generated",
+            "wall_s",
+            "task",
+            "actions",
+            "reflections",
+        )
+        agents[agent_name] = {
+            **summarize_agent(mine),
+            "games_detail": [{k: r[k] for k in keep} for r in mine],
+        }
+    return {
+        "model": model_name,
+        "adapter": config.adapter,
+        "split": config.split,
+        "num_games": len(game_ids),
+        "max_steps": config.max_steps,
+        "batch_size": config.batch_size,
+        "config": asdict(config),
+        "agents": agents,
+    }
 
 
 def write_results(path: Path, results: dict[str, Any], *, seed: int) -> Path:
@@ -327,8 +402,12 @@ def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
     width = 0.8 / max(1, len(runs))
     for i, (label, run) in enumerate(runs.items()):
         blocks = [run["agents"].get(a, {}) for a in agent_names]
-        bars = left.bar([x + i * width for x in range(len(agent_names))],
-                        [b.get("success_rate", 0.0) for b in blocks], width, label=label)
+        bars = left.bar(
+            [x + i * width for x in range(len(agent_names))],
+            [b.get("success_rate", 0.0) for b in blocks],
+            width,
+            label=label,
+        )
         # won/games on every bar: a 0% bar is otherwise indistinguishable from an agent that did not run
         left.bar_label(bars, [f"{b['won']}/{b['games']}" if b else "" for b in blocks], fontsize=7, padding=2)
     left.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(agent_names))], agent_names, rotation=30)
@@ -347,9 +426,11 @@ def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
     width = 0.8 / max(1, len(series))
     for i, (label, rates) in enumerate(zip(labels, series)):
         right.bar([x + i * width for x in range(len(task_types))], rates, width, label=label)
-    right.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(task_types))],
-                     [t.replace("_then_place_in_recep", "").replace("_and_place", "") for t in task_types],
-                     rotation=20)
+    right.set_xticks(
+        [x + width * (len(series) - 1) / 2 for x in range(len(task_types))],
+        [t.replace("_then_place_in_recep", "").replace("_and_place", "") for t in task_types],
+        rotation=20,
+    )
     right.set_ylim(0, 1)
     right.set_title("success per task type")
     right.legend(fontsize=7, ncol=2)
@@ -364,8 +445,13 @@ def _agent_order(name: str) -> int:
     return list(AGENTS).index(name) if name in AGENTS else len(AGENTS)
 
 
-def compare_results(a: str | Path | dict[str, Any], b: str | Path | dict[str, Any], *,
-                    plot: str | Path | None = None, agents: Sequence[str] | None = None) -> dict[str, Any]:
+def compare_results(
+    a: str | Path | dict[str, Any],
+    b: str | Path | dict[str, Any],
+    *,
+    plot: str | Path | None = None,
+    agents: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Two result files side by side: a table per agent and one per (agent, task type), plus a PNG.
 
     Returns {"agents": rows, "task_types": rows, "markdown": text, "plot": path}; the plot lands at `plot`
@@ -389,27 +475,38 @@ def compare_results(a: str | Path | dict[str, Any], b: str | Path | dict[str, An
     agent_rows, type_rows = [], []
     for agent_name in sorted(set(runs[0]["agents"]) | set(runs[1]["agents"]), key=_agent_order):
         blocks = [r["agents"].get(agent_name, {}) for r in runs]
-        agent_rows.append({
-            "agent": agent_name,
-            **{f"success_{lab}": blk.get("success_rate") for lab, blk in zip(labels, blocks)},
-            **{f"games_{lab}": blk.get("games") for lab, blk in zip(labels, blocks)},
-            **{f"avg_steps_{lab}": blk.get("avg_steps") for lab, blk in zip(labels, blocks)},
-            **{f"invalid_{lab}": blk.get("invalid_reply_rate") for lab, blk in zip(labels, blocks)},
-        })
+        agent_rows.append(
+            {
+                "agent": agent_name,
+                **{f"success_{lab}": blk.get("success_rate") for lab, blk in zip(labels, blocks)},
+                **{f"games_{lab}": blk.get("games") for lab, blk in zip(labels, blocks)},
+                **{f"avg_steps_{lab}": blk.get("avg_steps") for lab, blk in zip(labels, blocks)},
+                **{f"invalid_{lab}": blk.get("invalid_reply_rate") for lab, blk in zip(labels, blocks)},
+            }
+        )
         if not all(blocks):  # an agent only one run played has no side-by-side per task type
             continue
         for task_type in sorted(set().union(*(blk.get("per_task_type", {}) for blk in blocks))):
             cells = [blk.get("per_task_type", {}).get(task_type, {}) for blk in blocks]
-            type_rows.append({"agent": agent_name, "task_type": task_type,
-                              **{f"won_{lab}": f"{c.get('won', 0)}/{c.get('games', 0)}"
-                                 for lab, c in zip(labels, cells)}})
+            type_rows.append(
+                {
+                    "agent": agent_name,
+                    "task_type": task_type,
+                    **{f"won_{lab}": f"{c.get('won', 0)}/{c.get('games', 0)}" for lab, c in zip(labels, cells)},
+                }
+            )
     markdown = markdown_table(agent_rows) + "\n\n" + markdown_table(type_rows)
     if plot is None:
         base = Path(b) if not isinstance(b, dict) else paths.RESULTS_DIR / "eval" / "comparison.json"
         plot = base.with_name(f"{_slug(labels[0])}_vs_{_slug(labels[1])}.png")
     plot_path = plot_results(dict(zip(labels, runs)), Path(plot))
-    return {"labels": labels, "agents": agent_rows, "task_types": type_rows, "markdown": markdown,
-            "plot": str(plot_path)}
+    return {
+        "labels": labels,
+        "agents": agent_rows,
+        "task_types": type_rows,
+        "markdown": markdown,
+        "plot": str(plot_path),
+    }
 
 
 def _slug(text: str) -> str:
@@ -448,8 +545,10 @@ def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[
 
 def transcript_text(record: dict[str, Any], *, max_turns: int = 12) -> str:
     """A finished game (a checkpoint line) as readable text: plan, replies, commands, observations."""
-    out = [f"[{record['agent']}] {record['game_id']}  won={record['won']} steps={record['steps']}",
-           f"Task: {record['task']}"]
+    out = [
+        f"[{record['agent']}] {record['game_id']}  won={record['won']} steps={record['steps']}",
+        f"Task: {record['task']}",
+    ]
     for number, trial in enumerate(record["transcript"], start=1):
         if len(record["transcript"]) > 1:
             out.append(f"--- trial {number}")
@@ -457,7 +556,11 @@ def transcript_text(record: dict[str, Any], *, max_turns: int = 12) -> str:
             out.append("Plan:\n" + trial["plan"])
         for turn in trial["turns"][:max_turns]:
             reply = turn["reply"].replace("\n", " | ")
-            shown = turn["command"] if turn["command"] == turn["reply"] else f"{reply!r} -> {turn['command']} ({turn['how']})"
+            shown = (
+                turn["command"]
+                if turn["command"] == turn["reply"]
+                else f"{reply!r} -> {turn['command']} ({turn['how']})"
+            )
             out.append(f"> {shown}\n  {turn['observation'][:200]}")
         if len(trial["turns"]) > max_turns:
             out.append(f"  ... {len(trial['turns']) - max_turns} more steps")
@@ -473,9 +576,12 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--agents", nargs="+", default=list(defaults.agents), choices=list(AGENTS))
     parser.add_argument("--num-games", type=int, default=defaults.num_games, help="0 = the whole split")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    parser.add_argument("--model", default=None,
-                        help=f"model name, hub id, folder, ollama:NAME or `expert` (default: the adapter's base "
-                             f"model, else {defaults.model})")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"model name, hub id, folder, ollama:NAME or `expert` (default: the adapter's base "
+        f"model, else {defaults.model})",
+    )
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder")
     parser.add_argument("--split", default=defaults.split, choices=list(games.SPLITS))
     parser.add_argument("--checkpoint", default=None, help="JSONL of finished games (default: beside --output)")
@@ -483,16 +589,21 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--trajectories", default=None, help="train trajectories.jsonl for few-shot demos")
-    parser.add_argument("--backend", default=defaults.backend,
-                        choices=["auto", "transformers", "ollama", "vllm", "expert"])
+    parser.add_argument(
+        "--backend", default=defaults.backend, choices=["auto", "transformers", "ollama", "vllm", "expert"]
+    )
     parser.add_argument("--ollama-url", default=defaults.ollama_url)
     parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--window-tokens", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default=defaults.device, help="auto (GPU when there is one), cpu or cuda")
-    parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="play only shard I of N (parallel processes, one checkpoint each; concatenate them "
-                             "and rerun without --shard for the whole run's results)")
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="play only shard I of N (parallel processes, one checkpoint each; concatenate them "
+        "and rerun without --shard for the whole run's results)",
+    )
     parser.set_defaults(func=_run_evaluate)
     compare = subparsers.add_parser("compare", help="compare two evaluation result files (table + plot)")
     compare.add_argument("a")
@@ -504,12 +615,24 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     config = EvalConfig(
-        agents=tuple(args.agents), num_games=args.num_games, max_steps=args.max_steps,
+        agents=tuple(args.agents),
+        num_games=args.num_games,
+        max_steps=args.max_steps,
         model=args.model if args.model is not None else ("" if args.adapter else EvalConfig.model),
-        adapter=args.adapter, split=args.split, checkpoint=args.checkpoint, output=args.output,
-        batch_size=args.batch_size, seed=args.seed, trajectories=args.trajectories, backend=args.backend,
-        ollama_url=args.ollama_url, dtype=args.dtype, window_tokens=args.window_tokens, threads=args.threads,
-        device=args.device, shard=args.shard,
+        adapter=args.adapter,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        output=args.output,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        trajectories=args.trajectories,
+        backend=args.backend,
+        ollama_url=args.ollama_url,
+        dtype=args.dtype,
+        window_tokens=args.window_tokens,
+        threads=args.threads,
+        device=args.device,
+        shard=args.shard,
     )
     started = time.perf_counter()
     results = run_evaluation(config)

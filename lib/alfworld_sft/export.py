@@ -161,9 +161,7 @@ def read_adapter_base(adapter: Path) -> tuple[str, dict[str, Any]]:
             "(notebook 03 or `alfworld-sft train`), then pass its folder with --adapter"
         )
     record = read_json(adapter / TRAINING_RECORD) if (adapter / TRAINING_RECORD).exists() else {}
-    base = record.get("base_model") or read_json(adapter / "adapter_config.json").get(
-        "base_model_name_or_path"
-    )
+    base = record.get("base_model") or read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
     if not base:
         raise ValueError(
             f"{adapter} names no base model (neither {TRAINING_RECORD} 'base_model' nor adapter_config.json "
@@ -385,9 +383,7 @@ def llama_cpp_available() -> bool:
     return True
 
 
-def convert_to_gguf(
-    merged: Path, outfile: Path, outtype: str = "f16", log: Callable[[str], None] = print
-) -> Path:
+def convert_to_gguf(merged: Path, outfile: Path, outtype: str = "f16", log: Callable[[str], None] = print) -> Path:
     """Run llama.cpp's converter on a merged Hugging Face folder; the file appears only when complete."""
     if outtype not in CONVERTER_OUTTYPES:
         hint = (
@@ -438,9 +434,7 @@ def stage_for_converter(merged: Path, tmp: Path) -> Path:
         return merged
     tokenizer = read_json(path)
     byte_level = (tokenizer.get("pre_tokenizer") or {}).get("type") == "ByteLevel"
-    if not (
-        byte_level and tokenizer["model"].get("type") == "BPE" and tokenizer["model"].get("byte_fallback")
-    ):
+    if not (byte_level and tokenizer["model"].get("type") == "BPE" and tokenizer["model"].get("byte_fallback")):
         return merged
     staged = tmp / merged.name
     staged.mkdir()
@@ -477,17 +471,13 @@ def quantize_gguf(
         _redirect_fd(2, native.fileno()),
         contextlib.redirect_stderr(python_log),
     ):
-        code = llama_cpp.llama_model_quantize(
-            str(source).encode(), str(partial).encode(), ctypes.byref(params)
-        )
+        code = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
         native.seek(0)
         native_log = native.read().decode(errors="replace") + python_log.getvalue()
     fallbacks = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", native_log)
     if code != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"llama.cpp's quantizer returned {code} for {source} -> {qtype}:\n{native_log[-2000:]}"
-        )
+        raise RuntimeError(f"llama.cpp's quantizer returned {code} for {source} -> {qtype}:\n{native_log[-2000:]}")
     os.replace(partial, outfile)
     if fallbacks:
         log(
@@ -557,15 +547,12 @@ def generate_greedy_gguf(
         verbose=False,
     )
     same_tokens = sum(
-        llm.tokenize(text.encode(), add_bos=False, special=True) == ids
-        for text, ids in zip(prompt_texts, prompt_ids)
+        llm.tokenize(text.encode(), add_bos=False, special=True) == ids for text, ids in zip(prompt_texts, prompt_ids)
     )
     replies = []
     for ids in prompt_ids:
         reply: list[int] = []
-        for token in llm.generate(
-            ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
-        ):
+        for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
             if token in stop_ids or len(reply) >= max_new_tokens:
                 break
             reply.append(token)
@@ -665,9 +652,7 @@ def build_ollama_template(tokenizer: Any) -> str:
     system prompt, Llama-3.1's dated system header, a BOS the template writes itself) is read off the
     tokenizer by rendering probe conversations."""
     family = chat_family(tokenizer)
-    text = (
-        resources.files("alfworld_sft").joinpath("templates", f"ollama_{family}.gotmpl").read_text().strip()
-    )
+    text = resources.files("alfworld_sft").joinpath("templates", f"ollama_{family}.gotmpl").read_text().strip()
     user = [{"role": "user", "content": "\x00"}]
     if family == "chatml":
         lone = _probe(tokenizer, user)
@@ -730,9 +715,7 @@ def check_ollama_template(tokenizer: Any, template: str) -> list[dict[str, Any]]
     return cases
 
 
-def build_modelfile(
-    gguf_name: str, template: str, stop_tokens: Sequence[str], num_ctx: int | None = None
-) -> str:
+def build_modelfile(gguf_name: str, template: str, stop_tokens: Sequence[str], num_ctx: int | None = None) -> str:
     if '"""' in template:
         raise ValueError('the chat template contains """, which a Modelfile TEMPLATE cannot quote')
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
@@ -759,9 +742,7 @@ def write_modelfile(
 # ------------------------------------------------------------------- a renderer for the Go templates above
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
-_TOKEN = re.compile(
-    r'\s*(\(|\)|"(?:[^"\\]|\\.)*"|:=|,|-?\d+|\$?[A-Za-z_]*(?:\.[A-Za-z_]\w*)+|\$\w*|\.|[A-Za-z_]\w*)'
-)
+_TOKEN = re.compile(r'\s*(\(|\)|"(?:[^"\\]|\\.)*"|:=|,|-?\d+|\$?[A-Za-z_]*(?:\.[A-Za-z_]\w*)+|\$\w*|\.|[A-Za-z_]\w*)')
 
 
 def render_go_template(template: str, data: dict[str, Any]) -> str:
@@ -884,9 +865,7 @@ def _command(tokens: list[str], position: int, dot: Any, variables: dict[str, An
     return _operand(tokens, position, dot, variables)
 
 
-def _arguments(
-    tokens: list[str], position: int, dot: Any, variables: dict[str, Any]
-) -> tuple[list[Any], int]:
+def _arguments(tokens: list[str], position: int, dot: Any, variables: dict[str, Any]) -> tuple[list[Any], int]:
     args = []
     while position < len(tokens) and tokens[position] != ")":
         value, position = _operand(tokens, position, dot, variables)
@@ -964,9 +943,7 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
         tokenized = None
         if has_llama_cpp:
             runtime = "llama.cpp"
-            replies, tokenized = generate_greedy_gguf(
-                path, prompt_ids, stop_ids, config.max_new_tokens, prompt_texts
-            )
+            replies, tokenized = generate_greedy_gguf(path, prompt_ids, stop_ids, config.max_new_tokens, prompt_texts)
         else:
             runtime = "transformers"
             replies = generate_greedy_transformers_gguf(path, prompt_ids, stop_ids, config.max_new_tokens)
@@ -974,9 +951,7 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
         agreement["prompts_tokenized_identically"] = tokenized
         agreement["divergence_margins"] = divergence_margins(model, prompt_ids, reference, replies, stop_ids)
         must_match = kind in CONVERTER_OUTTYPES
-        agreement.update(
-            runtime=runtime, must_match=must_match, replies_text=[tokenizer.decode(r) for r in replies]
-        )
+        agreement.update(runtime=runtime, must_match=must_match, replies_text=[tokenizer.decode(r) for r in replies])
         record["verification"][kind] = agreement
         log(
             f"{path.name}: {file_size_mb(path)} MB, "
@@ -996,10 +971,7 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
         record["ollama_created"] = result.returncode == 0
         log(result.stdout + result.stderr)
     else:
-        log(
-            "ollama is not on PATH; to serve the model, install it (https://ollama.com) and run:\n"
-            f"  {command}"
-        )
+        log(f"ollama is not on PATH; to serve the model, install it (https://ollama.com) and run:\n  {command}")
     for message in record["skipped"]:
         log(f"skipped: {message}")
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -1030,8 +1002,7 @@ def export_gguf_when_installed(config: ExportConfig, log: Callable[[str], None] 
     keeps going, so the course runs on a machine without the `export` extra)."""
     if not llama_cpp_available():
         advice = (
-            "GGUF export skipped: llama.cpp's tools are not installed; "
-            + f"install them with `{EXPORT_INSTALL_HINT}`"
+            "GGUF export skipped: llama.cpp's tools are not installed; " + f"install them with `{EXPORT_INSTALL_HINT}`"
         )
         log(advice)
         return {"skipped": [advice], "files": {}, "verification": {}}
@@ -1098,19 +1069,13 @@ def compare_answers(
 
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
-    merge = subparsers.add_parser(
-        "merge", help="merge a LoRA adapter into its unquantized base and verify it"
-    )
-    merge.add_argument(
-        "--adapter", default="results/sft_adapter", help="adapter folder (default: %(default)s)"
-    )
+    merge = subparsers.add_parser("merge", help="merge a LoRA adapter into its unquantized base and verify it")
+    merge.add_argument("--adapter", default="results/sft_adapter", help="adapter folder (default: %(default)s)")
     merge.add_argument("--output", default="results/sft_merged", help="merged folder (default: %(default)s)")
     merge.add_argument("--base", default=None, help="optional: must be the model the adapter was trained on")
     merge.add_argument("--verify-prompts", type=int, default=MergeConfig.verify_prompts)
     merge.set_defaults(func=_run_merge)
-    export = subparsers.add_parser(
-        "export-gguf", help="convert a merged folder to GGUF, quantize, write a Modelfile"
-    )
+    export = subparsers.add_parser("export-gguf", help="convert a merged folder to GGUF, quantize, write a Modelfile")
     export.add_argument("--merged", default="results/sft_merged", help="merged folder (default: %(default)s)")
     export.add_argument("--output", default="results/gguf", help="output folder (default: %(default)s)")
     export.add_argument(

@@ -146,11 +146,18 @@ def prompt_format_of(records: Sequence[dict[str, Any]]) -> prompts.PromptFormat:
 
 def end_of_turn_marker(tokenizer: Any) -> str:
     """The text a chat template puts right after an assistant message (`<|im_end|>`, `<|eot_id|>`)."""
-    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": _PROBE}]
+    probe = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": _PROBE},
+    ]
     text = tokenizer.apply_chat_template(probe, tokenize=False)
     tail = text[text.rindex(_PROBE) + len(_PROBE) :].rstrip()
     if not tail:
-        raise TemplateError("the chat template puts no end-of-turn token after an assistant message: the model could never learn to stop")
+        raise TemplateError(
+            "the chat template puts no end-of-turn token after an assistant message: "
+            "the model could never learn to stop"
+        )
     return tail
 
 
@@ -239,9 +246,7 @@ def split_games(game_ids: Sequence[str], eval_fraction: float, seed: int) -> tup
     return set(games[n_eval:]), set(games[:n_eval])
 
 
-def format_records(
-    path: str | os.PathLike[str], config: FormatConfig = FormatConfig(), tokenizer: Any = None
-) -> Any:
+def format_records(path: str | os.PathLike[str], config: FormatConfig = FormatConfig(), tokenizer: Any = None) -> Any:
     """Trajectories JSONL -> `datasets.DatasetDict` {train, eval} of tokenized examples, split by game."""
     from datasets import Dataset, DatasetDict
     from tqdm.auto import tqdm
@@ -263,7 +268,9 @@ def format_records(
         except ValueError as error:
             raise MalformedRecordError(path, record["_line"], str(error)) from error
         rows["eval" if record["game_id"] in eval_games else "train"].append(example)
-    return DatasetDict({name: Dataset.from_list(split_rows) for name, split_rows in rows.items() if split_rows or name == "train"})
+    return DatasetDict(
+        {name: Dataset.from_list(split_rows) for name, split_rows in rows.items() if split_rows or name == "train"}
+    )
 
 
 # -------------------------------------------------------------------------------------------- statistics
@@ -300,7 +307,11 @@ def summarize_lengths(dataset: Any, max_seq_len: int) -> dict[str, Any]:
             "max": max(lengths),
             "total": sum(lengths),
         },
-        "tokens_before_window": {"median": _percentile(full, 0.5), "p95": _percentile(full, 0.95), "max": max(full)},
+        "tokens_before_window": {
+            "median": _percentile(full, 0.5),
+            "p95": _percentile(full, 0.95),
+            "max": max(full),
+        },
         "trained_tokens_total": sum(trained),
         "truncated_examples": sum(d > 0 for d in dropped),
         "dropped_turn_pairs": sum(dropped),
@@ -360,7 +371,10 @@ def render_trained_html(example: dict[str, Any], tokenizer: Any) -> str:
     for text, trained in split_trained_segments(example, tokenizer):
         style = "background:#c8f7c5;color:#000;font-weight:bold" if trained else "color:#777"
         parts.append(f'<span style="{style}">{html.escape(text)}</span>')
-    legend = '<p><span style="background:#c8f7c5;font-weight:bold">trained (loss)</span> · <span style="color:#777">masked (no loss)</span></p>'
+    legend = (
+        '<p><span style="background:#c8f7c5;font-weight:bold">trained (loss)</span> · '
+        '<span style="color:#777">masked (no loss)</span></p>'
+    )
     return legend + '<pre style="white-space:pre-wrap;font-size:12px">' + "".join(parts) + "</pre>"
 
 
@@ -373,7 +387,11 @@ def render_trained_text(example: dict[str, Any], tokenizer: Any) -> str:
 
 
 def save_formatted(
-    dataset: Any, output: str | os.PathLike[str], *, source: str | os.PathLike[str], config: FormatConfig,
+    dataset: Any,
+    output: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str],
+    config: FormatConfig,
     records: Sequence[dict[str, Any]] | None = None,
 ) -> Path:
     """Write the dataset (`dataset/`), its length histogram and `format_info.json` into `output`, atomically."""
@@ -407,12 +425,16 @@ def load_formatted(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]
 
     folder = resolve_repo_path(folder)
     if not (folder / FORMAT_INFO).exists() or not (folder / DATASET_DIR).exists():
-        raise FileNotFoundError(f"{folder} is not a formatted dataset (no {FORMAT_INFO}): run `alfworld-sft format` first")
+        raise FileNotFoundError(
+            f"{folder} is not a formatted dataset (no {FORMAT_INFO}): run `alfworld-sft format` first"
+        )
     return load_from_disk(str(folder / DATASET_DIR)), files.read_json(folder / FORMAT_INFO)
 
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("format", help="02: tokenize trajectories into a chat dataset (loss on commands only)")
+    parser = subparsers.add_parser(
+        "format", help="02: tokenize trajectories into a chat dataset (loss on commands only)"
+    )
     parser.add_argument("--data", default="results/oracle/trajectories.jsonl", help="trajectories JSONL")
     parser.add_argument("--output", default="results/sft_data", help="folder for the dataset, histogram and info")
     parser.add_argument("--model", default=models.DEFAULT_MODEL, help="model whose chat template and tokenizer to use")
@@ -423,10 +445,14 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_format(args: argparse.Namespace) -> int:
-    config = FormatConfig(model=args.model, max_seq_len=args.max_seq_len, eval_fraction=args.eval_fraction, seed=args.seed)
+    config = FormatConfig(
+        model=args.model, max_seq_len=args.max_seq_len, eval_fraction=args.eval_fraction, seed=args.seed
+    )
     records = load_records(args.data)
     dataset = format_records(args.data, config)
     output = save_formatted(dataset, args.output, source=args.data, config=config, records=records)
     stats = summarize_lengths(dataset, config.max_seq_len)
-    print(f"{stats['examples']} examples, tokens {stats['tokens']}, truncated {stats['truncated_examples']} -> {output}")
+    print(
+        f"{stats['examples']} examples, tokens {stats['tokens']}, truncated {stats['truncated_examples']} -> {output}"
+    )
     return 0

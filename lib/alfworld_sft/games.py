@@ -134,9 +134,7 @@ def read_task_type(gamefile: str | os.PathLike[str]) -> str:
     except FileNotFoundError:
         raise FileNotFoundError(f"{traj} is missing: every game needs its traj_data.json beside it") from None
     except (ValueError, KeyError) as error:
-        raise ValueError(
-            f"{traj}: no readable 'task_type' ({error}); re-unpack or regenerate this game"
-        ) from None
+        raise ValueError(f"{traj}: no readable 'task_type' ({error}); re-unpack or regenerate this game") from None
     if task_type not in TASK_TYPES.values():
         raise ValueError(f"{traj}: unknown task_type {task_type!r}")
     return task_type
@@ -329,9 +327,7 @@ def _run_data(args) -> int:
 
 
 def configure_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "data", help="ALFWorld games: status, download (real data), generate (offline)"
-    )
+    parser = subparsers.add_parser("data", help="ALFWorld games: status, download (real data), generate (offline)")
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     commands.add_parser("status", help="which splits exist under the data root, games per task type")
     download = commands.add_parser("download", help="run alfworld-download (needs internet)")
@@ -339,9 +335,7 @@ def configure_parser(subparsers) -> None:
         "--data-dir", default=None, help="target folder (default: $ALFWORLD_DATA or ~/.cache/alfworld)"
     )
     download.add_argument("--force", action="store_true", help="unpack again over existing files")
-    generate = commands.add_parser(
-        "generate", help="generate offline games until a split has --count of them"
-    )
+    generate = commands.add_parser("generate", help="generate offline games until a split has --count of them")
     generate.add_argument("--split", default="train", choices=list(SPLITS))
     generate.add_argument("--count", type=int, default=60, help="games the split should hold")
     generate.add_argument("--seed", type=int, default=0)

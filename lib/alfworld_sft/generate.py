@@ -49,23 +49,57 @@ MAX_ATTEMPTS = 40  # compositions tried for one game slot before giving up with 
 # are kept smaller than the real ones (median 23 receptacles against 36) so the expert searches them in 50 steps.
 ROOM_RECEPTACLES: dict[str, dict[str, tuple[int, int]]] = {
     "Kitchen": {
-        "Cabinet": (4, 10), "Drawer": (1, 6), "CounterTop": (1, 3), "Fridge": (1, 1), "Microwave": (1, 1),
-        "SinkBasin": (1, 1), "StoveBurner": (2, 4), "CoffeeMachine": (1, 1), "Toaster": (1, 1),
-        "GarbageCan": (1, 1), "DiningTable": (0, 1), "Shelf": (0, 2),
+        "Cabinet": (4, 10),
+        "Drawer": (1, 6),
+        "CounterTop": (1, 3),
+        "Fridge": (1, 1),
+        "Microwave": (1, 1),
+        "SinkBasin": (1, 1),
+        "StoveBurner": (2, 4),
+        "CoffeeMachine": (1, 1),
+        "Toaster": (1, 1),
+        "GarbageCan": (1, 1),
+        "DiningTable": (0, 1),
+        "Shelf": (0, 2),
     },
     "LivingRoom": {
-        "Sofa": (1, 2), "ArmChair": (0, 2), "CoffeeTable": (1, 2), "SideTable": (0, 2), "Drawer": (0, 6),
-        "DiningTable": (0, 1), "TVStand": (0, 1), "Shelf": (0, 4), "Dresser": (0, 1), "Ottoman": (0, 1),
-        "Cabinet": (0, 2), "GarbageCan": (1, 1),
+        "Sofa": (1, 2),
+        "ArmChair": (0, 2),
+        "CoffeeTable": (1, 2),
+        "SideTable": (0, 2),
+        "Drawer": (0, 6),
+        "DiningTable": (0, 1),
+        "TVStand": (0, 1),
+        "Shelf": (0, 4),
+        "Dresser": (0, 1),
+        "Ottoman": (0, 1),
+        "Cabinet": (0, 2),
+        "GarbageCan": (1, 1),
     },
     "Bedroom": {
-        "Bed": (1, 1), "Drawer": (2, 8), "Shelf": (0, 5), "Desk": (0, 1), "SideTable": (0, 2),
-        "Dresser": (0, 1), "LaundryHamper": (0, 1), "ArmChair": (0, 1), "Safe": (0, 1), "GarbageCan": (1, 1),
+        "Bed": (1, 1),
+        "Drawer": (2, 8),
+        "Shelf": (0, 5),
+        "Desk": (0, 1),
+        "SideTable": (0, 2),
+        "Dresser": (0, 1),
+        "LaundryHamper": (0, 1),
+        "ArmChair": (0, 1),
+        "Safe": (0, 1),
+        "GarbageCan": (1, 1),
     },
     "Bathroom": {
-        "Toilet": (1, 1), "ToiletPaperHanger": (1, 1), "HandTowelHolder": (1, 2), "TowelHolder": (1, 1),
-        "SinkBasin": (1, 2), "BathtubBasin": (0, 1), "CounterTop": (1, 2), "Cabinet": (1, 4),
-        "Drawer": (0, 4), "Shelf": (0, 2), "GarbageCan": (1, 1),
+        "Toilet": (1, 1),
+        "ToiletPaperHanger": (1, 1),
+        "HandTowelHolder": (1, 2),
+        "TowelHolder": (1, 1),
+        "SinkBasin": (1, 2),
+        "BathtubBasin": (0, 1),
+        "CounterTop": (1, 2),
+        "Cabinet": (1, 4),
+        "Drawer": (0, 4),
+        "Shelf": (0, 2),
+        "GarbageCan": (1, 1),
     },
 }
 
@@ -81,23 +115,93 @@ ROOM_DISTRACTORS: dict[str, tuple[int, int]] = {
 # Portable object classes seen in each room type of the real scenes (most frequent first).
 ROOM_OBJECTS: dict[str, tuple[str, ...]] = {
     "Kitchen": (
-        "Lettuce", "PepperShaker", "Cup", "SaltShaker", "Knife", "Fork", "ButterKnife", "Plate", "Tomato",
-        "Potato", "Spatula", "Egg", "DishSponge", "Spoon", "SoapBottle", "Mug", "Bowl", "Apple", "Bread",
-        "Pot", "Pan", "Kettle", "WineBottle", "Ladle", "Glassbottle", "Vase", "Statue", "CellPhone",
+        "Lettuce",
+        "PepperShaker",
+        "Cup",
+        "SaltShaker",
+        "Knife",
+        "Fork",
+        "ButterKnife",
+        "Plate",
+        "Tomato",
+        "Potato",
+        "Spatula",
+        "Egg",
+        "DishSponge",
+        "Spoon",
+        "SoapBottle",
+        "Mug",
+        "Bowl",
+        "Apple",
+        "Bread",
+        "Pot",
+        "Pan",
+        "Kettle",
+        "WineBottle",
+        "Ladle",
+        "Glassbottle",
+        "Vase",
+        "Statue",
+        "CellPhone",
         "CreditCard",
     ),
     "LivingRoom": (
-        "Statue", "CreditCard", "RemoteControl", "KeyChain", "Box", "Vase", "Laptop", "Pillow", "Newspaper",
-        "Watch", "Plate", "Book", "TissueBox", "WateringCan", "CellPhone", "Pencil", "Pen", "Candle", "Bowl",
+        "Statue",
+        "CreditCard",
+        "RemoteControl",
+        "KeyChain",
+        "Box",
+        "Vase",
+        "Laptop",
+        "Pillow",
+        "Newspaper",
+        "Watch",
+        "Plate",
+        "Book",
+        "TissueBox",
+        "WateringCan",
+        "CellPhone",
+        "Pencil",
+        "Pen",
+        "Candle",
+        "Bowl",
     ),
     "Bedroom": (
-        "AlarmClock", "KeyChain", "CD", "CreditCard", "Book", "CellPhone", "Pencil", "Pen", "Pillow",
-        "Laptop", "Mug", "Bowl", "Box", "BaseballBat", "BasketBall", "TennisRacket", "Cloth", "TissueBox",
-        "Statue", "RemoteControl", "Watch", "Vase",
+        "AlarmClock",
+        "KeyChain",
+        "CD",
+        "CreditCard",
+        "Book",
+        "CellPhone",
+        "Pencil",
+        "Pen",
+        "Pillow",
+        "Laptop",
+        "Mug",
+        "Bowl",
+        "Box",
+        "BaseballBat",
+        "BasketBall",
+        "TennisRacket",
+        "Cloth",
+        "TissueBox",
+        "Statue",
+        "RemoteControl",
+        "Watch",
+        "Vase",
     ),
     "Bathroom": (
-        "Candle", "SprayBottle", "SoapBottle", "ToiletPaper", "Cloth", "SoapBar", "HandTowel", "Towel",
-        "Plunger", "DishSponge", "TissueBox",
+        "Candle",
+        "SprayBottle",
+        "SoapBottle",
+        "ToiletPaper",
+        "Cloth",
+        "SoapBar",
+        "HandTowel",
+        "Towel",
+        "Plunger",
+        "DishSponge",
+        "TissueBox",
     ),
 }
 
@@ -243,8 +347,7 @@ def compose_room(task: Task, classes: Sequence[str], rng: random.Random) -> Room
     room.agent_location = new_location()
 
     def place(obj_cls: str, forbidden: str = "") -> None:
-        holders = [rid for rid, cls in room.receptacles if cls != forbidden
-                   and _fits(constants, cls, obj_cls)]
+        holders = [rid for rid, cls in room.receptacles if cls != forbidden and _fits(constants, cls, obj_cls)]
         if holders:
             room.objects.append((new_id(obj_cls), obj_cls, rng.choice(holders)))
 
@@ -283,8 +386,13 @@ def render_problem(task: Task, room: Room, problem_id: str) -> str:
     movable, openable = set(constants.MOVABLE_RECEPTACLES), constants.OPENABLE_CLASS_SET
     rtypes_here = sorted({cls for _, cls in room.receptacles})
     otypes_here = sorted({cls for _, cls, _ in room.objects})
-    flags = {"Cleanable": "cleanable", "Heatable": "heatable", "Coolable": "coolable",
-             "Toggleable": "toggleable", "Sliceable": "sliceable"}
+    flags = {
+        "Cleanable": "cleanable",
+        "Heatable": "heatable",
+        "Coolable": "coolable",
+        "Toggleable": "toggleable",
+        "Sliceable": "sliceable",
+    }
     facts = (
         [f"(receptacleType {rid} {cls}Type)" for rid, cls in sorted(room.receptacles)]
         + [f"(objectType {oid} {cls}Type)" for oid, cls, _ in objects_by_id]
@@ -293,14 +401,20 @@ def render_problem(task: Task, room: Room, problem_id: str) -> str:
         + [f"(isReceptacleObject {oid})" for oid, cls, _ in objects_by_id if cls in movable]
         + [f"(openable {rid})" for rid, cls in sorted(room.receptacles) if cls in openable]
         + [f"(atLocation agent1 {room.agent_location})"]
-        + [f"({flag} {oid})" for prop, flag in flags.items() for oid, cls, _ in objects_by_id
-           if _has(constants, prop, cls)]
+        + [
+            f"({flag} {oid})"
+            for prop, flag in flags.items()
+            for oid, cls, _ in objects_by_id
+            if _has(constants, prop, cls)
+        ]
         + [f"(inReceptacle {oid} {rid})" for oid, _, rid in objects_by_id]
         + [f"(receptacleAtLocation {rid} {room.locations[rid]})" for rid, _ in sorted(room.receptacles)]
         + [f"(objectAtLocation {oid} {room.locations[rid]})" for oid, _, rid in objects_by_id]
     )
-    goal = goal_library.gdict[TASK_TYPES[task.task_type]]["pddl"].replace("#", "-").format(
-        obj=task.object_target, recep=task.parent_target, toggle=task.toggle_target, mrecep=""
+    goal = (
+        goal_library.gdict[TASK_TYPES[task.task_type]]["pddl"]
+        .replace("#", "-")
+        .format(obj=task.object_target, recep=task.parent_target, toggle=task.toggle_target, mrecep="")
     )
     # The goal library's text also closes the `(define ...` opened here.
     return (
@@ -347,9 +461,7 @@ def compose_game(task_type: int, rng: random.Random, trial: str) -> tuple[str, d
     return folder, game, traj
 
 
-def verify_game(
-    gamefile: Path, game_id: str, seed: int, max_steps: int = MAX_EXPERT_STEPS
-) -> list[str] | None:
+def verify_game(gamefile: Path, game_id: str, seed: int, max_steps: int = MAX_EXPERT_STEPS) -> list[str] | None:
     """Play `gamefile` exactly as the collection with `seed` will play the game `game_id`
     (`collect.play_game`: the real engine, the handcoded expert, Python's `random` seeded with
     `collect.expert_seed(seed, game_id)`): the winning commands, or None when the engine rejects the game or

@@ -1,6 +1,6 @@
 """Where the course keeps things: every path is anchored to the repository root, never the working directory.
 
-    from alfworld_sft.paths import REPO_ROOT, RESULTS_DIR, cache_dir
+from alfworld_sft.paths import REPO_ROOT, RESULTS_DIR, cache_dir
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Result files: every JSON a stage writes carries the seed, package versions and machine that made it.
 
-    write_result(RESULTS_DIR / "collection.json", {"won": 12}, seed=0)
+write_result(RESULTS_DIR / "collection.json", {"won": 12}, seed=0)
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ from alfworld_sft.files import write_json
 from alfworld_sft.paths import REPO_ROOT
 
 TRACKED_PACKAGES = (
-    "alfworld-sft", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes",
-    "alfworld", "textworld",
+    "alfworld-sft",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "alfworld",
+    "textworld",
 )
 
 
@@ -36,7 +44,10 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):

@@ -163,7 +163,10 @@ def resolve_setup(config: TrainConfig) -> dict[str, Any]:
     liger = (config.liger if config.liger is not None else has_liger and device == "cuda") and backend == "peft"
     checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
     return {
-        "device": device, "quantization": quantization, "backend": backend, "gradient_checkpointing": checkpointing,
+        "device": device,
+        "quantization": quantization,
+        "backend": backend,
+        "gradient_checkpointing": checkpointing,
         "liger": liger,
     }
 
@@ -180,8 +183,13 @@ def load_lora_model(config: TrainConfig, setup: dict[str, Any]) -> Any:
             model_name=resolved, max_seq_length=config.max_seq_len, dtype=None, load_in_4bit=True
         )
         return FastLanguageModel.get_peft_model(
-            model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
-            target_modules=list(config.target_modules), random_state=config.seed,
+            model,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            bias="none",
+            target_modules=list(config.target_modules),
+            random_state=config.seed,
             use_gradient_checkpointing="unsloth" if setup["gradient_checkpointing"] else False,
         )
     from peft import LoraConfig, get_peft_model
@@ -200,7 +208,9 @@ def load_lora_model(config: TrainConfig, setup: dict[str, Any]) -> Any:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
     model = models.load_model(config.base, **kwargs)
@@ -210,8 +220,12 @@ def load_lora_model(config: TrainConfig, setup: dict[str, Any]) -> Any:
         # fp32, which cost 1.5x in speed and 4 GiB in the benchmark (benchmarks/train_speed.py); bf16 trains fine.
         model.enable_input_require_grads()
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
-        task_type="CAUSAL_LM", target_modules=list(config.target_modules),
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=list(config.target_modules),
     )
     return get_peft_model(model, lora)
 
@@ -232,16 +246,22 @@ def load_training_data(config: TrainConfig, tokenizer: Any) -> tuple[Any, dict[s
                 f"{config.base} --max-seq-len {config.max_seq_len}`) or pass the trajectories JSONL"
             )
         return dataset, {
-            "data_file": info["source"], "data_sha256": info["source_sha256"],
-            "prompt_format": info["prompt_format"], "stats": info["stats"],
+            "data_file": info["source"],
+            "data_sha256": info["source_sha256"],
+            "prompt_format": info["prompt_format"],
+            "stats": info["stats"],
         }
     records = formatting.load_records(path)
     format_config = formatting.FormatConfig(
-        model=config.base, max_seq_len=config.max_seq_len, eval_fraction=config.eval_fraction, seed=config.seed
+        model=config.base,
+        max_seq_len=config.max_seq_len,
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
     )
     dataset = formatting.format_records(path, format_config, tokenizer=tokenizer)
     return dataset, {
-        "data_file": str(path), "data_sha256": formatting.sha256_file(path),
+        "data_file": str(path),
+        "data_sha256": formatting.sha256_file(path),
         "prompt_format": asdict(formatting.prompt_format_of(records)),
         "stats": formatting.summarize_lengths(dataset, config.max_seq_len),
     }
@@ -403,7 +423,8 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     has_eval = "eval" in dataset and len(dataset["eval"]) > 0
     if has_eval and config.load_best and config.save_steps % config.eval_steps:
         raise ValueError(
-            f"save_steps ({config.save_steps}) must be a multiple of eval_steps ({config.eval_steps}) to keep the best checkpoint"
+            f"save_steps ({config.save_steps}) must be a multiple of eval_steps ({config.eval_steps}) "
+            "to keep the best checkpoint"
         )
     columns = ["input_ids", "labels"]
     train_set = dataset["train"].select_columns(columns)
@@ -411,8 +432,12 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     model = load_lora_model(config, setup)
     trainer = SFTTrainer(
-        model=model, args=build_sft_config(config, setup, has_eval), train_dataset=train_set,
-        eval_dataset=eval_set, processing_class=tokenizer, callbacks=list(callbacks),
+        model=model,
+        args=build_sft_config(config, setup, has_eval),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
     )
     if trainer.is_world_process_zero():
         output.mkdir(parents=True, exist_ok=True)
@@ -459,9 +484,14 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         }
         results.write_result(output / TRAINING_RECORD, record, seed=config.seed)
     return TrainResult(
-        output=output, global_step=trainer.state.global_step, train_loss=outcome.training_loss,
-        eval_loss_initial=eval_loss_initial, eval_loss_best=min(eval_losses) if eval_losses else None,
-        resumed_from=resume, runtime_s=round(time.perf_counter() - started, 1), record=record,
+        output=output,
+        global_step=trainer.state.global_step,
+        train_loss=outcome.training_loss,
+        eval_loss_initial=eval_loss_initial,
+        eval_loss_best=min(eval_losses) if eval_losses else None,
+        resumed_from=resume,
+        runtime_s=round(time.perf_counter() - started, 1),
+        record=record,
     )
 
 
@@ -478,8 +508,18 @@ def course_config(small: bool, seed: int, base: str = models.DEFAULT_MODEL) -> T
     if not small:
         return TrainConfig(**paths, base=base, seed=seed, max_seq_len=fmt.max_seq_len, eval_fraction=fmt.eval_fraction)
     return TrainConfig(
-        **paths, base=base, seed=seed, max_seq_len=fmt.max_seq_len, eval_fraction=fmt.eval_fraction,
-        epochs=1, batch=2, grad_accum=1, lr=5e-4, logging_steps=1, eval_steps=2, save_steps=2,
+        **paths,
+        base=base,
+        seed=seed,
+        max_seq_len=fmt.max_seq_len,
+        eval_fraction=fmt.eval_fraction,
+        epochs=1,
+        batch=2,
+        grad_accum=1,
+        lr=5e-4,
+        logging_steps=1,
+        eval_steps=2,
+        save_steps=2,
     )
 
 
@@ -500,7 +540,9 @@ def load_adapter(adapter: str | os.PathLike[str], **kwargs: Any) -> Any:
     return PeftModel.from_pretrained(base, str(resolve_repo_path(adapter)))
 
 
-def compare_with_base(adapter: str | os.PathLike[str], messages: list[dict[str, str]], max_new_tokens: int = 16) -> dict[str, str]:
+def compare_with_base(
+    adapter: str | os.PathLike[str], messages: list[dict[str, str]], max_new_tokens: int = 16
+) -> dict[str, str]:
     """Greedy replies of the base model and of base + adapter to the same messages (CPU-friendly check)."""
     import torch
 
@@ -529,10 +571,13 @@ def remove_checkpoints(output: str | os.PathLike[str]) -> int:
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
     parser = subparsers.add_parser(
-        "train", help="03: train a LoRA/QLoRA adapter on trajectories (resumes when rerun)",
+        "train",
+        help="03: train a LoRA/QLoRA adapter on trajectories (resumes when rerun)",
         description=__doc__.split("\n\n")[0] + " " + DEFAULT_BASE_NOTE,
     )
-    parser.add_argument("--data", default=defaults.data, help="trajectories JSONL or a folder from `alfworld-sft format`")
+    parser.add_argument(
+        "--data", default=defaults.data, help="trajectories JSONL or a folder from `alfworld-sft format`"
+    )
     parser.add_argument("--output", default=defaults.output, help="adapter folder (rerun to resume)")
     parser.add_argument("--base", default=defaults.base, help=f"base model (default {defaults.base}; see above)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
@@ -556,8 +601,12 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=("auto", "unsloth", "peft"), default=defaults.backend)
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=defaults.group_by_length)
-    parser.add_argument("--liger", action=argparse.BooleanOptionalAction, default=None,
-                        help="Liger fused kernels (default: on with CUDA when liger-kernel is installed)")
+    parser.add_argument(
+        "--liger",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Liger fused kernels (default: on with CUDA when liger-kernel is installed)",
+    )
     parser.add_argument("--no-load-best", dest="load_best", action="store_false", help="keep the last weights")
     parser.set_defaults(func=_run_train)
 
