@@ -63,7 +63,7 @@ def assert_labels_are_commands(example: dict, window: list[dict], tokenizer, mar
 @pytest.mark.parametrize("style", ["chatml", "llama31"])
 def test_labels_cover_assistant_commands_and_end_of_turn_only(records_path, chatml_tokenizer, style):
     tokenizer = chatml_tokenizer if style == "chatml" else build_llama31_tokenizer()
-    marker = formatting.end_of_turn_marker(tokenizer)
+    marker = models.end_of_turn_marker(tokenizer)
     assert marker == {"chatml": "<|im_end|>", "llama31": "<|eot_id|>"}[style]
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     for record in formatting.load_records(records_path):

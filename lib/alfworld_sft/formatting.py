@@ -40,7 +40,6 @@ from alfworld_sft.paths import resolve_repo_path
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 FORMAT_INFO = "format_info.json"  # beside the saved dataset: what it was made from and with
 DATASET_DIR = "dataset"
-_PROBE = "ZQXJ probe command"  # an assistant text no template rewrites, to find the end-of-turn marker
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,6 @@ def course_format_config(small: bool, seed: int, model: str = models.DEFAULT_MOD
     if small:
         return FormatConfig(model=model, max_seq_len=SMALL_MAX_SEQ_LEN, eval_fraction=SMALL_EVAL_FRACTION, seed=seed)
     return FormatConfig(model=model, seed=seed)
-
-
-class TemplateError(ValueError):
-    """A chat template that does not render message prefixes as prefixes of the whole conversation."""
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -144,23 +139,6 @@ def prompt_format_of(records: Sequence[dict[str, Any]]) -> prompts.PromptFormat:
 # --------------------------------------------------------------------------------------------- rendering
 
 
-def end_of_turn_marker(tokenizer: Any) -> str:
-    """The text a chat template puts right after an assistant message (`<|im_end|>`, `<|eot_id|>`)."""
-    probe = [
-        {"role": "system", "content": "s"},
-        {"role": "user", "content": "u"},
-        {"role": "assistant", "content": _PROBE},
-    ]
-    text = tokenizer.apply_chat_template(probe, tokenize=False)
-    tail = text[text.rindex(_PROBE) + len(_PROBE) :].rstrip()
-    if not tail:
-        raise TemplateError(
-            "the chat template puts no end-of-turn token after an assistant message: "
-            "the model could never learn to stop"
-        )
-    return tail
-
-
 def count_template_tokens(tokenizer: Any, messages: Sequence[prompts.Message]) -> int:
     """Tokens of a message list rendered with the chat template (no generation prompt)."""
     text = tokenizer.apply_chat_template(list(messages), tokenize=False)
@@ -171,7 +149,7 @@ def tokenize_messages(
     messages: Sequence[prompts.Message], tokenizer: Any, marker: str | None = None
 ) -> dict[str, list[int]]:
     """input_ids, labels (assistant content + end-of-turn token, -100 elsewhere) and attention_mask."""
-    marker = marker or end_of_turn_marker(tokenizer)
+    marker = marker or models.end_of_turn_marker(tokenizer)
     messages = list(messages)
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
@@ -180,7 +158,7 @@ def tokenize_messages(
             continue
         before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
         if not text.startswith(before):
-            raise TemplateError(
+            raise models.TemplateError(
                 "the chat template renders a conversation prefix that is not a prefix of the whole conversation; "
                 "labels cannot be placed (is this a template that rewrites earlier turns?)"
             )
@@ -188,7 +166,7 @@ def tokenize_messages(
         start = text.find(content, len(before))
         end = start + len(content)
         if start < 0 or text[len(before) : start].strip() or not text.startswith(marker, end):
-            raise TemplateError(
+            raise models.TemplateError(
                 f"assistant turn {index} ({content!r}) does not render as its content followed by {marker!r}"
             )
         spans.append((start, end + len(marker)))
@@ -259,7 +237,7 @@ def format_records(path: str | os.PathLike[str], config: FormatConfig = FormatCo
             f"the tokenizer of {config.model} pads with its eos token {tokenizer.eos_token!r}: a collator that "
             "masks padding by id would hide the end-of-turn label (field notes §3); give it a distinct pad token"
         )
-    marker = end_of_turn_marker(tokenizer)
+    marker = models.end_of_turn_marker(tokenizer)
     _, eval_games = split_games([r["game_id"] for r in records], config.eval_fraction, config.seed)
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
     for record in tqdm(records, desc="tokenizing", unit="record"):

@@ -39,6 +39,45 @@ class ModelUnavailableError(RuntimeError):
     """A model that cannot be loaded here; the message says why and what to do."""
 
 
+class TemplateError(ValueError):
+    """A chat template the course cannot train or play with (no end-of-turn marker, prefixes that do not render as
+    prefixes); the message says which."""
+
+
+_PROBE = "ZQXJ probe command"  # an assistant text no template rewrites, to find the end-of-turn marker
+
+
+def end_of_turn_marker(tokenizer: Any) -> str:
+    """The text a chat template puts right after an assistant message (`<|im_end|>`, `<|eot_id|>`): the one
+    definition of "end of turn". Training learns it, stores it in the training record, and play stops at it."""
+    probe = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": _PROBE},
+    ]
+    text = tokenizer.apply_chat_template(probe, tokenize=False)
+    tail = text[text.rindex(_PROBE) + len(_PROBE) :].rstrip()
+    if not tail:
+        raise TemplateError(
+            "the chat template puts no end-of-turn token after an assistant message: "
+            "the model could never learn to stop"
+        )
+    return tail
+
+
+def stop_token_ids(tokenizer: Any, marker: str | None = None) -> list[int]:
+    """The tokens generation stops at: the end-of-turn marker (probed when not given) when it is one token, and
+    the tokenizer's eos."""
+    marker = marker or end_of_turn_marker(tokenizer)
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    stops = ids[:1] if len(ids) == 1 else []
+    if tokenizer.eos_token_id is not None:
+        stops.append(tokenizer.eos_token_id)
+    if not stops:
+        raise TemplateError(f"the end-of-turn marker {marker!r} is not one token and the tokenizer has no eos")
+    return list(dict.fromkeys(stops))
+
+
 def default_model_dir() -> Path:
     return cache_dir() / "models" / DEFAULT_MODEL
 

@@ -2,14 +2,16 @@
 
 What a model is trained on is exactly what it sees when it plays, so every stage builds its messages here:
 
-* `SYSTEM_PROMPT`: the instruction every conversation starts with.
+* `SYSTEM_PROMPT` / `THOUGHTS_SYSTEM_PROMPT`: the instruction every conversation starts with, for the two data
+  formats (`system_prompt(data_format)`): bare commands, or "Thought: ...\nAction: ..." replies.
 * `render_first_turn` / `render_turn`: the user turns (task and observation; optionally the admissible
-  commands, as set by `PromptFormat`).
+  commands, as set by `PromptFormat`); `parse_turn` reads one back.
+* `render_reply`: the assistant turn in a data format.
 * `select_window`: the sliding window that fits a long game into `max_seq_len` tokens by dropping the
   oldest middle turns (whole turns, never a cut token), keeping the system prompt and the task.
 
 A conversation is a list of `{"role": ..., "content": ...}` messages: system, then user and assistant in
-turn, each assistant message a single game command.
+turn, each assistant message a single game command (or a thought and a command).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ SYSTEM_PROMPT = (
     "'heat egg 1 with microwave 1', 'cool apple 1 with fridge 1', 'clean cloth 1 with sinkbasin 1' or "
     "'use desklamp 1'. Reply with the command only."
 )
+
+THOUGHTS_SYSTEM_PROMPT = (
+    SYSTEM_PROMPT.removesuffix(" Reply with the command only.")
+    + " Think before you act. Reply in exactly two lines:\nThought: <one short sentence about what to do next>\n"
+    "Action: <one command>"
+)
+DATA_FORMATS = ("commands", "thoughts")  # what an assistant turn holds: the command, or a thought and the command
+ADMISSIBLE_PREFIX = "\nAdmissible commands: "
 
 _WELCOME = re.compile(r"^-= Welcome to TextWorld, ALFRED! =-\s*", re.MULTILINE)
 _TASK = re.compile(r"\s*Your task is to: (?P<task>.+?)\s*$", re.DOTALL)
@@ -48,12 +58,39 @@ def split_first_observation(text: str) -> tuple[str, str]:
     return match.group("task").rstrip("."), text[: match.start()].strip()
 
 
+def system_prompt(data_format: str = "commands") -> str:
+    """The system instruction of a data format."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"unknown data format {data_format!r}: choose one of {', '.join(DATA_FORMATS)}")
+    return THOUGHTS_SYSTEM_PROMPT if data_format == "thoughts" else SYSTEM_PROMPT
+
+
+def render_reply(command: str, thought: str | None, data_format: str = "commands") -> str:
+    """An assistant turn: the bare command, or "Thought: ...\nAction: ..." in the thoughts format."""
+    if data_format == "thoughts":
+        if not thought:
+            raise ValueError(f"the thoughts format needs a thought for the command {command!r}")
+        return f"Thought: {thought}\nAction: {command}"
+    return command
+
+
 def _with_commands(text: str, admissible_commands: Sequence[str] | None, fmt: PromptFormat) -> str:
     if not fmt.show_admissible_commands:
         return text
     if admissible_commands is None:
         raise ValueError("this prompt format shows admissible commands, but none were given")
-    return f"{text}\nAdmissible commands: {', '.join(admissible_commands)}"
+    return f"{text}{ADMISSIBLE_PREFIX}{', '.join(admissible_commands)}"
+
+
+def parse_turn(text: str) -> tuple[str | None, str, list[str] | None]:
+    """The inverse of `render_first_turn` / `render_turn`: (task or None, observation, admissible commands or None)."""
+    body, _, commands = text.partition(ADMISSIBLE_PREFIX)
+    task = None
+    if body.startswith("Task: "):
+        task, _, body = body[len("Task: ") :].partition(".\nObservation: ")
+    else:
+        body = body.removeprefix("Observation: ")
+    return task, body, commands.split(", ") if commands else None
 
 
 def render_first_turn(

@@ -471,7 +471,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             "data_sha256": data_facts["data_sha256"],
             "config": json.loads(json.dumps(asdict(config))),
             "setup": setup,
-            "end_of_turn": formatting.end_of_turn_marker(tokenizer),
+            "end_of_turn": models.end_of_turn_marker(tokenizer),
             "data_stats": data_facts["stats"],
             "global_step": trainer.state.global_step,
             "train_loss": outcome.training_loss,
