@@ -1,8 +1,10 @@
 """The five evaluation agents and the mapping from a model's reply to a game command.
 
 Each agent is a small class over `Agent` that says which prompts it sends; `Episode` plays one game with one
-agent as a little state machine (plan -> act ... -> reflect -> next trial), so that the evaluation loop can
-step many games at once and answer all their requests with one batched generate call.
+agent as a little state machine (plan -> act ... -> reflect -> next trial), so that the rollout engine
+(`alfworld_sft.rollouts`) can keep many games in flight and answer their requests together. An agent knows the
+model only through its `PromptCodec` (training record and tokenizer): a fine-tuned model is prompted exactly as it
+was trained (prompt format, window, and data format: bare commands, or "Thought: ...\nAction: ..." replies).
 
 * `zero_shot`: the system instruction and the game so far as chat turns (the shared user-turn text of
   `prompts`), windowed to the recent history. A fine-tuned model gets exactly its training format.
@@ -21,13 +23,17 @@ Reply -> command (`map_action`), the documented rule:
    becomes "drawer 2"), the one with the highest `difflib` similarity ratio, if that ratio is >= 0.8;
 4. otherwise the reply is invalid: the game is told "Nothing happens." (what the engine says to a command it
    does not understand) and the turn counts as a step.
+
+With `actions="constrained"` the reply's command is chosen among the engine's admissible commands while it is
+decoded (`decoding.SlotDecoder`: a trie of the tokenized commands; for a thinking agent only the `Action:` line is
+constrained, the thought stays free): every command is then exact.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import random
+import hashlib
 import re
 import time
 from collections.abc import Sequence
@@ -36,7 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from alfworld_sft import prompts
-from alfworld_sft.backends import Backend, Reply, Request
+from alfworld_sft.backends import PromptCodec, Reply, Request
 from alfworld_sft.prompts import Message, PromptFormat
 
 NOTHING_HAPPENS = "Nothing happens."
@@ -45,11 +51,7 @@ CLOSEST_MIN_RATIO = 0.8
 BASE_PROMPT_FORMAT = PromptFormat(show_admissible_commands=True)
 BASE_WINDOW_TOKENS = 768  # prompt budget for a base model: system prompt, task, the last turn or two (CPU cost)
 
-REACT_SYSTEM_PROMPT = (
-    prompts.SYSTEM_PROMPT.removesuffix(" Reply with the command only.")
-    + " Think before you act. Reply in exactly two lines:\nThought: <one short sentence about what to do next>\n"
-    "Action: <one command>"
-)
+ACTIONS = ("free", "constrained")  # how a reply becomes a command: mapped afterwards, or chosen while decoding
 REFLECT_SYSTEM_PROMPT = (
     "You are reviewing a failed attempt of a household robot in a text-based home (ALFWorld). Say in one or two "
     "short sentences what went wrong and what to do differently on the next attempt."
@@ -125,13 +127,17 @@ class Demonstration:
 
 @dataclass
 class Turn:
-    """One step of a trial: what the model said, what was played and what the game answered."""
+    """One step of a trial: what the model said, what was played and what the game answered, with what the
+    expert following the game would have played in the state the model saw (DAgger's label)."""
 
     reply: str
     command: str | None
     how: str
     observation: str
     admissible_commands: tuple[str, ...]
+    expert_action: str | None = None
+    expert_thought: str | None = None
+    expert_guess: bool = False
 
 
 @dataclass
@@ -153,30 +159,44 @@ class Agent:
     max_new_tokens: ClassVar[int] = 24  # a command is a handful of tokens
     trials: ClassVar[int] = 1
     plans: ClassVar[bool] = False
-    system_prompt: ClassVar[str] = prompts.SYSTEM_PROMPT
+    writes_thoughts: ClassVar[bool] = False  # replies "Thought: ...\nAction: ..." whatever the model was trained on
 
     def __init__(
         self,
-        backend: Backend,
+        codec: PromptCodec,
         *,
         window_tokens: int | None = None,
         demonstrations: Sequence[Demonstration] = (),
+        actions: str = "free",
+        temperature: float = 0.0,
     ):
-        self.backend = backend
-        record = backend.training_record
-        self.fmt = PromptFormat(**record.prompt_format) if record else BASE_PROMPT_FORMAT
+        if actions not in ACTIONS:
+            raise ValueError(f"actions must be one of {', '.join(ACTIONS)}, not {actions!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.codec = codec
+        record = codec.training_record
+        self.fmt = record.prompt_format if record else BASE_PROMPT_FORMAT
+        self.thinks = self.writes_thoughts or codec.data_format == "thoughts"
+        if self.thinks and self.max_new_tokens < ReactAgent.max_new_tokens:
+            self.max_new_tokens = ReactAgent.max_new_tokens  # a thought needs room before its command
+        self.system_prompt = prompts.system_prompt("thoughts" if self.thinks else "commands")
         if window_tokens is None:
             window_tokens = record.max_seq_len - self.max_new_tokens if record else BASE_WINDOW_TOKENS
+        if window_tokens < 64:
+            raise ValueError(f"window_tokens must leave room for a prompt (at least 64), got {window_tokens}")
         self.window_tokens = window_tokens
         self.demonstrations = tuple(demonstrations)
+        self.actions, self.temperature = actions, temperature
 
     # --- prompts -------------------------------------------------------------------------------------------
     def system_message(self, trial: Trial, reflections: Sequence[str]) -> str:
         return self.system_prompt
 
     def assistant_text(self, turn: Turn) -> str:
-        """What the history shows as the model's turn: the command played (its raw reply when invalid)."""
-        return turn.command or turn.reply
+        """What the history shows as the model's turn: its whole reply when it thinks, else the command played (its
+        raw reply when invalid)."""
+        return turn.reply if self.thinks else turn.command or turn.reply
 
     def act_messages(self, trial: Trial, reflections: Sequence[str]) -> list[Message]:
         conversation: list[Message] = [
@@ -198,7 +218,7 @@ class Agent:
         messages = prompts.build_messages(self.system_message(trial, reflections), conversation)
         try:
             window, dropped = prompts.select_window(
-                messages, self.backend.count_tokens, self.window_tokens, min_dropped=trial.dropped_pairs
+                messages, self.codec.count_tokens, self.window_tokens, min_dropped=trial.dropped_pairs
             )
         except ValueError:
             # One long turn (a room with many receptacles) can overflow the budget: keep the system prompt,
@@ -209,7 +229,7 @@ class Agent:
             # this prompt (a backend reuses a prompt's prefix) instead of shifting it every step.
             with contextlib.suppress(ValueError):
                 window, dropped = prompts.select_window(
-                    messages, self.backend.count_tokens, self.window_tokens * 3 // 4, min_dropped=dropped
+                    messages, self.codec.count_tokens, self.window_tokens * 3 // 4, min_dropped=dropped
                 )
             trial.dropped_pairs = dropped
         return window
@@ -241,12 +261,12 @@ class FewShotAgent(Agent):
     name = "few_shot"
     description = "zero-shot plus three expert demonstrations from training games in the system message"
 
-    def __init__(self, backend: Backend, **kwargs: Any):
-        super().__init__(backend, **kwargs)
+    def __init__(self, codec: PromptCodec, **kwargs: Any):
+        super().__init__(codec, **kwargs)
         if len(self.demonstrations) < 1:
             raise ValueError("the few_shot agent needs demonstrations: see evaluation.load_demonstrations")
         # The demonstrations come on top of the game's own window.
-        self.window_tokens += backend.count_tokens([{"role": "system", "content": self._demo_block()}])
+        self.window_tokens += codec.count_tokens([{"role": "system", "content": self._demo_block()}])
 
     def _demo_block(self) -> str:
         demos = "\n\n".join(f"Example {i}:\n{d.text}" for i, d in enumerate(self.demonstrations, 1))
@@ -260,10 +280,7 @@ class ReactAgent(Agent):
     name = "react"
     description = "each reply is a Thought line and an Action line; thoughts stay in the history"
     max_new_tokens = 56  # a short thought plus the command
-    system_prompt = REACT_SYSTEM_PROMPT
-
-    def assistant_text(self, turn: Turn) -> str:
-        return turn.reply
+    writes_thoughts = True
 
 
 class ReflexionAgent(ReactAgent):
@@ -312,23 +329,30 @@ AGENTS: dict[str, type[Agent]] = {
 REFLECT_TOKENS = 64
 
 
-def build_agent(name: str, backend: Backend, **kwargs: Any) -> Agent:
+def build_agent(name: str, codec: PromptCodec, **kwargs: Any) -> Agent:
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}: choose from {', '.join(AGENTS)}")
-    return AGENTS[name](backend, **kwargs)
+    return AGENTS[name](codec, **kwargs)
 
 
 class Episode:
     """One game played by one agent, step by step: `request()` says what to generate, `advance(reply)` plays it.
 
-    The game is reset with `random.seed(seed)` at each trial (the expert's fallbacks use `random`).
+    Each trial resets the game with its own seed (`engine.expert_seed` of the run's seed and the game, and the
+    trial number); sampled replies are seeded by game, trial and step. So a game plays the same whichever other
+    games share the batch or the process. With an `expert` following the game, every turn also records what the
+    expert would have played in the state the model saw.
     """
 
-    def __init__(self, agent: Agent, gamefile: str | Path, *, max_steps: int, seed: int, expert: bool = False):
+    def __init__(
+        self, agent: Agent, gamefile: str | Path, *, game_id: str, max_steps: int, seed: int, expert: str | None = None
+    ):
         from alfworld_sft.engine import AlfworldGame
 
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         started = time.perf_counter()
-        self.agent, self.max_steps, self.seed = agent, max_steps, seed
+        self.agent, self.game_id, self.max_steps, self.seed = agent, game_id, max_steps, seed
         self.game = AlfworldGame(gamefile, expert=expert)
         self.trials: list[Trial] = []
         self.reflections: list[str] = []
@@ -339,8 +363,9 @@ class Episode:
         self.seconds = time.perf_counter() - started  # loading and resetting the engine is part of the cost
 
     def _start_trial(self) -> None:
-        random.seed(self.seed + len(self.trials))
-        self.state = self.game.reset()
+        from alfworld_sft.engine import expert_seed
+
+        self.state = self.game.reset(seed=f"{expert_seed(self.seed, self.game_id)}:{len(self.trials)}")
         self.trials.append(Trial(self.state.task, self.state.observation, self.state.admissible_commands))
         self.phase = "plan" if self.agent.plans else "act"
 
@@ -351,18 +376,24 @@ class Episode:
     def request(self) -> Request:
         agent = self.agent
         if self.phase == "plan":
-            return Request(
-                tuple(agent.plan_messages(self.trial, self.reflections)), agent.plan_tokens, session=id(self)
-            )
-        if self.phase == "reflect":
-            return Request(
-                tuple(agent.reflect_messages(self.trial, self.reflections)), REFLECT_TOKENS, session=id(self)
-            )
+            messages, budget = agent.plan_messages(self.trial, self.reflections), agent.plan_tokens
+        elif self.phase == "reflect":
+            messages, budget = agent.reflect_messages(self.trial, self.reflections), REFLECT_TOKENS
+        else:
+            messages, budget = agent.act_messages(self.trial, self.reflections), agent.max_new_tokens
+        acting = self.phase == "act"
+        ids = agent.codec.encode(messages)
+        step = sum(len(t.turns) for t in self.trials)
         return Request(
-            tuple(agent.act_messages(self.trial, self.reflections)),
-            agent.max_new_tokens,
-            expert_action=self.state.expert_action,
-            session=id(self),
+            tuple(messages),
+            budget,
+            expert_action=self.state.expert_action if acting else None,
+            session=self.game_id,
+            prompt_ids=tuple(ids) if ids is not None else None,
+            choices=self.state.admissible_commands if acting and agent.actions == "constrained" else None,
+            choice_after="Action:" if acting and agent.thinks else None,
+            temperature=agent.temperature,
+            sample_seed=_seed_of(f"{self.seed}:{self.game_id}:{len(self.trials)}:{self.phase}:{step}"),
         )
 
     def advance(self, reply: Reply) -> None:
@@ -381,12 +412,24 @@ class Episode:
     def _act(self, text: str) -> None:
         mapped = map_action(text, self.state.admissible_commands)
         self.counts[mapped.how] += 1
+        before = self.state
         if mapped.command is None:
             observation, admissible = NOTHING_HAPPENS, self.state.admissible_commands
         else:
             self.state = self.game.step(mapped.command)
             observation, admissible = self.state.observation, self.state.admissible_commands
-        self.trial.turns.append(Turn(text, mapped.command, mapped.how, observation, admissible))
+        self.trial.turns.append(
+            Turn(
+                text,
+                mapped.command,
+                mapped.how,
+                observation,
+                admissible,
+                expert_action=before.expert_action,
+                expert_thought=before.expert_thought,
+                expert_guess=before.expert_guess,
+            )
+        )
         if self.state.won:
             self.trial.won = True
             self._finish()
@@ -400,8 +443,20 @@ class Episode:
         self.finished = True
         self.game.close()
 
+    def close(self) -> None:
+        """Free the engine of a game given up before its end."""
+        if not self.finished:
+            self.game.close()
+
     def record(self) -> dict[str, Any]:
         """The finished game as a checkpoint line (without the agent and game keys the runner adds)."""
+
+        def turn(u: Turn) -> dict[str, Any]:
+            entry = {"reply": u.reply, "command": u.command, "how": u.how, "observation": u.observation}
+            if u.expert_action is not None:
+                entry["expert"] = {"command": u.expert_action, "thought": u.expert_thought, "guess": u.expert_guess}
+            return entry
+
         return {
             "won": self.trial.won,
             "steps": sum(len(t.turns) for t in self.trials),
@@ -411,36 +466,30 @@ class Episode:
             "tokens_generated": self.tokens,
             "wall_s": round(self.seconds, 3),
             "task": self.trial.task,
+            "first_observation": self.trials[0].first_observation,
+            "first_admissible": list(self.trials[0].first_admissible),
             "reflections": list(self.reflections),
-            "transcript": [
-                {
-                    "plan": t.plan,
-                    "won": t.won,
-                    "turns": [
-                        {"reply": u.reply, "command": u.command, "how": u.how, "observation": u.observation}
-                        for u in t.turns
-                    ],
-                }
-                for t in self.trials
-            ],
+            "transcript": [{"plan": t.plan, "won": t.won, "turns": [turn(u) for u in t.turns]} for t in self.trials],
             "actions": [u.command or f"(invalid) {u.reply}" for t in self.trials for u in t.turns],
         }
 
 
+def _seed_of(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
+
+
 def render_demonstration(record: dict[str, Any], *, max_observation_chars: int = 160) -> Demonstration:
-    """A trajectory record (CONTRIBUTING.md) as a compact transcript: long observations are shortened."""
-    conversations = record["conversations"]
-    task = record.get("task", "")
-    lines = [f"Task: {task}."]
-    for message in conversations:
-        content = message["content"].split("\nAdmissible commands:")[0]
-        if message["role"] == "user":
-            content = re.sub(r"^Task: .*?\n", "", content)
-            if len(content) > max_observation_chars:
-                content = content[:max_observation_chars].rsplit(" ", 1)[0] + " ..."
-            lines.append(content)
-        else:
-            lines.append(f"> {content}")
+    """A trajectory record (records.py) as a compact transcript: admissible lists dropped (`prompts.parse_turn`),
+    long observations shortened."""
+    lines = [f"Task: {record.get('task', '')}."]
+    for message in record["conversations"]:
+        if message["role"] == "assistant":
+            lines.append(f"> {message['content']}")
+            continue
+        _, observation, _ = prompts.parse_turn(message["content"])
+        if len(observation) > max_observation_chars:
+            observation = observation[:max_observation_chars].rsplit(" ", 1)[0] + " ..."
+        lines.append(f"Observation: {observation}")
     return Demonstration(record["game_id"], record.get("task_type", ""), "\n".join(lines))
 
 

@@ -1,33 +1,41 @@
-"""Model backends for evaluation: one interface, `Backend.generate(requests) -> replies`, over several engines.
+"""Model backends: one interface over several engines, continuous batching where the engine allows it.
 
-* `TransformersBackend`: a local transformers model (the default's name, a hub id or a folder), optionally
-  with a LoRA adapter (peft), on the GPU when there is one. Greedy, stopping at the end-of-turn token; each
-  game's conversation keeps its key/value cache between steps (only the new tokens are computed) and the
-  requests of one call decode together, one forward pass per token for all games played at the same time.
-* `OllamaBackend`: an Ollama server over its HTTP API (`/api/chat`), by model name (`llama3.1:8b-sft`).
+A backend answers `Request`s. The rollout engine (`alfworld_sft.rollouts`) keeps many games in flight: it
+`submit`s each game's request as soon as the game needs one, calls `step()` and hands every finished `Reply` back
+to its game. `generate(requests)` is the same for a plain list.
+
+* `TransformersBackend`: a local transformers model (the default's name, a hub id or a folder), optionally with a
+  LoRA adapter, on the GPU when there is one, decoded by `decoding.SlotDecoder` (continuous batching, per-game
+  prefix reuse, grounded commands, seeded sampling).
+* `OllamaBackend`: a model served by Ollama (`/api/chat`), e.g. the one notebook 04 exported.
 * `VllmBackend`: vLLM's offline engine, when vLLM is installed (GPU machines).
-* `ExpertBackend`: replays the handcoded expert's next action; the harness's own sanity check (it must win
-  about as often as the expert does).
+* `ExpertBackend`: replays the expert's next action (the harness's own sanity check).
 
-`load_backend(model, adapter=..., backend="auto")` picks one. A fine-tuned adapter (or merged model) folder
-holds `training_record.json` (`base_model`, `prompt_format`, `max_seq_len`); `read_training_record` reads it
-so the agents prompt the model exactly as it was trained.
+Every backend carries a `PromptCodec`: the model's training record (prompt format, window, data format, end of
+turn: `records.TrainingRecord`) and its tokenizer, so that agents prompt it exactly as it was trained and count
+prompt tokens as the model does. Engine worker processes rebuild the codec from `codec.spec()`.
+
+`choose_backend` names the backend without loading anything (a finished run only summarizes) and refuses an
+adapter on a base model it was not trained on; `load_backend` loads it. `weights_fingerprint` identifies the
+weights behind a name, so that a checkpoint of another adapter is never reused.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alfworld_sft import records
 from alfworld_sft.prompts import Message
 
-TRAINING_RECORD = "training_record.json"
 EXPERT_MODEL = "expert"  # `--model expert`: the scripted expert backend
 OLLAMA_URL = "http://localhost:11434"
+BACKENDS = ("auto", "transformers", "ollama", "vllm", "expert")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
 
 class BackendError(RuntimeError):
@@ -39,90 +47,142 @@ class Request:
     """One generation an agent asks for."""
 
     messages: tuple[Message, ...]  # system, then user/assistant turns, ending on a user turn
-    max_new_tokens: int  # the most tokens this reply may have
-    expert_action: str | None = None  # the handcoded expert's next command (read by ExpertBackend only)
+    max_new_tokens: int  # the most tokens this reply may have (a grounded command may run past it to finish)
+    expert_action: str | None = None  # the expert's next command (read by ExpertBackend only)
     session: Hashable | None = None  # the conversation this request continues (a backend may reuse its prefix)
+    prompt_ids: tuple[int, ...] | None = None  # the rendered prompt's token ids, when the caller encoded it
+    choices: tuple[str, ...] | None = None  # grounded: the reply's command must be one of these
+    choice_after: str | None = None  # grounding starts after this marker ("Action:"); None: from the first token
+    temperature: float = 0.0  # 0: greedy; above: sampled
+    sample_seed: int = 0  # seeds the sampling of this reply (independent of the other requests)
 
 
 @dataclass(frozen=True)
 class Reply:
     text: str  # the generated text, special tokens removed
     new_tokens: int  # tokens generated (up to and including the end-of-turn token)
-    seconds: float  # this request's share of the call's wall time
+    seconds: float  # this request's share of the model's time
+
+
+# ------------------------------------------------------------------------------------------------- codec
 
 
 @dataclass(frozen=True)
-class TrainingRecord:
-    """What the training engineer wrote beside an adapter or merged model."""
+class CodecSpec:
+    """What an engine worker needs to rebuild a backend's codec (picklable)."""
 
-    base_model: str  # the model the adapter was trained on
-    prompt_format: dict[str, Any]  # dataclasses.asdict(prompts.PromptFormat) used in training
-    max_seq_len: int  # the training window; evaluation prompts are windowed to fit it
-
-
-def read_training_record(folder: str | Path | None) -> TrainingRecord | None:
-    """The training record in `folder`, or None when the folder has none (a base model)."""
-    if folder is None:
-        return None
-    path = Path(folder).expanduser() / TRAINING_RECORD
-    if not path.exists():
-        return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return TrainingRecord(
-            base_model=str(raw["base_model"]),
-            prompt_format=dict(raw["prompt_format"]),
-            max_seq_len=int(raw["max_seq_len"]),
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        raise BackendError(
-            f"{path} is not a valid training record (needs base_model, prompt_format, max_seq_len): {error}"
-        ) from error
+    tokenizer: str | None  # a model name, hub id or folder whose tokenizer renders prompts; None: estimate
+    record_folder: str | None  # the folder holding the training record; None: a base model
 
 
-@dataclass
-class Backend:
-    """The interface every backend implements; `name` labels results."""
+class PromptCodec:
+    """How prompts are rendered and counted for one model: its chat template and its training record."""
 
-    name: str
-    training_record: TrainingRecord | None = field(default=None)
+    def __init__(self, spec: CodecSpec, *, tokenizer: Any = None):
+        from alfworld_sft import models
 
-    def generate(self, requests: Sequence[Request]) -> list[Reply]:
-        raise NotImplementedError
+        self._spec = spec
+        self.training_record = records.read_training_record(spec.record_folder, required=False)
+        self.tokenizer = tokenizer
+        if self.tokenizer is None and spec.tokenizer is not None:
+            self.tokenizer = models.load_tokenizer(spec.tokenizer)
+
+    def spec(self) -> CodecSpec:
+        return self._spec
+
+    @property
+    def data_format(self) -> str:
+        return self.training_record.data_format if self.training_record else "commands"
+
+    def encode(self, messages: Sequence[Message]) -> list[int] | None:
+        """The prompt's token ids (with the generation prompt), or None without a tokenizer."""
+        if self.tokenizer is None:
+            return None
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        """Tokens of the rendered prompt; backends without a tokenizer estimate 4 characters a token."""
-        return sum(len(m["content"]) for m in messages) // 4 + 4 * len(messages)
+        """Tokens of the rendered prompt; without a tokenizer, an estimate of 4 characters a token."""
+        ids = self.encode(messages)
+        if ids is None:
+            return sum(len(m["content"]) for m in messages) // 4 + 4 * len(messages)
+        return len(ids)
+
+
+# ----------------------------------------------------------------------------------------------- backends
+
+
+class Backend:
+    """The interface every backend implements; `name` labels results.
+
+    `submit`/`step` keep requests in flight; the base class answers everything queued at each `step` with one
+    `answer` call (engines without continuous batching batch on their side, or not at all)."""
+
+    def __init__(self, name: str, codec: PromptCodec):
+        self.name = name
+        self.codec = codec
+        self._queue: dict[Hashable, Request] = {}
+
+    def answer(self, requests: Sequence[Request]) -> list[Reply]:
+        raise NotImplementedError
+
+    def submit(self, key: Hashable, request: Request) -> None:
+        self._check_request(request)
+        self._queue[key] = request
+
+    def step(self) -> list[tuple[Hashable, Reply]]:
+        keys, requests = list(self._queue), list(self._queue.values())
+        self._queue.clear()
+        return list(zip(keys, self.answer(requests))) if requests else []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    def release(self, session: Hashable) -> None:
+        """A game is finished: forget what was kept for it (nothing by default)."""
+
+    def generate(self, requests: Sequence[Request]) -> list[Reply]:
+        """Answer a list of requests (through submit/step, so every backend behaves as in a rollout)."""
+        for index, request in enumerate(requests):
+            self.submit(("generate", index), request)
+        replies: dict[Hashable, Reply] = {}
+        while self.busy:
+            replies.update(self.step())
+        return [replies[("generate", index)] for index in range(len(requests))]
+
+    def _check_request(self, request: Request) -> None:
+        if request.choices is not None and not self.grounds_choices:
+            raise BackendError(
+                f"grounded actions (--actions constrained) need the transformers backend; {self.name} decodes freely"
+            )
+
+    grounds_choices = False  # can restrict a reply to `Request.choices`
+    slots = 8  # requests it answers together well: how many games the rollout engine keeps in flight by default
 
     def close(self) -> None:
         """Free what the backend holds (nothing by default)."""
 
 
 class ExpertBackend(Backend):
-    """Replies with the handcoded expert's next command (empty text where a request has none, e.g. a plan)."""
+    """Replies with the expert's next command (empty text where a request has none, e.g. a plan)."""
+
+    grounds_choices = True  # the expert's command is always admissible
 
     def __init__(self) -> None:
-        super().__init__(name=EXPERT_MODEL)
+        super().__init__(EXPERT_MODEL, PromptCodec(CodecSpec(None, None)))
 
-    def generate(self, requests: Sequence[Request]) -> list[Reply]:
+    def answer(self, requests: Sequence[Request]) -> list[Reply]:
         return [Reply(text=r.expert_action or "", new_tokens=0, seconds=0.0) for r in requests]
 
 
 class TransformersBackend(Backend):
-    """A local transformers causal LM, greedy, with two things that make a game step cheap.
+    """A local transformers causal LM decoded by `decoding.SlotDecoder` (module docstring).
 
-    * Prefix reuse: each request names its `session` (one game's conversation); the backend keeps the key/value
-      states of that session's last prompt and reply, and the next prompt only computes its new tokens (the
-      previous reply and the new observation) instead of the whole window again. On a CPU, processing the
-      prompt is most of the cost of a step.
-    * Batched decoding: the new tokens of each request are processed one request at a time (on a CPU that costs
-      the same as a padded batch, without the padding), then all requests decode together, one token per
-      forward pass for the whole batch, in a preallocated (static) cache with every row's prompt aligned on its
-      right end. Decoding is bound by reading the weights, so a batch of 8 costs little more than one request.
+    Greedy replies do not depend on the batch, the rows or the prefix reuse (up to float rounding: tests compare
+    float32). `batch_size` is the number of rows: games whose requests decode together and keep their cache."""
 
-    Greedy replies do not depend on the batch or on the reuse (up to float rounding: tests compare float32).
-    Sessions missing from a call are forgotten, so memory stays bounded by the batch.
-    """
+    grounds_choices = True
 
     def __init__(
         self,
@@ -132,11 +192,12 @@ class TransformersBackend(Backend):
         dtype: str = "float32",
         threads: int | None = None,
         device: str = "auto",
-        prefix_cache: bool = True,
+        batch_size: int = 8,
     ):
         import torch
 
         from alfworld_sft import models
+        from alfworld_sft.decoding import SlotDecoder
 
         if threads:
             torch.set_num_threads(threads)
@@ -144,172 +205,70 @@ class TransformersBackend(Backend):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu")
-        record = read_training_record(adapter) or read_training_record(_local_folder(model))
-        super().__init__(name=_label(model, adapter), training_record=record)
-        self.tokenizer = models.load_tokenizer(model)
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        record_folder = str(adapter) if adapter is not None else _local_folder(model)
+        tokenizer_source = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").exists() else model
+        codec = PromptCodec(CodecSpec(tokenizer_source, record_folder))
+        super().__init__(_label(model, adapter), codec)
+        self.tokenizer = codec.tokenizer
         # On a CPU, eager attention decodes a batch of 8 over ~800 cached tokens in 54 ms where SDPA takes 125 ms
-        # (bfloat16, 2 threads; SDPA falls back to its slow path with a padding mask); on a GPU SDPA is faster.
+        # (bfloat16, 2 threads; SDPA falls back to its slow path with a mask); on a GPU SDPA is faster.
         attention = "sdpa" if device.startswith("cuda") else "eager"
         self.model = models.load_model(model, dtype=getattr(torch, dtype), attn_implementation=attention).to(device)
         if adapter is not None:
-            adapter_path = Path(adapter).expanduser()
-            if not (adapter_path / "adapter_config.json").exists():
-                raise BackendError(f"{adapter_path} holds no adapter_config.json: is it a LoRA adapter folder?")
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(adapter_path))
+            self.model = PeftModel.from_pretrained(self.model, str(Path(adapter).expanduser()))
         self.model.eval()
-        self.device = torch.device(device)
-        self.prefix_cache = prefix_cache
-        self.stop_ids = self._stop_token_ids()
-        # session -> (token ids whose keys/values are kept, [(keys, values) per layer], each [1, heads, len, dim])
-        self.sessions: dict[Hashable, tuple[list[int], list[tuple[Any, Any]]]] = {}
-        self.prompt_tokens = 0  # prompt tokens of all requests so far
-        self.reused_tokens = 0  # of which taken from a session's kept prefix instead of computed
+        record = codec.training_record
+        marker = record.end_of_turn if record and record.end_of_turn else None
+        self.stop_ids = models.stop_token_ids(self.tokenizer, marker)
+        self.decoder = SlotDecoder(self.model, self.tokenizer, stop_ids=self.stop_ids, rows=batch_size)
+        self.slots = batch_size
 
-    def _stop_token_ids(self) -> list[int]:
-        # The end-of-turn token: ChatML's <|im_end|>, Llama-3's <|eot_id|>, and the tokenizer's own eos.
-        vocab = self.tokenizer.get_vocab()
-        ids = {self.tokenizer.eos_token_id}
-        for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"):
-            if token in vocab:
-                ids.add(vocab[token])
-        return sorted(i for i in ids if i is not None)
+    def submit(self, key: Hashable, request: Request) -> None:
+        self._check_request(request)
+        ids = request.prompt_ids if request.prompt_ids is not None else self.codec.encode(request.messages)
+        self.decoder.submit(key, request, ids, request.session)
 
-    def render(self, messages: Sequence[Message]) -> str:
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-
-    def encode(self, messages: Sequence[Message]) -> list[int]:
-        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.encode(messages))
-
-    def close(self) -> None:
-        self.sessions.clear()
-
-    def generate(self, requests: Sequence[Request]) -> list[Reply]:
-        import torch
-
-        if not requests:
-            return []
+    def step(self) -> list[tuple[Hashable, Reply]]:
         started = time.perf_counter()
-        prompts = [self.encode(r.messages) for r in requests]
-        with torch.no_grad():
-            prefilled = [self._prefill(r.session, ids) for r, ids in zip(requests, prompts)]
-            generated, caches = self._decode(prompts, prefilled, [r.max_new_tokens for r in requests])
-        self._keep_sessions(requests, prompts, generated, caches)
-        share = (time.perf_counter() - started) / len(requests)
+        finished = self.decoder.step()
+        share = (time.perf_counter() - started) / max(1, len(finished))
         replies = []
-        for ids in generated:
+        for key, ids in finished:
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            replies.append(Reply(text=text, new_tokens=len(ids), seconds=share))
+            replies.append((key, Reply(text=text, new_tokens=len(ids), seconds=share)))
         return replies
 
-    def _prefill(self, session: Hashable | None, ids: list[int]) -> tuple[list[tuple[Any, Any]], int]:
-        """Keys/values of the whole prompt and the greedy first reply token, reusing the session's prefix."""
-        import torch
-        from transformers import DynamicCache
+    @property
+    def busy(self) -> bool:
+        return self.decoder.busy
 
-        cache = DynamicCache(config=self.model.config)
-        reused = 0
-        if self.prefix_cache and session in self.sessions:
-            kept_ids, kept = self.sessions[session]
-            reused = min(_common_prefix(kept_ids, ids), len(ids) - 1)  # at least one new token gives the logits
-            if reused:
-                for layer, (keys, values) in enumerate(kept):
-                    cache.update(keys[:, :, :reused], values[:, :, :reused], layer)
-        self.prompt_tokens += len(ids)
-        self.reused_tokens += reused
-        new = torch.tensor([ids[reused:]], device=self.device)
-        positions = torch.arange(reused, len(ids), device=self.device).unsqueeze(0)
-        # Only the last position's logits are needed: the vocabulary projection of every prompt token would cost
-        # a fifth of the model's compute and hundreds of MB.
-        out = self.model(input_ids=new, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return layers, int(out.logits[0, -1].argmax())
+    def release(self, session: Hashable) -> None:
+        self.decoder.release(session)
 
-    def _decode(
-        self, prompts: list[list[int]], prefilled: list[tuple[list[tuple[Any, Any]], int]], limits: list[int]
-    ) -> tuple[list[list[int]], Any]:
-        """Greedy decoding of all rows together; returns each row's reply ids (up to and including the stop
-        token) and the static cache (columns: prompts right-aligned at `width`, then the fed reply tokens)."""
-        import torch
-        from transformers import StaticCache
-
-        rows, width, longest = len(prompts), max(len(p) for p in prompts), max(limits)
-        cache = StaticCache(config=self.model.config, max_cache_len=width + longest)
-        for layer in range(len(prefilled[0][0])):
-            sample = prefilled[0][0][layer][0]
-            keys = sample.new_zeros((rows, sample.shape[1], width, sample.shape[3]))
-            values = sample.new_zeros((rows, sample.shape[1], width, prefilled[0][0][layer][1].shape[3]))
-            for row, (layers, _) in enumerate(prefilled):
-                length = len(prompts[row])
-                keys[row, :, width - length :] = layers[layer][0][0]
-                values[row, :, width - length :] = layers[layer][1][0]
-            cache.update(keys, values, layer)
-        mask = torch.zeros((rows, width + longest), dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            mask[row, width - len(prompt) : width] = 1
-        generated = [[first] for _, first in prefilled]
-        done = [first in self.stop_ids or limit <= 1 for (_, first), limit in zip(prefilled, limits)]
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        step = 0
-        while not all(done):
-            column = width + step
-            mask[:, column] = 1
-            out = self.model(
-                input_ids=torch.tensor([[ids[-1]] for ids in generated], device=self.device),
-                position_ids=(lengths + step).unsqueeze(1),
-                attention_mask=mask[:, : column + 1],
-                past_key_values=cache,
-                cache_position=torch.tensor([column], device=self.device),
-                use_cache=True,
-            )
-            for row, token in enumerate(out.logits[:, -1].argmax(-1).tolist()):
-                if not done[row]:
-                    generated[row].append(token)
-                    done[row] = token in self.stop_ids or len(generated[row]) >= limits[row]
-            step += 1
-        return generated, cache
-
-    def _keep_sessions(
-        self, requests: Sequence[Request], prompts: list[list[int]], generated: list[list[int]], cache: Any
-    ) -> None:
-        """Keep each session's prompt and fed reply tokens for the next call; forget sessions not in this call."""
-        if not self.prefix_cache:
-            return
-        width = max(len(p) for p in prompts)
-        kept: dict[Hashable, tuple[list[int], list[tuple[Any, Any]]]] = {}
-        for row, (request, prompt, reply) in enumerate(zip(requests, prompts, generated)):
-            if request.session is None:
-                continue
-            fed = len(reply) - 1  # the last reply token was never fed back, so it has no keys/values
-            start, stop = width - len(prompt), width + fed
-            layers = [
-                (
-                    layer.keys[row : row + 1, :, start:stop].clone(),
-                    layer.values[row : row + 1, :, start:stop].clone(),
-                )
-                for layer in cache.layers
-            ]
-            kept[request.session] = (prompt + reply[:fed], layers)
-        self.sessions = kept
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    def close(self) -> None:
+        for row in self.decoder.rows:
+            row.owner, row.tokens = None, []
 
 
 class OllamaBackend(Backend):
-    """A model served by Ollama, one HTTP chat request per game (Ollama batches on its side)."""
+    """A model served by Ollama, one HTTP chat request per game (Ollama batches on its side).
 
-    def __init__(self, model: str, *, url: str = OLLAMA_URL, timeout: float = 300.0):
-        super().__init__(name=f"ollama:{model}")
+    `record_folder` holds the training record to play the model by: the GGUF folder notebook 04 wrote (export
+    copies the adapter's record beside the Modelfile), the merged model or the adapter."""
+
+    def __init__(
+        self, model: str, *, url: str = OLLAMA_URL, timeout: float = 300.0, record_folder: str | Path | None = None
+    ):
+        record = records.read_training_record(record_folder, required=False)
+        tokenizer = _loadable_tokenizer(record.base_model) if record else None
+        super().__init__(
+            f"ollama:{model}",
+            PromptCodec(CodecSpec(tokenizer, str(record_folder) if record_folder else None)),
+        )
         self.model, self.url, self.timeout = model, url.rstrip("/"), timeout
         self._check_model()
 
@@ -345,32 +304,26 @@ class OllamaBackend(Backend):
                 f"`ollama pull {self.model}` or `ollama create {self.model} -f Modelfile`"
             )
 
-    def generate(self, requests: Sequence[Request]) -> list[Reply]:
+    def answer(self, requests: Sequence[Request]) -> list[Reply]:
         replies = []
         for request in requests:
             started = time.perf_counter()
+            options: dict[str, Any] = {"temperature": request.temperature, "num_predict": request.max_new_tokens}
+            if request.temperature > 0:
+                options["seed"] = request.sample_seed
             answer = self._post(
                 "/api/chat",
-                {
-                    "model": self.model,
-                    "messages": list(request.messages),
-                    "stream": False,
-                    "options": {"temperature": 0, "num_predict": request.max_new_tokens},
-                },
+                {"model": self.model, "messages": list(request.messages), "stream": False, "options": options},
             )
             text = answer.get("message", {}).get("content", "").strip()
             replies.append(
-                Reply(
-                    text=text,
-                    new_tokens=int(answer.get("eval_count", 0)),
-                    seconds=time.perf_counter() - started,
-                )
+                Reply(text=text, new_tokens=int(answer.get("eval_count", 0)), seconds=time.perf_counter() - started)
             )
         return replies
 
 
 class VllmBackend(Backend):
-    """vLLM's offline engine (GPU), optionally with a LoRA adapter; a call is one batched `chat`."""
+    """vLLM's offline engine (GPU), optionally with a LoRA adapter; a step is one batched `chat`."""
 
     def __init__(self, model: str, *, adapter: str | Path | None = None):
         try:
@@ -381,9 +334,8 @@ class VllmBackend(Backend):
             ) from error
         from alfworld_sft import models
 
-        record = read_training_record(adapter) or read_training_record(_local_folder(model))
-        super().__init__(name=f"vllm:{_label(model, adapter)}", training_record=record)
-        self.tokenizer = models.load_tokenizer(model)
+        record_folder = str(adapter) if adapter is not None else _local_folder(model)
+        super().__init__(f"vllm:{_label(model, adapter)}", PromptCodec(CodecSpec(model, record_folder)))
         self.llm = LLM(model=models.resolve_model(model), enable_lora=adapter is not None, seed=0)
         self.lora = None
         if adapter is not None:
@@ -391,15 +343,13 @@ class VllmBackend(Backend):
 
             self.lora = LoRARequest("adapter", 1, str(Path(adapter).expanduser()))
 
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def generate(self, requests: Sequence[Request]) -> list[Reply]:
+    def answer(self, requests: Sequence[Request]) -> list[Reply]:
         from vllm import SamplingParams
 
         started = time.perf_counter()
-        params = [SamplingParams(temperature=0, max_tokens=r.max_new_tokens) for r in requests]
+        params = [
+            SamplingParams(temperature=r.temperature, max_tokens=r.max_new_tokens, seed=r.sample_seed) for r in requests
+        ]
         outputs = self.llm.chat([list(r.messages) for r in requests], params, lora_request=self.lora, use_tqdm=False)
         share = (time.perf_counter() - started) / max(1, len(requests))
         return [
@@ -418,9 +368,27 @@ def _vllm_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def _local_folder(model: str) -> Path | None:
+def _local_folder(model: str) -> str | None:
     path = Path(model).expanduser()
-    return path if path.is_dir() else None
+    return str(path) if path.is_dir() else None
+
+
+def _loadable_tokenizer(model: str) -> str | None:
+    """`model` when its tokenizer can be loaded here (the default, a folder, a cached hub id), else None."""
+    from alfworld_sft import models
+
+    try:
+        models.resolve_model(model)
+    except models.ModelUnavailableError:
+        return None
+    return model
+
+
+def _label(model: str, adapter: str | Path | None) -> str:
+    return model if adapter is None else f"{model}+{Path(adapter).name}"
+
+
+# ------------------------------------------------------------------------------------------------ choosing
 
 
 @dataclass(frozen=True)
@@ -430,10 +398,11 @@ class BackendChoice:
     kind: str  # expert, ollama, vllm or transformers
     model: str  # the model it serves (for an adapter: its base model)
     adapter: Path | None  # the LoRA adapter folder, if any
+    record_folder: Path | None = None  # the training record to play it by (Ollama: the exported folder)
 
     @property
     def name(self) -> str:
-        """The label results carry and checkpoints are keyed on; the backend object has the same `name`."""
+        """The label results carry; the backend object has the same `name`."""
         if self.kind == "expert":
             return EXPERT_MODEL
         if self.kind == "ollama":
@@ -441,40 +410,74 @@ class BackendChoice:
         label = _label(self.model, self.adapter)
         return f"vllm:{label}" if self.kind == "vllm" else label
 
+    def training_record(self) -> records.TrainingRecord | None:
+        folder = self.adapter or self.record_folder or _local_folder(self.model)
+        return records.read_training_record(folder, required=False)
 
-def _label(model: str, adapter: str | Path | None) -> str:
-    return model if adapter is None else f"{model}+{Path(adapter).name}"
 
-
-def choose_backend(model: str, *, adapter: str | Path | None = None, backend: str = "auto") -> BackendChoice:
+def choose_backend(
+    model: str, *, adapter: str | Path | None = None, backend: str = "auto", record_folder: str | Path | None = None
+) -> BackendChoice:
     """Pick the backend for `model`: `expert`, `ollama:NAME` (or backend="ollama"), vLLM when installed on a
-    CUDA machine, else transformers. With `model` empty, an adapter's training record names the base model.
-    """
-    if backend not in ("auto", "transformers", "ollama", "vllm", "expert"):
-        raise ValueError(f"unknown backend {backend!r}: choose auto, transformers, ollama, vllm or expert")
+    CUDA machine, else transformers. With `model` empty, an adapter's training record names the base model; an
+    adapter trained on another base is refused."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if adapter is not None and not Path(adapter).expanduser().is_dir():
         raise FileNotFoundError(f"adapter folder {adapter} does not exist: pass the folder training wrote")
-    record = read_training_record(adapter)
+    adapter_path = None if adapter is None else Path(adapter).expanduser()
+    if adapter_path is not None and not (adapter_path / "adapter_config.json").exists():
+        raise BackendError(f"{adapter_path} holds no adapter_config.json: is it a LoRA adapter folder?")
+    record = records.read_training_record(adapter_path, required=False)
     if not model:
         if record is None:
             raise ValueError("no --model given and the adapter has no training_record.json naming its base model")
         model = record.base_model
-    elif record is not None and record.base_model != model:
-        import warnings
-
-        warnings.warn(
-            f"the adapter was trained on {record.base_model!r} but is loaded on {model!r}: "
-            "an adapter only fits the model it was trained on",
-            stacklevel=2,
+    elif record is not None and not _same_base(record.base_model, model):
+        raise BackendError(
+            f"the adapter in {adapter_path} was trained on {record.base_model!r}, not {model!r}: an adapter only "
+            f"fits the model it was trained on. Drop --model (the record names the base) or pass "
+            f"--model {record.base_model}"
         )
-    adapter_path = None if adapter is None else Path(adapter).expanduser()
+    record_path = None if record_folder is None else Path(record_folder).expanduser()
     if backend == "expert" or model == EXPERT_MODEL:
         return BackendChoice("expert", EXPERT_MODEL, None)
     if backend == "ollama" or model.startswith("ollama:"):
-        return BackendChoice("ollama", model.removeprefix("ollama:"), None)
+        return BackendChoice("ollama", model.removeprefix("ollama:"), None, record_path or adapter_path)
     if backend == "vllm" or (backend == "auto" and _vllm_usable()):
         return BackendChoice("vllm", model, adapter_path)
     return BackendChoice("transformers", model, adapter_path)
+
+
+def _same_base(trained_on: str, given: str) -> bool:
+    if trained_on == given:
+        return True
+    from alfworld_sft import models
+
+    try:
+        return Path(models.resolve_model(trained_on)).resolve() == Path(models.resolve_model(given)).resolve()
+    except (models.ModelUnavailableError, OSError):
+        return False
+
+
+def weights_fingerprint(choice: BackendChoice) -> str:
+    """What identifies the weights behind `choice.name`: a hash of the adapter's weight files (and of a local model
+    folder's weight file names, sizes and times), so that retraining an adapter in place changes it."""
+    digest = hashlib.sha256(choice.name.encode())
+    if choice.adapter is not None:
+        for path in sorted(choice.adapter.iterdir()):
+            if path.suffix in WEIGHT_SUFFIXES or path.name == records.TRAINING_RECORD_FILE:
+                digest.update(path.name.encode())
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+    folder = _local_folder(choice.model) if choice.kind != "ollama" else None
+    if folder is not None:
+        for path in sorted(Path(folder).iterdir()):
+            if path.suffix in WEIGHT_SUFFIXES:
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def load_backend(
@@ -486,21 +489,17 @@ def load_backend(
     dtype: str = "float32",
     threads: int | None = None,
     device: str = "auto",
-    prefix_cache: bool = True,
+    batch_size: int = 8,
+    record_folder: str | Path | None = None,
 ) -> Backend:
     """Load the backend `choose_backend` picks (same arguments), with the engine settings for local models."""
-    choice = choose_backend(model, adapter=adapter, backend=backend)
+    choice = choose_backend(model, adapter=adapter, backend=backend, record_folder=record_folder)
     if choice.kind == "expert":
         return ExpertBackend()
     if choice.kind == "ollama":
-        return OllamaBackend(choice.model, url=ollama_url)
+        return OllamaBackend(choice.model, url=ollama_url, record_folder=choice.record_folder)
     if choice.kind == "vllm":
         return VllmBackend(choice.model, adapter=choice.adapter)
     return TransformersBackend(
-        choice.model,
-        adapter=choice.adapter,
-        dtype=dtype,
-        threads=threads,
-        device=device,
-        prefix_cache=prefix_cache,
+        choice.model, adapter=choice.adapter, dtype=dtype, threads=threads, device=device, batch_size=batch_size
     )

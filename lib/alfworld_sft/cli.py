@@ -18,12 +18,13 @@ import sys
 STAGE_MODULES = (
     "environment",
     "models",
-    "games",
+    "generate",
     "collect",
     "formatting",
     "training",
     "export",
     "evaluation",
+    "reports",
     "course",
 )
 
@@ -35,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(f"alfworld_sft.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"alfworld_sft.{name}":
-                continue  # a stage not built yet
-            raise
-        module.configure_parser(subparsers)
+        importlib.import_module(f"alfworld_sft.{name}").configure_parser(subparsers)
     return parser
 
 

@@ -20,36 +20,17 @@ worker count or the order games finish in. Beside the output: `<stem>.summary.js
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import random
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, games, paths, prompts
+from alfworld_sft import engine, files, games, paths, prompts, records, reports
 from alfworld_sft.results import write_result
 
-FORMAT_VERSION = 1
 DEFAULT_PROMPT_FORMAT = prompts.PromptFormat()
-RECORD_KEYS = (
-    "system",
-    "conversations",
-    "admissible_commands",
-    "prompt_format",
-    "game_id",
-    "gamefile",
-    "task_type",
-    "task",
-    "split",
-    "seed",
-    "steps",
-    "won",
-    "format_version",
-)
 
 
 @dataclass(frozen=True)
@@ -64,6 +45,7 @@ class CollectConfig:
     prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT  # how user turns are rendered
     translate_once: bool = True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
     games: tuple[Path, ...] | None = None  # play exactly these game files instead of listing the split
+    expert: str = engine.DEFAULT_EXPERT  # who plays: the course's teacher or ALFWorld's handcoded expert
     progress: bool = True  # show a tqdm bar
 
 
@@ -105,17 +87,6 @@ def summary_paths(output: Path) -> tuple[Path, Path]:
     return output.with_name(f"{output.stem}.summary.json"), output.with_name(f"{output.stem}.summary.png")
 
 
-def expert_seed(seed: int, game_id: str) -> str:
-    """What seeds Python's random (the expert's fallback choices) for one game: the run's seed and the game
-    id, independent of any other game. `generate` verifies each game it writes with this seed, so collecting
-    generated games with the generator's seed replays the walkthroughs it verified."""
-    return f"{seed}:{game_id}"
-
-
-def seed_game(seed: int, game_id: str) -> None:
-    random.seed(expert_seed(seed, game_id))
-
-
 def play_game(
     gamefile: str | os.PathLike[str],
     *,
@@ -125,10 +96,10 @@ def play_game(
     prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT,
     translate: bool = True,
     game_id: str | None = None,
+    expert: str = engine.DEFAULT_EXPERT,
 ) -> GameOutcome:
-    """Play one game with the handcoded expert; a game the engine cannot play gives `error`."""
-    from alfworld_sft.engine import AlfworldGame
-
+    """The expert plays one game (`engine.play_expert`), turned into a trajectory record; a game the engine cannot
+    play gives `error`."""
     gamefile = Path(gamefile).resolve()
     game_id = game_id or games.game_id(gamefile)
     start = time.perf_counter()
@@ -136,124 +107,90 @@ def play_game(
         task_type = games.read_task_type(gamefile)
     except (OSError, ValueError) as error:
         return GameOutcome(game_id, str(gamefile), "unknown", False, 0, str(error), None, 0.0)
-    seed_game(seed, game_id)
     try:
-        with AlfworldGame(gamefile, expert=True, translate_once=translate) as game:
-            state = game.reset()
-            conversations = [
-                {
-                    "role": "user",
-                    "content": prompts.render_first_turn(
-                        state.task, state.observation, state.admissible_commands, prompt_format
-                    ),
-                }
-            ]
-            admissible = [list(state.admissible_commands)]
-            steps, won = 0, False
-            while steps < max_steps and state.expert_action:
-                command = state.expert_action
-                conversations.append({"role": "assistant", "content": command})
-                steps += 1
-                state = game.step(command)
-                if state.won or state.done:
-                    won = state.won
-                    break
-                if steps < max_steps:
-                    conversations.append(
-                        {
-                            "role": "user",
-                            "content": prompts.render_turn(state.observation, state.admissible_commands, prompt_format),
-                        }
-                    )
-                    admissible.append(list(state.admissible_commands))
-            task = state.task
+        played = engine.play_expert(
+            gamefile, seed=seed, game_id=game_id, expert=expert, max_steps=max_steps, translate_once=translate
+        )
     except Exception as error:  # noqa: BLE001 - any engine failure is reported with the game, not fatal
         message = f"{type(error).__name__}: {error}".strip()
         return GameOutcome(
             game_id, str(gamefile), task_type, False, 0, message[:500], None, time.perf_counter() - start
         )
+    record = build_record(
+        played,
+        game_id=game_id,
+        gamefile=gamefile,
+        task_type=task_type,
+        split=split,
+        seed=seed,
+        prompt_format=prompt_format,
+        expert=expert,
+    )
+    return GameOutcome(
+        game_id, str(gamefile), task_type, played.won, played.steps, None, record, time.perf_counter() - start
+    )
+
+
+def build_record(
+    played: engine.ExpertGame,
+    *,
+    game_id: str,
+    gamefile: Path,
+    task_type: str,
+    split: str,
+    seed: int,
+    prompt_format: prompts.PromptFormat,
+    expert: str,
+) -> dict[str, Any]:
+    """The trajectory record (records.py, CONTRIBUTING.md) of an expert's game: one user turn per state it saw,
+    one assistant turn per command; the final state (won or out of steps) gets no user turn."""
+    turns = [
+        {
+            "role": "user",
+            "content": prompts.render_first_turn(
+                played.task, played.first_observation, played.first_admissible, prompt_format
+            ),
+        }
+    ]
+    admissible = [list(played.first_admissible)]
+    for index, command in enumerate(played.commands):
+        turns.append({"role": "assistant", "content": command})
+        if index + 1 < played.steps:
+            observation, commands = played.observations[index], played.admissible[index]
+            turns.append({"role": "user", "content": prompts.render_turn(observation, commands, prompt_format)})
+            admissible.append(list(commands))
     record = {
         "system": prompts.SYSTEM_PROMPT,
-        "conversations": conversations,
+        "conversations": turns,
         "admissible_commands": admissible,
         "prompt_format": dataclasses.asdict(prompt_format),
         "game_id": game_id,
         "gamefile": str(gamefile),
         "task_type": task_type,
-        "task": task,
+        "task": played.task,
         "split": split,
         "seed": seed,
-        "steps": steps,
-        "won": won,
-        "format_version": FORMAT_VERSION,
+        "steps": played.steps,
+        "won": played.won,
+        "format_version": records.FORMAT_VERSION,
+        "expert": expert,
     }
-    return GameOutcome(game_id, str(gamefile), task_type, won, steps, None, record, time.perf_counter() - start)
+    if played.thoughts and all(played.thoughts):
+        record["thoughts"] = list(played.thoughts)
+    return record
 
 
-def check_record(record: dict[str, Any]) -> None:
-    """Raise ValueError naming the first way `record` breaks the trajectory contract (CONTRIBUTING.md)."""
-    missing = [key for key in RECORD_KEYS if key not in record]
-    if missing:
-        raise ValueError(f"record of {record.get('game_id', '?')} lacks keys {missing}")
-    turns = record["conversations"]
-    roles = [turn.get("role") for turn in turns]
-    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) or len(turns) % 2:
-        raise ValueError(f"record of {record['game_id']}: turns must alternate user/assistant and end with one")
-    if len(record["admissible_commands"]) != len(turns) // 2:
-        raise ValueError(f"record of {record['game_id']}: one admissible-command list per user turn expected")
-    if record["steps"] != len(turns) // 2:
-        raise ValueError(f"record of {record['game_id']}: steps={record['steps']} but {len(turns) // 2} commands")
-    if not turns[0]["content"].startswith("Task: "):
-        raise ValueError(f"record of {record['game_id']}: the first user turn must hold the task")
-
-
-def _read_done(path: Path, label: str) -> list[dict[str, Any]]:
-    """The records of a JSONL file we wrote. A torn last line (a killed writer) is cut; malformed lines are
-    reported by path and line, moved aside to `<name>.malformed` and their games count as not done."""
-    if not path.exists():
-        return []
-    if files.repair_jsonl_tail(path):
-        warnings.warn(
-            f"{path}: cut a torn last line left by an interrupted run; its game will be replayed",
-            stacklevel=3,
-        )
-    records, keep, bad = [], [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("game_id"), str):
-                    raise TypeError("not a JSON object with a game_id")
-            except (ValueError, TypeError) as error:
-                warnings.warn(
-                    f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
-                    "its game will be replayed",
-                    stacklevel=3,
-                )
-                bad.append(line)
-                continue
-            records.append(record)
-            keep.append(line)
-    if bad:
-        # Downstream readers then see only records; the bad lines stay inspectable beside the file.
-        with open(path.with_name(f"{path.name}.malformed"), "a", encoding="utf-8") as handle:
-            handle.writelines(bad)
-        files.write_text(path, "".join(keep))
-    return records
-
-
-def _check_compatible(records: list[dict[str, Any]], config: CollectConfig, path: Path) -> None:
+def _check_compatible(done: list[dict[str, Any]], config: CollectConfig, path: Path) -> None:
     """A rerun must continue the same collection: same split, seed, step cap and prompt format."""
     expected = {
         "split": config.split,
         "seed": config.seed,
+        "expert": config.expert,
         "prompt_format": dataclasses.asdict(config.prompt_format),
     }
     if path.name.endswith(".attempts.jsonl"):
-        expected = {"split": config.split, "seed": config.seed, "max_steps": config.max_steps}
-    for record in records:
+        expected = {"split": config.split, "seed": config.seed, "max_steps": config.max_steps, "expert": config.expert}
+    for record in done:
         for key, value in expected.items():
             if key in record and record[key] != value:
                 raise ValueError(
@@ -274,6 +211,7 @@ def _ledger_line(outcome: GameOutcome, config: CollectConfig) -> dict[str, Any]:
         "split": config.split,
         "seed": config.seed,
         "max_steps": config.max_steps,
+        "expert": config.expert,
     }
 
 
@@ -287,20 +225,8 @@ def _play_task(task: tuple[str, str, CollectConfig]) -> GameOutcome:
         prompt_format=config.prompt_format,
         translate=config.translate_once,
         game_id=game_id,
+        expert=config.expert,
     )
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a worker: exit once the collecting process is gone (a killed parent otherwise leaves idle workers
-    waiting on their task queue forever)."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iterator[GameOutcome]:
@@ -317,7 +243,7 @@ def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iter
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_exit_with_parent,
+        initializer=engine.exit_with_parent,
         initargs=(os.getpid(),),
     )
     try:
@@ -349,52 +275,6 @@ def summarize_attempts(attempts: Sequence[dict[str, Any]]) -> dict[str, dict[str
     return table
 
 
-SHORT_NAMES = {
-    "pick_and_place_simple": "place",
-    "look_at_obj_in_light": "look in light",
-    "pick_clean_then_place_in_recep": "clean",
-    "pick_heat_then_place_in_recep": "heat",
-    "pick_cool_then_place_in_recep": "cool",
-    "pick_two_obj_and_place": "pick two",
-}
-
-
-def plot_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: str, max_steps: int) -> Path:
-    """Won rate and mean steps (won games) per task type, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(per_task_type)
-    labels = [f"{number} {SHORT_NAMES.get(name, name)}" for number, name in enumerate(names, start=1)]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    rates = [per_task_type[name]["won_rate"] for name in names]
-    left.bar(labels, rates, color="tab:green")
-    for index, name in enumerate(names):
-        row = per_task_type[name]
-        left.text(index, rates[index] + 0.02, f"{row['won']}/{row['attempted']}", ha="center", fontsize=8)
-    left.set_ylim(0, 1.12)
-    left.set_ylabel("won rate")
-    left.set_title("expert won rate per task type")
-    right.bar(labels, [per_task_type[name]["mean_steps_won"] for name in names], color="tab:blue")
-    right.axhline(max_steps, color="grey", linestyle="--", linewidth=1, label=f"step cap ({max_steps})")
-    right.set_ylim(0, max_steps * 1.2)
-    right.legend(loc="upper left", fontsize=8)
-    right.set_ylabel("mean steps (won games)")
-    right.set_title("expert steps per task type")
-    for axis in (left, right):
-        axis.tick_params(axis="x", labelsize=8)
-    figure.suptitle(title)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
-
-
 def select_games(config: CollectConfig) -> list[Path]:
     if config.games is not None:
         if not config.games:
@@ -415,18 +295,18 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     summary_json, plot = summary_paths(output)
     start = time.perf_counter()
 
-    records = _read_done(output, "trajectory")
-    attempts = _read_done(ledger, "ledger")
-    _check_compatible(records, config, output)
+    kept = files.load_jsonl_log(output, required={"game_id": str}, label="trajectory")
+    attempts = files.load_jsonl_log(ledger, required={"game_id": str}, label="ledger")
+    _check_compatible(kept, config, output)
     _check_compatible(attempts, config, ledger)
-    record_ids = {record["game_id"] for record in records}
+    record_ids = {record["game_id"] for record in kept}
     # The latest ledger line of a game counts; a won game whose record is gone (a malformed line moved aside)
     # is played again.
     latest = {row["game_id"]: row for row in attempts}
     attempts = [row for row in latest.values() if not row.get("won") or row["game_id"] in record_ids]
     attempted_ids = {row["game_id"] for row in attempts}
     # A run killed between writing a record and its ledger line: the record is the truth.
-    orphans = [record for record in records if record["game_id"] not in attempted_ids]
+    orphans = [record for record in kept if record["game_id"] not in attempted_ids]
     if orphans:
         repaired = [
             _ledger_line(
@@ -499,7 +379,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
         },
     }
     write_result(summary_json, payload, seed=config.seed)
-    plot_summary(
+    reports.plot_expert_summary(
         per_type,
         plot,
         f"oracle collection: {won_total}/{len(attempts)} games won, max {config.max_steps} steps ({config.split})",
@@ -524,35 +404,22 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
 def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The seed guide's verification (record count, average turns, keys) plus the record contract check."""
     path = paths.resolve_repo_path(path)
-    records = list(files.read_jsonl(path))
-    if not records:
+    found = list(files.read_jsonl(path))
+    if not found:
         raise ValueError(f"{path} holds no records: run the collection first (alfworld-sft collect)")
-    for record in records:
-        check_record(record)
-    turns = [len(record["conversations"]) for record in records]
-    ids = [record["game_id"] for record in records]
+    for record in found:
+        records.check_record(record)
+    turns = [len(record["conversations"]) for record in found]
+    ids = [record["game_id"] for record in found]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: {len(ids) - len(set(ids))} duplicate game ids")
     return {
-        "records": len(records),
+        "records": len(found),
         "avg_turns": round(sum(turns) / len(turns), 1),
-        "avg_steps": round(sum(record["steps"] for record in records) / len(records), 1),
-        "keys": list(records[0].keys()),
-        "task_types": {name: sum(r["task_type"] == name for r in records) for name in games.TASK_TYPES.values()},
+        "avg_steps": round(sum(record["steps"] for record in found) / len(found), 1),
+        "keys": list(found[0].keys()),
+        "task_types": {name: sum(r["task_type"] == name for r in found) for name in games.TASK_TYPES.values()},
     }
-
-
-def render_transcript(record: dict[str, Any]) -> str:
-    """A record as readable text: the task, then each command and what the engine answered."""
-    lines = [
-        f"[{record['task_type']}] {record['game_id']}",
-        f"won={record['won']} in {record['steps']} steps",
-        "",
-    ]
-    for turn in record["conversations"]:
-        prefix = "> " if turn["role"] == "assistant" else ""
-        lines.append(prefix + turn["content"])
-    return "\n".join(lines)
 
 
 def describe_summary(summary: CollectSummary) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 
 from alfworld_sft.files import read_json, write_text
 from alfworld_sft.paths import EXECUTED_DIR, NOTEBOOKS_DIR, run_dir
-from alfworld_sft.results import format_table, write_result
+from alfworld_sft.reports import format_table
+from alfworld_sft.results import write_result
 
 
 @dataclass(frozen=True)

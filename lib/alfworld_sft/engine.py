@@ -1,28 +1,44 @@
-"""One ALFWorld game in the real TextWorld engine, with the handcoded expert on request (field notes §4).
+"""One ALFWorld game in the real TextWorld engine, with an expert on request, and the one expert playthrough.
 
-The lightest path to a game: `textworld.start` with ALFWorld's own wrappers. Every stage that plays
-(collection, evaluation, the notebooks) goes through `AlfworldGame`:
+The lightest path to a game: `textworld.start` with ALFWorld's own wrappers (field notes §4). Every stage that
+plays (collection, generation, evaluation, DAgger, the notebooks) goes through `AlfworldGame`:
 
-    game = AlfworldGame(gamefile, expert=True)
-    state = game.reset()            # state.task, state.observation, state.admissible_commands, state.expert_action
+    game = AlfworldGame(gamefile, expert="teacher", seed="0:json_2.1.1/train/...")
+    state = game.reset()            # state.task, .observation, .admissible_commands, .expert_action, .expert_thought
     state = game.step(state.expert_action)
 
+Two experts can follow a game and say what they would do next in whatever state it is in (also after commands
+they did not choose, which DAgger needs):
+
+* `"teacher"`: the course's own observation-driven expert (`alfworld_sft.teacher`): reads only what the engine
+  prints and admits, wins every task type, and says why (`expert_thought`);
+* `"handcoded"`: ALFWorld's handcoded expert (its `AlfredExpert` wrapper), which falls back on `random` where its
+  plan is stuck and loses most pick_two games within 50 steps.
+
+Each game owns its random state (seeded by `seed`, re-seeded by `reset(seed=...)`): the handcoded expert's
+fallbacks draw from it, so a game plays the same whichever other games a process steps in between.
+
+`play_expert` is the one implementation of "the expert plays a game": collection records it, the generator
+verifies games with it, few-shot demonstrations come from it.
+
 TextWorld builds a game's PDDL state at load and again at every reset, each time running fast-downward's
-translator twice (plain and optimized): most of the cost of starting a game. The translation is a pure function
-of (domain, problem, options) and the state only reads its result, so a game translates once and reuses the
-result at every reset (`translate_once`, on by default: ~0.4 s less a game at collection, more for agents that
-reset a game for each trial).
+translator twice: most of the cost of starting a game. The translation is a pure function of (domain, problem,
+options), so a game translates once and reuses the result at every reset (`translate_once`, on by default).
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 from alfworld_sft.prompts import split_first_observation
+
+EXPERTS = ("teacher", "handcoded")
+DEFAULT_EXPERT = "handcoded"  # until the teacher lands
 
 
 @dataclass(frozen=True)
@@ -32,8 +48,10 @@ class GameState:
     won: bool
     done: bool
     score: float
-    expert_action: str | None  # the handcoded expert's next command (None without the expert)
+    expert_action: str | None  # the expert's next command (None without an expert)
     task: str  # "put a cool tomato in microwave"
+    expert_thought: str | None = None  # why the expert chooses it (the teacher only)
+    expert_guess: bool = False  # the expert has no grounded plan here (its command is not a label)
 
 
 @dataclass
@@ -62,14 +80,27 @@ class TranslationCache:
             fast_downward.pddl2sas = original
 
 
+def check_expert(expert: str | None) -> None:
+    if expert is not None and expert not in EXPERTS:
+        raise ValueError(f"unknown expert {expert!r}: choose one of {', '.join(EXPERTS)}")
+
+
 class AlfworldGame:
     """A single game file played step by step; `close()` (or a `with` block) frees the engine."""
 
-    def __init__(self, gamefile: str | Path, *, expert: bool = False, translate_once: bool = True):
+    def __init__(
+        self,
+        gamefile: str | Path,
+        *,
+        expert: str | None = None,
+        seed: int | str = 0,
+        translate_once: bool = True,
+    ):
         import os
 
         import textworld
 
+        check_expert(expert)
         # Importing alfworld writes its default ~/.cache/alfworld into $ALFWORLD_DATA when the user set nothing;
         # undo that, so that the variable keeps telling what the user chose (games.data_root reads it).
         user_choice = os.environ.get("ALFWORLD_DATA")
@@ -81,50 +112,78 @@ class AlfworldGame:
         self.gamefile = Path(gamefile)
         if not self.gamefile.exists():
             raise FileNotFoundError(f"game file {self.gamefile} does not exist")
-        extras = ["gamefile", "expert_plan"] if expert else ["gamefile"]
+        self.expert = expert
+        extras = ["gamefile", "expert_plan"] if expert == "handcoded" else ["gamefile"]
         wrappers = [AlfredDemangler(shuffle=False), AlfredInfos]
-        if expert:
-            wrappers.append(AlfredExpert())  # handcoded by default
+        if expert == "handcoded":
+            wrappers.append(AlfredExpert())
         infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=extras)
-        self._expert = expert
+        self._teacher = None
         self._translations = TranslationCache() if translate_once else None
-        with self._translating():
+        self._random = random.Random(seed).getstate()
+        with self._engine_call():
             self._env = textworld.start(str(self.gamefile), request_infos=infos, wrappers=wrappers)
         self.task = ""
 
     @contextlib.contextmanager
-    def _translating(self) -> Iterator[None]:
-        """Around a load or reset: the translation cache, and the caller's sys.argv, which fast-downward's
-        translator overwrites, given back."""
+    def _engine_call(self) -> Iterator[None]:
+        """Around every call into the engine: this game's random state (the handcoded expert draws from Python's
+        global `random`), the translation cache, and the caller's sys.argv, which fast-downward's translator
+        overwrites, given back."""
         import sys
 
-        argv = list(sys.argv)
+        argv, outer = list(sys.argv), random.getstate()
+        random.setstate(self._random)
         try:
             with self._translations.active() if self._translations else contextlib.nullcontext():
                 yield
         finally:
+            self._random = random.getstate()
+            random.setstate(outer)
             sys.argv[:] = argv
 
-    def reset(self) -> GameState:
-        with self._translating():
+    def reset(self, *, seed: int | str | None = None) -> GameState:
+        """Start (again) from the first state; `seed` re-seeds this game's random state first."""
+        if seed is not None:
+            self._random = random.Random(seed).getstate()
+        with self._engine_call():
             state = self._env.reset()
         self.task, observation = split_first_observation(state.feedback)
-        return self._state(state, observation, score=0.0, done=False)
+        admissible = tuple(state["admissible_commands"] or ())
+        if self.expert == "teacher":
+            from alfworld_sft.teacher import Teacher
+
+            self._teacher = Teacher.for_game(self.gamefile)
+            self._teacher.observe(None, observation, admissible)
+        return self._state(state, observation, admissible, score=0.0, done=False)
 
     def step(self, command: str) -> GameState:
-        state, score, done = self._env.step(command)
-        return self._state(state, state.feedback.strip(), score=float(score), done=bool(done))
+        with self._engine_call():
+            state, score, done = self._env.step(command)
+        observation, admissible = state.feedback.strip(), tuple(state["admissible_commands"] or ())
+        if self._teacher is not None:
+            self._teacher.observe(command, observation, admissible)
+        return self._state(state, observation, admissible, score=float(score), done=bool(done))
 
-    def _state(self, state, observation: str, *, score: float, done: bool) -> GameState:
-        plan = state.get("extra.expert_plan") if self._expert else None
+    def _state(self, state, observation: str, admissible: tuple[str, ...], *, score: float, done: bool) -> GameState:
+        won = bool(state["won"])
+        action, thought, guess = None, None, False
+        if self.expert == "handcoded":
+            plan = state.get("extra.expert_plan")
+            action = plan[0] if plan else None
+        elif self._teacher is not None and not won:
+            decision = self._teacher.decide()
+            action, thought, guess = decision.command, decision.thought, decision.guess
         return GameState(
             observation=observation,
-            admissible_commands=tuple(state["admissible_commands"] or ()),
-            won=bool(state["won"]),
-            done=done or bool(state["won"]),
+            admissible_commands=admissible,
+            won=won,
+            done=done or won,
             score=score,
-            expert_action=plan[0] if plan else None,
+            expert_action=action,
             task=self.task,
+            expert_thought=thought,
+            expert_guess=guess,
         )
 
     def close(self) -> None:
@@ -135,3 +194,83 @@ class AlfworldGame:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def exit_with_parent(parent: int) -> None:
+    """In an engine worker process: exit once the process that started it is gone (a killed parent otherwise
+    leaves idle workers waiting on their queue forever)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+# ------------------------------------------------------------------------------------------ expert playthrough
+
+
+def expert_seed(seed: int, game_id: str) -> str:
+    """What seeds a game's random state when an expert plays it: the run's seed and the game id, independent of
+    any other game (the handcoded expert's fallbacks draw from it; the teacher draws nothing)."""
+    return f"{seed}:{game_id}"
+
+
+@dataclass(frozen=True)
+class ExpertGame:
+    """One game as an expert played it: the first state, then each command with the state it led to."""
+
+    task: str
+    first_observation: str
+    first_admissible: tuple[str, ...]
+    commands: tuple[str, ...]
+    thoughts: tuple[str | None, ...]  # the teacher's reason for each command (None for the handcoded expert)
+    observations: tuple[str, ...]  # what the engine answered to each command
+    admissible: tuple[tuple[str, ...], ...]  # the admissible commands after each command
+    guesses: int  # commands the expert chose without a grounded plan
+    won: bool
+
+    @property
+    def steps(self) -> int:
+        return len(self.commands)
+
+
+def play_expert(
+    gamefile: str | Path,
+    *,
+    seed: int,
+    game_id: str,
+    expert: str = DEFAULT_EXPERT,
+    max_steps: int = 50,
+    translate_once: bool = True,
+) -> ExpertGame:
+    """The expert plays `gamefile` for at most `max_steps` commands; engine errors propagate to the caller."""
+    check_expert(expert)
+    if expert is None:
+        raise ValueError("play_expert needs an expert")
+    commands, thoughts, observations, admissible = [], [], [], []
+    guesses = 0
+    with AlfworldGame(gamefile, expert=expert, seed=expert_seed(seed, game_id), translate_once=translate_once) as game:
+        first = state = game.reset()
+        while not state.done and len(commands) < max_steps and state.expert_action:
+            commands.append(state.expert_action)
+            thoughts.append(state.expert_thought)
+            guesses += state.expert_guess
+            state = game.step(state.expert_action)
+            observations.append(state.observation)
+            admissible.append(state.admissible_commands)
+    return ExpertGame(
+        task=first.task,
+        first_observation=first.observation,
+        first_admissible=first.admissible_commands,
+        commands=tuple(commands),
+        thoughts=tuple(thoughts),
+        observations=tuple(observations),
+        admissible=tuple(admissible),
+        guesses=guesses,
+        won=state.won,
+    )

@@ -28,7 +28,8 @@ from typing import Any
 from packaging.requirements import Requirement
 
 from alfworld_sft.paths import REPO_ROOT, RESULTS_DIR, cache_dir
-from alfworld_sft.results import format_table, write_result
+from alfworld_sft.reports import format_table
+from alfworld_sft.results import write_result
 
 ENVIRONMENT_JSON = RESULTS_DIR / "environment.json"
 GIB = 2**30

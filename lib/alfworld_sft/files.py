@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,22 +30,8 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to others
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write text (UTF-8) atomically."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -79,8 +66,16 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_malformed: bool = False) ->
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                failure = MalformedRecordError(path, number, f"not UTF-8 text ({error.reason})")
+                if not skip_malformed:
+                    raise failure from None
+                warnings.warn(f"skipped {failure}", stacklevel=2)
+                continue
             if not line.strip():
                 continue
             try:
@@ -91,8 +86,6 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_malformed: bool = False) ->
                 failure = MalformedRecordError(path, number, f"malformed JSON line ({error})")
                 if not skip_malformed:
                     raise failure from None
-                import warnings
-
                 warnings.warn(f"skipped {failure}", stacklevel=2)
                 continue
             yield record
@@ -109,3 +102,62 @@ def append_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]
             handle.flush()
             count += 1
     return count
+
+
+def load_jsonl_log(path: str | os.PathLike[str], *, required: dict[str, type], label: str) -> list[dict[str, Any]]:
+    """The records of an append-only log this course wrote (collection ledger and records, evaluation and DAgger
+    checkpoints), ready to resume from. A torn last line (a killed writer) is cut; a line that is not a JSON
+    object with the `required` keys (of those types) is reported by path and line, moved aside to
+    `<name>.malformed`, and treated as not done. Nothing is lost: the bad lines stay inspectable."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if repair_jsonl_tail(path):
+        warnings.warn(f"{path}: cut a torn last line left by an interrupted run; its work will be redone", stacklevel=2)
+    found, keep, bad = [], [], []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise TypeError(f"a JSON {type(record).__name__}, not an object")
+                wrong = [key for key, kind in required.items() if not isinstance(record.get(key), kind)]
+                if wrong:
+                    raise TypeError(f"keys {wrong} missing or of the wrong type")
+            except (ValueError, TypeError) as error:
+                warnings.warn(
+                    f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
+                    "its work will be redone",
+                    stacklevel=2,
+                )
+                bad.append(raw)
+                continue
+            found.append(record)
+            keep.append(raw)
+    if bad:
+        with open(path.with_name(f"{path.name}.malformed"), "ab") as handle:
+            handle.writelines(line if line.endswith(b"\n") else line + b"\n" for line in bad)
+        write_bytes(path, b"".join(keep))
+    return found
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes atomically: a temporary sibling, fsync, rename, so a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to others
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, models, prompts, results
+from alfworld_sft import files, models, prompts, records, results
 from alfworld_sft.files import MalformedRecordError
 from alfworld_sft.paths import resolve_repo_path
 
@@ -50,6 +50,13 @@ class FormatConfig:
     max_seq_len: int = 2048  # longer conversations lose their oldest middle turns (prompts.select_window)
     eval_fraction: float = 0.05  # share of games (not records) held out for evaluation
     seed: int = 42  # shuffles the games before the train/eval split
+    data_format: str = "commands"  # assistant turns: "commands", or "thoughts" ("Thought: ...\nAction: ...")
+
+    def __post_init__(self) -> None:
+        if self.data_format not in prompts.DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {', '.join(prompts.DATA_FORMATS)}, not {self.data_format!r}")
+        if self.max_seq_len < 128:
+            raise ValueError(f"max_seq_len must be at least 128, got {self.max_seq_len}")
 
 
 # The small (CI, CPU) mode keeps examples shorter so that notebook 03 trains in a few minutes on 2 cores (the
@@ -59,11 +66,19 @@ SMALL_MAX_SEQ_LEN = 1024
 SMALL_EVAL_FRACTION = 0.2
 
 
-def course_format_config(small: bool, seed: int, model: str = models.DEFAULT_MODEL) -> FormatConfig:
+def course_format_config(
+    small: bool, seed: int, model: str = models.DEFAULT_MODEL, data_format: str = "commands"
+) -> FormatConfig:
     """The formatting settings notebook 02 uses (and notebook 03 expects) in small or full mode."""
     if small:
-        return FormatConfig(model=model, max_seq_len=SMALL_MAX_SEQ_LEN, eval_fraction=SMALL_EVAL_FRACTION, seed=seed)
-    return FormatConfig(model=model, seed=seed)
+        return FormatConfig(
+            model=model,
+            max_seq_len=SMALL_MAX_SEQ_LEN,
+            eval_fraction=SMALL_EVAL_FRACTION,
+            seed=seed,
+            data_format=data_format,
+        )
+    return FormatConfig(model=model, seed=seed, data_format=data_format)
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -83,57 +98,33 @@ def _record_line_numbers(path: Path) -> list[int]:
         return [number for number, line in enumerate(handle, start=1) if line.strip()]
 
 
-def validate_record(record: dict[str, Any]) -> str | None:
-    """What is wrong with one trajectory record, or None when it can be trained on."""
-    for key, kind in (("system", str), ("conversations", list), ("game_id", str), ("prompt_format", dict)):
-        if not isinstance(record.get(key), kind):
-            return f"key {key!r} is missing or not a {kind.__name__}"
-    conversation = record["conversations"]
-    if not conversation:
-        return "empty conversation: a record needs at least one user and one assistant turn"
-    for index, message in enumerate(conversation):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            return f"conversation turn {index} is not a {{'role': ..., 'content': str}} message"
-        expected = "user" if index % 2 == 0 else "assistant"
-        if message.get("role") != expected:
-            return (
-                f"conversation turn {index} has role {message.get('role')!r}, expected {expected!r} "
-                "(turns alternate user/assistant, starting with user)"
-            )
-        if expected == "assistant" and not message["content"].strip():
-            return f"conversation turn {index} is an empty assistant command"
-    if conversation[-1]["role"] != "assistant":
-        return "the conversation ends with a user turn; the last turn must be the assistant's winning command"
-    return None
-
-
 def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All records of a trajectories JSONL; a malformed one raises `MalformedRecordError` naming file and line."""
     path = resolve_repo_path(path)
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a folder: pass the trajectories JSONL file (e.g. .../trajectories.jsonl)")
     line_numbers = _record_line_numbers(path) if path.exists() else []
-    records = []
+    found = []
     for index, record in enumerate(files.read_jsonl(path)):
-        problem = validate_record(record)
+        problem = records.validate_record(record)
         if problem:
             raise MalformedRecordError(path, line_numbers[index], f"{problem}; fix or delete this line")
         record["_line"] = line_numbers[index]
-        records.append(record)
-    if not records:
+        found.append(record)
+    if not found:
         raise ValueError(f"{path} holds no records: collect trajectories first (notebook 01 or `alfworld-sft collect`)")
-    formats = {tuple(sorted(r["prompt_format"].items())) for r in records}
+    formats = {tuple(sorted(r["prompt_format"].items())) for r in found}
     if len(formats) > 1:
         raise ValueError(
             f"{path} mixes prompt formats {[dict(f) for f in sorted(formats)]!r}: a model is trained on one format "
             "(the one it will be played with); collect into separate files"
         )
-    return records
+    return found
 
 
-def prompt_format_of(records: Sequence[dict[str, Any]]) -> prompts.PromptFormat:
+def prompt_format_of(loaded: Sequence[dict[str, Any]]) -> prompts.PromptFormat:
     """The one prompt format the records were rendered with (load_records checks they agree)."""
-    return prompts.PromptFormat(**records[0]["prompt_format"])
+    return prompts.PromptFormat(**loaded[0]["prompt_format"])
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -146,12 +137,21 @@ def count_template_tokens(tokenizer: Any, messages: Sequence[prompts.Message]) -
 
 
 def tokenize_messages(
-    messages: Sequence[prompts.Message], tokenizer: Any, marker: str | None = None
+    messages: Sequence[prompts.Message],
+    tokenizer: Any,
+    marker: str | None = None,
+    trained: Sequence[bool] | None = None,
 ) -> dict[str, list[int]]:
-    """input_ids, labels (assistant content + end-of-turn token, -100 elsewhere) and attention_mask."""
+    """input_ids, labels (the trained assistant turns' content + end-of-turn token, -100 elsewhere) and
+    attention_mask. `trained` has one flag per assistant message (default: all trained); an untrained assistant
+    message (the model's own command in a DAgger example) is context only."""
     marker = marker or models.end_of_turn_marker(tokenizer)
     messages = list(messages)
     text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assistant_indices = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    flags = list(trained) if trained is not None else [True] * len(assistant_indices)
+    if len(flags) != len(assistant_indices):
+        raise ValueError(f"{len(flags)} trained flags for {len(assistant_indices)} assistant messages")
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -169,7 +169,8 @@ def tokenize_messages(
             raise models.TemplateError(
                 f"assistant turn {index} ({content!r}) does not render as its content followed by {marker!r}"
             )
-        spans.append((start, end + len(marker)))
+        if flags[assistant_indices.index(index)]:
+            spans.append((start, end + len(marker)))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)
@@ -183,10 +184,21 @@ def tokenize_messages(
 
 
 def build_example(
-    record: dict[str, Any], tokenizer: Any, max_seq_len: int, marker: str | None = None
-) -> dict[str, Any]:
-    """One training example from one record: the select_window window, tokenized with its labels."""
-    messages = prompts.build_messages(record["system"], record["conversations"])
+    record: dict[str, Any],
+    tokenizer: Any,
+    max_seq_len: int,
+    marker: str | None = None,
+    data_format: str = "commands",
+) -> dict[str, Any] | None:
+    """One training example from one record: its messages in `data_format` (the system prompt and assistant turns
+    of that format), the select_window window, tokenized with labels on its trained turns. None when the window
+    keeps no trained turn."""
+    replies = iter(records.assistant_texts(record, data_format))
+    conversation = [
+        {"role": turn["role"], "content": next(replies) if turn["role"] == "assistant" else turn["content"]}
+        for turn in record["conversations"]
+    ]
+    messages = prompts.build_messages(prompts.system_prompt(data_format), conversation)
     lengths: list[int] = []
 
     def count(window: Sequence[prompts.Message]) -> int:
@@ -194,7 +206,10 @@ def build_example(
         return lengths[-1]
 
     window, dropped = prompts.select_window(messages, count, max_seq_len)
-    example = tokenize_messages(window, tokenizer, marker)
+    trained = records.trained_turns(record)[dropped:]
+    if not any(trained):
+        return None
+    example = tokenize_messages(window, tokenizer, marker, trained)
     return {
         **example,
         "game_id": record["game_id"],
@@ -230,7 +245,7 @@ def format_records(path: str | os.PathLike[str], config: FormatConfig = FormatCo
     from tqdm.auto import tqdm
 
     path = resolve_repo_path(path)
-    records = load_records(path)
+    loaded = load_records(path)
     tokenizer = tokenizer if tokenizer is not None else models.load_tokenizer(config.model)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError(
@@ -238,14 +253,15 @@ def format_records(path: str | os.PathLike[str], config: FormatConfig = FormatCo
             "masks padding by id would hide the end-of-turn label (field notes §3); give it a distinct pad token"
         )
     marker = models.end_of_turn_marker(tokenizer)
-    _, eval_games = split_games([r["game_id"] for r in records], config.eval_fraction, config.seed)
+    _, eval_games = split_games([r["game_id"] for r in loaded], config.eval_fraction, config.seed)
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
-    for record in tqdm(records, desc="tokenizing", unit="record"):
+    for record in tqdm(loaded, desc="tokenizing", unit="record"):
         try:
-            example = build_example(record, tokenizer, config.max_seq_len, marker)
+            example = build_example(record, tokenizer, config.max_seq_len, marker, config.data_format)
         except ValueError as error:
             raise MalformedRecordError(path, record["_line"], str(error)) from error
-        rows["eval" if record["game_id"] in eval_games else "train"].append(example)
+        if example is not None:
+            rows["eval" if record["game_id"] in eval_games else "train"].append(example)
     return DatasetDict(
         {name: Dataset.from_list(split_rows) for name, split_rows in rows.items() if split_rows or name == "train"}
     )
@@ -370,12 +386,12 @@ def save_formatted(
     *,
     source: str | os.PathLike[str],
     config: FormatConfig,
-    records: Sequence[dict[str, Any]] | None = None,
+    loaded: Sequence[dict[str, Any]] | None = None,
 ) -> Path:
     """Write the dataset (`dataset/`), its length histogram and `format_info.json` into `output`, atomically."""
     output = resolve_repo_path(output)
     source = resolve_repo_path(source)
-    records = records if records is not None else load_records(source)
+    loaded = loaded if loaded is not None else load_records(source)
     output.mkdir(parents=True, exist_ok=True)
     partial = output / f".{DATASET_DIR}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -389,7 +405,8 @@ def save_formatted(
         "source": str(source),
         "source_sha256": sha256_file(source),
         "config": asdict(config),
-        "prompt_format": asdict(prompt_format_of(records)),
+        "prompt_format": asdict(prompt_format_of(loaded)),
+        "data_format": config.data_format,
         "max_seq_len": config.max_seq_len,
         "stats": summarize_lengths(dataset, config.max_seq_len),
     }
@@ -419,16 +436,27 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-seq-len", type=int, default=FormatConfig.max_seq_len)
     parser.add_argument("--eval-fraction", type=float, default=FormatConfig.eval_fraction)
     parser.add_argument("--seed", type=int, default=FormatConfig.seed)
+    parser.add_argument(
+        "--format",
+        dest="data_format",
+        choices=prompts.DATA_FORMATS,
+        default=FormatConfig.data_format,
+        help="assistant turns: bare commands, or 'Thought: ...\\nAction: ...' (records with the teacher's thoughts)",
+    )
     parser.set_defaults(func=_run_format)
 
 
 def _run_format(args: argparse.Namespace) -> int:
     config = FormatConfig(
-        model=args.model, max_seq_len=args.max_seq_len, eval_fraction=args.eval_fraction, seed=args.seed
+        model=args.model,
+        max_seq_len=args.max_seq_len,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        data_format=args.data_format,
     )
-    records = load_records(args.data)
+    loaded = load_records(args.data)
     dataset = format_records(args.data, config)
-    output = save_formatted(dataset, args.output, source=args.data, config=config, records=records)
+    output = save_formatted(dataset, args.output, source=args.data, config=config, loaded=loaded)
     stats = summarize_lengths(dataset, config.max_seq_len)
     print(
         f"{stats['examples']} examples, tokens {stats['tokens']}, truncated {stats['truncated_examples']} -> {output}"

@@ -9,9 +9,7 @@ course generates offline with `alfworld_sft.generate`).
     from alfworld_sft import games
     games.list_games("train", task_types=[1, "pick_two_obj_and_place"], limit=12, seed=0)
 
-    alfworld-sft data status                 # which splits exist and how many games of each task type
-    alfworld-sft data download [--data-dir]  # the real ALFWorld games (needs internet)
-    alfworld-sft data generate --split train --count 60 --seed 0   # the offline games
+`alfworld-sft data ...` (status, download, generate) lives in `alfworld_sft.generate`.
 """
 
 from __future__ import annotations
@@ -151,7 +149,7 @@ def _missing_split_message(split: str, folder: Path, found: str) -> str:
     if uses_generated_games():
         fix = (
             f"generate games with `alfworld-sft data generate --split {split} --count N` (or "
-            "`games.ensure_games`), or set ALFWORLD_DATA to the real ALFWorld data"
+            "`generate.ensure_games`), or set ALFWORLD_DATA to the real ALFWorld data"
         )
     else:
         fix = (
@@ -233,24 +231,6 @@ def count_games(root: Path | None = None) -> dict[str, dict[str, int]]:
     return counts
 
 
-def ensure_games(split: str, count: int, seed: int = 0) -> list[Path]:
-    """A balanced sample of `count` games of a split; on the generated data root, generate missing ones first.
-
-    With `$ALFWORLD_DATA` set nothing is generated: the real split must be there.
-    """
-    if uses_generated_games():
-        root = generated_root()
-        try:
-            have = len(all_games(split, root))
-        except MissingSplitError:
-            have = 0
-        if have < count:
-            from alfworld_sft.generate import generate_games
-
-            generate_games(root, SPLITS[split], count, seed)
-    return list_games(split, limit=count, seed=seed)
-
-
 def describe_game(gamefile: str | os.PathLike[str]) -> dict[str, Any]:
     """The anatomy of one game: what the engine reads from game.tw-pddl and the expert from traj_data.json."""
     import re
@@ -295,48 +275,3 @@ def download_data(data_dir: str | os.PathLike[str] | None = None, *, force: bool
             "machine unset ALFWORLD_DATA and use the generated games (`alfworld-sft data generate`)"
         ) from None
     return target
-
-
-def _print_status() -> None:
-    root = data_root()
-    source = "generated games" if uses_generated_games() else "$ALFWORLD_DATA"
-    print(f"data root: {root} ({source})")
-    counts = count_games(root)
-    print("task types: " + ", ".join(f"{number}={name}" for number, name in TASK_TYPES.items()))
-    for split, folder in SPLITS.items():
-        per_type = counts.get(split)
-        if per_type is None:
-            print(f"  {split:<25} {folder:<13} missing")
-            continue
-        cells = " ".join(f"{number}:{per_type[name]:<4}" for number, name in TASK_TYPES.items())
-        print(f"  {split:<25} {folder:<13} {sum(per_type.values()):>5} games  {cells}")
-
-
-def _run_data(args) -> int:
-    if args.data_command == "status":
-        _print_status()
-    elif args.data_command == "download":
-        target = download_data(args.data_dir, force=args.force)
-        print(f"ALFWorld data in {target}: export ALFWORLD_DATA={target}")
-    elif args.data_command == "generate":
-        if not uses_generated_games():
-            raise ValueError("ALFWORLD_DATA is set, so the real games are used: unset it to generate games")
-        games = ensure_games(args.split, args.count, args.seed)
-        print(f"{len(games)} games of split {args.split!r} ready under {split_dir(args.split)}")
-    return 0
-
-
-def configure_parser(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="ALFWorld games: status, download (real data), generate (offline)")
-    commands = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    commands.add_parser("status", help="which splits exist under the data root, games per task type")
-    download = commands.add_parser("download", help="run alfworld-download (needs internet)")
-    download.add_argument(
-        "--data-dir", default=None, help="target folder (default: $ALFWORLD_DATA or ~/.cache/alfworld)"
-    )
-    download.add_argument("--force", action="store_true", help="unpack again over existing files")
-    generate = commands.add_parser("generate", help="generate offline games until a split has --count of them")
-    generate.add_argument("--split", default="train", choices=list(SPLITS))
-    generate.add_argument("--count", type=int, default=60, help="games the split should hold")
-    generate.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(func=_run_data)

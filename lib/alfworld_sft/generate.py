@@ -11,16 +11,20 @@ wheel, in the layout `alfworld-download` makes:
                          pddl_problem, solvable, walkthrough (the expert's winning commands)
         traj_data.json   task_type and pddl_params, read by ALFWorld's handcoded expert
 
-A game is kept only when the real TextWorld engine loads it and ALFWorld's handcoded expert wins it within
-`MAX_EXPERT_STEPS`, played as the collection plays it (`collect.play_game`, Python's `random` seeded from
-the generator's seed and the game id by `collect.expert_seed`): collecting the games with the same seed wins
-every one by its recorded walkthrough (another seed changes the expert's random fallbacks, which pick_two
-games need, and may lose some). Otherwise the next attempt of the same slot is composed. Games are built in a
+A game is kept only when the real TextWorld engine loads it and the expert wins it within `MAX_EXPERT_STEPS`,
+played as the collection plays it (`engine.play_expert`, the game's random state seeded from the generator's
+seed and the game id by `engine.expert_seed`): collecting the games with the same expert and seed wins every one
+by its recorded walkthrough. Otherwise the next attempt of the same slot is composed. Games are built in a
 scratch folder and renamed into place once verified, so an interrupted run never leaves half a game, and a
 rerun reuses every finished one. The same seed gives byte-identical files; another seed gives other rooms.
 
-    from alfworld_sft.generate import generate_games
+    from alfworld_sft.generate import ensure_games, generate_games
     gamefiles = generate_games(Path("data/generated"), "train", count=60, seed=0)
+    gamefiles = ensure_games("eval_in_distribution", 6, seed=0)   # real games, or generated when none are set
+
+    alfworld-sft data status                 # which splits exist and how many games of each task type
+    alfworld-sft data download [--data-dir]  # the real ALFWorld games (needs internet)
+    alfworld-sft data generate --split train --count 60 --seed 0   # the offline games
 
 The rules the rooms follow were checked against the real games (field notes §4): ALFRED's name mangling
 (`Name|x|y|z`, `|`→`_bar_`, `+`→`_plus_`, `-`→`_minus_`, `.`→`_dot_`), every otype/rtype constant declared in
@@ -39,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alfworld_sft import collect, files
+from alfworld_sft import engine, files, games
 from alfworld_sft.games import JSON_DIR, TASK_TYPES
 
 MAX_EXPERT_STEPS = 50  # a generated game is kept only if the handcoded expert wins within this many commands
@@ -461,20 +465,16 @@ def compose_game(task_type: int, rng: random.Random, trial: str) -> tuple[str, d
     return folder, game, traj
 
 
-def verify_game(gamefile: Path, game_id: str, seed: int, max_steps: int = MAX_EXPERT_STEPS) -> list[str] | None:
-    """Play `gamefile` exactly as the collection with `seed` will play the game `game_id`
-    (`collect.play_game`: the real engine, the handcoded expert, Python's `random` seeded with
-    `collect.expert_seed(seed, game_id)`): the winning commands, or None when the engine rejects the game or
-    the expert does not win in time."""
-    saved = random.getstate()
+def verify_game(
+    gamefile: Path, game_id: str, seed: int, max_steps: int = MAX_EXPERT_STEPS, expert: str = engine.DEFAULT_EXPERT
+) -> list[str] | None:
+    """Play `gamefile` exactly as the collection with `seed` will play the game `game_id` (`engine.play_expert`):
+    the winning commands, or None when the engine rejects the game or the expert does not win in time."""
     try:
-        # The record's split is never read: only the commands are kept.
-        outcome = collect.play_game(gamefile, split="", seed=seed, max_steps=max_steps, game_id=game_id)
-    finally:
-        random.setstate(saved)
-    if not outcome.won:
+        played = engine.play_expert(gamefile, seed=seed, game_id=game_id, expert=expert, max_steps=max_steps)
+    except Exception:  # noqa: BLE001 - a composition the engine cannot load is redrawn, not fatal
         return None
-    return [turn["content"] for turn in outcome.record["conversations"] if turn["role"] == "assistant"]
+    return list(played.commands) if played.won else None
 
 
 def find_game(split_dir: Path, task_type: int, trial: str) -> Path | None:
@@ -498,7 +498,11 @@ def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot
         sub_seed = derive_seed(seed, split_folder, task_type, slot, attempt)
         folder, game, traj = compose_game(task_type, random.Random(sub_seed), trial)
         game_id = f"{JSON_DIR}/{split_folder}/{folder}/{trial}"  # games.game_id of the finished game
-        expert = {"module": "alfworld_sft.generate", "expert_seed": collect.expert_seed(seed, game_id)}
+        expert = {
+            "module": "alfworld_sft.generate",
+            "expert": engine.DEFAULT_EXPERT,
+            "expert_seed": engine.expert_seed(seed, game_id),
+        }
         traj = {**traj, "generator": expert}
         scratch = Path(tempfile.mkdtemp(prefix=f"{trial}.", dir=scratch_root))
         try:
@@ -555,3 +559,82 @@ def generate_games(
         path, _ = generate_game(root, split_folder, seed, types[index % len(types)], index // len(types))
         gamefiles.append(path)
     return gamefiles
+
+
+# How many games the course generates for a split when no $ALFWORLD_DATA is set and a notebook asks for the whole
+# split (full mode): enough to train and measure on, at ~2-4 s of CPU a game to compose and verify.
+FULL_GENERATED_COUNTS = {
+    "train": 600,
+    "eval_in_distribution": 140,
+    "eval_out_of_distribution": 134,
+    "valid_train": 200,
+}
+
+
+def ensure_games(split: str, count: int | None, seed: int = 0) -> list[Path]:
+    """`count` games of a split, balanced over task types and seeded (`games.list_games`); None: the whole split.
+
+    With `$ALFWORLD_DATA` set, the real games (nothing is generated: the split must be there). Without it, the
+    course's generated games, generating what is missing first (the whole split is `FULL_GENERATED_COUNTS`).
+    Every split is generated from its own seeded stream, so no generated game is in two splits.
+    """
+    if count is not None and count < 1:
+        raise ValueError(f"count must be at least 1 (or None for the whole split), got {count}")
+    if games.uses_generated_games():
+        wanted = FULL_GENERATED_COUNTS[split] if count is None else count
+        root = games.generated_root()
+        try:
+            have = len(games.all_games(split, root))
+        except games.MissingSplitError:
+            have = 0
+        if have < wanted:
+            generate_games(root, games.SPLITS[split], wanted, seed)
+        if count is None:
+            return games.list_games(split, limit=wanted, seed=seed)
+    return games.list_games(split, limit=count, seed=seed)
+
+
+def print_status() -> None:
+    """Which splits exist under the data root, with their games per task type."""
+    root = games.data_root()
+    source = "generated games" if games.uses_generated_games() else "$ALFWORLD_DATA"
+    print(f"data root: {root} ({source})")
+    counts = games.count_games(root)
+    print("task types: " + ", ".join(f"{number}={name}" for number, name in TASK_TYPES.items()))
+    for split, folder in games.SPLITS.items():
+        per_type = counts.get(split)
+        if per_type is None:
+            print(f"  {split:<25} {folder:<13} missing")
+            continue
+        cells = " ".join(f"{number}:{per_type[name]:<4}" for number, name in TASK_TYPES.items())
+        print(f"  {split:<25} {folder:<13} {sum(per_type.values()):>5} games  {cells}")
+
+
+def _run_data(args) -> int:
+    if args.data_command == "status":
+        print_status()
+    elif args.data_command == "download":
+        target = games.download_data(args.data_dir, force=args.force)
+        print(f"ALFWorld data in {target}: export ALFWORLD_DATA={target}")
+    elif args.data_command == "generate":
+        if not games.uses_generated_games():
+            raise ValueError("ALFWORLD_DATA is set, so the real games are used: unset it to generate games")
+        made = ensure_games(args.split, args.count, args.seed)
+        print(f"{len(made)} games of split {args.split!r} ready under {games.split_dir(args.split)}")
+    return 0
+
+
+def configure_parser(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="ALFWorld games: status, download (real data), generate (offline)")
+    commands = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    commands.add_parser("status", help="which splits exist under the data root, games per task type")
+    download = commands.add_parser("download", help="run alfworld-download (needs internet)")
+    download.add_argument(
+        "--data-dir", default=None, help="target folder (default: $ALFWORLD_DATA or ~/.cache/alfworld)"
+    )
+    download.add_argument("--force", action="store_true", help="unpack again over existing files")
+    generate = commands.add_parser("generate", help="generate offline games until a split has --count of them")
+    generate.add_argument("--split", default="train", choices=list(games.SPLITS))
+    generate.add_argument("--count", type=int, default=60, help="games the split should hold")
+    generate.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_data)

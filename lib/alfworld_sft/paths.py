@@ -11,7 +11,9 @@ from pathlib import Path
 # lib/alfworld_sft/paths.py -> the repository root is three levels up (editable install).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-DATA_DIR = REPO_ROOT / "data"
+# Generated games go to data/ (git-ignored); ALFWORLD_SFT_DATA_DIR puts them elsewhere (a fresh folder for a
+# newcomer's run, a Drive folder on Colab).
+DATA_DIR = Path(os.environ.get("ALFWORLD_SFT_DATA_DIR") or REPO_ROOT / "data")
 # Tests and side-by-side runs redirect every output with ALFWORLD_SFT_RESULTS_DIR; the default is results/.
 RESULTS_DIR = Path(os.environ.get("ALFWORLD_SFT_RESULTS_DIR") or REPO_ROOT / "results")
 EXECUTED_DIR = RESULTS_DIR / "executed"

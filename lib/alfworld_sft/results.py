@@ -71,12 +71,3 @@ def run_metadata(seed: int | None = None) -> dict[str, Any]:
 def write_result(path: str | os.PathLike[str], payload: dict[str, Any], *, seed: int | None = None) -> Path:
     """Write a result JSON atomically with a `meta` block of seed, versions and machine."""
     return write_json(path, {**payload, "meta": run_metadata(seed)})
-
-
-def format_table(rows: list[tuple[Any, ...]] | list[list[Any]], headers: tuple[str, ...]) -> str:
-    """A plain-text table (Markdown pipe syntax), readable in a terminal, a log and a notebook alike."""
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)

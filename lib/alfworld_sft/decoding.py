@@ -1,0 +1,405 @@
+"""Continuous-batching decoding for a local transformers model: many games' requests in flight on one model.
+
+`SlotDecoder` keeps a fixed number of rows (slots), each a left-aligned key/value cache of one conversation:
+
+* **Per-game prefix reuse.** A game in flight owns a row between its requests. Its next prompt shares most tokens
+  with what the row already holds (the previous prompt and reply); only the new tokens (the reply's end and the new
+  observation) are computed. Rows of finished games are released; under pressure the least recently used parked
+  row is taken over (that game then recomputes its prompt).
+* **Continuous batching.** Every `step()` first prefills the rows that received a request (batched on a GPU, one
+  row at a time on a CPU, where a padded batch costs as much), then runs one decode forward for every row that is
+  mid-reply. A row whose reply ends is free for its game's next request at once; no row waits for the longest
+  reply of a batch.
+* **Grounded commands** (`Request.choices`): decoding is restricted, token by token, to a trie of the admissible
+  commands (prefix-constrained decoding), from the first token or after the reply's "Action:" marker (the thought
+  before it stays free). If the free part runs out of budget first, "\\nAction: " is forced. The reply is always one
+  of the choices. It costs what free decoding costs: one forward per token.
+* **Sampling** (`Request.temperature > 0`) draws each token from a generator seeded by `Request.sample_seed` and
+  the token's index, so a reply does not depend on which other rows share the batch.
+
+Rows live in one preallocated cache per layer, `[rows, kv_heads, width, head_dim]`, grown by doubling. The model
+runs its own attention (eager on a CPU, SDPA on a GPU) over that cache through `SlotCache.update`, with a 4D mask
+built here: row `r` sees its columns `[0, length_r + j]` for its `j`-th new token.
+
+    decoder = SlotDecoder(model, tokenizer, stop_ids=[...], rows=8)
+    decoder.submit("game-1", request, prompt_ids)
+    while decoder.busy:
+        for key, reply_ids in decoder.step(): ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTION_MARKER = "Action:"
+FORCED_ACTION = "\nAction: "
+
+
+class CommandTrie:
+    """Token sequences of the allowed continuations; each path ends with a stop token."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]]):
+        self.root: dict[int, dict] = {}
+        for sequence in sequences:
+            node = self.root
+            for token in sequence:
+                node = node.setdefault(token, {})
+
+
+@dataclass
+class Constraint:
+    """A row's grounding: the choices, when they start (at once or after the marker), and where it is in the trie."""
+
+    choices: tuple[str, ...]
+    after_marker: bool  # free text until "Action:", then the choices
+    node: dict[int, dict] | None = None  # the trie position once constrained; None while still free
+
+
+@dataclass
+class Row:
+    """One slot: the tokens whose keys/values it holds, and the reply in progress."""
+
+    tokens: list[int] = field(default_factory=list)  # ids in columns [0, len(tokens))
+    owner: Hashable | None = None  # the session (game) that parks its cache here
+    key: Hashable | None = None  # the request being answered (None: idle)
+    prompt: list[int] = field(default_factory=list)
+    suffix_from: int = 0  # prompt[:suffix_from] is already in the cache
+    generated: list[int] = field(default_factory=list)
+    max_new_tokens: int = 0
+    temperature: float = 0.0
+    sample_seed: int = 0
+    constraint: Constraint | None = None
+    prefilled: bool = False
+    last_used: float = 0.0
+
+
+class SlotCache:
+    """The key/value cache the model writes through (`update`), as rows of one preallocated tensor per layer.
+
+    Before each forward the decoder sets which rows take part (`rows`), the column each new token goes to
+    (`columns`, `[active rows, new tokens]`) and how many columns attention reads (`width`).
+    """
+
+    is_compileable = False
+    is_sliding: list[bool] = []
+
+    def __init__(self, layers: int, rows: int, width: int, kv_heads: int, head_dim: int, dtype: Any, device: Any):
+        import torch
+
+        shape = (rows, kv_heads, width, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.rows: Any = None  # LongTensor of the active rows, or None for all rows
+        self.columns: Any = None
+        self.width = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def grow(self, width: int) -> None:
+        """Make room for `width` columns (doubling), keeping every row's contents."""
+        import torch
+
+        new_width = self.capacity
+        while new_width < width:
+            new_width *= 2
+        if new_width == self.capacity:
+            return
+        for store in (self.keys, self.values):
+            for layer, old in enumerate(store):
+                grown = torch.zeros((*old.shape[:2], new_width, old.shape[3]), dtype=old.dtype, device=old.device)
+                grown[:, :, : old.shape[2]] = old
+                store[layer] = grown
+
+    def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any):
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        rows = self.rows
+        index = rows[:, None] if rows is not None else self._all_rows(keys)[:, None]
+        keys[index, :, self.columns] = key_states.transpose(1, 2).to(keys.dtype)
+        values[index, :, self.columns] = value_states.transpose(1, 2).to(values.dtype)
+        if rows is None:
+            return keys[:, :, : self.width], values[:, :, : self.width]
+        return keys[rows, :, : self.width], values[rows, :, : self.width]
+
+    @staticmethod
+    def _all_rows(tensor: Any) -> Any:
+        import torch
+
+        return torch.arange(tensor.shape[0], device=tensor.device)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.width
+
+
+@dataclass
+class DecoderStats:
+    """Where the decoder's time went, and how much of the prompts it did not have to compute."""
+
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prefill_forwards: int = 0
+    decode_forwards: int = 0
+    prompt_tokens: int = 0  # tokens of all prompts
+    reused_tokens: int = 0  # of which taken from a row's cache instead of computed
+    generated_tokens: int = 0
+
+
+class SlotDecoder:
+    """Greedy, constrained or sampled decoding of many requests at once over `rows` slots (module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        stop_ids: Sequence[int],
+        rows: int = 8,
+        initial_width: int = 512,
+        batch_prefill: bool | None = None,
+        max_prefill_tokens: int = 16384,
+    ):
+        import torch
+
+        self.model = model
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.decoder_model, self.head = causal.get_decoder(), causal.get_output_embeddings()
+        self.tokenizer = tokenizer
+        self.stop_ids = set(int(i) for i in stop_ids)
+        self.end_id = int(stop_ids[0])  # the end-of-turn token that closes a grounded reply
+        self.device = next(model.parameters()).device
+        config = causal.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.dtype = next(model.parameters()).dtype
+        self.cache = SlotCache(
+            config.num_hidden_layers, rows, initial_width, kv_heads, head_dim, self.dtype, self.device
+        )
+        self.rows = [Row() for _ in range(rows)]
+        self.queue: OrderedDict[Hashable, tuple[Any, list[int], Hashable | None]] = OrderedDict()
+        self.batch_prefill = self.device.type == "cuda" if batch_prefill is None else batch_prefill
+        self.max_prefill_tokens = max_prefill_tokens
+        self.stats = DecoderStats()
+        self._choice_tokens: dict[str, list[int]] = {}
+        self._torch = torch
+
+    # ------------------------------------------------------------------------------------------ interface
+
+    def submit(self, key: Hashable, request: Any, prompt_ids: Sequence[int], session: Hashable | None) -> None:
+        """Queue a request (`backends.Request`) under `key`; its reply comes back from a later `step()`."""
+        if key in self.queue or any(row.key == key for row in self.rows):
+            raise ValueError(f"request {key!r} is already in flight")
+        self.queue[key] = (request, list(prompt_ids), session)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue) or any(row.key is not None for row in self.rows)
+
+    def release(self, session: Hashable) -> None:
+        """Forget a finished game's cache (its row becomes free)."""
+        for row in self.rows:
+            if row.owner == session and row.key is None:
+                row.owner, row.tokens = None, []
+
+    def step(self) -> list[tuple[Hashable, list[int]]]:
+        """Admit queued requests into rows, prefill them, run one decode forward; return the finished replies as
+        (key, generated ids, the stop token included when the reply ended with one)."""
+        self._admit()
+        finished: list[tuple[Hashable, list[int]]] = []
+        pending = [index for index, row in enumerate(self.rows) if row.key is not None and not row.prefilled]
+        if pending:
+            self._prefill(pending, finished)
+        decoding = [index for index, row in enumerate(self.rows) if row.key is not None and row.prefilled]
+        if decoding:
+            self._decode(decoding, finished)
+        return finished
+
+    # ------------------------------------------------------------------------------------------ scheduling
+
+    def _admit(self) -> None:
+        for key in list(self.queue):
+            request, prompt, session = self.queue[key]
+            index = self._row_for(session)
+            if index is None:
+                return  # every row is answering a request: the rest waits, in order
+            del self.queue[key]
+            row = self.rows[index]
+            reused = _common_prefix(row.tokens, prompt) if row.owner == session and session is not None else 0
+            reused = min(reused, len(prompt) - 1)  # at least one new token gives the first logits
+            row.owner, row.key, row.prompt = session, key, prompt
+            row.tokens = row.tokens[:reused] if reused else []
+            row.suffix_from, row.generated, row.prefilled = reused, [], False
+            row.max_new_tokens, row.temperature = request.max_new_tokens, request.temperature
+            row.sample_seed = request.sample_seed or 0
+            row.constraint = (
+                Constraint(tuple(request.choices), after_marker=request.choice_after is not None)
+                if request.choices
+                else None
+            )
+            row.last_used = time.perf_counter()
+            self.stats.prompt_tokens += len(prompt)
+            self.stats.reused_tokens += reused
+
+    def _row_for(self, session: Hashable | None) -> int | None:
+        """The session's own row if it has one, else a free row, else the least recently used parked row."""
+        idle = [i for i, row in enumerate(self.rows) if row.key is None]
+        if session is not None:
+            for i in idle:
+                if self.rows[i].owner == session:
+                    return i
+        free = [i for i in idle if self.rows[i].owner is None]
+        if free:
+            return free[0]
+        if idle:
+            return min(idle, key=lambda i: self.rows[i].last_used)
+        return None
+
+    # ------------------------------------------------------------------------------------------ forwards
+
+    def _forward(self, rows: list[int], tokens: list[list[int]]) -> tuple[Any, list[int]]:
+        """Run the model on each row's new tokens (written after the row's cached tokens); return the float32 logits
+        of each row's last new token `[len(rows), vocab]` and their greedy choices."""
+        torch = self._torch
+        lengths = torch.tensor([len(self.rows[r].tokens) for r in rows])
+        counts = torch.tensor([len(t) for t in tokens])
+        new = int(counts.max())
+        self.cache.grow(int(lengths.max()) + new)
+        width = int((lengths + counts).max())
+        ids = torch.zeros((len(rows), new), dtype=torch.long)
+        for a, row_tokens in enumerate(tokens):
+            ids[a, : len(row_tokens)] = torch.tensor(row_tokens)
+        steps = torch.arange(new)
+        # New token j of row a goes to column length_a + j; padding (j >= count_a) lands past the row's end, where
+        # later tokens overwrite it before anything reads it, and its queries see what the last real token sees.
+        columns = lengths[:, None] + steps[None, :]
+        seen = lengths[:, None] + torch.minimum(steps[None, :], counts[:, None] - 1)
+        visible = torch.arange(width)[None, None, :] <= seen[:, :, None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, torch.finfo(self.dtype).min)
+        all_rows = rows == list(range(len(self.rows)))
+        self.cache.rows = None if all_rows else torch.tensor(rows, device=self.device)
+        self.cache.columns, self.cache.width = columns.to(self.device), width
+        with torch.no_grad():
+            out = self.decoder_model(
+                input_ids=ids.to(self.device),
+                position_ids=seen.to(self.device),
+                attention_mask=mask[:, None].to(self.device),
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+            hidden = out.last_hidden_state[torch.arange(len(rows)), (counts - 1)]
+            logits = self.head(hidden).float()
+        for r, row_tokens in zip(rows, tokens):
+            self.rows[r].tokens.extend(row_tokens)
+        return logits, logits.argmax(-1).tolist()
+
+    def _prefill(self, pending: list[int], finished: list[tuple[Hashable, list[int]]]) -> None:
+        started = time.perf_counter()
+        groups: list[list[int]] = []
+        if self.batch_prefill:
+            group, budget = [], 0
+            for index in pending:
+                size = len(self.rows[index].prompt) - self.rows[index].suffix_from
+                if group and budget + size > self.max_prefill_tokens:
+                    groups.append(group)
+                    group, budget = [], 0
+                group.append(index)
+                budget += size
+            groups.append(group)
+        else:
+            groups = [[index] for index in pending]
+        for group in groups:
+            suffixes = [self.rows[i].prompt[self.rows[i].suffix_from :] for i in group]
+            logits, greedy = self._forward(group, suffixes)
+            self.stats.prefill_forwards += 1
+            for a, index in enumerate(group):
+                self.rows[index].prefilled = True
+                self._choose(index, logits[a], greedy[a], finished)
+        self.stats.prefill_s += time.perf_counter() - started
+
+    def _decode(self, decoding: list[int], finished: list[tuple[Hashable, list[int]]]) -> None:
+        started = time.perf_counter()
+        logits, greedy = self._forward(decoding, [[self.rows[i].generated[-1]] for i in decoding])
+        self.stats.decode_forwards += 1
+        for a, index in enumerate(decoding):
+            self._choose(index, logits[a], greedy[a], finished)
+        self.stats.decode_s += time.perf_counter() - started
+
+    # ------------------------------------------------------------------------------------------ choosing
+
+    def _choose(self, index: int, logits: Any, greedy: int, finished: list[tuple[Hashable, list[int]]]) -> None:
+        """Pick the row's next token (free, grounded or sampled) and finish the reply when it ends."""
+        row = self.rows[index]
+        grounding = row.constraint
+        if grounding is not None and grounding.node is None and self._grounding_starts(row):
+            grounding.node = self._trie(row, forced=False).root
+        if grounding is not None and grounding.node is not None:
+            token = self._pick(row, logits, greedy, list(grounding.node))
+        else:
+            token = self._pick(row, logits, greedy, None)
+            out_of_budget = len(row.generated) + 1 >= row.max_new_tokens
+            if grounding is not None and (token in self.stop_ids or out_of_budget):
+                # The free thought may neither end nor run out before "Action:": force the marker, then a choice.
+                grounding.node = self._trie(row, forced=True).root
+                token = self._pick(row, logits, greedy, list(grounding.node))
+        row.generated.append(token)
+        self.stats.generated_tokens += 1
+        if grounding is not None and grounding.node is not None:
+            grounding.node = grounding.node[token]
+            done = not grounding.node
+        else:
+            done = token in self.stop_ids or len(row.generated) >= row.max_new_tokens
+        if done:
+            finished.append((row.key, list(row.generated)))
+            # The last token was never fed back: the row keeps the prompt and the reply without it.
+            row.key, row.constraint, row.last_used = None, None, time.perf_counter()
+
+    def _grounding_starts(self, row: Row) -> bool:
+        if not row.constraint.after_marker:
+            return True
+        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        return text.rstrip(" ").endswith(ACTION_MARKER)
+
+    def _trie(self, row: Row, *, forced: bool) -> CommandTrie:
+        """The trie of the row's choices as they continue its text so far, each ending with the end-of-turn token."""
+        grounding = row.constraint
+        if forced:
+            prefix = FORCED_ACTION if grounding.after_marker else ""
+        elif grounding.after_marker:
+            prefix = "" if self.tokenizer.decode(row.generated, skip_special_tokens=True).endswith(" ") else " "
+        else:
+            prefix = ""
+        return CommandTrie([self._choice_ids(prefix + choice) for choice in grounding.choices])
+
+    def _choice_ids(self, text: str) -> list[int]:
+        if text not in self._choice_tokens:
+            self._choice_tokens[text] = [*self.tokenizer(text, add_special_tokens=False)["input_ids"], self.end_id]
+        return self._choice_tokens[text]
+
+    def _pick(self, row: Row, logits: Any, greedy: int, allowed: list[int] | None) -> int:
+        """The next token: greedy or sampled, among `allowed` when given."""
+        torch = self._torch
+        if allowed is not None and len(allowed) == 1:
+            return allowed[0]
+        if row.temperature <= 0 and (allowed is None or greedy in allowed):
+            return greedy  # the overall best token is also the best allowed one
+        scores = logits if allowed is None else logits[torch.tensor(allowed, device=logits.device)]
+        if row.temperature > 0:
+            # Seeded by the request and the token's index: the draw does not depend on the other rows.
+            generator = torch.Generator().manual_seed(row.sample_seed * 1_000_003 + len(row.generated))
+            probs = torch.softmax(scores.cpu() / row.temperature, dim=-1)
+            choice = int(torch.multinomial(probs, 1, generator=generator))
+        else:
+            choice = int(scores.argmax())
+        return allowed[choice] if allowed is not None else choice
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

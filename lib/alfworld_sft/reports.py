@@ -1,0 +1,351 @@
+"""Reports: the tables, plots, comparisons and transcripts every stage shows (collection, evaluation, DAgger, the
+course summary). Nothing here plays or trains; it reads records and result files.
+
+    from alfworld_sft import reports
+    print(reports.format_table(rows))                         # a Markdown pipe table from dicts or tuples
+    reports.compare_results("results/eval/base.json", "results/eval/finetuned.json")   # tables + a PNG
+    alfworld-sft compare results/eval/base.json results/eval/finetuned.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alfworld_sft import files, games, paths
+
+TASK_TYPE_LABELS = {
+    "pick_and_place_simple": "place",
+    "look_at_obj_in_light": "look in light",
+    "pick_clean_then_place_in_recep": "clean",
+    "pick_heat_then_place_in_recep": "heat",
+    "pick_cool_then_place_in_recep": "cool",
+    "pick_two_obj_and_place": "pick two",
+}
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+
+
+def format_table(rows: Sequence[dict[str, Any]] | Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -> str:
+    """A Markdown pipe table, readable in a terminal, a log and a notebook alike. Rows are dicts (headers: the
+    first row's keys unless given) or sequences (headers required)."""
+    if not rows:
+        return "(no rows)"
+    if isinstance(rows[0], dict):
+        headers = list(headers or rows[0])
+        values = [[row.get(h) for h in headers] for row in rows]
+    else:
+        if headers is None:
+            raise ValueError("format_table needs headers for rows that are not dicts")
+        values = [list(row) for row in rows]
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in values]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Save a matplotlib figure atomically (a reader never sees half a PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------- collection
+
+
+def plot_expert_summary(per_task_type: dict[str, dict[str, float]], path: Path, title: str, max_steps: int) -> Path:
+    """Won rate and mean steps (won games) per task type of a collection, as a PNG."""
+    plt = _pyplot()
+    names = list(per_task_type)
+    labels = [f"{number} {TASK_TYPE_LABELS.get(name, name)}" for number, name in enumerate(names, start=1)]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    rates = [per_task_type[name]["won_rate"] for name in names]
+    left.bar(labels, rates, color="tab:green")
+    for index, name in enumerate(names):
+        row = per_task_type[name]
+        left.text(index, rates[index] + 0.02, f"{row['won']}/{row['attempted']}", ha="center", fontsize=8)
+    left.set_ylim(0, 1.12)
+    left.set_ylabel("won rate")
+    left.set_title("expert won rate per task type")
+    right.bar(labels, [per_task_type[name]["mean_steps_won"] for name in names], color="tab:blue")
+    right.axhline(max_steps, color="grey", linestyle="--", linewidth=1, label=f"step cap ({max_steps})")
+    right.set_ylim(0, max_steps * 1.2)
+    right.legend(loc="upper left", fontsize=8)
+    right.set_ylabel("mean steps (won games)")
+    right.set_title("expert steps per task type")
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Success rate, average steps, per-task-type success, invalid-reply rate, tokens and wall time of one agent."""
+    played = len(records)
+    steps = sum(r["steps"] for r in records)
+    won = sum(int(r["won"]) for r in records)
+    per_type: dict[str, dict[str, Any]] = {}
+    for record in records:
+        entry = per_type.setdefault(record["task_type"], {"games": 0, "won": 0})
+        entry["games"] += 1
+        entry["won"] += int(record["won"])
+    for entry in per_type.values():
+        entry["success_rate"] = round(entry["won"] / entry["games"], 4)
+    wall = sum(r["wall_s"] for r in records)
+    return {
+        "games": played,
+        "won": won,
+        "success_rate": round(won / played, 4) if played else 0.0,
+        "avg_steps": round(steps / played, 2) if played else 0.0,
+        "per_task_type": dict(sorted(per_type.items())),
+        "invalid_replies": sum(r["invalid_replies"] for r in records),
+        "invalid_reply_rate": round(sum(r["invalid_replies"] for r in records) / steps, 4) if steps else 0.0,
+        "tokens_generated": sum(r["tokens_generated"] for r in records),
+        "wall_time_s": round(wall, 1),
+        "games_per_hour": round(3600 * played / max(1e-9, wall), 1),
+    }
+
+
+DETAIL_KEYS = (
+    "game_id", "task_type", "won", "steps", "trials", "invalid_replies", "mapped", "tokens_generated", "wall_s",
+    "task", "actions", "reflections",
+)  # fmt: skip
+
+
+def summarize_run(
+    records: Sequence[dict[str, Any]], agents: Sequence[str], game_ids: Sequence[str], **settings: Any
+) -> dict[str, Any]:
+    """The results document: the run's settings, then per agent its summary and its games (selected games only)."""
+    wanted = set(game_ids)
+    blocks: dict[str, Any] = {}
+    for agent in agents:
+        mine = [r for r in records if r["agent"] == agent and r["game_id"] in wanted]
+        blocks[agent] = {**summarize_agent(mine), "games_detail": [{k: r.get(k) for k in DETAIL_KEYS} for r in mine]}
+    return {**settings, "num_games": len(game_ids), "agents": blocks}
+
+
+def write_results(path: str | os.PathLike[str], results: dict[str, Any], *, seed: int) -> Path:
+    """The results JSON (with run metadata) and a success-rate plot beside it."""
+    from alfworld_sft.results import write_result
+
+    write_result(path, results, seed=seed)
+    plot_results({Path(path).stem: results}, Path(path).with_suffix(".png"))
+    return Path(path)
+
+
+def results_table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per agent: the summary figures without the per-game detail."""
+    return [
+        {"agent": name, **{k: v for k, v in block.items() if k not in ("games_detail", "per_task_type")}}
+        for name, block in results["agents"].items()
+    ]
+
+
+def _agent_order(name: str) -> int:
+    from alfworld_sft.agents import AGENTS
+
+    return list(AGENTS).index(name) if name in AGENTS else len(AGENTS)
+
+
+def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Success rate per agent (left) and per task type for every agent (right), one bar colour per run."""
+    plt = _pyplot()
+    agent_names = sorted({a for r in runs.values() for a in r["agents"]}, key=_agent_order)
+    task_types = [t for t in games.TASK_TYPES.values() if any(t in b["per_task_type"] for r in runs.values()
+                                                                for b in r["agents"].values())]  # fmt: skip
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 2]})
+    width = 0.8 / max(1, len(runs))
+    for i, (label, run) in enumerate(runs.items()):
+        blocks = [run["agents"].get(a, {}) for a in agent_names]
+        bars = left.bar(
+            [x + i * width for x in range(len(agent_names))],
+            [b.get("success_rate", 0.0) for b in blocks],
+            width,
+            label=label,
+        )
+        # won/games on every bar: a 0% bar is otherwise indistinguishable from an agent that did not run
+        left.bar_label(bars, [f"{b['won']}/{b['games']}" if b else "" for b in blocks], fontsize=7, padding=2)
+    left.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(agent_names))], agent_names, rotation=30)
+    left.set_ylabel("success rate")
+    left.set_ylim(0, 1.05)
+    left.set_title("success per agent")
+    left.legend(fontsize=8)
+    labels, series = [], []
+    for label, run in runs.items():
+        for agent_name in agent_names:
+            block = run["agents"].get(agent_name)
+            if block is None:
+                continue
+            labels.append(f"{label}:{agent_name}" if len(runs) > 1 else agent_name)
+            series.append([block["per_task_type"].get(t, {}).get("success_rate", 0.0) for t in task_types])
+    width = 0.8 / max(1, len(series))
+    for i, (label, rates) in enumerate(zip(labels, series)):
+        right.bar([x + i * width for x in range(len(task_types))], rates, width, label=label)
+    right.set_xticks(
+        [x + width * (len(series) - 1) / 2 for x in range(len(task_types))],
+        [TASK_TYPE_LABELS.get(t, t) for t in task_types],
+        rotation=20,
+    )
+    right.set_ylim(0, 1.05)
+    right.set_title("success per task type")
+    right.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def compare_results(
+    a: str | Path | dict[str, Any],
+    b: str | Path | dict[str, Any],
+    *,
+    plot: str | Path | None = None,
+    agents: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Two result files side by side: a table per agent and one per (agent, task type), plus a PNG.
+
+    Returns {"agents": rows, "task_types": rows, "markdown": text, "plot": path}; the plot lands at `plot`
+    (default: beside `b`, named <a>_vs_<b>.png). `agents` keeps only those agents.
+    """
+    runs, labels = [], []
+    for item in (a, b):
+        if isinstance(item, dict):
+            runs.append(item)
+            labels.append(str(item.get("model", "run")))
+        else:
+            item = Path(item)
+            if not item.exists():
+                raise FileNotFoundError(f"result file {item} does not exist: run `alfworld-sft evaluate` first")
+            runs.append(files.read_json(item))
+            labels.append(item.stem)
+    if labels[0] == labels[1]:
+        labels = [f"A:{labels[0]}", f"B:{labels[1]}"]
+    if agents is not None:
+        runs = [{**run, "agents": {k: v for k, v in run["agents"].items() if k in agents}} for run in runs]
+    agent_rows, type_rows = [], []
+    for agent_name in sorted(set(runs[0]["agents"]) | set(runs[1]["agents"]), key=_agent_order):
+        blocks = [r["agents"].get(agent_name, {}) for r in runs]
+        agent_rows.append(
+            {
+                "agent": agent_name,
+                **{f"success_{lab}": blk.get("success_rate") for lab, blk in zip(labels, blocks)},
+                **{f"games_{lab}": blk.get("games") for lab, blk in zip(labels, blocks)},
+                **{f"avg_steps_{lab}": blk.get("avg_steps") for lab, blk in zip(labels, blocks)},
+                **{f"invalid_{lab}": blk.get("invalid_reply_rate") for lab, blk in zip(labels, blocks)},
+            }
+        )
+        if not all(blocks):  # an agent only one run played has no side-by-side per task type
+            continue
+        for task_type in sorted(set().union(*(blk.get("per_task_type", {}) for blk in blocks))):
+            cells = [blk.get("per_task_type", {}).get(task_type, {}) for blk in blocks]
+            type_rows.append(
+                {
+                    "agent": agent_name,
+                    "task_type": task_type,
+                    **{f"won_{lab}": f"{c.get('won', 0)}/{c.get('games', 0)}" for lab, c in zip(labels, cells)},
+                }
+            )
+    markdown = format_table(agent_rows) + "\n\n" + format_table(type_rows)
+    if plot is None:
+        base = Path(b) if not isinstance(b, dict) else paths.RESULTS_DIR / "eval" / "comparison.json"
+        plot = base.with_name(f"{_slug(labels[0])}_vs_{_slug(labels[1])}.png")
+    plot_path = plot_results(dict(zip(labels, runs)), Path(plot))
+    return {
+        "labels": labels,
+        "agents": agent_rows,
+        "task_types": type_rows,
+        "markdown": markdown,
+        "plot": str(plot_path),
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+# ------------------------------------------------------------------------------------------------ transcripts
+
+
+def transcript_text(record: dict[str, Any], *, max_turns: int = 12) -> str:
+    """A finished game (a checkpoint line) as readable text: plan, replies, commands, observations."""
+    out = [
+        f"[{record['agent']}] {record['game_id']}  won={record['won']} steps={record['steps']}",
+        f"Task: {record['task']}",
+    ]
+    for number, trial in enumerate(record["transcript"], start=1):
+        if len(record["transcript"]) > 1:
+            out.append(f"--- trial {number}")
+        if trial["plan"]:
+            out.append("Plan:\n" + trial["plan"])
+        for turn in trial["turns"][:max_turns]:
+            reply = turn["reply"].replace("\n", " | ")
+            shown = (
+                turn["command"]
+                if turn["command"] == turn["reply"]
+                else f"{reply!r} -> {turn['command']} ({turn['how']})"
+            )
+            out.append(f"> {shown}\n  {turn['observation'][:200]}")
+        if len(trial["turns"]) > max_turns:
+            out.append(f"  ... {len(trial['turns']) - max_turns} more steps")
+        if number <= len(record.get("reflections", [])):
+            out.append("Reflection: " + record["reflections"][number - 1])
+    return "\n".join(out)
+
+
+def example_transcripts(results_path: str | Path) -> dict[str, str]:
+    """One transcript per agent from a run's checkpoint (a won game when there is one), as readable text."""
+    results = files.read_json(results_path)
+    checkpoint = results["config"]["checkpoint"]
+    checkpoint = paths.resolve_repo_path(checkpoint) if checkpoint else Path(results_path).with_suffix(".ckpt.jsonl")
+    chosen: dict[str, dict[str, Any]] = {}
+    for record in files.read_jsonl(checkpoint, skip_malformed=True):
+        if "agent" not in record or "transcript" not in record:
+            continue
+        if record["agent"] not in chosen or (record["won"] and not chosen[record["agent"]]["won"]):
+            chosen[record["agent"]] = record
+    return {agent: transcript_text(chosen[agent]) for agent in results["agents"] if agent in chosen}
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def configure_parser(subparsers: argparse._SubParsersAction) -> None:
+    from alfworld_sft.agents import AGENTS
+
+    compare = subparsers.add_parser("compare", help="compare two evaluation result files (table + plot)")
+    compare.add_argument("a")
+    compare.add_argument("b")
+    compare.add_argument("--plot", default=None, help="PNG path (default: beside B)")
+    compare.add_argument("--agents", nargs="+", default=None, choices=list(AGENTS), help="only these agents")
+    compare.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    comparison = compare_results(args.a, args.b, plot=args.plot, agents=args.agents)
+    print(comparison["markdown"])
+    print(f"plot: {comparison['plot']}")
+    return 0

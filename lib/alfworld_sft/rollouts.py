@@ -1,0 +1,414 @@
+"""The rollout engine: the one implementation of "play games with a model", for evaluation, DAgger and the notebooks.
+
+Games are stepped by **engine workers** (`workers` processes, each owning some games: loading, resetting and
+stepping them in the real engine, building each game's prompt with the model's tokenizer), while **one model** in
+this process answers every pending request of every game (`backends.Backend.submit` / `step`: for a local model,
+continuous batching with per-game prefix reuse, `decoding.SlotDecoder`). A game whose reply is ready is stepped at
+once; meanwhile the model goes on with the others. `workers=0` plays the games in this process with the same code
+(one engine call after another: for tests, small runs and machines without spare cores).
+
+    from alfworld_sft.rollouts import RolloutConfig, play_rollouts
+    result = play_rollouts(backend, gamefiles, RolloutConfig(agent="zero_shot", max_steps=50, workers=8))
+    result.records      # one record per finished game (agents.Episode.record() plus game keys), in finish order
+    result.failed       # games that raised or whose worker died: (game file, error); the run went on
+    result.profile      # where the time went: engine start and steps, prompts, prefill, decode, waiting
+
+A game's outcome does not depend on the worker count, the batch size or the order games finish: each game owns its
+random state and seeds (`agents.Episode`), and a reply does not depend on the requests it was batched with (up to
+float rounding; tests compare float32).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alfworld_sft import engine, games
+from alfworld_sft.agents import Demonstration, Episode, build_agent
+from alfworld_sft.backends import Backend, CodecSpec, PromptCodec, Reply
+
+POLL_S = 0.5  # how long the main loop waits for a worker event when the model has nothing to do
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    agent: str = "zero_shot"  # agents.AGENTS
+    max_steps: int = 50  # commands per trial before the game counts as lost
+    seed: int = 0  # seeds every game's random state and sampled replies
+    workers: int = 0  # engine worker processes; 0 plays the games in this process
+    games_in_flight: int | None = None  # games started at once; default: the backend's slots, at least `workers`
+    expert: str | None = engine.DEFAULT_EXPERT  # follows every game (its labels; the expert backend's replies)
+    window_tokens: int | None = None  # prompt budget; default: the training window, else the agents' base window
+    actions: str = "free"  # free: map the reply afterwards; constrained: choose among admissible commands
+    temperature: float = 0.0  # 0: greedy; above: sampled (seeded per game and step)
+    demonstrations: tuple[Demonstration, ...] = ()  # few_shot's examples (from training games)
+    progress: bool = True  # a tqdm bar over games
+
+
+@dataclass
+class RolloutProfile:
+    """Seconds spent per kind of work (workers' figures summed over workers) and counts."""
+
+    wall_s: float = 0.0
+    engine_start_s: float = 0.0  # loading and resetting games (workers)
+    engine_step_s: float = 0.0  # stepping games and mapping replies (workers)
+    prompt_s: float = 0.0  # building and tokenizing prompts (workers)
+    transport_s: float = 0.0  # handing games to workers and replies back (workers=0: the engine work itself)
+    model_s: float = 0.0  # the backend's steps (this process)
+    prefill_s: float = 0.0  # of which prefill forwards (local models)
+    decode_s: float = 0.0  # of which decode forwards (local models)
+    wait_s: float = 0.0  # this process waiting for workers with nothing for the model to do
+    games: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    workers: int = 0
+
+    @property
+    def overhead_s(self) -> float:
+        """This process's time outside the model, the transport and the waiting: scheduling and Python."""
+        return max(0.0, self.wall_s - self.model_s - self.wait_s - self.transport_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "overhead_s": round(self.overhead_s, 3)}
+
+
+@dataclass
+class RolloutResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    profile: RolloutProfile = field(default_factory=RolloutProfile)
+
+
+# --------------------------------------------------------------------------------------------- the worker side
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What a game runner needs, picklable for a worker process."""
+
+    config: RolloutConfig
+    codec: CodecSpec
+
+
+class GameRunner:
+    """Plays the games it is given, one event at a time: `start` a game, hand it each `reply`. Each call returns
+    the game's next event: ("request", job, Request), ("finished", job, record) or ("failed", job, error)."""
+
+    def __init__(self, spec: RunnerSpec, codec: PromptCodec | None = None):
+        config = spec.config
+        self.config = config
+        self.codec = codec or PromptCodec(spec.codec)
+        kwargs: dict[str, Any] = {
+            "window_tokens": config.window_tokens,
+            "actions": config.actions,
+            "temperature": config.temperature,
+        }
+        if config.agent == "few_shot":
+            kwargs["demonstrations"] = config.demonstrations
+        self.agent = build_agent(config.agent, self.codec, **kwargs)
+        self.episodes: dict[int, tuple[Episode, dict[str, Any]]] = {}
+
+    def start(self, job: int, gamefile: str, game_id: str) -> tuple:
+        try:
+            started = time.perf_counter()
+            episode = Episode(
+                self.agent,
+                gamefile,
+                game_id=game_id,
+                max_steps=self.config.max_steps,
+                seed=self.config.seed,
+                expert=self.config.expert,
+            )
+            times = {"engine_start_s": time.perf_counter() - started, "engine_step_s": 0.0, "prompt_s": 0.0}
+            self.episodes[job] = (episode, times)
+            return self._next(job)
+        except Exception as error:  # noqa: BLE001 - a game that breaks is reported with its game; the run goes on
+            return self._fail(job, error)
+
+    def reply(self, job: int, reply: Reply) -> tuple:
+        episode, times = self.episodes[job]
+        try:
+            started = time.perf_counter()
+            episode.advance(reply)
+            times["engine_step_s"] += time.perf_counter() - started
+            return self._next(job)
+        except Exception as error:  # noqa: BLE001
+            return self._fail(job, error)
+
+    def _next(self, job: int) -> tuple:
+        episode, times = self.episodes[job]
+        if episode.finished:
+            del self.episodes[job]
+            return ("finished", job, {**episode.record(), "timing": {k: round(v, 4) for k, v in times.items()}})
+        started = time.perf_counter()
+        request = episode.request()
+        times["prompt_s"] += time.perf_counter() - started
+        return ("request", job, request)
+
+    def _fail(self, job: int, error: BaseException) -> tuple:
+        episode, _ = self.episodes.pop(job, (None, None))
+        if episode is not None:
+            episode.close()
+        text = "".join(traceback.format_exception_only(type(error), error)).strip()
+        return ("failed", job, text[:2000])
+
+
+def _worker_main(spec: RunnerSpec, inbox: Any, outbox: Any, worker: int, parent: int) -> None:
+    """A worker process: build a runner, then answer messages until told to stop."""
+    engine.exit_with_parent(parent)
+    try:
+        runner = GameRunner(spec)
+    except Exception as error:  # noqa: BLE001 - told to the main process, which stops the run with it
+        outbox.put(("broken", worker, f"{type(error).__name__}: {error}"))
+        return
+    outbox.put(("ready", worker, None))
+    while True:
+        message = inbox.get()
+        if message[0] == "stop":
+            return
+        if message[0] == "start":
+            event = runner.start(*message[1:])
+        else:
+            event = runner.reply(*message[1:])
+        outbox.put((*event[:2], event[2], worker))
+
+
+# ------------------------------------------------------------------------------------------- the transports
+
+
+class InlineTransport:
+    """Games stepped in this process: every message is handled at once."""
+
+    def __init__(self, spec: RunnerSpec, codec: PromptCodec):
+        self.runner = GameRunner(spec, codec)
+        self.events: deque[tuple] = deque()
+        self.count = 0
+
+    def start(self, job: int, gamefile: str, game_id: str) -> None:
+        self.events.append(self.runner.start(job, gamefile, game_id))
+
+    def send(self, job: int, reply: Reply) -> None:
+        self.events.append(self.runner.reply(job, reply))
+
+    def receive(self, timeout: float) -> list[tuple]:
+        events = list(self.events)
+        self.events.clear()
+        return events
+
+    def close(self) -> None:
+        for episode, _ in self.runner.episodes.values():
+            episode.close()
+
+
+class ProcessTransport:
+    """Games stepped by `count` worker processes; a game stays with the worker that started it. A worker that dies
+    fails its games (reported) and is replaced, so the run goes on."""
+
+    def __init__(self, spec: RunnerSpec, count: int):
+        # spawn: a clean interpreter per worker, no inherited engine state or locks (also works under Jupyter).
+        self.context = multiprocessing.get_context("spawn")
+        self.spec, self.count = spec, count
+        self.outbox = self.context.Queue()
+        self.workers: list[Any] = []
+        self.inboxes: list[Any] = []
+        self.jobs: list[set[int]] = []
+        self.pending: deque[tuple] = deque()  # events read while waiting for a worker to start
+        for index in range(count):
+            self._spawn(index)
+        self._wait_ready(count)
+
+    def _wait_ready(self, count: int) -> None:
+        """Wait until `count` workers said they are ready; keep other events for `receive`."""
+        deadline = time.monotonic() + 600
+        while count:
+            try:
+                event = self.outbox.get(timeout=max(1.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError("engine workers did not start within 10 minutes") from None
+            if event[0] == "broken":
+                self.close()
+                raise RuntimeError(f"engine worker {event[1]} could not start: {event[2]}")
+            if event[0] == "ready":
+                count -= 1
+            else:
+                self.pending.append(self._take(event))
+
+    def _spawn(self, index: int) -> None:
+        inbox = self.context.Queue()
+        process = self.context.Process(
+            target=_worker_main,
+            args=(self.spec, inbox, self.outbox, index, os.getpid()),
+            daemon=True,
+            name=f"alfworld-engine-{index}",
+        )
+        process.start()
+        if index < len(self.workers):
+            self.workers[index], self.inboxes[index], self.jobs[index] = process, inbox, set()
+        else:
+            self.workers.append(process)
+            self.inboxes.append(inbox)
+            self.jobs.append(set())
+
+    def start(self, job: int, gamefile: str, game_id: str) -> None:
+        worker = min(range(self.count), key=lambda i: len(self.jobs[i]))
+        self.jobs[worker].add(job)
+        self.inboxes[worker].put(("start", job, gamefile, game_id))
+
+    def send(self, job: int, reply: Reply) -> None:
+        for worker, jobs in enumerate(self.jobs):
+            if job in jobs:
+                self.inboxes[worker].put(("reply", job, reply))
+                return
+
+    def receive(self, timeout: float) -> list[tuple]:
+        events = list(self.pending)
+        self.pending.clear()
+        try:
+            first = self.outbox.get(timeout=timeout) if timeout > 0 else self.outbox.get_nowait()
+            events.append(self._take(first))
+            while True:
+                events.append(self._take(self.outbox.get_nowait()))
+        except queue.Empty:
+            pass
+        self._check_workers()
+        events.extend(self.pending)
+        self.pending.clear()
+        return events
+
+    def _take(self, event: tuple) -> tuple:
+        """A worker's (kind, job, detail, worker) as (kind, job, detail), noting which games it no longer holds."""
+        kind, job, detail, worker = event
+        if kind in ("finished", "failed"):
+            self.jobs[worker].discard(job)
+        return kind, job, detail
+
+    def _check_workers(self) -> None:
+        for index, process in enumerate(self.workers):
+            if process.is_alive():
+                continue
+            for job in sorted(self.jobs[index]):
+                self.pending.append(("failed", job, f"engine worker {index} died (exit code {process.exitcode})"))
+            self._spawn(index)
+            self._wait_ready(1)
+
+    def close(self) -> None:
+        for inbox in self.inboxes:
+            inbox.put(("stop",))
+        for process in self.workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+
+
+def play_rollouts(
+    backend: Backend,
+    gamefiles: Sequence[str | Path],
+    config: RolloutConfig,
+    *,
+    on_finished: Callable[[dict[str, Any]], None] | None = None,
+    on_failed: Callable[[str, str], None] | None = None,
+) -> RolloutResult:
+    """Play `gamefiles` with `config.agent` on `backend`; hand each finished game's record to `on_finished` at
+    once (checkpointing) and each game that could not be played to `on_failed`."""
+    from tqdm.auto import tqdm
+
+    if config.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {config.workers}")
+    if config.max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {config.max_steps}")
+    started = time.perf_counter()
+    result = RolloutResult()
+    profile = result.profile
+    profile.workers = config.workers
+    spec = RunnerSpec(config, backend.codec.spec())
+    transport: Any = ProcessTransport(spec, config.workers) if config.workers else InlineTransport(spec, backend.codec)
+    limit = config.games_in_flight or max(backend.slots, config.workers, 1)
+    waiting = deque((str(g), games.game_id(g)) for g in gamefiles)
+    in_flight: dict[int, tuple[str, str]] = {}
+    next_job = 0
+    bar = tqdm(total=len(waiting), desc=config.agent, unit="game", disable=not config.progress, dynamic_ncols=True)
+    stats_before = _decoder_stats(backend)
+    try:
+        while waiting or in_flight:
+            moved = time.perf_counter()
+            while waiting and len(in_flight) < limit:
+                gamefile, game_id = waiting.popleft()
+                in_flight[next_job] = (gamefile, game_id)
+                transport.start(next_job, gamefile, game_id)
+                next_job += 1
+            profile.transport_s += time.perf_counter() - moved
+            waited = time.perf_counter()
+            events = transport.receive(0 if backend.busy else POLL_S)
+            if not backend.busy and not events:
+                profile.wait_s += time.perf_counter() - waited
+            else:
+                profile.transport_s += time.perf_counter() - waited
+            for kind, job, detail in events:
+                gamefile, game_id = in_flight[job]
+                if kind == "request":
+                    backend.submit(job, detail)
+                    profile.requests += 1
+                    continue
+                del in_flight[job]
+                backend.release(game_id)
+                bar.update(1)
+                if kind == "failed":
+                    result.failed.append((gamefile, detail))
+                    bar.write(f"could not play {game_id}: {detail.splitlines()[-1] if detail else ''}")
+                    if on_failed:
+                        on_failed(gamefile, detail)
+                    continue
+                record = _game_record(config.agent, gamefile, game_id, detail)
+                for key in ("engine_start_s", "engine_step_s", "prompt_s"):
+                    setattr(profile, key, getattr(profile, key) + record["timing"][key])
+                profile.games += 1
+                result.records.append(record)
+                if on_finished:
+                    on_finished(record)
+            if backend.busy:
+                model_started = time.perf_counter()
+                replies = backend.step()
+                moved = time.perf_counter()
+                profile.model_s += moved - model_started
+                for job, reply in replies:
+                    transport.send(job, reply)
+                profile.transport_s += time.perf_counter() - moved
+    finally:
+        bar.close()
+        transport.close()
+        for _, game_id in in_flight.values():
+            backend.release(game_id)
+    stats_after = _decoder_stats(backend)
+    if stats_after is not None:
+        for key in ("prefill_s", "decode_s", "prompt_tokens", "reused_tokens"):
+            setattr(profile, key, stats_after[key] - stats_before[key])
+    profile.wall_s = time.perf_counter() - started
+    return result
+
+
+def _decoder_stats(backend: Backend) -> dict[str, Any] | None:
+    """A local model's decoding counters (time in prefill and decode, prompt tokens computed or reused)."""
+    decoder = getattr(backend, "decoder", None)
+    return asdict(decoder.stats) if decoder is not None else None
+
+
+def _game_record(agent: str, gamefile: str, game_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "agent": agent,
+        "game_id": game_id,
+        "task_type": games.read_task_type(gamefile),
+        "gamefile": gamefile,
+        **record,
+    }

@@ -1,0 +1,158 @@
+"""The continuous-batching decoder on the real default model (float32, CPU): replies equal transformers' own
+`generate`, whatever else is in flight; grounded replies are always one of the choices; sampling is seeded per
+request; a session reuses its cached prefix."""
+
+from __future__ import annotations
+
+import pytest
+from alfworld_sft import models
+from alfworld_sft.backends import Request
+from alfworld_sft.decoding import SlotDecoder
+
+SYSTEM = {"role": "system", "content": "Reply with one command."}
+PROMPTS = [
+    (SYSTEM, {"role": "user", "content": text})
+    for text in (
+        "Task: put a mug in shelf.\nObservation: You see a shelf 1 and a countertop 1.",
+        "Observation: Nothing happens.",
+        "Task: examine the book with the desklamp.",
+    )
+]
+CHOICES = ("go to shelf 1", "go to countertop 1", "take mug 1 from countertop 1", "look", "inventory")
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    import torch
+
+    torch.set_num_threads(2)
+    tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
+    model = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32, attn_implementation="eager").eval()
+    return model, tokenizer
+
+
+def encode(tokenizer, messages) -> list[int]:
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def run(decoder: SlotDecoder, items: list[tuple[str, Request, list[int], str | None]]) -> dict[str, str]:
+    for key, request, ids, session in items:
+        decoder.submit(key, request, ids, session)
+    texts = {}
+    while decoder.busy:
+        for key, ids in decoder.step():
+            texts[key] = decoder.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return texts
+
+
+def reference(model, tokenizer, messages, max_new_tokens: int) -> str:
+    import torch
+
+    ids = torch.tensor([encode(tokenizer, messages)])
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=models.stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def make_decoder(model, tokenizer, rows: int, batch_prefill: bool) -> SlotDecoder:
+    return SlotDecoder(
+        model, tokenizer, stop_ids=models.stop_token_ids(tokenizer), rows=rows, batch_prefill=batch_prefill
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rows", "batch_prefill"), [(1, False), (3, True), (2, True)])
+def test_replies_equal_generate_whatever_shares_the_batch(model_and_tokenizer, rows, batch_prefill):
+    model, tokenizer = model_and_tokenizer
+    decoder = make_decoder(model, tokenizer, rows, batch_prefill)
+    items = [(str(i), Request(p, 12), encode(tokenizer, p), f"s{i}") for i, p in enumerate(PROMPTS)]
+    texts = run(decoder, items)
+    assert [texts[str(i)] for i in range(3)] == [reference(model, tokenizer, p, 12) for p in PROMPTS]
+
+
+@pytest.mark.slow
+def test_a_session_computes_only_its_new_tokens_and_replies_as_from_scratch(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    decoder = make_decoder(model, tokenizer, 2, False)
+    first = list(PROMPTS[0])
+    reply = run(decoder, [("a", Request(tuple(first), 12), encode(tokenizer, first), "game")])["a"]
+    second = (
+        *first,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "Observation: You arrive at shelf 1. On the shelf 1, you see nothing."},
+    )
+    before = decoder.stats.reused_tokens
+    texts = run(
+        decoder,
+        [
+            ("b", Request(second, 12), encode(tokenizer, second), "game"),
+            ("c", Request(PROMPTS[1], 12), encode(tokenizer, PROMPTS[1]), "other"),
+        ],
+    )
+    assert decoder.stats.reused_tokens - before >= len(encode(tokenizer, first)) - 1
+    assert texts == {"b": reference(model, tokenizer, second, 12), "c": reference(model, tokenizer, PROMPTS[1], 12)}
+    decoder.release("game")
+    assert all(row.owner != "game" for row in decoder.rows)
+
+
+@pytest.mark.slow
+def test_more_sessions_than_rows_take_over_parked_rows(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    decoder = make_decoder(model, tokenizer, 1, False)
+    items = [(str(i), Request(p, 8), encode(tokenizer, p), f"s{i}") for i, p in enumerate(PROMPTS)]
+    texts = run(decoder, items)
+    assert [texts[str(i)] for i in range(3)] == [reference(model, tokenizer, p, 8) for p in PROMPTS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [24, 2])
+def test_a_grounded_reply_is_always_one_of_the_choices(model_and_tokenizer, budget):
+    """From the first token; also when the budget is far too small for any command (the command completes)."""
+    model, tokenizer = model_and_tokenizer
+    decoder = make_decoder(model, tokenizer, 3, True)
+    items = [(str(i), Request(p, budget, choices=CHOICES), encode(tokenizer, p), None) for i, p in enumerate(PROMPTS)]
+    texts = run(decoder, items)
+    assert all(text in CHOICES for text in texts.values()), texts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [56, 6])
+def test_a_thinking_reply_keeps_a_free_thought_and_a_grounded_action(model_and_tokenizer, budget):
+    from alfworld_sft.agents import extract_command
+
+    model, tokenizer = model_and_tokenizer
+    decoder = make_decoder(model, tokenizer, 2, True)
+    system = {"role": "system", "content": "Reply in two lines:\nThought: <why>\nAction: <command>"}
+    prompt = (system, PROMPTS[0][1])
+    request = Request(prompt, budget, choices=CHOICES, choice_after="Action:")
+    text = run(decoder, [("r", request, encode(tokenizer, prompt), None)])["r"]
+    assert "Action:" in text and extract_command(text) in CHOICES, text
+
+
+@pytest.mark.slow
+def test_sampling_is_seeded_per_request_not_per_batch(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    sampled = Request(PROMPTS[2], 12, temperature=1.0, sample_seed=7)
+    alone = run(make_decoder(model, tokenizer, 1, False), [("x", sampled, encode(tokenizer, PROMPTS[2]), None)])
+    crowd = [
+        (str(i), Request(p, 12, temperature=1.0, sample_seed=i), encode(tokenizer, p), None)
+        for i, p in enumerate(PROMPTS)
+    ]
+    together = run(
+        make_decoder(model, tokenizer, 4, True), [*crowd, ("x", sampled, encode(tokenizer, PROMPTS[2]), None)]
+    )
+    assert together["x"] == alone["x"]
+    others = [
+        run(make_decoder(model, tokenizer, 1, False), [("x", Request(PROMPTS[2], 12, temperature=1.0, sample_seed=s),
+                                                         encode(tokenizer, PROMPTS[2]), None)])["x"]
+        for s in range(8, 12)
+    ]  # fmt: skip
+    assert any(text != alone["x"] for text in others)  # the seed matters
