@@ -22,7 +22,8 @@ STAGE_MODULES = (
     "collect",
     "formatting",
     "training",
-    "export",
+    "merge",
+    "gguf",
     "evaluation",
     "course",
 )
