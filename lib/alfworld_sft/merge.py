@@ -228,6 +228,7 @@ def merge_adapter(config: MergeConfig, log: Callable[[str], None] = print) -> di
     merged.config.eos_token_id = stop_ids[0]
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = files.partial_path(output)
+    shutil.rmtree(partial, ignore_errors=True)  # this process's own, kept by a merge that failed its check
     keep_partial = False  # a folder that failed the logit check stays for inspection, never under `output`
     try:
         merged.save_pretrained(partial)
