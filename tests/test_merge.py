@@ -50,7 +50,7 @@ def test_merge_removes_partials_of_killed_merges_only(adapter: Path, tmp_path: P
     try:
         # Any merge starts by clearing what killed ones left, even one that then stops at a wrong --base.
         with pytest.raises(merge.BaseModelMismatchError):
-            merge.merge_adapter(merge.MergeConfig(adapter=adapter, output=output, base=str(tmp_path)), log=print)
+            merge.merge_adapter(merge.MergeConfig(adapter=adapter, output=output, base=str(tmp_path)))
         assert not killed.exists() and running.is_dir()
     finally:
         writer.kill()
