@@ -46,3 +46,40 @@ def test_written_json_is_readable_by_others(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    from alfworld_sft.files import partial_path, remove_stale_partials
+    from partials import leave_killed_partial, start_partial_writer
+
+    killed = leave_killed_partial(tmp_path / "killed")
+    writer, running = start_partial_writer(tmp_path / "running")
+    mine = partial_path(tmp_path / "mine")
+    mine.write_text("this process's own partial")
+    (tmp_path / "kept.partial-1").mkdir()  # not a partial_path name
+    try:
+        assert remove_stale_partials(tmp_path) == [killed]
+        assert not killed.exists() and running.is_dir() and mine.exists() and (tmp_path / "kept.partial-1").exists()
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert remove_stale_partials(tmp_path) == [running]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"peft_type": "LORA", "base_model_n\nam', "not valid JSON .*Invalid control character"),
+        ("[1, 2]", "holds a JSON list, not an object"),
+        ("{}", "lacks 'peft_type'"),
+        (b"\xff\xfe{}", "not UTF-8"),
+    ],
+)
+def test_corrupt_json_object_names_file_and_remedy(tmp_path, text, problem):
+    from alfworld_sft.files import CorruptFileError, read_json_object
+
+    path = tmp_path / "adapter_config.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(CorruptFileError, match=f"adapter_config.json .*{problem}.*: train again"):
+        read_json_object(path, "train again", required_keys=("peft_type",))

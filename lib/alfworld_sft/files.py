@@ -3,12 +3,17 @@
 A JSON file is written to a temporary sibling and renamed into place, so a reader never sees half of it.
 A JSONL file grows one flushed line per record; `read_jsonl` reports a malformed line by path and line
 number, and `repair_jsonl_tail` cuts a torn last line left by a killed writer so that the run can resume.
+`read_json_object` reads a JSON file another step wrote and names it, with what to do, when it is torn.
+Large outputs (a model folder, a GGUF file) are built at `partial_path(target)` and renamed into place;
+`remove_stale_partials` clears what a killed writer left there, leaving a running writer's work alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -37,6 +42,69 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+class CorruptFileError(ValueError):
+    """A file that exists but cannot be read as what it should be; the message names it and what to do."""
+
+
+def read_json_object(path: str | os.PathLike[str], remedy: str, required_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The JSON object in `path`, or `CorruptFileError` naming the file and `remedy` (what to do) when it is torn,
+    not UTF-8, not an object, or lacks one of `required_keys`."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CorruptFileError(f"{path} is not UTF-8 text: {remedy}") from None
+    except ValueError as error:
+        raise CorruptFileError(f"{path} is not valid JSON ({error}; a torn write?): {remedy}") from None
+    if not isinstance(raw, dict):
+        raise CorruptFileError(f"{path} holds a JSON {type(raw).__name__}, not an object: {remedy}")
+    missing = [key for key in required_keys if key not in raw]
+    if missing:
+        raise CorruptFileError(f"{path} lacks {', '.join(map(repr, missing))}: {remedy}")
+    return raw
+
+
+def partial_path(target: str | os.PathLike[str]) -> Path:
+    """Where to build `target` before renaming it into place: a hidden sibling named after this process, so that
+    `remove_stale_partials` can tell a killed writer's leftovers from a running writer's work."""
+    target = Path(target)
+    return target.parent / f".{target.name}.partial-{os.getpid()}"
+
+
+_PARTIAL = re.compile(r"\..+\.partial-(\d+)")
+
+
+def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the `partial_path` files and folders in `folder` whose process is dead (killed mid-write); a live
+    process's are left alone. Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = _PARTIAL.fullmatch(path.name)
+        if not match or is_process_alive(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def is_process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        # /proc/PID/stat: "pid (name) state ..."; the name may hold spaces, so read after the last ')'.
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 reached it
 
 
 def repair_jsonl_tail(path: str | os.PathLike[str]) -> bool:
