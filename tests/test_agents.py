@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
 import pytest
 from alfworld_sft.agents import AGENTS, NOTHING_HAPPENS, extract_command, map_action, render_demonstration
@@ -19,8 +17,6 @@ ADMISSIBLE = (
     "inventory",
     "look",
 )
-
-needs_data = pytest.mark.skipif(not os.environ.get("ALFWORLD_DATA"), reason="ALFWORLD_DATA is not set (real games)")
 
 
 def test_extract_command_reads_action_lines_and_strips_decoration():
@@ -71,39 +67,27 @@ def test_render_demonstration_drops_admissible_lists_and_shortens_observations()
 def backend():
     from alfworld_sft.backends import load_backend
 
-    return load_backend("smollm2-135m-instruct", dtype="bfloat16")  # twice as fast on CPU
+    return load_backend("smollm2-135m-instruct", dtype="bfloat16", batch_size=1)  # twice as fast on CPU
 
 
-@pytest.fixture(scope="module")
-def gamefile() -> Path:
-    root = Path(os.environ["ALFWORLD_DATA"]) / "json_2.1.1" / "valid_seen"
-    return min(root.glob("pick_and_place_simple-*/*/game.tw-pddl"))
-
-
-@needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("agent_name", list(AGENTS))
-def test_each_agent_plays_a_real_game_with_the_default_model(agent_name, backend, gamefile):
+def test_each_agent_plays_a_real_game_with_the_default_model(agent_name, backend, eval_games):
     from alfworld_sft.agents import Demonstration
-    from alfworld_sft.evaluation import play_games
+    from alfworld_sft.rollouts import RolloutConfig, play_rollouts
+    from conftest import games_of_type
 
-    demos = [
+    gamefile = games_of_type(eval_games, "pick_and_place_simple")[0]
+    demos = (
         Demonstration(
             "json_2.1.1/train/demo",
             "pick_and_place_simple",
             "Task: put a mug in shelf.\nObservation: You see a shelf 1.\n> go to shelf 1",
-        )
-    ]
-    max_steps = 1
-    [record] = play_games(
-        agent_name,
-        backend,
-        [gamefile],
-        max_steps=max_steps,
-        seed=0,
-        batch_size=1,
-        agent_kwargs={"demonstrations": demos} if agent_name == "few_shot" else None,
+        ),
     )
+    max_steps = 1
+    config = RolloutConfig(agent=agent_name, max_steps=max_steps, demonstrations=demos, expert=None, progress=False)
+    [record] = play_rollouts(backend, [gamefile], config).records
     agent = AGENTS[agent_name]
     assert record["agent"] == agent_name and record["task_type"] == "pick_and_place_simple"
     turns = [turn for trial in record["transcript"] for turn in trial["turns"]]
@@ -111,8 +95,8 @@ def test_each_agent_plays_a_real_game_with_the_default_model(agent_name, backend
     if not record["won"]:
         assert record["trials"] == agent.trials and record["steps"] == agent.trials * max_steps
         assert len(record["reflections"]) == agent.trials - 1
-    assert record["tokens_generated"] > 0
-    assert all(t["reply"] is not None for t in turns)
+    assert record["tokens_generated"] >= record["steps"]  # at least the end-of-turn token of every reply
+    assert all(t["reply"] or t["how"] == "invalid" for t in turns)
     assert record["invalid_replies"] == sum(t["how"] == "invalid" for t in turns)
     assert all(t["observation"] == NOTHING_HAPPENS for t in turns if t["how"] == "invalid")
     if agent.plans:
@@ -123,7 +107,8 @@ def test_prompt_window_moves_in_quarter_budget_jumps_so_consecutive_prompts_shar
     from alfworld_sft.agents import Trial, Turn, build_agent
     from alfworld_sft.backends import ExpertBackend
 
-    agent = build_agent("zero_shot", ExpertBackend(), window_tokens=400)
+    codec = ExpertBackend().codec
+    agent = build_agent("zero_shot", codec, window_tokens=400)
     trial = Trial("put a mug in coffeemachine", "You are in the middle of a room.", ADMISSIBLE)
     windows, moves = [], []
     for step in range(60):
@@ -138,12 +123,35 @@ def test_prompt_window_moves_in_quarter_budget_jumps_so_consecutive_prompts_shar
         )
         before = trial.dropped_pairs
         windows.append(agent.act_messages(trial, []))
-        assert agent.backend.count_tokens(windows[-1]) <= 400
+        assert agent.codec.count_tokens(windows[-1]) <= 400
         if trial.dropped_pairs != before:
             moves.append(step)
             # a move frees a quarter of the budget, so several steps follow before the next one
-            assert agent.backend.count_tokens(windows[-1]) <= 300
+            assert agent.codec.count_tokens(windows[-1]) <= 300
         elif len(windows) > 1:
             assert windows[-1][: len(windows[-2])] == windows[-2]  # the last prompt, extended
     # without the jump the window would move at every step once full
     assert len(moves) >= 2 and min(b - a for a, b in itertools.pairwise(moves)) >= 3
+
+
+def test_a_thoughts_model_is_prompted_in_its_format_and_constrained_after_action(tmp_path):
+    from alfworld_sft import prompts, records
+    from alfworld_sft.agents import Trial, Turn, build_agent
+    from alfworld_sft.backends import CodecSpec, PromptCodec
+
+    record = records.TrainingRecord(
+        base_model="smollm2-135m-instruct", prompt_format=prompts.PromptFormat(), max_seq_len=1024,
+        data_format="thoughts",
+    )  # fmt: skip
+    records.write_training_record(tmp_path, record, seed=0)
+    codec = PromptCodec(CodecSpec(None, str(tmp_path)))
+    agent = build_agent("zero_shot", codec, actions="constrained")
+    assert agent.thinks and agent.system_prompt == prompts.THOUGHTS_SYSTEM_PROMPT
+    assert agent.window_tokens == 1024 - agent.max_new_tokens
+    trial = Trial("put a mug in shelf", "You see a shelf 1.", ADMISSIBLE)
+    reply = "Thought: the mug may be on the shelf.\nAction: go to shelf 1"
+    trial.turns.append(Turn(reply, "go to shelf 1", "exact", "You arrive at shelf 1.", ADMISSIBLE))
+    messages = agent.act_messages(trial, [])
+    assert messages[0]["content"] == prompts.THOUGHTS_SYSTEM_PROMPT and messages[2]["content"] == reply
+    with pytest.raises(ValueError, match="actions must be one of"):
+        build_agent("zero_shot", codec, actions="grounded")

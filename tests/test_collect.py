@@ -1,6 +1,6 @@
 """Oracle collection in the real engine: record contract, determinism, resume after a kill, torn and malformed
-lines, games the engine cannot load. Real games come from $ALFWORLD_DATA (skipped without it) and, once
-`alfworld_sft.generate` exists, from the course's generator."""
+lines, games the engine cannot load. Games: real ones from $ALFWORLD_DATA, else the course's generated games
+(conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from alfworld_sft import collect, files, games, prompts
+from alfworld_sft import collect, engine, files, games, prompts, records
 from alfworld_sft.collect import CollectConfig, collect_trajectories
-
-REAL_DATA = os.environ.get("ALFWORLD_DATA")
-needs_real_data = pytest.mark.skipif(not REAL_DATA, reason="set ALFWORLD_DATA to the unpacked ALFWorld data")
 
 # Short games (5-9 expert steps) of three task types: the seeded, type-balanced sample of list_games.
 SAMPLE = {"split": "train", "task_types": ("1", "2", "5"), "limit": 4, "seed": 0}
@@ -46,23 +43,21 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, dict]:
+def reference(train_games, tmp_path_factory) -> dict[str, dict]:
     """The sample collected once, in this process: the records every other run must reproduce."""
-    if not REAL_DATA:
-        pytest.skip("set ALFWORLD_DATA to the unpacked ALFWorld data")
     output = tmp_path_factory.mktemp("reference") / "trajectories.jsonl"
     summary = collect_trajectories(_config(output, workers=1))
     assert summary.played_now == 4 and summary.skipped == 0
     return _records(output)
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_records_follow_the_contract(reference):
     assert len(reference) == 4  # all four short games are won by the expert
     for game_id, record in reference.items():
-        collect.check_record(record)
-        assert list(record) == list(collect.RECORD_KEYS)
+        records.check_record(record)
+        assert list(record)[: len(records.RECORD_KEYS)] == list(records.RECORD_KEYS)
+        assert record["format_version"] == records.FORMAT_VERSION and record["expert"] == engine.DEFAULT_EXPERT
         assert record["system"] == prompts.SYSTEM_PROMPT
         assert record["won"] is True and record["split"] == "train" and record["seed"] == 0
         assert record["task_type"] == games.read_task_type(record["gamefile"])
@@ -76,7 +71,6 @@ def test_records_follow_the_contract(reference):
         assert record["prompt_format"] == {"show_admissible_commands": False}
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_records_do_not_depend_on_worker_count(reference, tmp_path):
     output = tmp_path / "two_workers.jsonl"
@@ -90,7 +84,6 @@ def test_records_do_not_depend_on_worker_count(reference, tmp_path):
     assert collect.verify_trajectories(output)["records"] == 4
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_loss_or_duplicates(reference, tmp_path):
     output = tmp_path / "killed.jsonl"
@@ -140,7 +133,6 @@ def test_a_killed_run_resumes_without_loss_or_duplicates(reference, tmp_path):
     assert sorted(ledger_ids) == sorted(reference)
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_a_torn_last_line_is_cut_and_its_game_replayed(reference, tmp_path):
     output = tmp_path / "torn.jsonl"
@@ -155,7 +147,6 @@ def test_a_torn_last_line_is_cut_and_its_game_replayed(reference, tmp_path):
     assert len(output.read_text().splitlines()) == 4
 
 
-@needs_real_data
 def test_a_malformed_line_is_reported_moved_aside_and_skipped(reference, tmp_path):
     output = tmp_path / "malformed.jsonl"
     records = sorted(reference.values(), key=lambda record: record["game_id"])
@@ -169,7 +160,6 @@ def test_a_malformed_line_is_reported_moved_aside_and_skipped(reference, tmp_pat
     assert output.with_name("malformed.jsonl.malformed").read_text() == "{not json\n"
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_a_damaged_record_is_moved_aside_and_its_game_replayed(reference, tmp_path):
     output = tmp_path / "damaged.jsonl"
@@ -184,7 +174,6 @@ def test_a_damaged_record_is_moved_aside_and_its_game_replayed(reference, tmp_pa
     assert _records(output) == reference
 
 
-@needs_real_data
 def test_a_rerun_with_other_settings_is_refused(reference, tmp_path):
     output = tmp_path / "settings.jsonl"
     files.append_jsonl(output, list(reference.values()))
@@ -192,8 +181,7 @@ def test_a_rerun_with_other_settings_is_refused(reference, tmp_path):
         collect_trajectories(_config(output, seed=1))
 
 
-@needs_real_data
-def test_a_game_the_engine_cannot_load_is_reported_and_skipped(tmp_path):
+def test_a_game_the_engine_cannot_load_is_reported_and_skipped(train_games, tmp_path):
     source = games.list_games("train", task_types=[1], limit=1)[0].parent
     broken = tmp_path / "json_2.1.1" / "train" / source.parent.name / source.name
     shutil.copytree(source, broken)
@@ -212,7 +200,6 @@ def test_a_game_the_engine_cannot_load_is_reported_and_skipped(tmp_path):
     )
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_translating_once_plays_the_same_game(reference):
     record = min(reference.values(), key=lambda record: record["steps"])
@@ -220,8 +207,7 @@ def test_translating_once_plays_the_same_game(reference):
     assert again.record == record
 
 
-@needs_real_data
-def test_the_engine_gives_the_caller_its_sys_argv_back():
+def test_the_engine_gives_the_caller_its_sys_argv_back(train_games):
     """fast-downward's translator overwrites sys.argv at every load and reset; a CLI parsing it later must not
     see the translator's arguments."""
     from alfworld_sft.engine import AlfworldGame
@@ -229,14 +215,13 @@ def test_the_engine_gives_the_caller_its_sys_argv_back():
     gamefile = games.list_games("train", task_types=[1], limit=1)[0]
     before = list(sys.argv)
     for translate_once in (True, False):
-        with AlfworldGame(gamefile, expert=True, translate_once=translate_once) as game:
+        with AlfworldGame(gamefile, expert="handcoded", translate_once=translate_once) as game:
             game.reset()
             game.reset()
         assert sys.argv == before
 
 
-@needs_real_data
-def test_admissible_commands_can_be_shown_in_user_turns(tmp_path):
+def test_admissible_commands_can_be_shown_in_user_turns(train_games, tmp_path):
     gamefile = games.list_games("train", task_types=[1], limit=1)[0]
     outcome = collect.play_game(
         gamefile,
@@ -253,7 +238,7 @@ def test_admissible_commands_can_be_shown_in_user_turns(tmp_path):
 def test_verification_rejects_a_record_that_breaks_the_contract(tmp_path):
     path = tmp_path / "bad.jsonl"
     files.append_jsonl(path, [{"system": "s", "conversations": [{"role": "user", "content": "Task: x."}]}])
-    with pytest.raises(ValueError, match="lacks keys"):
+    with pytest.raises(ValueError, match="keys .* are missing"):
         collect.verify_trajectories(path)
     path.write_text("")
     with pytest.raises(ValueError, match="no records"):

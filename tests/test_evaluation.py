@@ -1,52 +1,40 @@
-"""Evaluation runs on real games: resume after a crash, results, comparison, game selection."""
+"""Evaluation runs on real engine games: resume after a crash and after a real kill, checkpoint keys that identify
+the weights, malformed checkpoint lines, results, comparison, game selection, out-of-range settings."""
 
 from __future__ import annotations
 
-import os
+import json
+import signal
+import subprocess
+import sys
+import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from alfworld_sft import files
+from alfworld_sft import cli, files, games
 from alfworld_sft.backends import ExpertBackend
-from alfworld_sft.evaluation import (
-    CheckpointMismatchError,
-    EvalConfig,
-    compare_results,
-    read_checkpoint,
-    run_evaluation,
-    select_games,
-)
-
-pytestmark = pytest.mark.skipif(not os.environ.get("ALFWORLD_DATA"), reason="ALFWORLD_DATA is not set (real games)")
+from alfworld_sft.evaluation import EvalConfig, read_checkpoint, run_evaluation, select_games
+from alfworld_sft.reports import compare_results
 
 
 class CrashingExpert(ExpertBackend):
-    """The expert backend, killed after `calls` generate calls (as a crash or Ctrl-C would)."""
+    """The expert backend, killed after `steps` model steps (as a crash or Ctrl-C would)."""
 
-    def __init__(self, calls: int):
+    def __init__(self, steps: int):
         super().__init__()
-        self.calls = calls
+        self.steps = steps
 
-    def generate(self, requests):
-        self.calls -= 1
-        if self.calls < 0:
+    def step(self):
+        self.steps -= 1
+        if self.steps < 0:
             raise KeyboardInterrupt
-        return super().generate(requests)
+        return super().step()
 
 
-def test_select_games_is_balanced_and_seeded():
-    chosen = select_games("eval_in_distribution", 12, seed=0)
-    assert len(chosen) == len(set(chosen)) == 12
-    counts = Counter(p.parent.parent.name.split("-")[0] for p in chosen)
-    assert len(counts) == 6 and set(counts.values()) == {2}
-    assert chosen == select_games("eval_in_distribution", 12, seed=0)
-    assert chosen != select_games("eval_in_distribution", 12, seed=1)
-
-
-@pytest.mark.slow
-def test_resume_after_interruption_neither_loses_nor_repeats_a_game(tmp_path):
-    config = EvalConfig(
+def expert_config(tmp_path: Path, **changes) -> EvalConfig:
+    values = dict(
         agents=("zero_shot", "react"),
         num_games=4,
         max_steps=12,
@@ -57,15 +45,31 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(tmp_path):
         batch_size=2,
         seed=0,
     )
+    return EvalConfig(**{**values, **changes})
+
+
+def test_select_games_is_balanced_and_seeded(eval_games):
+    chosen = select_games("eval_in_distribution", 12, seed=0)
+    assert len(chosen) == len(set(chosen)) == 12
+    counts = Counter(games.read_task_type(p) for p in chosen)
+    assert len(counts) == 6 and set(counts.values()) == {2}
+    assert chosen == select_games("eval_in_distribution", 12, seed=0)
+    if len(games.all_games("eval_in_distribution")) > 12:  # the real split: another seed, another sample
+        assert chosen != select_games("eval_in_distribution", 12, seed=1)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, tmp_path):
+    config = expert_config(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        run_evaluation(config, backend=CrashingExpert(calls=30))
+        run_evaluation(config, backend=CrashingExpert(steps=30))
     checkpoint = tmp_path / "run.ckpt.jsonl"
     before = list(files.read_jsonl(checkpoint))
     assert 0 < len(before) < 8, "the crash should land in the middle of the run"
     with open(checkpoint, "a") as handle:  # a torn line, as a killed writer leaves it
         handle.write('{"agent": "zero_shot", "game_')
-    backend = ExpertBackend()
-    results = run_evaluation(config, backend=backend)
+    with pytest.warns(UserWarning, match="torn last line"):
+        results = run_evaluation(config, backend=ExpertBackend())
     after = list(files.read_jsonl(checkpoint))
     assert after[: len(before)] == before  # finished games were kept, not replayed
     pairs = [(r["agent"], r["game_id"]) for r in after]
@@ -75,29 +79,44 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(tmp_path):
         assert block["games"] == 4 and len(block["games_detail"]) == 4
         assert block["won"] == sum(g["won"] for g in block["games_detail"])
         assert all(g["actions"] for g in block["games_detail"])
-        assert set(block["per_task_type"]) <= {
-            "pick_and_place_simple",
-            "look_at_obj_in_light",
-            "pick_clean_then_place_in_recep",
-            "pick_heat_then_place_in_recep",
-            "pick_cool_then_place_in_recep",
-            "pick_two_obj_and_place",
-        }
+        assert set(block["per_task_type"]) <= set(games.TASK_TYPES.values())
     assert (tmp_path / "run.png").stat().st_size > 0
     saved = files.read_json(tmp_path / "run.json")
     assert saved["meta"]["seed"] == 0 and saved["agents"]["react"]["invalid_reply_rate"] == 0.0
 
     # A rerun with everything done plays nothing and changes nothing.
-    run_evaluation(config, backend=CrashingExpert(calls=0))
+    run_evaluation(config, backend=CrashingExpert(steps=0))
     assert list(files.read_jsonl(checkpoint)) == after
-
-    other = EvalConfig(**{**config.__dict__, "max_steps": 7})
-    with pytest.raises(CheckpointMismatchError, match="max_steps"):
-        read_checkpoint(checkpoint, {"model": "expert", "split": other.split, "max_steps": 7, "seed": 0})
 
     comparison = compare_results(tmp_path / "run.json", tmp_path / "run.json", plot=tmp_path / "cmp.png")
     assert [row["agent"] for row in comparison["agents"]] == ["zero_shot", "react"]
-    assert "| agent |" in comparison["markdown"] and (tmp_path / "cmp.png").stat().st_size > 0
+    assert "| agent" in comparison["markdown"] and (tmp_path / "cmp.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_killed_evaluation_resumes_without_loss_or_duplicates(eval_games, tmp_path):
+    """SIGKILL mid-run (the engine workers die with it), then the same command again."""
+    output, checkpoint = tmp_path / "run.json", tmp_path / "run.ckpt.jsonl"
+    command = [sys.executable, "-m", "alfworld_sft.cli", "evaluate", "--model", "expert", "--agents", "zero_shot",
+               "--num-games", "6", "--max-steps", "20", "--split", "eval_in_distribution", "--workers", "2",
+               "--output", str(output)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoint.exists() and checkpoint.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    done_before = checkpoint.read_text().count("\n")
+    assert 1 <= done_before < 6, "the kill should land after the first game and before the last"
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = list(files.read_jsonl(checkpoint))
+    assert len(lines) == 6 and len({line["game_id"] for line in lines}) == 6
+    assert files.read_json(output)["agents"]["zero_shot"]["games"] == 6
 
 
 def test_compare_names_a_missing_file(tmp_path):
@@ -105,29 +124,17 @@ def test_compare_names_a_missing_file(tmp_path):
         compare_results(tmp_path / "a.json", tmp_path / "b.json")
 
 
-def test_shards_merge_into_the_whole_run_without_loading_a_model(tmp_path, monkeypatch):
-    """Shards played in parallel, their checkpoints concatenated: the merging run only summarizes."""
+@pytest.mark.slow
+def test_shards_merge_into_the_whole_run_without_loading_a_model(eval_games, tmp_path, monkeypatch):
+    """Shards played apart, their checkpoints concatenated: the merging run only summarizes."""
     from alfworld_sft import evaluation
 
-    model = "smollm2-135m-instruct"
-    common = {
-        "agents": ("zero_shot",),
-        "num_games": 4,
-        "max_steps": 12,
-        "model": model,
-        "split": "eval_in_distribution",
-        "batch_size": 2,
-        "seed": 0,
-    }
+    common = {"agents": ("zero_shot",), "num_games": 4, "max_steps": 12, "model": "expert",
+              "split": "eval_in_distribution", "batch_size": 2, "seed": 0}  # fmt: skip
     shard_files = []
     for shard in ("0/2", "1/2"):
         stem = tmp_path / f"shard{shard[0]}"
-        expert = ExpertBackend()
-        expert.name = model  # plays like the expert, keyed like the model, so the merge can be checked cheaply
-        run_evaluation(
-            EvalConfig(**common, shard=shard, output=f"{stem}.json", checkpoint=f"{stem}.jsonl"),
-            backend=expert,
-        )
+        run_evaluation(EvalConfig(**common, shard=shard, output=f"{stem}.json", checkpoint=f"{stem}.jsonl"))
         shard_files.append(Path(f"{stem}.jsonl"))
     merged = tmp_path / "merged.jsonl"
     merged.write_text("".join(f.read_text() for f in shard_files))
@@ -138,7 +145,62 @@ def test_shards_merge_into_the_whole_run_without_loading_a_model(tmp_path, monke
     monkeypatch.setattr(evaluation, "load_backend", no_model)
     results = run_evaluation(EvalConfig(**common, output=str(tmp_path / "merged.json"), checkpoint=str(merged)))
     block = results["agents"]["zero_shot"]
-    assert block["games"] == 4 and results["model"] == model
+    assert block["games"] == 4 and results["model"] == "expert"
     assert sorted(g["game_id"] for g in block["games_detail"]) == sorted(
-        evaluation.game_id_of(g) for g in evaluation.select_games("eval_in_distribution", 4, 0)
+        games.game_id(g) for g in select_games("eval_in_distribution", 4, 0)
     )
+
+
+def line(key: dict, game: str, **changes) -> dict:
+    values = {"run": key, "agent": "zero_shot", "game_id": game, "task_type": "pick_and_place_simple", "won": True,
+              "steps": 3, "invalid_replies": 0, "tokens_generated": 9, "wall_s": 1.0}  # fmt: skip
+    return {**values, **changes}
+
+
+def test_a_checkpoint_of_other_weights_is_moved_aside_not_reused(tmp_path):
+    """Retraining an adapter in place changes its fingerprint: the old games are not reported for the new weights."""
+    path = tmp_path / "ckpt.jsonl"
+    old = {"model": "m+sft_adapter", "weights": "aaaa", "split": "s", "max_steps": 50}
+    files.append_jsonl(path, [line(old, "g1"), line(old, "g2")])
+    new = {**old, "weights": "bbbb"}
+    with pytest.warns(UserWarning, match="another run .*differs in weights.*starting a fresh checkpoint"):
+        assert read_checkpoint(path, new) == []
+    assert not path.exists()
+    [aside] = tmp_path.glob("ckpt.other-run-*.jsonl")
+    assert len(aside.read_text().splitlines()) == 2  # nothing lost
+    files.append_jsonl(path, [line(new, "g1")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r["game_id"] for r in read_checkpoint(path, new)] == ["g1"]
+
+
+def test_garbage_and_incomplete_checkpoint_lines_are_set_aside(tmp_path):
+    path = tmp_path / "ckpt.jsonl"
+    key = {"model": "m"}
+    files.append_jsonl(path, [line(key, "g1")])
+    with open(path, "a") as handle:
+        handle.write("not json at all\n")
+        handle.write(json.dumps({"run": key, "agent": "zero_shot", "game_id": "g2"}) + "\n")  # keys missing
+    files.append_jsonl(path, [line(key, "g3")])
+    with pytest.warns(UserWarning, match=r"ckpt.jsonl:2: malformed checkpoint line"):
+        kept = read_checkpoint(path, key)
+    assert [r["game_id"] for r in kept] == ["g1", "g3"]
+    assert len(path.with_name("ckpt.jsonl.malformed").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-steps", "0"], "--max-steps must be at least 1, got 0"),
+        (["--max-steps", "-3"], "--max-steps must be at least 1, got -3"),
+        (["--num-games", "-1"], "--num-games must be 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--workers", "-2"], "--workers must be 0"),
+        (["--window-tokens", "10"], "--window-tokens must be at least 64"),
+        (["--temperature", "-0.5"], "--temperature must be 0"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_before_anything_runs(flags, message, tmp_path, capsys):
+    code = cli.main(["evaluate", "--model", "expert", "--output", str(tmp_path / "r.json"), *flags])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

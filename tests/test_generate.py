@@ -1,10 +1,9 @@
-"""Generated games: the real engine loads them, the handcoded expert wins them (at collection too), seeds
-decide the bytes, and an interrupted run leaves no half game and resumes."""
+"""Generated games: the real engine loads them, the expert wins them (at collection too), seeds decide the bytes,
+an interrupted run leaves no half game and resumes, and every split gets its own games."""
 
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +57,9 @@ def test_real_engine_loads_and_expert_wins_each(generated):
     for path in gamefiles:
         game = json.loads(path.read_text())
         traj = json.loads((path.parent / "traj_data.json").read_text())
-        # ALFWorld's handcoded expert, seeded as when the game was verified, wins by the recorded commands.
-        random.seed(traj["generator"]["expert_seed"])
-        with AlfworldGame(path, expert=True) as engine:
+        # The expert that verified the game, seeded as then, wins by the recorded commands.
+        expert, seed = traj["generator"]["expert"], traj["generator"]["expert_seed"]
+        with AlfworldGame(path, expert=expert, seed=seed) as engine:
             state = engine.reset()
             assert "Looking quickly around you, you see a " in state.observation
             assert f"Your task is to: {state.task}." in game["grammar"]
@@ -126,10 +125,10 @@ def test_interrupted_run_leaves_no_half_game_and_resumes(tmp_path, monkeypatch):
     real_verify = generate.verify_game
     calls = []
 
-    def crash_after_first_game(gamefile, game_id, seed, max_steps=generate.MAX_EXPERT_STEPS):
+    def crash_after_first_game(gamefile, game_id, seed, max_steps=generate.MAX_EXPERT_STEPS, **kwargs):
         if any(result is not None for result in calls):
             raise KeyboardInterrupt("simulated crash while verifying the second game")
-        calls.append(real_verify(gamefile, game_id, seed, max_steps))
+        calls.append(real_verify(gamefile, game_id, seed, max_steps, **kwargs))
         return calls[-1]
 
     monkeypatch.setattr(generate, "verify_game", crash_after_first_game)
@@ -158,3 +157,20 @@ def test_bad_arguments_are_named():
         generate.generate_games(Path("/nonexistent"), "train", count=1, seed=0, task_types=[7])
     with pytest.raises(ValueError, match="count"):
         generate.generate_games(Path("/nonexistent"), "train", count=-1, seed=0)
+
+
+def test_every_split_gets_its_own_games(tmp_path, monkeypatch):
+    """The evaluation splits the course generates offline are never the training games."""
+    from alfworld_sft import games, paths
+
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    monkeypatch.setattr(games, "_ALFWORLD_DATA_AT_IMPORT", None)
+    monkeypatch.setattr(paths, "DATA_DIR", tmp_path)
+    train = generate.ensure_games("train", 2, seed=0)
+    evaluation = generate.ensure_games("eval_in_distribution", 2, seed=0)
+    assert all("/valid_seen/" in games.game_id(path) for path in evaluation)
+    problems = [json.loads(path.read_text())["pddl_problem"].split("(:objects", 1)[1] for path in train]
+    assert all(json.loads(path.read_text())["pddl_problem"].split("(:objects", 1)[1] not in problems
+               for path in evaluation)  # fmt: skip
+    with pytest.raises(ValueError, match="count must be at least 1"):
+        generate.ensure_games("train", 0, seed=0)
