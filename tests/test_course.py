@@ -46,21 +46,24 @@ def test_runner_passes_parameters_and_stops_at_the_failing_cell(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_the_whole_course_runs_headless_in_small_mode(tmp_path):
-    """`make course` for real: every notebook, the real engine, the real model, into a scratch results folder."""
-    env = {**os.environ, "ALFWORLD_SFT_RESULTS_DIR": str(tmp_path)}
+def test_the_whole_course_runs_headless_on_a_fresh_machine(tmp_path):
+    """`make course` as a newcomer runs it (README, "Quickstart"): no $ALFWORLD_DATA, so the course generates every
+    split it plays from nothing (a fresh data folder), then the real engine, the real model, every notebook, into
+    a scratch results folder. CI has the real games beside its checkout: this test takes them away."""
+    env = {key: value for key, value in os.environ.items() if key != "ALFWORLD_DATA"}
+    env.update(ALFWORLD_SFT_RESULTS_DIR=str(tmp_path / "results"), ALFWORLD_SFT_DATA_DIR=str(tmp_path / "data"))
     result = subprocess.run(
-        ["alfworld-sft", "course", "--mode", "small"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+        ["alfworld-sft", "course", "--mode", "small"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         check=False,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    summary = json.loads((tmp_path / "small" / "course.json").read_text())
+    summary = json.loads((tmp_path / "results" / "small" / "course.json").read_text())
     assert summary["ok"] and len(summary["runs"]) == len(list_notebooks())
-    summary_md = (tmp_path / "small" / "summary.md").read_text()
+    summary_md = (tmp_path / "results" / "small" / "summary.md").read_text()
     assert "| 03_training" in summary_md and "loss_curve.png" in summary_md
-    environment = json.loads((tmp_path / "environment.json").read_text())
+    environment = json.loads((tmp_path / "results" / "environment.json").read_text())
     assert environment["ready"] and environment["banner"]["cpu_cores"] == os.cpu_count()
+    generated = tmp_path / "data" / "generated" / "json_2.1.1"
+    assert {path.name for path in generated.iterdir()} >= {"train", "valid_seen"}  # 05's split too
+    collection = json.loads((tmp_path / "results" / "small" / "01_oracle_collection.json").read_text())
+    assert collection["data_root"] == str(tmp_path / "data" / "generated")

@@ -109,6 +109,14 @@ class PromptCodec:
         return len(ids)
 
 
+def codec_spec(model: str, adapter: str | Path | None = None) -> CodecSpec:
+    """A local model's codec: the adapter's tokenizer (saved with it) or the model's, and the adapter's (or the
+    model folder's) training record. Loads no weights: notebooks preview prompts with it."""
+    record_folder = str(adapter) if adapter is not None else _local_folder(model)
+    tokenizer = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").exists() else model
+    return CodecSpec(tokenizer, record_folder)
+
+
 # ----------------------------------------------------------------------------------------------- backends
 
 
@@ -207,9 +215,7 @@ class TransformersBackend(Backend):
             raise BackendError(f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu")
         if batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-        record_folder = str(adapter) if adapter is not None else _local_folder(model)
-        tokenizer_source = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").exists() else model
-        codec = PromptCodec(CodecSpec(tokenizer_source, record_folder))
+        codec = PromptCodec(codec_spec(model, adapter))
         super().__init__(_label(model, adapter), codec)
         self.tokenizer = codec.tokenizer
         # On a CPU, eager attention decodes a batch of 8 over ~800 cached tokens in 54 ms where SDPA takes 125 ms

@@ -159,9 +159,14 @@ def _stage_rows(stage: str, summary: dict[str, Any]) -> list[tuple[str, str, Any
             add("GGUF export", f"skipped: {summary['skipped']}")
     elif stage.startswith("05"):
         finetuned = {row["agent"]: row for row in summary.get("finetuned") or []}
+        grounded = {row["agent"]: row for row in summary.get("finetuned_constrained") or []}
         for row in summary.get("base") or []:
             tuned = finetuned.get(row["agent"], {}).get("success_rate")
-            add(f"success {row['agent']} (base / fine-tuned)", f"{row.get('success_rate')} / {tuned}")
+            constrained = grounded.get(row["agent"], {}).get("success_rate")
+            add(
+                f"success {row['agent']} (base / fine-tuned / fine-tuned, grounded)",
+                f"{row.get('success_rate')} / {tuned} / {constrained}",
+            )
     return rows
 
 

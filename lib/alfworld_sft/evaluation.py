@@ -312,6 +312,68 @@ def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[
     return run_evaluation(replace(config, model="", adapter=str(adapter)))
 
 
+# --- the course (notebook 05) --------------------------------------------------------------------------------
+def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> EvalConfig:
+    """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 eval_in_distribution games of 5 steps,
+    in this process. Full: all 134 out-of-distribution games, 50 steps, every CPU an engine worker, 32 rows."""
+    from alfworld_sft.paths import run_dir
+
+    out = run_dir(small) / "eval"
+    demos = run_dir(small) / "oracle" / "trajectories.jsonl"
+    common = {
+        "model": model,
+        "seed": seed,
+        "output": str(out / "base.json"),
+        "dtype": "bfloat16",  # on a CPU about twice as fast as float32; on a GPU the usual choice
+        "trajectories": str(demos) if demos.exists() else None,
+    }
+    if small:
+        return EvalConfig(**common, num_games=2, max_steps=5, split="eval_in_distribution", batch_size=4, workers=0)
+    return EvalConfig(
+        **common,
+        num_games=0,
+        max_steps=50,
+        split="eval_out_of_distribution",
+        batch_size=32,
+        workers=os.cpu_count() or 1,
+    )
+
+
+def finetuned_config(base: EvalConfig, adapter: str | Path, *, actions: str, agents: Sequence[str]) -> EvalConfig:
+    """The same games and settings for a fine-tuned adapter (its base from its training record)."""
+    output = Path(base.output).with_name(f"finetuned_{actions}.json")
+    return replace(base, model="", adapter=str(adapter), actions=actions, agents=tuple(agents), output=str(output),
+                   checkpoint=None)  # fmt: skip
+
+
+def prepare_games(config: EvalConfig) -> list[Path]:
+    """The games `config` plays, generating them first when the course plays its own (no $ALFWORLD_DATA)."""
+    from alfworld_sft import generate
+
+    generate.ensure_games(config.split, config.num_games or None, config.seed)
+    return shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
+
+
+def preview_prompt(agent: str, model: str, adapter: str | Path | None, gamefile: str | Path,
+                   demonstrations: Sequence[Demonstration] = (), *, system_only: bool = False) -> str:  # fmt: skip
+    """The text a model reads at the first step of `gamefile` under `agent`, rendered with its chat template (the
+    system prompt, the task turn and, for a fine-tuned model, exactly its training format); with `system_only`,
+    the system message alone. Loads no weights."""
+    from alfworld_sft.backends import PromptCodec, codec_spec
+    from alfworld_sft.rollouts import GameRunner, RolloutConfig, RunnerSpec
+
+    codec = PromptCodec(codec_spec(model, adapter))
+    config = RolloutConfig(agent=agent, expert=None, demonstrations=tuple(demonstrations))
+    runner = GameRunner(RunnerSpec(config, codec.spec()), codec)
+    kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile))
+    if kind != "request":
+        raise RuntimeError(f"the game {gamefile} could not start: {request}")
+    runner.episodes[0][0].close()
+    if system_only:
+        return request.messages[0]["content"]
+    return codec.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
+
+
 # --- command line --------------------------------------------------------------------------------------------
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="play agents on held-out games (resumable) and write results")

@@ -221,6 +221,15 @@ def build_example(
     }
 
 
+def label_table(tokenizer: Any, messages: Sequence[prompts.Message], trained: Sequence[bool] | None = None) -> list:
+    """Each token of a small conversation with its id and label (-100: no loss), for reading the masks."""
+    example = tokenize_messages(messages, tokenizer, trained=trained)
+    return [
+        {"token": tokenizer.decode([token]), "input_id": token, "label": label}
+        for token, label in zip(example["input_ids"], example["labels"])
+    ]
+
+
 # ------------------------------------------------------------------------------------------ the dataset
 
 
@@ -237,6 +246,15 @@ def split_games(game_ids: Sequence[str], eval_fraction: float, seed: int) -> tup
             "or set eval_fraction to 0"
         )
     return set(games[n_eval:]), set(games[:n_eval])
+
+
+def check_split(dataset: Any) -> dict[str, int]:
+    """Games per split; raises when a game has examples on both sides (the eval loss would then measure memory)."""
+    sides = {name: set(split["game_id"]) for name, split in dataset.items()}
+    shared = sides.get("train", set()) & sides.get("eval", set())
+    if shared:
+        raise ValueError(f"{len(shared)} games are on both sides of the split, e.g. {sorted(shared)[0]}")
+    return {name: len(ids) for name, ids in sides.items()}
 
 
 def format_records(path: str | os.PathLike[str], config: FormatConfig = FormatConfig(), tokenizer: Any = None) -> Any:

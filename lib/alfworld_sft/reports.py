@@ -316,18 +316,42 @@ def transcript_text(record: dict[str, Any], *, max_turns: int = 12) -> str:
     return "\n".join(out)
 
 
-def example_transcripts(results_path: str | Path) -> dict[str, str]:
-    """One transcript per agent from a run's checkpoint (a won game when there is one), as readable text."""
+def played_games(results_path: str | Path) -> list[dict[str, Any]]:
+    """The finished games (checkpoint lines, with every reply) behind a results file."""
     results = files.read_json(results_path)
     checkpoint = results["config"]["checkpoint"]
     checkpoint = paths.resolve_repo_path(checkpoint) if checkpoint else Path(results_path).with_suffix(".ckpt.jsonl")
+    return [r for r in files.read_jsonl(checkpoint, skip_malformed=True) if "agent" in r and "transcript" in r]
+
+
+def example_transcripts(results_path: str | Path) -> dict[str, str]:
+    """One transcript per agent from a run's checkpoint (a won game when there is one), as readable text."""
     chosen: dict[str, dict[str, Any]] = {}
-    for record in files.read_jsonl(checkpoint, skip_malformed=True):
-        if "agent" not in record or "transcript" not in record:
-            continue
+    for record in played_games(results_path):
         if record["agent"] not in chosen or (record["won"] and not chosen[record["agent"]]["won"]):
             chosen[record["agent"]] = record
-    return {agent: transcript_text(chosen[agent]) for agent in results["agents"] if agent in chosen}
+    agents = files.read_json(results_path)["agents"]
+    return {agent: transcript_text(chosen[agent]) for agent in agents if agent in chosen}
+
+
+def side_by_side(left: dict[str, Any], right: dict[str, Any], labels: Sequence[str], *, max_turns: int = 20) -> str:
+    """The same game played twice (e.g. free and constrained decoding), step by step: each reply, the command it
+    became and how."""
+    if left["game_id"] != right["game_id"]:
+        raise ValueError(f"two different games: {left['game_id']} and {right['game_id']}")
+
+    def cells(record: dict[str, Any]) -> list[str]:
+        turns = [turn for trial in record["transcript"] for turn in trial["turns"]]
+        return [f"{t['command']} ({t['how']})" if t["command"] else f"{t['reply']!r} (invalid)" for t in turns]
+
+    sides = [cells(left), cells(right)]
+    rows = [
+        (step + 1, *(side[step] if step < len(side) else "" for side in sides))
+        for step in range(min(max_turns, max(map(len, sides))))
+    ]
+    rows.append(("won", left["won"], right["won"]))
+    header = f"{left['game_id']}\nTask: {left['task']}\n"
+    return header + format_table(rows, ("step", *labels))
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
