@@ -19,17 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from alfworld_sft import collect, games
+from alfworld_sft import collect, games, generate
 
 
 def play_bare(gamefiles: list[Path], seed: int, max_steps: int) -> int:
     """The expert loop with no bookkeeping; returns the steps played."""
-    from alfworld_sft.engine import AlfworldGame
+    from alfworld_sft.engine import DEFAULT_EXPERT, AlfworldGame, expert_seed
 
     steps = 0
     for gamefile in gamefiles:
-        collect.seed_game(seed, games.game_id(gamefile))
-        with AlfworldGame(gamefile, expert=True) as game:
+        with AlfworldGame(gamefile, expert=DEFAULT_EXPERT, seed=expert_seed(seed, games.game_id(gamefile))) as game:
             state = game.reset()
             played = 0
             while played < max_steps and state.expert_action and not state.done:
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=50)
     args = parser.parse_args()
 
-    gamefiles = games.ensure_games(args.split, args.games, args.seed)
+    gamefiles = generate.ensure_games(args.split, args.games, args.seed)
     print(
         f"{len(gamefiles)} games of {args.split} from {games.data_root()}, seed {args.seed}, "
         f"max {args.max_steps} steps; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"

@@ -140,9 +140,11 @@ def test_a_thoughts_model_is_prompted_in_its_format_and_constrained_after_action
     from alfworld_sft.backends import CodecSpec, PromptCodec
 
     record = records.TrainingRecord(
-        base_model="smollm2-135m-instruct", prompt_format=prompts.PromptFormat(), max_seq_len=1024,
+        base_model="smollm2-135m-instruct",
+        prompt_format=prompts.PromptFormat(),
+        max_seq_len=1024,
         data_format="thoughts",
-    )  # fmt: skip
+    )
     records.write_training_record(tmp_path, record, seed=0)
     codec = PromptCodec(CodecSpec(None, str(tmp_path)))
     agent = build_agent("zero_shot", codec, actions="constrained")

@@ -53,9 +53,13 @@ def test_the_whole_course_runs_headless_on_a_fresh_machine(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "ALFWORLD_DATA"}
     env.update(ALFWORLD_SFT_RESULTS_DIR=str(tmp_path / "results"), ALFWORLD_SFT_DATA_DIR=str(tmp_path / "data"))
     result = subprocess.run(
-        ["alfworld-sft", "course", "--mode", "small"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        ["alfworld-sft", "course", "--mode", "small"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         check=False,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((tmp_path / "results" / "small" / "course.json").read_text())
     assert summary["ok"] and len(summary["runs"]) == len(list_notebooks())

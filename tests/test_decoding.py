@@ -151,8 +151,10 @@ def test_sampling_is_seeded_per_request_not_per_batch(model_and_tokenizer):
     )
     assert together["x"] == alone["x"]
     others = [
-        run(make_decoder(model, tokenizer, 1, False), [("x", Request(PROMPTS[2], 12, temperature=1.0, sample_seed=s),
-                                                         encode(tokenizer, PROMPTS[2]), None)])["x"]
+        run(
+            make_decoder(model, tokenizer, 1, False),
+            [("x", Request(PROMPTS[2], 12, temperature=1.0, sample_seed=s), encode(tokenizer, PROMPTS[2]), None)],
+        )["x"]
         for s in range(8, 12)
-    ]  # fmt: skip
+    ]
     assert any(text != alone["x"] for text in others)  # the seed matters

@@ -97,9 +97,26 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, 
 def test_a_killed_evaluation_resumes_without_loss_or_duplicates(eval_games, tmp_path):
     """SIGKILL mid-run (the engine workers die with it), then the same command again."""
     output, checkpoint = tmp_path / "run.json", tmp_path / "run.ckpt.jsonl"
-    command = [sys.executable, "-m", "alfworld_sft.cli", "evaluate", "--model", "expert", "--agents", "zero_shot",
-               "--num-games", "6", "--max-steps", "20", "--split", "eval_in_distribution", "--workers", "2",
-               "--output", str(output)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "alfworld_sft.cli",
+        "evaluate",
+        "--model",
+        "expert",
+        "--agents",
+        "zero_shot",
+        "--num-games",
+        "6",
+        "--max-steps",
+        "20",
+        "--split",
+        "eval_in_distribution",
+        "--workers",
+        "2",
+        "--output",
+        str(output),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -129,8 +146,15 @@ def test_shards_merge_into_the_whole_run_without_loading_a_model(eval_games, tmp
     """Shards played apart, their checkpoints concatenated: the merging run only summarizes."""
     from alfworld_sft import evaluation
 
-    common = {"agents": ("zero_shot",), "num_games": 4, "max_steps": 12, "model": "expert",
-              "split": "eval_in_distribution", "batch_size": 2, "seed": 0}  # fmt: skip
+    common = {
+        "agents": ("zero_shot",),
+        "num_games": 4,
+        "max_steps": 12,
+        "model": "expert",
+        "split": "eval_in_distribution",
+        "batch_size": 2,
+        "seed": 0,
+    }
     shard_files = []
     for shard in ("0/2", "1/2"):
         stem = tmp_path / f"shard{shard[0]}"
@@ -152,8 +176,17 @@ def test_shards_merge_into_the_whole_run_without_loading_a_model(eval_games, tmp
 
 
 def line(key: dict, game: str, **changes) -> dict:
-    values = {"run": key, "agent": "zero_shot", "game_id": game, "task_type": "pick_and_place_simple", "won": True,
-              "steps": 3, "invalid_replies": 0, "tokens_generated": 9, "wall_s": 1.0}  # fmt: skip
+    values = {
+        "run": key,
+        "agent": "zero_shot",
+        "game_id": game,
+        "task_type": "pick_and_place_simple",
+        "won": True,
+        "steps": 3,
+        "invalid_replies": 0,
+        "tokens_generated": 9,
+        "wall_s": 1.0,
+    }
     return {**values, **changes}
 
 

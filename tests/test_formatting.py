@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from alfworld_sft import formatting, models, prompts
 from alfworld_sft.files import MalformedRecordError
 from chat_templates import build_llama31_tokenizer
-
-ALFWORLD_DATA = os.environ.get("ALFWORLD_DATA")
-needs_data = pytest.mark.skipif(not ALFWORLD_DATA, reason="needs real ALFWorld games: set $ALFWORLD_DATA")
 
 DEFAULT_FORMAT = prompts.PromptFormat()
 
@@ -28,9 +24,7 @@ def write_expert_records(path: Path, n_games: int, fmt: prompts.PromptFormat = D
 
 
 @pytest.fixture(scope="module")
-def records_path(tmp_path_factory) -> Path:
-    if not ALFWORLD_DATA:
-        pytest.skip("needs real ALFWorld games: set $ALFWORLD_DATA")
+def records_path(train_games, tmp_path_factory) -> Path:
     return write_expert_records(tmp_path_factory.mktemp("records") / "trajectories.jsonl", 4)
 
 
@@ -58,7 +52,6 @@ def assert_labels_are_commands(example: dict, window: list[dict], tokenizer, mar
     assert all(label in (formatting.IGNORE_INDEX, i) for label, i in zip(example["labels"], example["input_ids"]))
 
 
-@needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("style", ["chatml", "llama31"])
 def test_labels_cover_assistant_commands_and_end_of_turn_only(records_path, chatml_tokenizer, style):
@@ -76,7 +69,6 @@ def test_labels_cover_assistant_commands_and_end_of_turn_only(records_path, chat
             assert tokenizer.convert_tokens_to_ids("<|eot_id|>") in example["labels"]
 
 
-@needs_data
 @pytest.mark.slow
 def test_long_records_keep_system_and_task_and_match_the_agents_window(records_path, chatml_tokenizer):
     records = formatting.load_records(records_path)
@@ -97,7 +89,6 @@ def test_long_records_keep_system_and_task_and_match_the_agents_window(records_p
     assert_labels_are_commands(example, window, chatml_tokenizer, "<|im_end|>")
 
 
-@needs_data
 @pytest.mark.slow
 def test_dataset_split_by_game_seeded_with_stats_plot_and_saved(records_path, chatml_tokenizer, tmp_path):
     config = formatting.FormatConfig(max_seq_len=768, eval_fraction=0.3, seed=3)
@@ -122,7 +113,6 @@ def test_dataset_split_by_game_seeded_with_stats_plot_and_saved(records_path, ch
     assert '<span style="background' in formatting.render_trained_html(example, chatml_tokenizer)
 
 
-@needs_data
 @pytest.mark.slow
 def test_admissible_commands_format_is_carried(tmp_path, chatml_tokenizer):
     path = write_expert_records(tmp_path / "t.jsonl", 1, prompts.PromptFormat(show_admissible_commands=True))
@@ -134,12 +124,21 @@ def test_admissible_commands_format_is_carried(tmp_path, chatml_tokenizer):
 
 GOOD = {
     "system": "s",
-    "game_id": "g1",
-    "prompt_format": {"show_admissible_commands": False},
     "conversations": [
         {"role": "user", "content": "Task: x.\nObservation: y"},
         {"role": "assistant", "content": "look"},
     ],
+    "admissible_commands": [["look"]],
+    "prompt_format": {"show_admissible_commands": False},
+    "game_id": "g1",
+    "gamefile": "/g1/game.tw-pddl",
+    "task_type": "pick_and_place_simple",
+    "task": "x",
+    "split": "train",
+    "seed": 0,
+    "steps": 1,
+    "won": True,
+    "format_version": 2,
 }
 
 
@@ -183,3 +182,73 @@ def test_pad_equal_to_eos_is_refused(tmp_path, chatml_tokenizer):
         formatting.format_records(path, formatting.FormatConfig(eval_fraction=0.5), tokenizer=tokenizer)
     dataset = formatting.format_records(path, formatting.FormatConfig(eval_fraction=0.5), tokenizer=chatml_tokenizer)
     assert len(dataset["train"]) == len(dataset["eval"]) == 1
+
+
+THREE_TURNS = {
+    **GOOD,
+    "conversations": [
+        {"role": "user", "content": "Task: x.\nObservation: y"},
+        {"role": "assistant", "content": "go to shelf 1"},
+        {"role": "user", "content": "Observation: You arrive at shelf 1."},
+        {"role": "assistant", "content": "go to drawer 3"},
+        {"role": "user", "content": "Observation: Nothing happens."},
+        {"role": "assistant", "content": "take mug 1 from shelf 1"},
+    ],
+    "admissible_commands": [["look"], ["look"], ["look"]],
+    "steps": 3,
+    "trained": [True, False, True],
+    "thoughts": ["The mug may be on a shelf.", None, "I found the mug 1, so I take it."],
+}
+
+
+@pytest.mark.parametrize("style", ["chatml", "llama31"])
+def test_untrained_turns_are_context_without_a_loss(chatml_tokenizer, style):
+    """A DAgger example: the model's own earlier command stays in the prompt, only the expert's labels are trained."""
+    tokenizer = chatml_tokenizer if style == "chatml" else build_llama31_tokenizer()
+    marker = models.end_of_turn_marker(tokenizer)
+    record = {key: value for key, value in THREE_TURNS.items() if key != "thoughts"}
+    example = formatting.build_example(record, tokenizer, max_seq_len=100_000)
+    decoded = [tokenizer.decode(run) for run in labelled_runs(example)]
+    assert decoded == ["go to shelf 1" + marker, "take mug 1 from shelf 1" + marker]
+    assert "go to drawer 3" in tokenizer.decode(example["input_ids"])  # context, no loss
+    assert example["trained_tokens"] == sum(len(run) for run in labelled_runs(example))
+
+
+def test_the_thoughts_format_trains_thought_and_action(chatml_tokenizer):
+    record = {
+        **THREE_TURNS,
+        "trained": [True, True, True],
+        "thoughts": ["The mug may be on a shelf.", "Maybe a drawer holds it.", "I found the mug 1, so I take it."],
+    }
+    example = formatting.build_example(record, chatml_tokenizer, max_seq_len=100_000, data_format="thoughts")
+    decoded = [chatml_tokenizer.decode(run) for run in labelled_runs(example)]
+    assert decoded[0] == "Thought: The mug may be on a shelf.\nAction: go to shelf 1<|im_end|>"
+    text = chatml_tokenizer.decode(example["input_ids"])
+    assert text.startswith("<|im_start|>system\n" + prompts.THOUGHTS_SYSTEM_PROMPT)
+    with pytest.raises(ValueError, match="no thought for every command"):
+        formatting.build_example({**record, "thoughts": None}, chatml_tokenizer, 100_000, data_format="thoughts")
+
+
+def test_a_window_without_a_trained_turn_gives_no_example(chatml_tokenizer):
+    record = {**THREE_TURNS, "trained": [True, False, False]}
+    record.pop("thoughts")
+    full = formatting.count_template_tokens(
+        chatml_tokenizer, prompts.build_messages(prompts.SYSTEM_PROMPT, record["conversations"])
+    )
+    assert formatting.build_example(record, chatml_tokenizer, max_seq_len=full - 25) is None
+
+
+def test_label_table_and_split_check(chatml_tokenizer):
+    toy = [{"role": "user", "content": "Task: look."}, {"role": "assistant", "content": "look"}]
+    rows = formatting.label_table(chatml_tokenizer, toy)
+    trained = [row["token"] for row in rows if row["label"] != formatting.IGNORE_INDEX]
+    assert "".join(trained) == "look<|im_end|>"
+    from datasets import Dataset, DatasetDict
+
+    clean = DatasetDict(
+        {"train": Dataset.from_dict({"game_id": ["a", "b"]}), "eval": Dataset.from_dict({"game_id": ["c"]})}
+    )
+    assert formatting.check_split(clean) == {"train": 2, "eval": 1}
+    leaky = DatasetDict({"train": Dataset.from_dict({"game_id": ["a"]}), "eval": Dataset.from_dict({"game_id": ["a"]})})
+    with pytest.raises(ValueError, match="both sides of the split"):
+        formatting.check_split(leaky)

@@ -170,7 +170,8 @@ def test_every_split_gets_its_own_games(tmp_path, monkeypatch):
     evaluation = generate.ensure_games("eval_in_distribution", 2, seed=0)
     assert all("/valid_seen/" in games.game_id(path) for path in evaluation)
     problems = [json.loads(path.read_text())["pddl_problem"].split("(:objects", 1)[1] for path in train]
-    assert all(json.loads(path.read_text())["pddl_problem"].split("(:objects", 1)[1] not in problems
-               for path in evaluation)  # fmt: skip
+    assert all(
+        json.loads(path.read_text())["pddl_problem"].split("(:objects", 1)[1] not in problems for path in evaluation
+    )
     with pytest.raises(ValueError, match="count must be at least 1"):
         generate.ensure_games("train", 0, seed=0)

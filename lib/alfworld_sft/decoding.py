@@ -184,6 +184,7 @@ class SlotDecoder:
         self.batch_prefill = self.device.type == "cuda" if batch_prefill is None else batch_prefill
         self.max_prefill_tokens = max_prefill_tokens
         self.stats = DecoderStats()
+        self.prefix_reuse = True  # off: every prompt is computed from scratch (the benchmark's naive baseline)
         self._choice_tokens: dict[str, list[int]] = {}
         self._torch = torch
 
@@ -228,7 +229,8 @@ class SlotDecoder:
                 return  # every row is answering a request: the rest waits, in order
             del self.queue[key]
             row = self.rows[index]
-            reused = _common_prefix(row.tokens, prompt) if row.owner == session and session is not None else 0
+            own_row = self.prefix_reuse and session is not None and row.owner == session
+            reused = _common_prefix(row.tokens, prompt) if own_row else 0
             reused = min(reused, len(prompt) - 1)  # at least one new token gives the first logits
             row.owner, row.key, row.prompt = session, key, prompt
             row.tokens = row.tokens[:reused] if reused else []

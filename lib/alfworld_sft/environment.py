@@ -234,8 +234,8 @@ def probe_flash_attn() -> str:
 
 
 def probe_engine() -> str:
-    """Play one expert step of a real game: the ALFWorld engine and the handcoded expert work."""
-    from alfworld_sft.engine import AlfworldGame
+    """Play one expert step of a real game: the ALFWorld engine and the course's expert work."""
+    from alfworld_sft.engine import DEFAULT_EXPERT, AlfworldGame
 
     gamefile = next(iter(_find_games()), None)
     if gamefile is None:
@@ -244,7 +244,7 @@ def probe_engine() -> str:
 
         return "textworld and alfworld import (no game files yet to play: see the data check)"
     started = time.perf_counter()
-    with AlfworldGame(gamefile, expert=True) as game:
+    with AlfworldGame(gamefile, expert=DEFAULT_EXPERT) as game:
         state = game.step(game.reset().expert_action)
     return (
         f"played '{state.observation[:40]}...' in {time.perf_counter() - started:.1f} s ({gamefile.parent.parent.name})"

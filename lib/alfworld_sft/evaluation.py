@@ -52,9 +52,16 @@ DEMO_TASK_TYPES = (  # the shorter task types make compact demonstrations; pick_
 )
 # What a checkpoint line must hold to be summarized (anything else is moved aside as malformed).
 CHECKPOINT_KEYS = {
-    "run": dict, "agent": str, "game_id": str, "task_type": str, "won": bool, "steps": int, "invalid_replies": int,
-    "tokens_generated": int, "wall_s": (int, float),
-}  # fmt: skip
+    "run": dict,
+    "agent": str,
+    "game_id": str,
+    "task_type": str,
+    "won": bool,
+    "steps": int,
+    "invalid_replies": int,
+    "tokens_generated": int,
+    "wall_s": (int, float),
+}
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,14 @@ def check_config(config: EvalConfig) -> None:
         ("--batch-size", config.batch_size, config.batch_size >= 1, "at least 1"),
         ("--workers", config.workers, config.workers >= 0, "0 (in this process) or more"),
         ("--temperature", config.temperature, config.temperature >= 0, "0 (greedy) or more"),
-        ("--window-tokens", config.window_tokens, config.window_tokens is None or config.window_tokens >= 64,
-         "at least 64"),
+        (
+            "--window-tokens",
+            config.window_tokens,
+            config.window_tokens is None or config.window_tokens >= 64,
+            "at least 64",
+        ),
         ("--threads", config.threads, config.threads is None or config.threads >= 1, "at least 1"),
-    ]  # fmt: skip
+    ]
     for flag, value, ok, expected in checks:
         if not ok:
             raise ValueError(f"{flag} must be {expected}, got {value}")
@@ -342,8 +353,9 @@ def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> Eval
 def finetuned_config(base: EvalConfig, adapter: str | Path, *, actions: str, agents: Sequence[str]) -> EvalConfig:
     """The same games and settings for a fine-tuned adapter (its base from its training record)."""
     output = Path(base.output).with_name(f"finetuned_{actions}.json")
-    return replace(base, model="", adapter=str(adapter), actions=actions, agents=tuple(agents), output=str(output),
-                   checkpoint=None)  # fmt: skip
+    return replace(
+        base, model="", adapter=str(adapter), actions=actions, agents=tuple(agents), output=str(output), checkpoint=None
+    )
 
 
 def prepare_games(config: EvalConfig) -> list[Path]:
@@ -354,8 +366,15 @@ def prepare_games(config: EvalConfig) -> list[Path]:
     return shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
 
 
-def preview_prompt(agent: str, model: str, adapter: str | Path | None, gamefile: str | Path,
-                   demonstrations: Sequence[Demonstration] = (), *, system_only: bool = False) -> str:  # fmt: skip
+def preview_prompt(
+    agent: str,
+    model: str,
+    adapter: str | Path | None,
+    gamefile: str | Path,
+    demonstrations: Sequence[Demonstration] = (),
+    *,
+    system_only: bool = False,
+) -> str:
     """The text a model reads at the first step of `gamefile` under `agent`, rendered with its chat template (the
     system prompt, the task turn and, for a fine-tuned model, exactly its training format); with `system_only`,
     the system message alone. Loads no weights."""

@@ -133,9 +133,19 @@ def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 DETAIL_KEYS = (
-    "game_id", "task_type", "won", "steps", "trials", "invalid_replies", "mapped", "tokens_generated", "wall_s",
-    "task", "actions", "reflections",
-)  # fmt: skip
+    "game_id",
+    "task_type",
+    "won",
+    "steps",
+    "trials",
+    "invalid_replies",
+    "mapped",
+    "tokens_generated",
+    "wall_s",
+    "task",
+    "actions",
+    "reflections",
+)
 
 
 def summarize_run(
@@ -177,8 +187,11 @@ def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
     """Success rate per agent (left) and per task type for every agent (right), one bar colour per run."""
     plt = _pyplot()
     agent_names = sorted({a for r in runs.values() for a in r["agents"]}, key=_agent_order)
-    task_types = [t for t in games.TASK_TYPES.values() if any(t in b["per_task_type"] for r in runs.values()
-                                                                for b in r["agents"].values())]  # fmt: skip
+    task_types = [
+        t
+        for t in games.TASK_TYPES.values()
+        if any(t in b["per_task_type"] for r in runs.values() for b in r["agents"].values())
+    ]
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 2]})
     width = 0.8 / max(1, len(runs))
     for i, (label, run) in enumerate(runs.items()):
