@@ -291,7 +291,7 @@ def benchmark_cpu(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         result = training.train(config)
         elapsed = time.perf_counter() - started
-    tokens = result.record["data_stats"]["tokens"]["total"]
+    tokens = result.record.details["data_stats"]["tokens"]["total"]
     summary = {
         "data": data,
         "epoch_s": round(elapsed, 1),
