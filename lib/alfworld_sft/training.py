@@ -605,6 +605,8 @@ def _flash_varlen(query: Any, key: Any, value: Any, cu: Any, max_len: int, scale
     """PyTorch's varlen flash-attention kernel, causal within each sequence ((tokens, heads, dim) in and out)."""
     from torch.nn.attention.varlen import varlen_attn
 
+    # After RoPE, q and k are (tokens, heads, dim) views with the heads outermost; the kernel wants rows in order.
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     params = _varlen_parameters()
     kwargs: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     if "scale" in params:
@@ -619,7 +621,7 @@ def _flash_varlen(query: Any, key: Any, value: Any, cu: Any, max_len: int, scale
     return varlen_attn(query, key, value, cu, cu, max_len, max_len, **kwargs)
 
 
-def _reference_varlen(query: Any, key: Any, value: Any, cu: Any, scale: float) -> Any:
+def reference_packed_attention(query: Any, key: Any, value: Any, cu: Any, scale: float) -> Any:
     """The same attention, one sequence at a time through sdpa: the CPU path and the reference it is tested on."""
     import torch
 
@@ -658,7 +660,7 @@ def attend_packed(
     cu, max_len = sequence_bounds(position_ids)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = _flash_varlen(q, k, v, cu, max_len, scale) if q.is_cuda else _reference_varlen(q, k, v, cu, scale)
+    out = _flash_varlen(q, k, v, cu, max_len, scale) if q.is_cuda else reference_packed_attention(q, k, v, cu, scale)
     return out.unsqueeze(0), None
 
 
@@ -1122,8 +1124,9 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         else:
             say(f"resuming from {Path(resume).name}")
 
-    if setup.packing:
-        logging.getLogger("trl.trainer.sft_trainer").addFilter(_PackedAttentionWarning())
+    trl_logger = logging.getLogger("trl.trainer.sft_trainer")
+    if setup.packing and not any(isinstance(f, _PackedAttentionWarning) for f in trl_logger.filters):
+        trl_logger.addFilter(_PackedAttentionWarning())
     model = load_lora_model(config, setup)
     trainer = SFTTrainer(
         model=model,
@@ -1183,6 +1186,10 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
                 "resumed_from": resume,
                 "world_size": trainer.args.world_size,
                 "runtime_s": round(time.perf_counter() - started, 1),
+                # What this call's process allocated at most on its GPU (torch's count, without the CUDA context).
+                "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / GIB, 2)
+                if setup.device == "cuda"
+                else None,
             },
         )
         records.write_training_record(output, record, seed=config.seed)
