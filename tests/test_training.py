@@ -299,6 +299,41 @@ def test_packed_batches_keep_each_sequences_labels_loss_and_attention(records_pa
         torch.testing.assert_close(logits_changed[starts[1] :], later, msg=f"{attention}: sequence 1 leaked forward")
 
 
+@pytest.mark.parametrize("torch_api", ["2.10", "2.11+"])
+def test_varlen_kernel_call_adapts_to_the_torch_version(monkeypatch, torch_api):
+    """The GPU kernel's call (PyTorch's varlen_attn changed its signature between releases), on the CPU with a
+    stand-in kernel that checks its arguments and computes the reference: causal, per sequence, grouped heads."""
+    import torch
+    import torch.nn.attention.varlen as varlen
+
+    calls = []
+
+    def old_kernel(query, key, value, cu_q, cu_k, max_q, max_k, *, is_causal=False):
+        assert is_causal and query.shape[1] == key.shape[1] and query.is_contiguous()
+        calls.append(max_q)
+        return training.reference_packed_attention(query, key, value, cu_q, query.shape[-1] ** -0.5)
+
+    def new_kernel(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        assert window_size == (-1, 0) and enable_gqa and key.shape[1] * 2 == query.shape[1]
+        calls.append(max_q)
+        return training.reference_packed_attention(query, key, value, cu_q, scale)
+
+    monkeypatch.setattr(varlen, "varlen_attn", old_kernel if torch_api == "2.10" else new_kernel)
+    training._varlen_parameters.cache_clear()  # it remembers the kernel's signature
+    try:
+        lengths = [3, 6, 2]
+        query, key, value = (torch.randn(1, heads, 11, 8) for heads in (4, 2, 2))
+        positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+        cu, max_len = training.sequence_bounds(positions)
+        assert cu.tolist() == [0, 3, 9, 11] and max_len == 6
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+        out = training._flash_varlen(q, k, v, cu, max_len, 8**-0.5)
+        torch.testing.assert_close(out, training.reference_packed_attention(q, k, v, cu, 8**-0.5))
+        assert calls == [6]
+    finally:
+        training._varlen_parameters.cache_clear()
+
+
 def test_varlen_attention_refuses_padded_batches():
     import torch
 

@@ -455,17 +455,16 @@ def choose_attention(asked: str, device: str, packing: bool) -> str:
     if asked == "varlen":
         if not packing:
             raise TrainingSetupError("--attention varlen needs packing (--packing)")
+        if device == "cuda" and not packed_attention_works():
+            raise TrainingSetupError(
+                "PyTorch's varlen flash kernel does not work here (see above): use --attention sdpa"
+            )
         return VARLEN_ATTENTION
     if asked == "sdpa" or device != "cuda":
         return "sdpa"  # with packing, transformers masks sdpa per packed sequence (from the position ids)
     if has_flash:
         return "flash_attention_2"
-    import torch
-
-    # PyTorch's own flash kernel (torch.nn.attention.varlen) needs an Ampere or newer GPU.
-    if packing and importlib.util.find_spec("torch.nn.attention.varlen") and torch.cuda.get_device_capability()[0] >= 8:
-        return VARLEN_ATTENTION
-    return "sdpa"
+    return VARLEN_ATTENTION if packing and packed_attention_works() else "sdpa"
 
 
 def resolve_setup(config: TrainConfig) -> TrainSetup:
@@ -635,6 +634,40 @@ def reference_packed_attention(query: Any, key: Any, value: Any, cu: Any, scale:
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         pieces.append(out[0].transpose(0, 1))
     return torch.cat(pieces)
+
+
+@functools.cache
+def packed_attention_works() -> bool:
+    """Whether PyTorch's varlen flash kernel (torch.nn.attention.varlen: Ampere or newer) runs on this GPU, forward
+    and backward, and agrees with sdpa run one sequence at a time: checked once per process on small sequences with
+    grouped heads, so that a torch without the kernel, or with one that computes otherwise, falls back to sdpa."""
+    import torch
+
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None or torch.cuda.get_device_capability()[0] < 8:
+        return False
+    try:
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        lengths = [5, 17, 9]
+        tensors = [  # query, key, value: 4 query heads sharing 2 key-value heads
+            torch.randn(
+                1, heads, sum(lengths), 64, device="cuda", dtype=torch.bfloat16, generator=generator
+            ).requires_grad_()
+            for heads in (4, 2, 2)
+        ]
+        positions = torch.cat([torch.arange(n, device="cuda") for n in lengths]).unsqueeze(0)
+        out, _ = attend_packed(None, *tensors, None, scaling=64**-0.5, position_ids=positions)
+        out.float().sum().backward()
+        cu, _ = sequence_bounds(positions)
+        q, k, v = (t.detach()[0].transpose(0, 1) for t in tensors)
+        reference = reference_packed_attention(q, k, v, cu, 64**-0.5).unsqueeze(0)
+        agrees = torch.allclose(out.float(), reference.float(), atol=2e-2, rtol=2e-2)
+        if not agrees or any(t.grad is None or not t.grad.isfinite().all() for t in tensors):
+            print("PyTorch's varlen flash kernel disagrees with sdpa here: packing uses sdpa", flush=True)
+            return False
+    except (RuntimeError, TypeError, ValueError, ImportError) as error:
+        print(f"PyTorch's varlen flash kernel does not run here ({error}): packing uses sdpa", flush=True)
+        return False
+    return True
 
 
 def attend_packed(
