@@ -7,8 +7,8 @@
 #   .carry/8b/tokenizer/   Llama-3.1's tokenizer (tokenizer.json + chat template), made by tools/make_8b_model.py from
 #                          Meta's tokenizer.model in the llama-models 0.3.0 wheel and checked against its test ids
 #   .carry/8b/wheels/      liger-kernel 0.8.5 (Triton kernels: Liger's fused loss, RMSNorm, SwiGLU, RoPE) and
-#                          llama-cpp-python 0.3.36 built for CPython 3.12 (llama.cpp's quantizer and runtime, CPU
-#                          only, AVX2: no -march=native, so it runs on the GPU host's CPU; debug info stripped;
+#                          llama-cpp-python 0.3.36 built here with CPython 3.12 (llama.cpp's quantizer and runtime,
+#                          CPU only, AVX2: no -march=native, so it runs on the GPU host's CPU; glibc >= 2.34; stripped;
 #                          compiled once into .carry/build-8b, which is not carried)
 #   .carry/8b/converter/   llama.cpp's convert_hf_to_gguf.py with its packages (export.ensure_converter's folder),
 #                          which the export stage would otherwise download
@@ -31,12 +31,12 @@ mkdir -p "$KIT/wheels"
 
 # The compiled wheel is kept outside what is carried (.carry/build-8b), so a rerun does not compile again.
 built=$ROOT/.carry/build-8b
-if ! ls "$built"/llama_cpp_python-"$LLAMA_CPP_VERSION"-cp312-*.whl > /dev/null 2>&1; then
+if ! ls "$built"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl > /dev/null 2>&1; then
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
         "$BUILD_PY" -m pip wheel -q --no-deps -w "$built" "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
-if ! ls "$KIT"/wheels/llama_cpp_python-"$LLAMA_CPP_VERSION"-cp312-*.whl > /dev/null 2>&1; then
+if ! ls "$KIT"/wheels/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl > /dev/null 2>&1; then
     "$BUILD_PY" - "$built" "$KIT/wheels" <<'EOF'
 import base64, hashlib, pathlib, subprocess, sys, tempfile, zipfile
 

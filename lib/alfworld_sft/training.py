@@ -80,10 +80,10 @@ class TrainConfig:
     base: str = models.DEFAULT_MODEL  # model id, local folder or the embedded default's name
     data_format: str = "commands"  # what an assistant turn holds: "commands" or "thoughts" (prompts.DATA_FORMATS)
     epochs: float = 3.0  # passes over the training split
-    batch: int = 4  # sequences per device per step (the effective batch is batch x grad_accum x GPUs)
+    batch: int = 4  # sequences per forward pass on CPU; everywhere, batch x grad_accum x GPUs is the effective batch
     lr: float = 2e-4  # peak learning rate
     max_seq_len: int = 2048  # tokens per example; longer games lose their oldest middle turns
-    grad_accum: int = 4  # steps accumulated per optimizer update (effective batch = batch x grad_accum x GPUs)
+    grad_accum: int = 4  # passes accumulated per optimizer update (on CUDA re-split by the plan, same effective batch)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path
@@ -1325,7 +1325,12 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         help="assistant turns: bare commands, or a thought and the command (a JSONL is formatted so)",
     )
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
-    parser.add_argument("--batch", type=int, default=defaults.batch, help="sequences per device per step")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=defaults.batch,
+        help="with --grad-accum, the sequences of an optimizer step per device (the micro-batch on CPU)",
+    )
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
     parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
