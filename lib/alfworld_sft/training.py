@@ -1,11 +1,24 @@
 """Stage 03: supervised fine-tuning of a LoRA adapter on the formatted trajectories, resumable.
 
 On CUDA the base model is loaded in 4 bits (QLoRA: nf4, double quantization, bf16 compute), through Unsloth
-when it is installed and otherwise through PEFT + bitsandbytes; on CPU it is plain LoRA in fp32, so the course
+when it imports and otherwise through PEFT + bitsandbytes; on CPU it is plain LoRA in fp32, so the course
 runs anywhere on the embedded default model. The trainer is TRL's `SFTTrainer`, given the dataset of stage 02
 already tokenized with its `labels` (loss on the assistant's commands and their end-of-turn token only): TRL
-keeps a ready `labels` column as it is (no re-tokenizing, no re-masking) and its collator pads labels with -100
-and builds the attention mask from lengths, so padding never hides the end-of-turn label.
+keeps a ready `labels` column as it is (no re-tokenizing, no re-masking).
+
+How the batches reach the GPU is chosen from the machine and printed when training starts (`resolve_setup`):
+
+* packing (default on CUDA with PEFT): TRL's padding-free collator concatenates a micro-batch's sequences into
+  one row with restarting `position_ids`, so no compute goes to padding; attention stays inside each sequence
+  (flash-attention's varlen kernel when `flash_attn` imports, else PyTorch's own varlen flash kernel registered
+  here as `VARLEN_ATTENTION`, else sdpa with transformers' packed-sequence mask). Without packing, micro-batches
+  are padded (labels with -100, attention mask from lengths) and grouped by length;
+* the micro-batch size and gradient checkpointing come from the card's free memory (or `--memory-budget-gib`),
+  the model's shape and `--max-seq-len` (`plan_memory`), keeping the effective batch `--batch x --grad-accum`;
+* Liger's fused kernels when liger-kernel is installed (no full-vocabulary logits).
+
+`--packing/--no-packing`, `--micro-batch`, `--gradient-checkpointing/--no-gradient-checkpointing`, `--attention`
+and `--liger/--no-liger` override the choices; on CPU nothing is planned (padded batches of `--batch`).
 
     alfworld-sft train --data results/oracle/trajectories.jsonl --output results/sft_adapter \\
         --base meta-llama/Llama-3.1-8B-Instruct --epochs 3 --batch 4 --lr 2e-4 --max-seq-len 2048
@@ -19,34 +32,43 @@ batch x grad-accum x GPUs):
 
 (checked on 2 H100s with a tiny Llama-shaped model: QLoRA nf4 + Liger, world size 2, half the steps per epoch).
 
-Interrupted? Rerun the same command: it resumes from the last checkpoint in `--output`; a checkpoint made with
-a different configuration or data is refused with a message. The output folder ends with the adapter, the
-tokenizer, `training_log.json`, `loss_curve.png` and `training_record.json` (base model as given and resolved,
-data sha256, the full configuration, the prompt format, max_seq_len, seed and package versions), which the
-export and evaluation stages read.
+Interrupted? Rerun the same command: it resumes from the last complete checkpoint in `--output` (a checkpoint
+cut short by a kill is skipped and removed, with a message); a checkpoint made with a different configuration or
+data is refused with a message. Rerunning a finished run changes nothing ("already trained"). The output folder
+ends with the adapter, the tokenizer, `training_log.json`, `loss_curve.png` and `training_record.json`
+(`records.TrainingRecord`: base model, prompt format, data format, max_seq_len, end-of-turn marker; in its
+details the data sha256, the full configuration, the set-up, the losses and package versions), which the export
+and evaluation stages read through `records.read_training_record`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
+import logging
+import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, formatting, models, results
+from alfworld_sft import files, formatting, models, prompts, records
 from alfworld_sft.paths import resolve_repo_path
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-TRAINING_RECORD = "training_record.json"  # read by export and evaluation: keep its key names
 TRAINING_LOG = "training_log.json"
 LOSS_PLOT = "loss_curve.png"
 RUN_CONFIG = "run_config.json"  # written when a run starts: a rerun resumes only with the same one
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what a finished run has saved
+VARLEN_ATTENTION = "alfworld_sft_varlen"  # the name `attend_packed` is registered under in transformers
+ATTENTIONS = ("auto", "sdpa", "flash_attention_2", "varlen")  # --attention choices
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -56,11 +78,12 @@ class TrainConfig:
     data: str = "results/oracle/trajectories.jsonl"  # trajectories JSONL, or a folder from `alfworld-sft format`
     output: str = "results/sft_adapter"  # adapter, tokenizer, checkpoints, log, plot, training_record.json
     base: str = models.DEFAULT_MODEL  # model id, local folder or the embedded default's name
+    data_format: str = "commands"  # what an assistant turn holds: "commands" or "thoughts" (prompts.DATA_FORMATS)
     epochs: float = 3.0  # passes over the training split
-    batch: int = 4  # sequences per device per step
+    batch: int = 4  # sequences per forward pass on CPU; everywhere, batch x grad_accum x GPUs is the effective batch
     lr: float = 2e-4  # peak learning rate
     max_seq_len: int = 2048  # tokens per example; longer games lose their oldest middle turns
-    grad_accum: int = 4  # steps accumulated per optimizer update (effective batch = batch x grad_accum x GPUs)
+    grad_accum: int = 4  # passes accumulated per optimizer update (on CUDA re-split by the plan, same effective batch)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path
@@ -77,10 +100,14 @@ class TrainConfig:
     max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
     device: str = "auto"  # "auto" (CUDA if present), "cuda" or "cpu"
     quantization: str = "auto"  # "auto" (nf4 on CUDA, none on CPU), "nf4" or "none"
-    backend: str = "auto"  # "auto" (Unsloth if installed, on CUDA), "unsloth" or "peft"
-    gradient_checkpointing: bool | None = None  # recompute activations; None: on with CUDA, off on CPU
-    group_by_length: bool = True  # batch sequences of similar length together: less padding (benchmark: 34% -> 14%)
+    backend: str = "auto"  # "auto" (Unsloth if it imports, on CUDA), "unsloth" or "peft"
+    gradient_checkpointing: bool | None = None  # recompute activations; None: off on CPU, planned on CUDA
+    group_by_length: bool = True  # padded batches of similar lengths (benchmark: padding 34% -> 14%); off when packing
     liger: bool | None = None  # Liger fused kernels (no full-vocabulary logits); None: on with CUDA if installed
+    packing: bool | None = None  # padding-free micro-batches (one row, restarting positions); None: on with CUDA + PEFT
+    micro_batch: int | None = None  # sequences per forward pass; None: --batch on CPU, planned from memory on CUDA
+    attention: str = "auto"  # "auto", "sdpa", "flash_attention_2" or "varlen" (PyTorch's flash kernel, packing only)
+    memory_budget_gib: float | None = None  # GPU memory the plan may fill; None: what the card has free now
 
 
 DEFAULT_BASE_NOTE = (
@@ -90,20 +117,55 @@ DEFAULT_BASE_NOTE = (
     "the ones the adapter learns and the agents play with)."
 )
 
-# Fields a resumed run may change without changing what is trained.
-_RESUMABLE_FIELDS = ("output",)
+# Fields that change how fast a run goes, not what it trains: a rerun may change them and still resume (or find
+# the run finished). Everything else must match the run in the folder.
+_SPEED_FIELDS = (
+    "output",
+    "gradient_checkpointing",
+    "liger",
+    "packing",
+    "micro_batch",
+    "attention",
+    "memory_budget_gib",
+)
+
+# Command-line spellings of the fields whose flag is not `--` + the field name with dashes.
+_FLAGS = {"data_format": "--format", "load_best": "--no-load-best"}
+
+
+def flag_of(name: str) -> str:
+    """The command-line option that sets TrainConfig field `name`."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """What this machine runs for a `TrainConfig` (`resolve_setup`): the device, the method and the batch layout."""
+
+    device: str  # "cuda" or "cpu"
+    quantization: str  # "nf4" (QLoRA) or "none"
+    backend: str  # "unsloth" or "peft"
+    liger: bool  # Liger's fused kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy)
+    packing: bool  # each micro-batch's sequences concatenated into one row with restarting position ids
+    attention: str  # the transformers attention implementation the model is loaded with
+    micro_batch: int  # sequences per forward pass and device
+    grad_accum: int  # micro-batches per optimizer step (micro_batch x grad_accum = the config's batch x grad_accum)
+    gradient_checkpointing: bool  # recompute activations in the backward pass (less memory, ~1.5x the compute)
+    plan: str = ""  # how micro_batch and gradient_checkpointing were chosen (empty: as configured)
 
 
 @dataclass(frozen=True)
 class TrainResult:
     output: Path  # the adapter folder
     global_step: int  # optimizer steps done, over all runs into this folder
-    train_loss: float | None  # mean training loss reported by the trainer
-    eval_loss_initial: float | None  # eval loss of the untrained adapter (None when resumed or no eval split)
+    train_loss: float | None  # mean training loss per optimizer step over the whole run (all runs into the folder)
+    eval_loss_initial: float | None  # eval loss of the untrained adapter (None without an eval split)
     eval_loss_best: float | None  # lowest eval loss seen
-    resumed_from: str | None  # the checkpoint this run continued from
+    resumed_from: str | None  # the checkpoint this call continued from
     runtime_s: float  # wall time of this call
-    record: dict[str, Any] = field(default_factory=dict)  # the training_record.json written
+    messages: tuple[str, ...] = ()  # what this call said about the run (resumed, skipped checkpoints, already done)
+    already_trained: bool = False  # the folder held this run, finished: nothing was trained or written
+    record: records.TrainingRecord | None = None  # the training record (None on non-main processes)
 
 
 class TrainingSetupError(RuntimeError):
@@ -111,24 +173,306 @@ class TrainingSetupError(RuntimeError):
 
 
 class ResumeMismatchError(ValueError):
-    """The output folder holds checkpoints of a run with another configuration or other data."""
+    """The output folder holds a run (checkpoints or a finished adapter) with another configuration or other data."""
 
 
 class TrainingOutOfMemoryError(RuntimeError):
-    """The GPU ran out of memory; the message lists what to shrink."""
+    """The GPU ran out of memory, or the plan finds no set-up that fits; the message lists what to shrink."""
 
 
-# ------------------------------------------------------------------------------------------- the set-up
+class TrainingFileError(ValueError):
+    """A file of a run or of its data that cannot be read (torn, not UTF-8, not the expected JSON object); the
+    message names the file and what to do."""
 
 
-def resolve_setup(config: TrainConfig) -> dict[str, Any]:
-    """Which device, quantization and backend this machine gives for `config`; clear errors when it cannot."""
-    import importlib.util
+# ------------------------------------------------------------------------------------------ checking input
 
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse values out of range, naming the flag (a ValueError the CLI shows without a traceback)."""
+
+    def refuse(name: str, rule: str) -> None:
+        raise ValueError(f"{flag_of(name)} must be {rule}, got {getattr(config, name)!r}")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    counts = ("batch", "grad_accum", "max_seq_len", "lora_r", "lora_alpha", "logging_steps", "eval_steps")
+    for name in counts + ("save_steps", "save_total_limit"):
+        if not is_int(getattr(config, name)) or getattr(config, name) < 1:
+            refuse(name, "a whole number of at least 1")
+    if not is_int(config.max_steps) or not (config.max_steps >= 1 or config.max_steps == -1):
+        refuse("max_steps", "a whole number of at least 1, or -1 to train for --epochs")
+    if not is_int(config.seed) or not 0 <= config.seed < 2**32:
+        refuse("seed", "a whole number from 0 to 2**32 - 1")
+    if not is_number(config.epochs) or config.epochs <= 0:
+        refuse("epochs", "a number above 0")
+    if not is_number(config.lr) or not 0 < config.lr < 1:
+        refuse("lr", "a number above 0 and below 1 (the course uses 2e-4)")
+    for name in ("lora_dropout", "warmup_ratio", "eval_fraction"):
+        if not is_number(getattr(config, name)) or not 0 <= getattr(config, name) < 1:
+            refuse(name, "a number from 0 up to (not including) 1")
+    if config.micro_batch is not None and (not is_int(config.micro_batch) or config.micro_batch < 1):
+        refuse("micro_batch", "a whole number of at least 1 (or left out: planned from memory)")
+    if config.memory_budget_gib is not None and (
+        not is_number(config.memory_budget_gib) or config.memory_budget_gib <= 0
+    ):
+        refuse("memory_budget_gib", "a number of GiB above 0 (or left out: the card's free memory)")
+    if not config.target_modules or not all(isinstance(m, str) and m for m in config.target_modules):
+        refuse("target_modules", "one or more module names")
+    from transformers.trainer_utils import SchedulerType
+
+    choices = {
+        "data_format": prompts.DATA_FORMATS,
+        "device": ("auto", "cuda", "cpu"),
+        "quantization": ("auto", "nf4", "none"),
+        "backend": ("auto", "unsloth", "peft"),
+        "attention": ATTENTIONS,
+        "lr_scheduler": tuple(kind.value for kind in SchedulerType),
+    }
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            refuse(name, "one of " + ", ".join(allowed))
+    effective = config.batch * config.grad_accum
+    if config.micro_batch is not None and effective % config.micro_batch:
+        raise ValueError(
+            f"--micro-batch must divide the effective batch --batch x --grad-accum ({config.batch} x "
+            f"{config.grad_accum} = {effective}), got {config.micro_batch}"
+        )
+    if config.attention == "varlen" and config.packing is False:
+        raise ValueError("--attention varlen attends within packed sequences only: drop --no-packing, or pick sdpa")
+    if config.load_best and config.eval_fraction > 0 and config.save_steps % config.eval_steps:
+        raise ValueError(
+            f"--save-steps ({config.save_steps}) must be a multiple of --eval-steps ({config.eval_steps}) "
+            "to keep the best checkpoint (or pass --no-load-best)"
+        )
+
+
+def read_json_object(path: Path, keys: Sequence[str], remedy: str) -> dict[str, Any]:
+    """A JSON object file with `keys`; anything else raises `TrainingFileError` naming `path` and the `remedy`."""
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TrainingFileError(f"{path} is not UTF-8 text: {remedy}") from None
+    except ValueError as error:
+        raise TrainingFileError(f"{path} is not valid JSON ({error}; cut short?): {remedy}") from None
+    if not isinstance(raw, dict):
+        raise TrainingFileError(f"{path} holds a JSON {type(raw).__name__}, not an object: {remedy}")
+    missing = [key for key in keys if key not in raw]
+    if missing:
+        raise TrainingFileError(f"{path} lacks {', '.join(missing)}: {remedy}")
+    return raw
+
+
+# ------------------------------------------------------------------------------------------ the memory plan
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a decoder-only transformer that its training memory depends on."""
+
+    layers: int  # decoder layers
+    hidden: int  # model width
+    intermediate: int  # MLP width
+    heads: int  # attention heads
+    kv_heads: int  # key/value heads (grouped-query attention)
+    head_dim: int  # width of one head
+    vocab: int  # vocabulary (embedding rows)
+    tied_embeddings: bool  # the output head shares the embedding matrix
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = text.num_attention_heads
+        return cls(
+            layers=text.num_hidden_layers,
+            hidden=text.hidden_size,
+            intermediate=text.intermediate_size,
+            heads=heads,
+            kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+            vocab=text.vocab_size,
+            tied_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+        )
+
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of one decoder layer, by the name LoRA targets."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, i = self.hidden, self.intermediate
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.module_shapes().values())
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    def lora_params(self, rank: int, targets: Sequence[str]) -> int:
+        shapes = self.module_shapes()
+        return self.layers * sum(rank * (shapes[name][0] + shapes[name][1]) for name in targets if name in shapes)
+
+
+# Constants of the estimate. nf4 with double quantization stores 4 bits a weight plus ~0.13 bits of scales.
+NF4_BYTES_PER_PARAM = 0.516
+LORA_BYTES_PER_PARAM = 16  # fp32 weight, its gradient and Adam's two moments
+WORKSPACE_BYTES = 1.5 * GIB  # a dequantized weight, cuBLAS and attention workspaces, allocator fragmentation
+ACTIVATION_SLACK = 1.25  # temporaries the per-layer count below leaves out
+LOSS_BYTES_PER_LOGIT = 12  # without Liger: bf16 logits, their fp32 copy, log-softmax and its gradient
+# Without recomputation a pass must still hold enough tokens to keep the GPU busy; below this many tokens a larger
+# micro-batch with gradient checkpointing is the faster choice.
+NO_RECOMPUTE_MIN_TOKENS = 4096
+
+
+def estimate_training_memory(
+    shape: ModelShape,
+    *,
+    tokens: int,
+    quantization: str,
+    checkpointing: bool,
+    liger: bool,
+    lora_r: int,
+    targets: Sequence[str],
+) -> float:
+    """Bytes of GPU memory a LoRA/QLoRA step on `tokens` tokens in one forward pass needs, at most (bf16)."""
+    weights = shape.linear_params() * (NF4_BYTES_PER_PARAM if quantization == "nf4" else 2)
+    weights += shape.embedding_params() * 2
+    lora = shape.lora_params(lora_r, targets) * LORA_BYTES_PER_PARAM
+    kv = shape.kv_heads * shape.head_dim
+    # Saved for the backward pass per token and layer (bf16): the norms' inputs and outputs, q/k/v, the attention
+    # output, the MLP's gate and up (Liger's SwiGLU recomputes the rest) and the down projection's input.
+    per_layer = 2 * (7 * shape.hidden + 2 * kv + (2 if liger else 4) * shape.intermediate)
+    if checkpointing:  # each layer's input is kept; one layer at a time is recomputed with its gradients
+        activations = tokens * (shape.layers * shape.hidden * 2 + 3 * per_layer)
+    else:
+        activations = tokens * shape.layers * per_layer
+    logits = 0 if liger else tokens * shape.vocab * LOSS_BYTES_PER_LOGIT
+    return weights + lora + ACTIVATION_SLACK * activations + logits + WORKSPACE_BYTES
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """A micro-batch layout that fits the memory budget."""
+
+    micro_batch: int  # sequences per forward pass
+    grad_accum: int  # micro-batches per optimizer step
+    gradient_checkpointing: bool  # recompute activations
+    estimate_gib: float  # the estimate for micro_batch sequences of max_seq_len tokens
+    budget_gib: float  # what it had to fit in
+
+
+def plan_memory(
+    shape: ModelShape,
+    *,
+    effective_batch: int,
+    max_seq_len: int,
+    budget_bytes: float,
+    quantization: str,
+    liger: bool,
+    lora_r: int,
+    targets: Sequence[str],
+    micro_batch: int | None = None,
+    gradient_checkpointing: bool | None = None,
+) -> MemoryPlan:
+    """The fastest layout of `effective_batch` sequences that fits `budget_bytes` when every sequence is
+    `max_seq_len` long (the worst case: a run must not run out of memory at its longest batch).
+
+    Without recomputation when its micro-batch still holds `NO_RECOMPUTE_MIN_TOKENS` tokens (or the whole step);
+    otherwise with gradient checkpointing and the largest micro-batch that fits. `micro_batch` and
+    `gradient_checkpointing` pin either choice."""
+    micros = [micro_batch] if micro_batch else [m for m in range(effective_batch, 0, -1) if effective_batch % m == 0]
+
+    def need(micro: int, checkpointing: bool) -> float:
+        return estimate_training_memory(
+            shape,
+            tokens=micro * max_seq_len,
+            quantization=quantization,
+            checkpointing=checkpointing,
+            liger=liger,
+            lora_r=lora_r,
+            targets=targets,
+        )
+
+    for checkpointing in [gradient_checkpointing] if gradient_checkpointing is not None else [False, True]:
+        fitting = [m for m in micros if need(m, checkpointing) <= budget_bytes]
+        if not fitting:
+            continue
+        micro = fitting[0]
+        busy = micro * max_seq_len >= NO_RECOMPUTE_MIN_TOKENS or micro == effective_batch
+        if not checkpointing and gradient_checkpointing is None and not busy:
+            continue
+        return MemoryPlan(
+            micro_batch=micro,
+            grad_accum=effective_batch // micro,
+            gradient_checkpointing=checkpointing,
+            estimate_gib=round(need(micro, checkpointing) / GIB, 1),
+            budget_gib=round(budget_bytes / GIB, 1),
+        )
+    smallest = micros[-1]
+    least = need(smallest, gradient_checkpointing if gradient_checkpointing is not None else True)
+    advice = ["a shorter --max-seq-len", "--liger (liger-kernel)" if not liger else None]
+    advice += ["--quantization nf4" if quantization != "nf4" else None, "a GPU with more free memory"]
+    raise TrainingOutOfMemoryError(
+        f"{smallest} sequence(s) of {max_seq_len} tokens need about {least / GIB:.1f} GiB, more than the "
+        f"{budget_bytes / GIB:.1f} GiB available: try " + "; or ".join(a for a in advice if a)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the set-up
+
+
+@functools.cache
+def unsloth_imports() -> bool:
+    """Whether Unsloth is installed and imports here (it patches transformers, trl and peft as it does: it must
+    be imported before them, which this does on its first call)."""
+    if importlib.util.find_spec("unsloth") is None:
+        return False
+    try:
+        import unsloth  # noqa: F401
+    except Exception as error:  # an Unsloth that does not import here (versions, no GPU) is one that is not used
+        print(f"Unsloth is installed but does not import ({type(error).__name__}: {error}); using PEFT", flush=True)
+        return False
+    return True
+
+
+def choose_attention(asked: str, device: str, packing: bool) -> str:
+    """The transformers attention implementation for `asked` (ATTENTIONS) on `device`."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if asked == "flash_attention_2":
+        if device != "cuda" or not has_flash:
+            raise TrainingSetupError("--attention flash_attention_2 needs CUDA and `pip install flash-attn`")
+        return asked
+    if asked == "varlen":
+        if not packing:
+            raise TrainingSetupError("--attention varlen needs packing (--packing)")
+        if device == "cuda" and not packed_attention_works():
+            raise TrainingSetupError(
+                "PyTorch's varlen flash kernel does not work here (see above): use --attention sdpa"
+            )
+        return VARLEN_ATTENTION
+    if asked == "sdpa" or device != "cuda":
+        return "sdpa"  # with packing, transformers masks sdpa per packed sequence (from the position ids)
+    if has_flash:
+        return "flash_attention_2"
+    return VARLEN_ATTENTION if packing and packed_attention_works() else "sdpa"
+
+
+def resolve_setup(config: TrainConfig) -> TrainSetup:
+    """What this machine runs for `config`: device, quantization, backend, kernels, batch layout (planned from the
+    card's free memory on CUDA); clear errors when it cannot."""
     import torch
 
-    if config.device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, got {config.device!r}")
+    check_config(config)
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
         raise TrainingSetupError(
@@ -138,50 +482,255 @@ def resolve_setup(config: TrainConfig) -> dict[str, Any]:
         )
     device = "cuda" if config.device == "auto" and cuda else config.device if config.device != "auto" else "cpu"
     quantization = config.quantization if config.quantization != "auto" else ("nf4" if device == "cuda" else "none")
-    if quantization not in ("nf4", "none"):
-        raise ValueError(f"quantization must be auto, nf4 or none, got {config.quantization!r}")
     if quantization == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
         raise TrainingSetupError(
             "QLoRA needs bitsandbytes: `pip install bitsandbytes==0.50.2`, or pass --quantization none "
             "(plain LoRA in bf16: about 4x the GPU memory for the base weights)"
         )
-    if config.backend not in ("auto", "unsloth", "peft"):
-        raise ValueError(f"backend must be auto, unsloth or peft, got {config.backend!r}")
-    has_unsloth = device == "cuda" and importlib.util.find_spec("unsloth") is not None
+    has_unsloth = device == "cuda" and quantization == "nf4" and config.backend != "peft" and unsloth_imports()
     if config.backend == "unsloth" and not has_unsloth:
         raise TrainingSetupError(
-            "Unsloth was asked for but is "
-            + ("only for CUDA machines" if device != "cuda" else "not installed")
+            "Unsloth was asked for but "
+            + (
+                "runs only on CUDA with --quantization nf4"
+                if device != "cuda" or quantization != "nf4"
+                else "does not import"
+            )
             + ": install it with torch in one command (`pip install torch==X torchvision==Y unsloth==2026.10.9 "
             "unsloth_zoo==2026.10.9`, README GPU route), or pass --backend peft"
         )
-    backend = "unsloth" if config.backend in ("auto", "unsloth") and has_unsloth and quantization == "nf4" else "peft"
+    backend = "unsloth" if has_unsloth else "peft"
     has_liger = importlib.util.find_spec("liger_kernel") is not None
     if config.liger and not has_liger:
         raise TrainingSetupError("--liger needs liger-kernel: `pip install liger-kernel==0.8.5`, or pass --no-liger")
     # Liger's kernels are Triton (GPU) kernels; Unsloth brings its own fused loss.
     liger = (config.liger if config.liger is not None else has_liger and device == "cuda") and backend == "peft"
-    checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
-    return {
-        "device": device,
-        "quantization": quantization,
-        "backend": backend,
-        "gradient_checkpointing": checkpointing,
-        "liger": liger,
-    }
+    # Packing is proven here to keep sequences apart with the attentions PEFT loads (tests/test_training.py); under
+    # Unsloth's own attention it is not, so there it is only on when asked for.
+    packing = config.packing if config.packing is not None else device == "cuda" and backend == "peft"
+    attention = choose_attention(config.attention, device, packing)
+    effective = config.batch * config.grad_accum
+    if device != "cuda" or (config.micro_batch is not None and config.gradient_checkpointing is not None):
+        micro = config.micro_batch or config.batch
+        checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
+        return TrainSetup(
+            device, quantization, backend, liger, packing, attention, micro, effective // micro, checkpointing
+        )
+    from transformers import AutoConfig
+
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(models.resolve_model(config.base, flag="--base")))
+    if config.memory_budget_gib is not None:
+        budget, source = config.memory_budget_gib * GIB, "--memory-budget-gib"
+    else:
+        free, _ = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
+        budget, source = max(free - GIB, 0), f"free on {torch.cuda.get_device_name()}, less 1 GiB"
+    plan = plan_memory(
+        shape,
+        effective_batch=effective,
+        max_seq_len=config.max_seq_len,
+        budget_bytes=budget,
+        quantization=quantization,
+        liger=liger,
+        lora_r=config.lora_r,
+        targets=config.target_modules,
+        micro_batch=config.micro_batch,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    why = (
+        f"{plan.micro_batch} x {config.max_seq_len} tokens need at most ~{plan.estimate_gib} GiB of "
+        f"{plan.budget_gib} GiB ({source})"
+    )
+    return TrainSetup(
+        device,
+        quantization,
+        backend,
+        liger,
+        packing,
+        attention,
+        plan.micro_batch,
+        plan.grad_accum,
+        plan.gradient_checkpointing,
+        why,
+    )
 
 
-def load_lora_model(config: TrainConfig, setup: dict[str, Any]) -> Any:
+def describe_setup(setup: TrainSetup) -> str:
+    """One line for the log: what was picked."""
+    method = "QLoRA nf4" if setup.quantization == "nf4" else "LoRA"
+    attention = "PyTorch varlen flash" if setup.attention == VARLEN_ATTENTION else setup.attention
+    parts = [
+        f"{setup.device}, {method} via {setup.backend}",
+        "Liger kernels" if setup.liger else "no Liger",
+        f"packing ({attention} attention)" if setup.packing else f"padded batches ({attention} attention)",
+        f"micro-batch {setup.micro_batch} x {setup.grad_accum} accumulation",
+        "gradient checkpointing" if setup.gradient_checkpointing else "no gradient checkpointing",
+    ]
+    return "set-up: " + ", ".join(parts) + (f" [{setup.plan}]" if setup.plan else "")
+
+
+# ------------------------------------------------------------------------------------------ packed attention
+
+
+_bounds_cache: list[Any] = [None, None]  # [position_ids tensor, (cu_seqlens, max_len)]: one forward's layers share it
+
+
+def sequence_bounds(position_ids: Any) -> tuple[Any, int]:
+    """(cumulative sequence starts as int32 with the total at the end, longest sequence) of a packed row: a new
+    sequence starts wherever the position does not follow the previous one (TRL restarts them at 0)."""
+    import torch
+
+    if _bounds_cache[0] is position_ids:
+        return _bounds_cache[1]
+    positions = position_ids[0]
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[1:] = positions[1:] != positions[:-1] + 1
+    cu = torch.nonzero(starts).flatten().to(torch.int32)
+    cu = torch.cat([cu, torch.tensor([positions.numel()], dtype=torch.int32, device=cu.device)])
+    bounds = (cu, int((cu[1:] - cu[:-1]).max()))
+    _bounds_cache[:] = [position_ids, bounds]
+    return bounds
+
+
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _flash_varlen(query: Any, key: Any, value: Any, cu: Any, max_len: int, scale: float) -> Any:
+    """PyTorch's varlen flash-attention kernel, causal within each sequence ((tokens, heads, dim) in and out)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    # After RoPE, q and k are (tokens, heads, dim) views with the heads outermost; the kernel wants rows in order.
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    params = _varlen_parameters()
+    kwargs: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif not math.isclose(scale, query.shape[-1] ** -0.5):
+        raise TrainingSetupError("this torch's varlen attention has no scale argument: use --attention sdpa")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1 and "enable_gqa" in params:
+        kwargs["enable_gqa"] = True
+    elif groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return varlen_attn(query, key, value, cu, cu, max_len, max_len, **kwargs)
+
+
+def reference_packed_attention(query: Any, key: Any, value: Any, cu: Any, scale: float) -> Any:
+    """The same attention, one sequence at a time through sdpa: the CPU path and the reference it is tested on."""
+    import torch
+
+    groups = query.shape[1] // key.shape[1]
+    pieces = []
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        pieces.append(out[0].transpose(0, 1))
+    return torch.cat(pieces)
+
+
+@functools.cache
+def packed_attention_works() -> bool:
+    """Whether PyTorch's varlen flash kernel (torch.nn.attention.varlen: Ampere or newer) runs on this GPU, forward
+    and backward, and agrees with sdpa run one sequence at a time: checked once per process on small sequences with
+    grouped heads, so that a torch without the kernel, or with one that computes otherwise, falls back to sdpa."""
+    import torch
+
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None or torch.cuda.get_device_capability()[0] < 8:
+        return False
+    try:
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        lengths = [5, 17, 9]
+        tensors = [  # query, key, value: 4 query heads sharing 2 key-value heads
+            torch.randn(
+                1, heads, sum(lengths), 64, device="cuda", dtype=torch.bfloat16, generator=generator
+            ).requires_grad_()
+            for heads in (4, 2, 2)
+        ]
+        positions = torch.cat([torch.arange(n, device="cuda") for n in lengths]).unsqueeze(0)
+        out, _ = attend_packed(None, *tensors, None, scaling=64**-0.5, position_ids=positions)
+        out.float().sum().backward()
+        cu, _ = sequence_bounds(positions)
+        q, k, v = (t.detach()[0].transpose(0, 1) for t in tensors)
+        reference = reference_packed_attention(q, k, v, cu, 64**-0.5).unsqueeze(0)
+        agrees = torch.allclose(out.float(), reference.float(), atol=2e-2, rtol=2e-2)
+        if not agrees or any(t.grad is None or not t.grad.isfinite().all() for t in tensors):
+            print("PyTorch's varlen flash kernel disagrees with sdpa here: packing uses sdpa", flush=True)
+            return False
+    except (RuntimeError, TypeError, ValueError, ImportError) as error:
+        print(f"PyTorch's varlen flash kernel does not run here ({error}): packing uses sdpa", flush=True)
+        return False
+    return True
+
+
+def attend_packed(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """A transformers attention function for padding-free rows: causal attention inside each packed sequence
+    (bounds from `position_ids`), never across. Query (1, heads, tokens, dim) in, (1, tokens, heads, dim) out."""
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None or position_ids is None or query.shape[0] != 1:
+        raise ValueError(
+            f"{VARLEN_ATTENTION} attention takes one packed row with position ids and no attention mask (TRL's "
+            "padding-free collator); this batch is padded: train with --packing, or use --attention sdpa"
+        )
+    if dropout:
+        raise ValueError(f"{VARLEN_ATTENTION} attention has no attention dropout (the model's is {dropout})")
+    cu, max_len = sequence_bounds(position_ids)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = _flash_varlen(q, k, v, cu, max_len, scale) if q.is_cuda else reference_packed_attention(q, k, v, cu, scale)
+    return out.unsqueeze(0), None
+
+
+def register_packed_attention() -> None:
+    """Make `VARLEN_ATTENTION` an attention implementation transformers can load models with (no mask is built:
+    the bounds come from the position ids, as for flash-attention)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(VARLEN_ATTENTION, attend_packed)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
+
+
+class _PackedAttentionWarning(logging.Filter):
+    """TRL warns that padding-free batches are only safe with flash-attention. transformers 5.17 keeps sdpa inside
+    packed sequences too, and this module's varlen attention does by construction; tests/test_training.py checks
+    both, so the warning would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Padding-free training is enabled, but the attention implementation" not in record.getMessage()
+
+
+# -------------------------------------------------------------------------------------------------- the model
+
+
+def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
     """The base model with fresh LoRA adapters, as `setup` says (Unsloth, PEFT + bitsandbytes, or plain)."""
     import torch
 
-    resolved = models.resolve_model(config.base)
-    if setup["backend"] == "unsloth":
+    resolved = models.resolve_model(config.base, flag="--base")
+    if setup.backend == "unsloth":
         from unsloth import FastLanguageModel
 
         model, _ = FastLanguageModel.from_pretrained(
             model_name=resolved, max_seq_length=config.max_seq_len, dtype=None, load_in_4bit=True
         )
+        model.config.use_cache = False  # with a cache, transformers never looks for packed sequences
         return FastLanguageModel.get_peft_model(
             model,
             r=config.lora_r,
@@ -190,21 +739,22 @@ def load_lora_model(config: TrainConfig, setup: dict[str, Any]) -> Any:
             bias="none",
             target_modules=list(config.target_modules),
             random_state=config.seed,
-            use_gradient_checkpointing="unsloth" if setup["gradient_checkpointing"] else False,
+            use_gradient_checkpointing="unsloth" if setup.gradient_checkpointing else False,
         )
     from peft import LoraConfig, get_peft_model
 
-    kwargs: dict[str, Any] = {}
-    if setup["device"] == "cuda":
+    if setup.attention == VARLEN_ATTENTION:
+        register_packed_attention()
+    kwargs: dict[str, Any] = {"attn_implementation": setup.attention}
+    if setup.device == "cuda":
         from accelerate import PartialState
 
         # One full copy per process under `accelerate launch`: data parallel, each on its own GPU.
         kwargs["device_map"] = {"": PartialState().local_process_index}
         kwargs["dtype"] = torch.bfloat16
-        kwargs["attn_implementation"] = "sdpa"
     else:
         kwargs["dtype"] = torch.float32
-    if setup["quantization"] == "nf4":
+    if setup.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -213,9 +763,11 @@ def load_lora_model(config: TrainConfig, setup: dict[str, Any]) -> Any:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-    model = models.load_model(config.base, **kwargs)
+    model = models.load_model(config.base, flag="--base", **kwargs)
+    # No KV cache in training; it also matters for packing: with a cache transformers never derives the packed
+    # sequences' mask from the position ids, and sdpa would attend across them.
     model.config.use_cache = False
-    if setup["gradient_checkpointing"]:
+    if setup.gradient_checkpointing:
         # Not prepare_model_for_kbit_training: it upcasts the embeddings, norms and the 128k-vocabulary head to
         # fp32, which cost 1.5x in speed and 4 GiB in the benchmark (benchmarks/train_speed.py); bf16 trains fine.
         model.enable_input_require_grads()
@@ -230,83 +782,211 @@ def load_lora_model(config: TrainConfig, setup: dict[str, Any]) -> Any:
     return get_peft_model(model, lora)
 
 
-# ---------------------------------------------------------------------------------------------- the data
+# ---------------------------------------------------------------------------------------------------- the data
 
 
-def load_training_data(config: TrainConfig, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
-    """(DatasetDict, facts about it: prompt_format, data sha256, stats) from a JSONL or a formatted folder."""
+@dataclass(frozen=True)
+class DataSource:
+    """The training data as given, identified before anything is loaded."""
+
+    path: Path  # the trajectories JSONL, or a folder from `alfworld-sft format`
+    sha256: str  # of the trajectories JSONL (for a folder: of the JSONL it was formatted from)
+    format_info: Mapping[str, Any] | None  # a formatted folder's format_info.json (None for a JSONL)
+
+
+def identify_data(config: TrainConfig) -> DataSource:
+    """Where the data is and its sha256; a formatted folder is checked against `config` (model, window, data
+    format) here, before any model is loaded."""
     path = resolve_repo_path(config.data)
-    if path.is_dir():
-        dataset, info = formatting.load_formatted(path)
-        made_with = info["config"]
-        if made_with["model"] != config.base or info["max_seq_len"] != config.max_seq_len:
-            raise ValueError(
-                f"{path} was formatted for model {made_with['model']!r} with max_seq_len {info['max_seq_len']}, "
-                f"not {config.base!r} with {config.max_seq_len}: reformat it (`alfworld-sft format --model "
-                f"{config.base} --max-seq-len {config.max_seq_len}`) or pass the trajectories JSONL"
-            )
+    if not path.is_dir():
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: pass the trajectories JSONL or a formatted folder")
+        return DataSource(path, formatting.sha256_file(path), None)
+    info_path = path / formatting.FORMAT_INFO
+    if not info_path.exists():
+        raise FileNotFoundError(
+            f"{path} is not a formatted dataset (no {formatting.FORMAT_INFO}): run `alfworld-sft format` first"
+        )
+    remedy = f"format the data again (`alfworld-sft format --output {path}`), or pass the trajectories JSONL"
+    info = read_json_object(info_path, ("source", "source_sha256", "config", "prompt_format", "max_seq_len"), remedy)
+    made_with = info["config"] if isinstance(info["config"], dict) else {}
+    data_format = made_with.get("data_format", "commands")
+    if (made_with.get("model"), info["max_seq_len"], data_format) != (
+        config.base,
+        config.max_seq_len,
+        config.data_format,
+    ):
+        raise ValueError(
+            f"{path} was formatted for model {made_with.get('model')!r} with max_seq_len {info['max_seq_len']} in the "
+            f"{data_format!r} format, not {config.base!r} with {config.max_seq_len} in {config.data_format!r}: "
+            f"reformat it (`alfworld-sft format --model {config.base} --max-seq-len {config.max_seq_len}`) or pass "
+            "the trajectories JSONL"
+        )
+    return DataSource(path, str(info["source_sha256"]), info)
+
+
+def build_format_config(config: TrainConfig) -> formatting.FormatConfig:
+    """How a JSONL given to `train` is formatted: as `alfworld-sft format` would with the same settings."""
+    values: dict[str, Any] = {
+        "model": config.base,
+        "max_seq_len": config.max_seq_len,
+        "eval_fraction": config.eval_fraction,
+        "seed": config.seed,
+    }
+    if "data_format" in formatting.FormatConfig.__dataclass_fields__:
+        values["data_format"] = config.data_format
+    elif config.data_format != "commands":
+        raise ValueError(
+            f"--format {config.data_format} needs a formatting stage with data formats (FormatConfig.data_format); "
+            "this installation formats commands only: update the course, or pass --format commands"
+        )
+    return formatting.FormatConfig(**values)
+
+
+def load_training_data(config: TrainConfig, tokenizer: Any, source: DataSource) -> tuple[Any, dict[str, Any]]:
+    """(DatasetDict, facts about it: prompt_format, data format, data file and sha256, stats)."""
+    if source.format_info is not None:
+        dataset, info = formatting.load_formatted(source.path)
         return dataset, {
             "data_file": info["source"],
-            "data_sha256": info["source_sha256"],
+            "data_sha256": source.sha256,
             "prompt_format": info["prompt_format"],
-            "stats": info["stats"],
+            "data_format": config.data_format,
+            "stats": info.get("stats") or formatting.summarize_lengths(dataset, config.max_seq_len),
         }
-    records = formatting.load_records(path)
-    format_config = formatting.FormatConfig(
-        model=config.base,
-        max_seq_len=config.max_seq_len,
-        eval_fraction=config.eval_fraction,
-        seed=config.seed,
-    )
-    dataset = formatting.format_records(path, format_config, tokenizer=tokenizer)
+    records_ = formatting.load_records(source.path)
+    dataset = formatting.format_records(source.path, build_format_config(config), tokenizer=tokenizer)
     return dataset, {
-        "data_file": str(path),
-        "data_sha256": formatting.sha256_file(path),
-        "prompt_format": asdict(formatting.prompt_format_of(records)),
+        "data_file": str(source.path),
+        "data_sha256": source.sha256,
+        "prompt_format": asdict(formatting.prompt_format_of(records_)),
+        "data_format": config.data_format,
         "stats": formatting.summarize_lengths(dataset, config.max_seq_len),
     }
 
 
-# ------------------------------------------------------------------------------------------- resuming
+# -------------------------------------------------------------------------------------- resuming, finishing
 
 
-def _comparable(config: TrainConfig) -> dict[str, Any]:
-    values = json.loads(json.dumps(asdict(config)))
-    return {k: v for k, v in values.items() if k not in _RESUMABLE_FIELDS}
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that decide what is trained, JSON-shaped; a config saved before a field existed reads as its
+    default."""
+    values = {**json.loads(json.dumps(asdict(TrainConfig()))), **json.loads(json.dumps(dict(config)))}
+    return {k: v for k, v in values.items() if k not in _SPEED_FIELDS and k in TrainConfig.__dataclass_fields__}
 
 
-def find_resume_checkpoint(output: Path, config: TrainConfig, data_sha256: str) -> str | None:
-    """The last checkpoint to resume from, after checking it was made by this configuration on this data."""
-    from transformers.trainer_utils import get_last_checkpoint
+def describe_changes(saved_config: Mapping[str, Any], saved_sha256: str, config: TrainConfig, sha256: str) -> str:
+    """What differs between a run in a folder and `config` on data `sha256` ('' when nothing does)."""
+    saved, wanted = _comparable(saved_config), _comparable(asdict(config))
+    changes = [f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+    if saved_sha256 != sha256:
+        changes.append("data (its sha256)")
+    return ", ".join(changes)
 
-    if not output.exists():
+
+def read_run_config(output: Path) -> dict[str, Any]:
+    remedy = f"restore it, or pass a new --output (or delete {output}) to start over"
+    raw = read_json_object(output / RUN_CONFIG, ("config", "data_sha256"), remedy)
+    if not isinstance(raw["config"], dict) or not isinstance(raw["data_sha256"], str):
+        raise TrainingFileError(f"{output / RUN_CONFIG} has a config or data_sha256 of the wrong type: {remedy}")
+    return raw
+
+
+def read_checkpoint_state(checkpoint: Path) -> dict[str, Any] | None:
+    """A checkpoint's trainer_state.json (written last when it is saved), or None when it is missing or torn."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
         return None
-    last = get_last_checkpoint(str(output))
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """`checkpoint-N` folders, newest (highest N) first."""
+    numbered = [p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(numbered, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True)
+
+
+def find_resume_checkpoint(output: Path, config: TrainConfig, data_sha256: str) -> tuple[str | None, list[str]]:
+    """(the last complete checkpoint to resume from, after checking it was made by this configuration on this
+    data; what was noticed on the way). A checkpoint without a readable trainer_state.json was cut short while
+    being saved: it is removed and the one before it is used."""
+    notes: list[str] = []
+    last = None
+    for checkpoint in list_checkpoints(output) if output.exists() else []:
+        if read_checkpoint_state(checkpoint) is not None:
+            last = checkpoint
+            break
+        shutil.rmtree(checkpoint)
+        notes.append(
+            f"{checkpoint.name} is incomplete (no readable trainer_state.json: the run was stopped while saving it); "
+            "removed it"
+        )
     if last is None:
-        return None
-    run_config = output / RUN_CONFIG
-    if not run_config.exists():
+        if notes:
+            notes.append("no complete checkpoint left: training starts from the beginning")
+        return None, notes
+    if not (output / RUN_CONFIG).exists():
         raise ResumeMismatchError(
-            f"{output} holds {Path(last).name} but no {RUN_CONFIG}: it was not made by this course; "
+            f"{output} holds {last.name} but no {RUN_CONFIG}: it was not made by this course; "
             "use another --output or delete the folder"
         )
-    saved = files.read_json(run_config)
-    wanted = {"config": _comparable(config), "data_sha256": data_sha256}
-    changed = [k for k in wanted["config"] if saved["config"].get(k) != wanted["config"][k]]
-    if saved["data_sha256"] != data_sha256:
-        changed.append("data (its sha256)")
-    if changed:
-        details = ", ".join(
-            f"{k}: {saved['config'].get(k)!r} -> {wanted['config'][k]!r}" for k in changed if k in wanted["config"]
-        )
+    saved = read_run_config(output)
+    changes = describe_changes(saved["config"], saved["data_sha256"], config, data_sha256)
+    if changes:
         raise ResumeMismatchError(
-            f"{output} holds checkpoints of a run with a different configuration ({details or ', '.join(changed)}). "
+            f"{output} holds checkpoints of a run with a different configuration ({changes}). "
             "Rerun with the same settings to resume, or pass a new --output (or delete the old folder) to start over"
         )
-    return last
+    return str(last), notes
 
 
-# ------------------------------------------------------------------------------------------- reporting
+def find_finished_run(output: Path, config: TrainConfig, data_sha256: str) -> TrainResult | None:
+    """The result of a finished run of `config` on this data in `output` (its training record is there and
+    complete), or None when there is none. A finished run of another configuration is refused."""
+    record = records.read_training_record(output, required=False)
+    if record is None:
+        return None
+    path = output / records.TRAINING_RECORD_FILE
+    details = record.details
+    remedy = f"pass a new --output (or delete {output}) to train again"
+    if not isinstance(details.get("config"), dict) or not isinstance(details.get("data_sha256"), str):
+        raise TrainingFileError(f"{path} lacks the run's config or data_sha256 (an older course wrote it?): {remedy}")
+    changes = describe_changes(details["config"], details["data_sha256"], config, data_sha256)
+    if changes:
+        raise ResumeMismatchError(
+            f"{output} holds an adapter trained with a different configuration ({changes}): {remedy}"
+        )
+    missing = [name for name in ADAPTER_FILES if not (output / name).exists()]
+    if missing:
+        raise TrainingFileError(f"{path} says training finished, but {', '.join(missing)} are missing: {remedy}")
+    message = (
+        f"already trained: {output} holds the adapter of this configuration and data "
+        f"({details.get('global_step')} steps); nothing changed. To train again, pass a new --output or delete it"
+    )
+    return TrainResult(
+        output=output,
+        global_step=details.get("global_step", 0),
+        train_loss=details.get("train_loss"),
+        eval_loss_initial=details.get("eval_loss_initial"),
+        eval_loss_best=details.get("eval_loss_best"),
+        resumed_from=None,
+        runtime_s=0.0,
+        messages=(message,),
+        already_trained=True,
+        record=record,
+    )
+
+
+def load_checkpoint_weights(model: Any, checkpoint: Path) -> None:
+    """Put a checkpoint's adapter weights into the LoRA model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
+
+
+# ------------------------------------------------------------------------------------------------- reporting
 
 
 def plot_loss_curve(log_history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -334,34 +1014,50 @@ def plot_loss_curve(log_history: Sequence[dict[str, Any]], path: str | os.PathLi
     return path
 
 
-def _explain_oom(config: TrainConfig, setup: dict[str, Any]) -> TrainingOutOfMemoryError:
+def mean_train_loss(log_history: Sequence[Mapping[str, Any]]) -> float | None:
+    """The mean training loss per optimizer step over every logged step of the whole run (all runs into the
+    folder: a resumed run's log starts with the checkpoint's). Each logged loss is the mean since the previous
+    log line, so it counts for the steps it covers."""
+    total = covered = 0.0
+    previous = 0
+    for entry in log_history:
+        if "loss" in entry and isinstance(entry.get("step"), int) and entry["step"] > previous:
+            total += entry["loss"] * (entry["step"] - previous)
+            covered += entry["step"] - previous
+            previous = entry["step"]
+    return total / covered if covered else None
+
+
+def _explain_oom(config: TrainConfig, setup: TrainSetup) -> TrainingOutOfMemoryError:
     advice = [
-        f"a smaller --batch (now {config.batch}; raise --grad-accum to keep the effective batch)",
+        f"a smaller --micro-batch (now {setup.micro_batch}; the effective batch --batch x --grad-accum stays)",
         f"a shorter --max-seq-len (now {config.max_seq_len})",
     ]
-    if setup["quantization"] == "none" and setup["device"] == "cuda":
+    if setup.quantization == "none" and setup.device == "cuda":
         advice.append("QLoRA instead of LoRA (--quantization nf4: the base weights take a quarter of the memory)")
-    if not setup["gradient_checkpointing"]:
+    if not setup.gradient_checkpointing:
         advice.append("--gradient-checkpointing")
+    if setup.device == "cuda":
+        advice.append("--memory-budget-gib below what other processes on the GPU leave free")
     return TrainingOutOfMemoryError(
         "out of GPU memory while training: try " + "; or ".join(advice) + ". Rerun to resume from the last checkpoint."
     )
 
 
-# ------------------------------------------------------------------------------------------- training
+# -------------------------------------------------------------------------------------------------- training
 
 
-def build_sft_config(config: TrainConfig, setup: dict[str, Any], has_eval: bool) -> Any:
+def build_sft_config(config: TrainConfig, setup: TrainSetup, has_eval: bool) -> Any:
     from trl import SFTConfig
 
-    cuda = setup["device"] == "cuda"
+    cuda = setup.device == "cuda"
     return SFTConfig(
         output_dir=str(resolve_repo_path(config.output)),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch,
-        per_device_eval_batch_size=config.batch,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=setup.micro_batch,
+        per_device_eval_batch_size=setup.micro_batch,
+        gradient_accumulation_steps=setup.grad_accum,
         learning_rate=config.lr,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
@@ -377,12 +1073,15 @@ def build_sft_config(config: TrainConfig, setup: dict[str, Any], has_eval: bool)
         greater_is_better=False,
         bf16=cuda,
         use_cpu=not cuda,
-        gradient_checkpointing=setup["gradient_checkpointing"] and setup["backend"] != "unsloth",
+        gradient_checkpointing=setup.gradient_checkpointing and setup.backend != "unsloth",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=config.max_seq_len,  # examples arrive cut by the window: TRL's own truncation never bites
-        use_liger_kernel=setup["liger"],
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        packing=False,
+        # Examples arrive cut by the window, so TRL's own truncation never bites; padding-free batches need None.
+        max_length=None if setup.packing else config.max_seq_len,
+        padding_free=setup.packing,
+        use_liger_kernel=setup.liger,
+        # Length grouping only saves padding, and packed batches have none.
+        train_sampling_strategy="group_by_length" if config.group_by_length and not setup.packing else "random",
+        packing=False,  # never TRL's dataset packing: a micro-batch stays `micro_batch` whole sequences
         report_to="none",
         seed=config.seed,
         data_seed=config.seed,
@@ -405,31 +1104,62 @@ def keep_initial_eval_callback(entry: dict[str, Any]) -> Any:
     return KeepInitialEval()
 
 
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` (which sets RANK), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Train (or resume) a LoRA adapter as `config` says and save everything into `config.output`."""
+    """Train (or resume, or find finished) a LoRA adapter as `config` says and save everything into
+    `config.output`. What it decides on the way (resuming, skipping a torn checkpoint, nothing to do, the
+    set-up) is printed and returned in `TrainResult.messages`."""
     started = time.perf_counter()
+    messages: list[str] = []
+
+    def say(message: str) -> None:
+        messages.append(message)
+        if is_main_process():
+            print(message, flush=True)
+
+    check_config(config)
+    output = resolve_repo_path(config.output)
+    source = identify_data(config)
+    finished = find_finished_run(output, config, source.sha256)
+    if finished is not None:
+        say(finished.messages[0])
+        return finished
+    resume, notes = find_resume_checkpoint(output, config, source.sha256)
+    for note in notes:
+        say(note)
     setup = resolve_setup(config)
-    if setup["backend"] == "unsloth":
-        import unsloth  # noqa: F401  (patches transformers, trl and peft: it must come first)
+    say(describe_setup(setup))
     import torch
+    from transformers import TrainerState
     from trl import SFTTrainer
 
-    output = resolve_repo_path(config.output)
-    tokenizer = models.load_tokenizer(config.base)
-    dataset, data_facts = load_training_data(config, tokenizer)
-    resume = find_resume_checkpoint(output, config, data_facts["data_sha256"])
+    tokenizer = models.load_tokenizer(config.base, flag="--base")
+    dataset, data_facts = load_training_data(config, tokenizer, source)
     if len(dataset["train"]) == 0:
         raise ValueError(f"{config.data}: no training examples after the train/eval split: collect more games")
     has_eval = "eval" in dataset and len(dataset["eval"]) > 0
-    if has_eval and config.load_best and config.save_steps % config.eval_steps:
-        raise ValueError(
-            f"save_steps ({config.save_steps}) must be a multiple of eval_steps ({config.eval_steps}) "
-            "to keep the best checkpoint"
-        )
     columns = ["input_ids", "labels"]
     train_set = dataset["train"].select_columns(columns)
     eval_set = dataset["eval"].select_columns(columns) if has_eval else None
 
+    final_state = None
+    if resume is not None:
+        state = read_checkpoint_state(Path(resume)) or {}
+        if state.get("max_steps") and state["global_step"] >= state["max_steps"]:
+            # Killed after its last checkpoint but before the adapter was saved: resuming would train one step
+            # past the end (transformers restarts the epoch loop), so the adapter is taken from the checkpoints.
+            final_state = Path(resume)
+            say(f"{Path(resume).name} is the run's last step: saving the adapter from it without training further")
+        else:
+            say(f"resuming from {Path(resume).name}")
+
+    trl_logger = logging.getLogger("trl.trainer.sft_trainer")
+    if setup.packing and not any(isinstance(f, _PackedAttentionWarning) for f in trl_logger.filters):
+        trl_logger.addFilter(_PackedAttentionWarning())
     model = load_lora_model(config, setup)
     trainer = SFTTrainer(
         model=model,
@@ -441,56 +1171,71 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     )
     if trainer.is_world_process_zero():
         output.mkdir(parents=True, exist_ok=True)
-        files.write_json(output / RUN_CONFIG, {"config": _comparable(config), "data_sha256": data_facts["data_sha256"]})
-    eval_loss_initial = None
+        files.write_json(output / RUN_CONFIG, {"config": asdict(config), "data_sha256": source.sha256})
     try:
-        if has_eval and resume is None:
-            eval_loss_initial = trainer.evaluate()["eval_loss"]
-            trainer.add_callback(keep_initial_eval_callback({"step": 0, "eval_loss": eval_loss_initial}))
-        outcome = trainer.train(resume_from_checkpoint=resume)
+        if final_state is not None:
+            trainer.state = TrainerState.load_from_json(str(final_state / "trainer_state.json"))
+            best = trainer.state.best_model_checkpoint
+            best_path = output / Path(best).name if best else None
+            use_best = config.load_best and has_eval and best_path is not None and best_path.is_dir()
+            load_checkpoint_weights(trainer.model, best_path if use_best else final_state)
+        else:
+            if has_eval and resume is None:
+                eval_loss_initial = trainer.evaluate()["eval_loss"]
+                trainer.add_callback(keep_initial_eval_callback({"step": 0, "eval_loss": eval_loss_initial}))
+            trainer.train(resume_from_checkpoint=resume)
     except torch.OutOfMemoryError as error:
         raise _explain_oom(config, setup) from error
 
     history = trainer.state.log_history
-    if resume is not None:  # the untrained eval loss is kept in the log of the first run
-        eval_loss_initial = next((e["eval_loss"] for e in history if e.get("step") == 0 and "eval_loss" in e), None)
+    eval_loss_initial = next((e["eval_loss"] for e in history if e.get("step") == 0 and "eval_loss" in e), None)
     eval_losses = [e["eval_loss"] for e in history if "eval_loss" in e and e.get("step", 0) > 0]
-    record: dict[str, Any] = {}
+    train_loss = mean_train_loss(history)
+    record = None
     if trainer.is_world_process_zero():
         trainer.save_model(str(output))
         tokenizer.save_pretrained(str(output))
         files.write_json(output / TRAINING_LOG, history)
         plot_loss_curve(history, output / LOSS_PLOT)
-        record = {
-            "base_model": config.base,
-            "base_model_resolved": models.resolve_model(config.base),
-            "prompt_format": data_facts["prompt_format"],
-            "max_seq_len": config.max_seq_len,
-            "seed": config.seed,
-            "data_file": data_facts["data_file"],
-            "data_sha256": data_facts["data_sha256"],
-            "config": json.loads(json.dumps(asdict(config))),
-            "setup": setup,
-            "end_of_turn": models.end_of_turn_marker(tokenizer),
-            "data_stats": data_facts["stats"],
-            "global_step": trainer.state.global_step,
-            "train_loss": outcome.training_loss,
-            "eval_loss_initial": eval_loss_initial,
-            "eval_loss_best": min(eval_losses) if eval_losses else None,
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "resumed_from": resume,
-            "world_size": trainer.args.world_size,
-            "runtime_s": round(time.perf_counter() - started, 1),
-        }
-        results.write_result(output / TRAINING_RECORD, record, seed=config.seed)
+        record = records.TrainingRecord(
+            base_model=config.base,
+            prompt_format=prompts.PromptFormat(**data_facts["prompt_format"]),
+            max_seq_len=config.max_seq_len,
+            end_of_turn=models.end_of_turn_marker(tokenizer),
+            data_format=data_facts["data_format"],
+            details={
+                "base_model_resolved": models.resolve_model(config.base, flag="--base"),
+                "seed": config.seed,
+                "data_file": data_facts["data_file"],
+                "data_sha256": data_facts["data_sha256"],
+                "config": json.loads(json.dumps(asdict(config))),
+                "setup": asdict(setup),
+                "data_stats": data_facts["stats"],
+                "global_step": trainer.state.global_step,
+                "train_loss": train_loss,
+                "eval_loss_initial": eval_loss_initial,
+                "eval_loss_best": min(eval_losses) if eval_losses else None,
+                "best_checkpoint": trainer.state.best_model_checkpoint,
+                "resumed_from": resume,
+                "world_size": trainer.args.world_size,
+                "runtime_s": round(time.perf_counter() - started, 1),
+                # What this call's process allocated at most on its GPU (torch's count, without the CUDA context).
+                "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / GIB, 2)
+                if setup.device == "cuda"
+                else None,
+            },
+        )
+        records.write_training_record(output, record, seed=config.seed)
+        record = records.read_training_record(output)  # as the later stages will see it (with its run metadata)
     return TrainResult(
         output=output,
         global_step=trainer.state.global_step,
-        train_loss=outcome.training_loss,
+        train_loss=train_loss,
         eval_loss_initial=eval_loss_initial,
         eval_loss_best=min(eval_losses) if eval_losses else None,
         resumed_from=resume,
         runtime_s=round(time.perf_counter() - started, 1),
+        messages=tuple(messages),
         record=record,
     )
 
@@ -523,20 +1268,12 @@ def course_config(small: bool, seed: int, base: str = models.DEFAULT_MODEL) -> T
     )
 
 
-def read_training_record(adapter: str | os.PathLike[str]) -> dict[str, Any]:
-    """The `training_record.json` of an adapter folder (base_model, prompt_format, max_seq_len, ...)."""
-    path = resolve_repo_path(adapter) / TRAINING_RECORD
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: is {adapter} an adapter folder written by `alfworld-sft train`?")
-    return files.read_json(path)
-
-
 def load_adapter(adapter: str | os.PathLike[str], **kwargs: Any) -> Any:
     """The trained adapter on its (unquantized) base model, for checks and generation."""
     from peft import PeftModel
 
-    record = read_training_record(adapter)
-    base = models.load_model(record["base_model"], **kwargs)
+    record = records.read_training_record(resolve_repo_path(adapter))
+    base = models.load_model(record.base_model, **kwargs)
     return PeftModel.from_pretrained(base, str(resolve_repo_path(adapter)))
 
 
@@ -546,8 +1283,8 @@ def compare_with_base(
     """Greedy replies of the base model and of base + adapter to the same messages (CPU-friendly check)."""
     import torch
 
-    record = read_training_record(adapter)
-    tokenizer = models.load_tokenizer(record["base_model"])
+    record = records.read_training_record(resolve_repo_path(adapter))
+    tokenizer = models.load_tokenizer(record.base_model)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     tuned = load_adapter(adapter, dtype=dtype)
     replies = {"tuned": models.generate_reply(tuned, tokenizer, messages, max_new_tokens)}
@@ -565,7 +1302,7 @@ def remove_checkpoints(output: str | os.PathLike[str]) -> int:
     return removed
 
 
-# ------------------------------------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------------------------------------------- CLI
 
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -580,8 +1317,20 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", default=defaults.output, help="adapter folder (rerun to resume)")
     parser.add_argument("--base", default=defaults.base, help=f"base model (default {defaults.base}; see above)")
+    parser.add_argument(
+        "--format",
+        dest="data_format",
+        choices=prompts.DATA_FORMATS,
+        default=defaults.data_format,
+        help="assistant turns: bare commands, or a thought and the command (a JSONL is formatted so)",
+    )
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
-    parser.add_argument("--batch", type=int, default=defaults.batch, help="sequences per device per step")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=defaults.batch,
+        help="with --grad-accum, the sequences of an optimizer step per device (the micro-batch on CPU)",
+    )
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
     parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
@@ -595,11 +1344,18 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-total-limit", type=int, default=defaults.save_total_limit)
     parser.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    parser.add_argument(
+        "--max-steps", type=int, default=defaults.max_steps, help="optimizer steps (default -1: all --epochs)"
+    )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default=defaults.device)
     parser.add_argument("--quantization", choices=("auto", "nf4", "none"), default=defaults.quantization)
     parser.add_argument("--backend", choices=("auto", "unsloth", "peft"), default=defaults.backend)
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: off on CPU, planned from GPU memory on CUDA",
+    )
     parser.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=defaults.group_by_length)
     parser.add_argument(
         "--liger",
@@ -607,18 +1363,39 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="Liger fused kernels (default: on with CUDA when liger-kernel is installed)",
     )
+    parser.add_argument(
+        "--packing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="padding-free micro-batches (default: on with CUDA and PEFT)",
+    )
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="sequences per forward pass, a divisor of --batch x --grad-accum (default: --batch on CPU, the most "
+        "that fits on CUDA)",
+    )
+    parser.add_argument("--attention", choices=ATTENTIONS, default=defaults.attention)
+    parser.add_argument(
+        "--memory-budget-gib",
+        type=float,
+        default=None,
+        help="GPU memory the plan may use (default: what the card has free)",
+    )
     parser.add_argument("--no-load-best", dest="load_best", action="store_false", help="keep the last weights")
     parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    names = {f for f in TrainConfig.__dataclass_fields__}
+    names = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     result = train(config)
-    if not result.record:  # under `accelerate launch`, only the main process reports
+    if result.record is None or result.already_trained:  # only the main process reports; train() said it
         return 0
+    loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
     print(
-        f"trained {result.global_step} steps (train loss {result.train_loss:.4f}; eval loss "
+        f"trained {result.global_step} steps (mean train loss {loss} over the run; eval loss "
         f"{result.eval_loss_initial} -> {result.eval_loss_best}) in {result.runtime_s:.0f} s -> {result.output}",
         file=sys.stdout,
     )
