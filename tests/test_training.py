@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from alfworld_sft import cli, formatting, models, prompts, records, training
+from alfworld_sft import cli, files, formatting, models, prompts, records, training
 
 ALFWORLD_DATA = os.environ.get("ALFWORLD_DATA")
 
@@ -423,13 +423,13 @@ def test_unreadable_run_files_are_named(data_file, tmp_path, content):
     (output / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "max_steps": 4}')
     (output / training.RUN_CONFIG).write_bytes(content)
     config = training.TrainConfig(data=str(data_file), output=str(output), device="cpu")
-    with pytest.raises(training.TrainingFileError, match=f"{training.RUN_CONFIG}.*(start over|restore)"):
+    with pytest.raises(files.CorruptFileError, match=f"{training.RUN_CONFIG}.*(start over|restore)"):
         training.train(config)
 
     folder = tmp_path / "sft_data"
     (folder / formatting.DATASET_DIR).mkdir(parents=True)
     (folder / formatting.FORMAT_INFO).write_bytes(content)
-    with pytest.raises(training.TrainingFileError, match=f"{formatting.FORMAT_INFO}.*format the data again"):
+    with pytest.raises(files.CorruptFileError, match=f"{formatting.FORMAT_INFO}.*format the data again"):
         training.train(replace(config, data=str(folder), output=str(tmp_path / "other")))
 
     (output / records.TRAINING_RECORD_FILE).write_bytes(content)

@@ -108,6 +108,7 @@ class TrainConfig:
     micro_batch: int | None = None  # sequences per forward pass; None: --batch on CPU, planned from memory on CUDA
     attention: str = "auto"  # "auto", "sdpa", "flash_attention_2" or "varlen" (PyTorch's flash kernel, packing only)
     memory_budget_gib: float | None = None  # GPU memory the plan may fill; None: what the card has free now
+    init_adapter: str | None = None  # start from this adapter's weights (DAgger's "continue"); None: fresh LoRA
 
 
 DEFAULT_BASE_NOTE = (
@@ -180,9 +181,9 @@ class TrainingOutOfMemoryError(RuntimeError):
     """The GPU ran out of memory, or the plan finds no set-up that fits; the message lists what to shrink."""
 
 
-class TrainingFileError(ValueError):
-    """A file of a run or of its data that cannot be read (torn, not UTF-8, not the expected JSON object); the
-    message names the file and what to do."""
+class TrainingFileError(files.CorruptFileError):
+    """A file of a run or of its data that cannot be read or does not hold what it should; the message names the
+    file and what to do (files.read_json_object raises the parent class for torn or non-JSON files)."""
 
 
 # ------------------------------------------------------------------------------------------ checking input
@@ -242,6 +243,13 @@ def check_config(config: TrainConfig) -> None:
             f"--micro-batch must divide the effective batch --batch x --grad-accum ({config.batch} x "
             f"{config.grad_accum} = {effective}), got {config.micro_batch}"
         )
+    if config.init_adapter is not None:
+        record = records.read_training_record(resolve_repo_path(config.init_adapter))
+        if record.base_model != config.base:
+            raise ValueError(
+                f"--init-adapter {config.init_adapter} was trained on {record.base_model!r}, not --base "
+                f"{config.base!r}: continue an adapter on its own base"
+            )
     if config.attention == "varlen" and config.packing is False:
         raise ValueError("--attention varlen attends within packed sequences only: drop --no-packing, or pick sdpa")
     if config.load_best and config.eval_fraction > 0 and config.save_steps % config.eval_steps:
@@ -249,22 +257,6 @@ def check_config(config: TrainConfig) -> None:
             f"--save-steps ({config.save_steps}) must be a multiple of --eval-steps ({config.eval_steps}) "
             "to keep the best checkpoint (or pass --no-load-best)"
         )
-
-
-def read_json_object(path: Path, keys: Sequence[str], remedy: str) -> dict[str, Any]:
-    """A JSON object file with `keys`; anything else raises `TrainingFileError` naming `path` and the `remedy`."""
-    try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise TrainingFileError(f"{path} is not UTF-8 text: {remedy}") from None
-    except ValueError as error:
-        raise TrainingFileError(f"{path} is not valid JSON ({error}; cut short?): {remedy}") from None
-    if not isinstance(raw, dict):
-        raise TrainingFileError(f"{path} holds a JSON {type(raw).__name__}, not an object: {remedy}")
-    missing = [key for key in keys if key not in raw]
-    if missing:
-        raise TrainingFileError(f"{path} lacks {', '.join(missing)}: {remedy}")
-    return raw
 
 
 # ------------------------------------------------------------------------------------------ the memory plan
@@ -724,6 +716,8 @@ def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
     import torch
 
     resolved = models.resolve_model(config.base, flag="--base")
+    if setup.backend == "unsloth" and config.init_adapter is not None:
+        raise ValueError("--init-adapter continues a PEFT adapter: pass --backend peft")
     if setup.backend == "unsloth":
         from unsloth import FastLanguageModel
 
@@ -771,6 +765,11 @@ def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
         # Not prepare_model_for_kbit_training: it upcasts the embeddings, norms and the 128k-vocabulary head to
         # fp32, which cost 1.5x in speed and 4 GiB in the benchmark (benchmarks/train_speed.py); bf16 trains fine.
         model.enable_input_require_grads()
+    if config.init_adapter is not None:
+        from peft import PeftModel
+
+        # The adapter's own rank and modules: training continues its weights.
+        return PeftModel.from_pretrained(model, str(resolve_repo_path(config.init_adapter)), is_trainable=True)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -808,7 +807,9 @@ def identify_data(config: TrainConfig) -> DataSource:
             f"{path} is not a formatted dataset (no {formatting.FORMAT_INFO}): run `alfworld-sft format` first"
         )
     remedy = f"format the data again (`alfworld-sft format --output {path}`), or pass the trajectories JSONL"
-    info = read_json_object(info_path, ("source", "source_sha256", "config", "prompt_format", "max_seq_len"), remedy)
+    info = files.read_json_object(
+        info_path, remedy, ("source", "source_sha256", "config", "prompt_format", "max_seq_len")
+    )
     made_with = info["config"] if isinstance(info["config"], dict) else {}
     data_format = made_with.get("data_format", "commands")
     if (made_with.get("model"), info["max_seq_len"], data_format) != (
@@ -827,20 +828,13 @@ def identify_data(config: TrainConfig) -> DataSource:
 
 def build_format_config(config: TrainConfig) -> formatting.FormatConfig:
     """How a JSONL given to `train` is formatted: as `alfworld-sft format` would with the same settings."""
-    values: dict[str, Any] = {
-        "model": config.base,
-        "max_seq_len": config.max_seq_len,
-        "eval_fraction": config.eval_fraction,
-        "seed": config.seed,
-    }
-    if "data_format" in formatting.FormatConfig.__dataclass_fields__:
-        values["data_format"] = config.data_format
-    elif config.data_format != "commands":
-        raise ValueError(
-            f"--format {config.data_format} needs a formatting stage with data formats (FormatConfig.data_format); "
-            "this installation formats commands only: update the course, or pass --format commands"
-        )
-    return formatting.FormatConfig(**values)
+    return formatting.FormatConfig(
+        model=config.base,
+        max_seq_len=config.max_seq_len,
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        data_format=config.data_format,
+    )
 
 
 def load_training_data(config: TrainConfig, tokenizer: Any, source: DataSource) -> tuple[Any, dict[str, Any]]:
@@ -886,7 +880,7 @@ def describe_changes(saved_config: Mapping[str, Any], saved_sha256: str, config:
 
 def read_run_config(output: Path) -> dict[str, Any]:
     remedy = f"restore it, or pass a new --output (or delete {output}) to start over"
-    raw = read_json_object(output / RUN_CONFIG, ("config", "data_sha256"), remedy)
+    raw = files.read_json_object(output / RUN_CONFIG, remedy, ("config", "data_sha256"))
     if not isinstance(raw["config"], dict) or not isinstance(raw["data_sha256"], str):
         raise TrainingFileError(f"{output / RUN_CONFIG} has a config or data_sha256 of the wrong type: {remedy}")
     return raw
@@ -1384,6 +1378,11 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         help="GPU memory the plan may use (default: what the card has free)",
     )
     parser.add_argument("--no-load-best", dest="load_best", action="store_false", help="keep the last weights")
+    parser.add_argument(
+        "--init-adapter",
+        default=None,
+        help="continue training this adapter (its rank and modules) instead of a fresh one",
+    )
     parser.set_defaults(func=_run_train)
 
 
