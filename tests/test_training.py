@@ -544,14 +544,7 @@ def test_cli_train_reports_a_missing_data_file(tmp_path, capsys):
     assert "none.jsonl does not exist" in capsys.readouterr().err
 
 
-def test_course_configs_match_between_formatting_and_training():
-    for small in (True, False):
-        fmt, train = formatting.course_format_config(small, 0), training.course_config(small, 0)
-        assert (fmt.max_seq_len, fmt.eval_fraction, fmt.seed) == (
-            train.max_seq_len,
-            train.eval_fraction,
-            train.seed,
-        )
+def test_the_course_trains_with_the_seed_guides_values_in_full_mode():
     full = training.course_config(False, 0)
     assert (full.epochs, full.batch, full.lr, full.max_seq_len, full.grad_accum) == (3, 4, 2e-4, 2048, 4)
     assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.warmup_ratio, full.save_total_limit) == (
@@ -561,3 +554,14 @@ def test_course_configs_match_between_formatting_and_training():
         0.05,
         2,
     )
+
+
+def test_an_adapter_is_continued_only_on_its_own_base(tmp_path):
+    adapter = tmp_path / "adapter"
+    record = records.TrainingRecord(
+        base_model="some/other-model", prompt_format=prompts.PromptFormat(), max_seq_len=512
+    )
+    records.write_training_record(adapter, record, seed=0)
+    config = training.TrainConfig(init_adapter=str(adapter), device="cpu")
+    with pytest.raises(ValueError, match="--init-adapter .* was trained on 'some/other-model'"):
+        training.check_config(config)

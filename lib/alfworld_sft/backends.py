@@ -150,6 +150,10 @@ class Backend:
     def release(self, session: Hashable) -> None:
         """A game is finished: forget what was kept for it (nothing by default)."""
 
+    def abort(self) -> None:
+        """Drop every request in flight (a rollout that stopped early); the backend is ready for a new run."""
+        self._queue.clear()
+
     def generate(self, requests: Sequence[Request]) -> list[Reply]:
         """Answer a list of requests (through submit/step, so every backend behaves as in a rollout)."""
         for index, request in enumerate(requests):
@@ -254,6 +258,9 @@ class TransformersBackend(Backend):
 
     def release(self, session: Hashable) -> None:
         self.decoder.release(session)
+
+    def abort(self) -> None:
+        self.decoder.abort()
 
     def close(self) -> None:
         for row in self.decoder.rows:

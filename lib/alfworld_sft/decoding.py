@@ -206,6 +206,13 @@ class SlotDecoder:
             if row.owner == session and row.key is None:
                 row.owner, row.tokens = None, []
 
+    def abort(self) -> None:
+        """Drop every queued and half-decoded request; rows keep no cache of them."""
+        self.queue.clear()
+        for row in self.rows:
+            if row.key is not None:
+                row.key, row.constraint, row.owner, row.tokens = None, None, None, []
+
     def step(self) -> list[tuple[Hashable, list[int]]]:
         """Admit queued requests into rows, prefill them, run one decode forward; return the finished replies as
         (key, generated ids, the stop token included when the reply ended with one)."""
@@ -266,6 +273,7 @@ class SlotDecoder:
         """Run the model on each row's new tokens (written after the row's cached tokens); return the float32 logits
         of each row's last new token `[len(rows), vocab]` and their greedy choices."""
         torch = self._torch
+        device = self.device
         lengths = torch.tensor([len(self.rows[r].tokens) for r in rows])
         counts = torch.tensor([len(t) for t in tokens])
         new = int(counts.max())
@@ -274,25 +282,27 @@ class SlotDecoder:
         ids = torch.zeros((len(rows), new), dtype=torch.long)
         for a, row_tokens in enumerate(tokens):
             ids[a, : len(row_tokens)] = torch.tensor(row_tokens)
-        steps = torch.arange(new)
+        lengths, counts = lengths.to(device), counts.to(device)
+        steps = torch.arange(new, device=device)
         # New token j of row a goes to column length_a + j; padding (j >= count_a) lands past the row's end, where
         # later tokens overwrite it before anything reads it, and its queries see what the last real token sees.
         columns = lengths[:, None] + steps[None, :]
         seen = lengths[:, None] + torch.minimum(steps[None, :], counts[:, None] - 1)
-        visible = torch.arange(width)[None, None, :] <= seen[:, :, None]
-        mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, torch.finfo(self.dtype).min)
+        visible = torch.arange(width, device=device)[None, None, :] <= seen[:, :, None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=device)
+        mask.masked_fill_(~visible, torch.finfo(self.dtype).min)
         all_rows = rows == list(range(len(self.rows)))
-        self.cache.rows = None if all_rows else torch.tensor(rows, device=self.device)
-        self.cache.columns, self.cache.width = columns.to(self.device), width
+        self.cache.rows = None if all_rows else torch.tensor(rows, device=device)
+        self.cache.columns, self.cache.width = columns, width
         with torch.no_grad():
             out = self.decoder_model(
-                input_ids=ids.to(self.device),
-                position_ids=seen.to(self.device),
-                attention_mask=mask[:, None].to(self.device),
+                input_ids=ids.to(device),
+                position_ids=seen,
+                attention_mask=mask[:, None],
                 past_key_values=self.cache,
                 use_cache=True,
             )
-            hidden = out.last_hidden_state[torch.arange(len(rows)), (counts - 1)]
+            hidden = out.last_hidden_state[torch.arange(len(rows), device=device), counts - 1]
             logits = self.head(hidden).float()
         for r, row_tokens in zip(rows, tokens):
             self.rows[r].tokens.extend(row_tokens)

@@ -388,8 +388,10 @@ def play_rollouts(
     finally:
         bar.close()
         transport.close()
-        for _, game_id in in_flight.values():
-            backend.release(game_id)
+        if in_flight:  # stopped early: nothing of this run may reach the next one
+            backend.abort()
+            for _, game_id in in_flight.values():
+                backend.release(game_id)
     stats_after = _decoder_stats(backend)
     if stats_after is not None:
         for key in ("prefill_s", "decode_s", "prompt_tokens", "reused_tokens"):

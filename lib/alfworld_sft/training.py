@@ -1234,8 +1234,10 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     )
 
 
-def course_config(small: bool, seed: int, base: str = models.DEFAULT_MODEL) -> TrainConfig:
-    """Notebook 03's run: the data notebook 02 formatted, into `run_dir(small)/sft_adapter`.
+def course_config(
+    small: bool, seed: int, base: str = models.DEFAULT_MODEL, data_format: str = "commands"
+) -> TrainConfig:
+    """Notebook 03's run: the data notebook 02 formatted (in `data_format`), into `run_dir(small)/sft_adapter`.
 
     Full mode: the seed guide's values. Small mode (CPU, a few minutes): one epoch, batch 2 without
     accumulation, a higher learning rate so that a handful of steps show a falling loss, frequent evals.
@@ -1243,14 +1245,13 @@ def course_config(small: bool, seed: int, base: str = models.DEFAULT_MODEL) -> T
     from alfworld_sft.paths import run_dir
 
     paths = {"data": str(run_dir(small) / "sft_data"), "output": str(run_dir(small) / "sft_adapter")}
-    fmt = formatting.course_format_config(small, seed, base)
+    fmt = formatting.course_format_config(small, seed, base, data_format)
+    common = {"base": base, "seed": seed, "data_format": data_format, "max_seq_len": fmt.max_seq_len}
     if not small:
-        return TrainConfig(**paths, base=base, seed=seed, max_seq_len=fmt.max_seq_len, eval_fraction=fmt.eval_fraction)
+        return TrainConfig(**paths, **common, eval_fraction=fmt.eval_fraction)
     return TrainConfig(
         **paths,
-        base=base,
-        seed=seed,
-        max_seq_len=fmt.max_seq_len,
+        **common,
         eval_fraction=fmt.eval_fraction,
         epochs=1,
         batch=2,
