@@ -137,7 +137,7 @@ install_extras() {  # liger-kernel, llama-cpp-python, llama.cpp's converter (too
     [ ${#wheels[@]} -eq 0 ] || python3 -m pip install -q --no-index --no-deps --disable-pip-version-check \
         --root-user-action=ignore "${wheels[@]}"
     local converter
-    converter=$(python3 -c "from alfworld_sft import export; print(export.converter_dir())") || return 1
+    converter=$(python3 -c "from alfworld_sft import gguf; print(gguf.converter_dir())") || return 1
     if [ -d "$CARRY/converter" ] && [ ! -e "$converter/convert_hf_to_gguf.py" ]; then
         mkdir -p "$(dirname "$converter")" && cp -r "$CARRY/converter" "$converter"
     fi

@@ -10,7 +10,7 @@
 #                          llama-cpp-python 0.3.36 built here with CPython 3.12 (llama.cpp's quantizer and runtime,
 #                          CPU only, AVX2: no -march=native, so it runs on the GPU host's CPU; glibc >= 2.34; stripped;
 #                          compiled once into .carry/build-8b, which is not carried)
-#   .carry/8b/converter/   llama.cpp's convert_hf_to_gguf.py with its packages (export.ensure_converter's folder),
+#   .carry/8b/converter/   llama.cpp's convert_hf_to_gguf.py with its packages (gguf.ensure_converter's folder),
 #                          which the export stage would otherwise download
 set -euo pipefail
 
@@ -18,7 +18,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KIT=$ROOT/.carry/8b
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}          # the course's venv (transformers, tokenizers)
 BUILD_PY=${BUILD_PY:-/root/.pyenv/versions/3.12.1/bin/python}  # a CPython 3.12, as on the GPU machine
-LLAMA_CPP_VERSION=0.3.36                          # export.LLAMA_CPP_PYTHON_VERSION
+LLAMA_CPP_VERSION=0.3.36                          # gguf.LLAMA_CPP_PYTHON_VERSION
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$KIT/wheels"
@@ -37,36 +37,10 @@ if ! ls "$built"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl > /dev/null 2>&1; t
         "$BUILD_PY" -m pip wheel -q --no-deps -w "$built" "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
 if ! ls "$KIT"/wheels/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl > /dev/null 2>&1; then
-    "$BUILD_PY" - "$built" "$KIT/wheels" <<'EOF'
-import base64, hashlib, pathlib, subprocess, sys, tempfile, zipfile
-
-source, target = map(pathlib.Path, sys.argv[1:])
-for wheel in sorted(source.glob("*.whl")):
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = pathlib.Path(tmp)
-        with zipfile.ZipFile(wheel) as zf:
-            zf.extractall(tmp)
-        for lib in tmp.rglob("*.so*"):
-            if lib.is_file():
-                subprocess.run(["strip", "--strip-debug", str(lib)], check=True)
-        record = next(tmp.glob("*.dist-info/RECORD"))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p != record)
-        lines = []
-        for path in files:
-            data = path.read_bytes()
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            lines.append(f"{path.relative_to(tmp).as_posix()},sha256={digest},{len(data)}")
-        lines.append(f"{record.relative_to(tmp).as_posix()},,")
-        record.write_text("\n".join(lines) + "\n")
-        out = target / wheel.name
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-            for path in files + [record]:
-                zf.write(path, path.relative_to(tmp).as_posix())
-        print(f"{wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB -> {out.stat().st_size / 1e6:.1f} MB")
-EOF
+    "$BUILD_PY" "$ROOT/tools/strip_wheels.py" "$built" "$KIT/wheels"
 fi
 
-converter=$(PYTHONPATH="$ROOT/lib" "$PYTHON" -c "from alfworld_sft import export; print(export.ensure_converter().parent)")
+converter=$(PYTHONPATH="$ROOT/lib" "$PYTHON" -c "from alfworld_sft import gguf; print(gguf.ensure_converter().parent)")
 rm -rf "$KIT/converter" && cp -r "$converter" "$KIT/converter"
 
 du -sb "$KIT"/* | awk '{printf "%8.1f MB  %s\n", $1 / 1e6, $2}'

