@@ -62,7 +62,7 @@ def test_select_games_is_balanced_and_seeded(eval_games):
 def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, tmp_path):
     config = expert_config(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        run_evaluation(config, backend=CrashingExpert(steps=30))
+        run_evaluation(config, backend=CrashingExpert(steps=14))
     checkpoint = tmp_path / "run.ckpt.jsonl"
     before = list(files.read_jsonl(checkpoint))
     assert 0 < len(before) < 8, "the crash should land in the middle of the run"

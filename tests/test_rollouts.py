@@ -30,7 +30,7 @@ def float32_backend():
 @pytest.mark.slow
 def test_outcomes_do_not_depend_on_workers_batch_size_or_finish_order(eval_games, float32_backend):
     chosen = games_of_type(eval_games, *SHORT_TYPES)[:3]
-    config = RolloutConfig(agent="zero_shot", max_steps=3, seed=0, expert=None, progress=False)
+    config = RolloutConfig(agent="zero_shot", max_steps=2, seed=0, expert=None, progress=False)
     one_at_a_time = play_rollouts(float32_backend, chosen, RolloutConfig(**{**config.__dict__, "games_in_flight": 1}))
     together = play_rollouts(float32_backend, chosen, RolloutConfig(**{**config.__dict__, "workers": 2}))
     assert sorted(map(outcome, one_at_a_time.records)) == sorted(map(outcome, together.records))
@@ -45,7 +45,7 @@ def test_outcomes_do_not_depend_on_workers_batch_size_or_finish_order(eval_games
 @pytest.mark.parametrize("agent", ["zero_shot", "react"])
 def test_grounded_commands_are_always_admissible(eval_games, float32_backend, agent):
     chosen = games_of_type(eval_games, *SHORT_TYPES)[:2]
-    config = RolloutConfig(agent=agent, max_steps=4, actions="constrained", expert=None, progress=False)
+    config = RolloutConfig(agent=agent, max_steps=2, actions="constrained", expert=None, progress=False)
     result = play_rollouts(float32_backend, chosen, config)
     turns = [turn for record in result.records for trial in record["transcript"] for turn in trial["turns"]]
     assert len(turns) == sum(r["steps"] for r in result.records) > 0

@@ -47,88 +47,11 @@ DATA=$WORK/oracle/trajectories.jsonl
 EVAL=(--agents zero_shot --num-games 4 --max-steps 10 --split eval_in_distribution)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
-started=$SECONDS
-log() { echo "[$((SECONDS - started)) s] $*" | tee -a "$REPORT/gpu_8b.log"; }
-
-# One JSON line per stage into stages.jsonl; gpu_8b.json is rebuilt from it after every stage.
-record() {  # name status seconds exit peak_gpu_mib output_path
-    python3 - "$REPORT" "$WORK" "$@" <<'EOF'
-import json, os, shutil, sys
-report, work, name, status, seconds, code, peak, path = sys.argv[1:9]
-size = None
-existing = path
-while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-if os.path.isdir(path):
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-elif os.path.isfile(path):
-    size = os.path.getsize(path)
-entry = {
-    "stage": name, "status": status, "seconds": int(seconds), "exit": int(code),
-    "peak_gpu_mib": int(peak) if peak.isdigit() else None,
-    "output": path, "output_gb": None if size is None else round(size / 1e9, 2),
-    "disk_free_gb": round(shutil.disk_usage(existing).free / 1e9, 1),
-}
-with open(os.path.join(report, "stages.jsonl"), "a") as handle:
-    handle.write(json.dumps(entry) + "\n")
-with open(os.path.join(report, "stages.jsonl")) as handle:
-    stages = [json.loads(line) for line in handle if line.strip()]
-summary = {"stages": stages}
-files = {
-    "training_record": "sft_adapter/training_record.json",
-    "merge_record": "sft_merged/merge_record.json",
-    "gguf_record": "gguf/gguf_record.json",
-    "eval_adapter": "eval_adapter.json",
-    "eval_merged": "eval_merged.json",
-}
-for key, name in files.items():
-    if os.path.exists(os.path.join(work, name)):
-        with open(os.path.join(work, name)) as handle:
-            summary[key] = json.load(handle)
-with open(os.path.join(report, "gpu_8b.json.tmp"), "w") as handle:
-    json.dump(summary, handle, indent=1, default=str)
-os.replace(os.path.join(report, "gpu_8b.json.tmp"), os.path.join(report, "gpu_8b.json"))
-EOF
-}
-
-stage() {  # name limit_s "needs" output_path command... : run one stage, bounded, once
-    local name=$1 limit=$2 needs=$3 output=$4 need sampler="" code peak t0 left
-    shift 4
-    if [ -f "$WORK/.done-$name" ]; then log "$name: done before, skipped"; return 0; fi
-    for need in $needs; do
-        if [ ! -f "$WORK/.done-$need" ]; then
-            log "$name: skipped ($need did not finish)"
-            record "$name" "skipped: $need did not finish" 0 0 "" "$output"
-            return 1
-        fi
-    done
-    left=$((DEADLINE - (SECONDS - started)))
-    if [ "$left" -lt 90 ]; then
-        log "$name: skipped (out of time: ${left} s left of DEADLINE=$DEADLINE)"
-        record "$name" "skipped: out of time" 0 0 "" "$output"
-        return 1
-    fi
-    [ "$limit" -gt "$left" ] && limit=$left
-    if [ -z "${NO_GPU_SAMPLE:-}" ] && command -v nvidia-smi > /dev/null; then
-        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$REPORT/$name.gpu" 2>/dev/null &
-        sampler=$!
-    fi
-    log "$name: started (at most $limit s): $*"
-    t0=$SECONDS
-    timeout -s INT -k 60 "$limit" "$@" > "$REPORT/$name.log" 2>&1
-    code=$?
-    [ -n "$sampler" ] && kill "$sampler" 2>/dev/null && wait "$sampler" 2>/dev/null
-    peak=$(sort -n "$REPORT/$name.gpu" 2>/dev/null | tail -1)
-    if [ "$code" -eq 0 ]; then
-        touch "$WORK/.done-$name"
-        record "$name" ok $((SECONDS - t0)) 0 "$peak" "$output"
-        log "$name: ok in $((SECONDS - t0)) s, peak GPU ${peak:-?} MiB"
-    else
-        record "$name" "failed" $((SECONDS - t0)) "$code" "$peak" "$output"
-        log "$name: FAILED (exit $code after $((SECONDS - t0)) s; 124: timed out): $(tail -c 600 "$REPORT/$name.log")"
-    fi
-    return "$code"
-}
+NAME=gpu_8b
+SUMMARY_FILES="training_record=sft_adapter/training_record.json merge_record=sft_merged/merge_record.json \
+gguf_record=gguf/gguf_record.json eval_adapter=eval_adapter.json eval_merged=eval_merged.json"
+# shellcheck source=tools/gpu_stages.sh
+. "$ROOT/tools/gpu_stages.sh"
 
 install_extras() {  # liger-kernel, llama-cpp-python, llama.cpp's converter (tools/gpu_8b_kit.sh)
     shopt -s nullglob
@@ -163,9 +86,7 @@ free_disk_for_export() {  # the export needs ~21 GB; the base model is not neede
 
 case "${1:-}" in
     report)  # copy the report so far into $2 (at most 8 files come back from a call)
-        mkdir -p "$2" && cp "$REPORT"/gpu_8b.json "$REPORT"/gpu_8b.log "$2"/ 2>/dev/null
-        tar -cJf "$2/gpu_8b_logs.tar.xz" -C "$REPORT" --exclude=gpu_8b.json . 2>/dev/null
-        tail -40 "$REPORT/gpu_8b.log" 2>/dev/null
+        report_to "$2"
         exit 0
         ;;
     _run)  # one of the functions above, as a command `timeout` can run
@@ -175,7 +96,6 @@ case "${1:-}" in
         ;;
 esac
 
-mkdir -p "$WORK" "$REPORT"
 log "gpu_8b: WORK=$WORK GAMES=$GAMES STEPS=$STEPS DEADLINE=$DEADLINE SHAPE='$SHAPE' $(nproc) cores, $(df -h --output=avail "$WORK" | tail -1 | tr -d ' ') free"
 command -v nvidia-smi > /dev/null && log "$(nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader)"
 stage setup 300 "" "$CARRY" bash "$0" _run install_extras

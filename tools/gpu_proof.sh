@@ -1,61 +1,119 @@
 #!/usr/bin/env bash
-# The real-data proof on the lent GPU machine: fine-tune the default model on the collected expert games and
-# evaluate base and fine-tuned with the course's own harness on all 140 eval_in_distribution games.
+# The default model's proof on the lent GPU machine, with the course's own commands: the teacher's trajectories ->
+# fine-tuning (command and thought formats) -> the seed's Phase-3 table (five agents, base and fine-tuned, free and
+# grounded commands, on the 140 eval_in_distribution games) -> DAgger and self-imitation rounds. Each evaluation
+# is ONE `alfworld-sft evaluate` that uses the whole machine (engine workers on every core, one model on the GPU
+# decoding every game's requests together): no shards, no extra model copies.
 #
-#     . tools/gpu_setup.sh && setsid bash tools/gpu_proof.sh > results/proof/pipeline.log 2>&1 < /dev/null &
+#     . tools/gpu_setup.sh && setsid nohup bash tools/gpu_proof.sh > /root/proof.out 2>&1 < /dev/null &
+#     bash tools/gpu_proof.sh report $OUT     # later calls: copy the report so far
 #
-# (tools/README.md §5 has the whole call sequence.) Started with setsid it outlives the call that started it, so
-# later calls only poll `results/proof/*.log` and carry results back. Needs, carried: the kit and the ALFWorld
-# archives (tools/gpu_setup.sh) and `.carry/proof/trajectories.jsonl.xz` (the 2828 won records of the full
-# train-split collection, tools/README.md §4).
+# Needs, carried (tools/README.md): the kit and the ALFWorld archives (tools/gpu_setup.sh), and
+# `.carry/proof/trajectories.jsonl.xz` (the teacher's collection of the train split, made here on a CPU machine)
+# or nothing (the collection then runs here first, on every core). Stages run once each and are bounded
+# (tools/gpu_stages.sh): rerunning the script on the same machine resumes, and every stage resumes inside itself
+# (collection, training, evaluation and DAgger all checkpoint).
 #
-# While the GPU trains, 8 processes (the model on the GPU, one CPU thread each for the engine) evaluate
-# the base model, every agent, one shard of the games each; the fine-tuned shards follow the training. Each
-# shard resumes from its checkpoint, so rerunning the script after an interruption loses nothing.
-set -euo pipefail
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
-# 16-20 processes share one GPU: in the first run each one's allocator cache of odd-sized blocks grew to ~4 GiB and
-# the longest (few_shot) prompts ran out of memory; expandable segments curb that fragmentation (not re-measured).
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-SHARDS=${SHARDS:-8}  # evaluation processes per model
-AGENTS=${AGENTS:-"zero_shot few_shot react reflexion hierarchical"}  # zero_shot first: the proof's headline
-proof=results/proof
-mkdir -p "$proof" results/oracle
-[ -s results/oracle/trajectories.jsonl ] || xz -dc .carry/proof/trajectories.jsonl.xz > results/oracle/trajectories.jsonl
+# Knobs (environment): STAGES (which stages, in order; default all), DEADLINE (s, 1680), WORK (results),
+# MULTI_TRIAL_GAMES (games for reflexion and hierarchical: 0 = all 140; they play up to 3 trials of 50 steps),
+# DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 1000).
+set -uo pipefail
 
-evaluate_shards() {  # $1: label (base|sft); the rest: extra evaluate arguments
-    local label=$1 i
-    shift
-    for ((i = 0; i < SHARDS; i++)); do
-        # shellcheck disable=SC2086  # AGENTS is a word list on purpose
-        alfworld-sft evaluate --agents $AGENTS --num-games 0 --split eval_in_distribution --max-steps 50 \
-            --batch-size 18 --dtype bfloat16 --threads 1 --trajectories results/oracle/trajectories.jsonl \
-            --shard "$i/$SHARDS" --checkpoint "$proof/$label.$i.jsonl" --output "$proof/$label.$i.json" "$@" \
-            > "$proof/$label.$i.log" 2>&1 &
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+WORK=${WORK:-results}
+REPORT=${REPORT:-$WORK/proof}
+DEADLINE=${DEADLINE:-1680}
+MULTI_TRIAL_GAMES=${MULTI_TRIAL_GAMES:-0}
+DAGGER_ROUNDS=${DAGGER_ROUNDS:-2}
+DAGGER_GAMES=${DAGGER_GAMES:-1000}
+STAGES=${STAGES:-"data train eval_base eval_sft dagger"}
+NAME=proof
+SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# shellcheck source=tools/gpu_stages.sh
+. "$ROOT/tools/gpu_stages.sh"
+
+DATA=$WORK/oracle/trajectories.jsonl
+PHASE3=$WORK/phase3
+CORES=$(nproc)
+EVAL=(--split eval_in_distribution --max-steps 50 --workers "$CORES" --batch-size 64 --dtype bfloat16
+      --trajectories "$DATA")
+SINGLE=(zero_shot few_shot react)
+MULTI=(reflexion hierarchical)
+
+get_data() {  # the carried collection, else the teacher collects the whole train split here
+    if [ -f .carry/proof/trajectories.jsonl.xz ]; then
+        mkdir -p "$(dirname "$DATA")" && xz -dc .carry/proof/trajectories.jsonl.xz > "$DATA"
+    else
+        alfworld-sft collect --split train --output "$DATA" --max-steps 50 --workers "$CORES"
+    fi
+}
+
+train_both() {  # the command and the thought formats side by side: a 135M model leaves the GPU mostly idle
+    local recipe=(--epochs 3 --batch 8 --grad-accum 4 --lr 2e-4 --lora-r 64 --lora-alpha 128 --quantization none
+                  --eval-steps 50 --save-steps 100 --logging-steps 10 --memory-budget-gib 40)
+    alfworld-sft train --data "$DATA" --output "$WORK/sft_adapter" "${recipe[@]}" > "$REPORT/train_commands.log" 2>&1 &
+    local commands=$!
+    alfworld-sft train --data "$DATA" --output "$WORK/sft_thoughts" --format thoughts "${recipe[@]}" \
+        > "$REPORT/train_thoughts.log" 2>&1
+    local thoughts=$?
+    wait "$commands" && return "$thoughts"
+}
+
+evaluate() {  # label games "agents" extra-args...: one evaluate that uses the machine
+    local label=$1 games=$2 agents=$3
+    shift 3
+    # shellcheck disable=SC2086  # agents is a word list on purpose
+    alfworld-sft evaluate "${EVAL[@]}" --agents $agents --num-games "$games" --output "$PHASE3/$label.json" "$@"
+}
+
+eval_base() {  # the base model: it never wins, so every game plays its whole budget (the costliest runs)
+    evaluate base 0 "${SINGLE[*]}" && evaluate base_multi "$MULTI_TRIAL_GAMES" "${MULTI[*]}" &&
+        evaluate base_constrained 0 "zero_shot react" --actions constrained
+}
+
+eval_sft() {  # the fine-tuned models, free and grounded
+    local actions
+    for actions in free constrained; do
+        evaluate "sft_$actions" 0 "${SINGLE[*]}" --adapter "$WORK/sft_adapter" --actions "$actions" &&
+            evaluate "sft_multi_$actions" "$MULTI_TRIAL_GAMES" "${MULTI[*]}" --adapter "$WORK/sft_adapter" \
+                --actions "$actions" &&
+            evaluate "thoughts_$actions" 0 "zero_shot react reflexion" --adapter "$WORK/sft_thoughts" \
+                --actions "$actions" || return 1
     done
 }
 
-merge_shards() {  # one checkpoint from the shards, then one results file for the whole split (nothing replays)
-    local label=$1
-    shift
-    cat "$proof"/"$label".[0-9]*.jsonl > "$proof/$label.ckpt.jsonl"
-    alfworld-sft evaluate --agents $AGENTS --num-games 0 --split eval_in_distribution --max-steps 50 \
-        --dtype bfloat16 --threads 1 --checkpoint "$proof/$label.ckpt.jsonl" --output "$proof/$label.json" "$@" \
-        > "$proof/$label.merge.log" 2>&1
+dagger() {  # DAgger and self-imitation rounds from the command adapter, with the same round budget
+    alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method dagger \
+        --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --workers "$CORES" --output "$WORK/dagger" &&
+        alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method self_imitation \
+            --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --workers "$CORES" \
+            --output "$WORK/self_imitation"
 }
 
-started=$SECONDS
-evaluate_shards base
-if [ ! -f results/sft_adapter/adapter_config.json ]; then
-    alfworld-sft train --data results/oracle/trajectories.jsonl --output results/sft_adapter --epochs 3 --batch 8 \
-        --grad-accum 4 --lr 2e-4 --lora-r 64 --lora-alpha 128 --quantization none --no-gradient-checkpointing \
-        --eval-steps 50 --save-steps 100 --logging-steps 10 > "$proof/train.log" 2>&1
-fi
-echo "trained at $((SECONDS - started)) s"
-evaluate_shards sft --adapter results/sft_adapter
+case "${1:-}" in
+    report)
+        report_to "$2"
+        tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="*.ckpt.jsonl" phase3 dagger self_imitation \
+            sft_adapter/training_record.json sft_thoughts/training_record.json 2>/dev/null
+        exit 0
+        ;;
+    _run)
+        shift
+        "$@"
+        exit $?
+        ;;
+esac
+
+wants() { [[ " $STAGES " == *" $1 "* ]]; }
+
+log "proof: STAGES='$STAGES' DEADLINE=$DEADLINE on $CORES cores; $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
+wants data && stage data 900 "" "$DATA" bash "$0" _run get_data
+# Training keeps the GPU busy and the CPUs free; the base model's games want the CPUs: side by side.
+wants train && { stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_both & }
+wants eval_base && stage eval_base 1200 "data" "$PHASE3" bash "$0" _run eval_base
 wait
-echo "evaluated at $((SECONDS - started)) s"
-merge_shards base
-merge_shards sft --adapter results/sft_adapter
-alfworld-sft compare "$proof/base.json" "$proof/sft.json" --plot "$proof/base_vs_sft.png" > "$proof/compare.md"
-echo "done at $((SECONDS - started)) s"
+wants eval_sft && stage eval_sft 1200 "train" "$PHASE3" bash "$0" _run eval_sft
+wants dagger && stage dagger 1500 "train" "$WORK/dagger" bash "$0" _run dagger
+log "proof: finished in $((SECONDS - started)) s"

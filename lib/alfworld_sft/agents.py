@@ -365,7 +365,9 @@ class Episode:
     def _start_trial(self) -> None:
         from alfworld_sft.engine import expert_seed
 
-        self.state = self.game.reset(seed=f"{expert_seed(self.seed, self.game_id)}:{len(self.trials)}")
+        # The first trial is seeded as the collection plays the game (a generated game's walkthrough replays).
+        seed = expert_seed(self.seed, self.game_id)
+        self.state = self.game.reset(seed=f"{seed}:{len(self.trials)}" if self.trials else seed)
         self.trials.append(Trial(self.state.task, self.state.observation, self.state.admissible_commands))
         self.phase = "plan" if self.agent.plans else "act"
 
