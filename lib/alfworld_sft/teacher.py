@@ -327,11 +327,10 @@ class Teacher:
             self._see(obj, receptacle)
             if self.holding == obj:
                 self.holding = None
-        if receptacle in self.searched:
-            return
-        if set(self.receptacles) <= set(self.searched):
+        if set(self.receptacles) <= set(self.searched):  # everything seen: this look starts the next round
             self.searched, self.rounds = [], self.rounds + 1
-        self.searched.append(receptacle)
+        if receptacle not in self.searched:
+            self.searched.append(receptacle)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _can(self, command: str) -> bool:
@@ -440,7 +439,7 @@ class Teacher:
             if self._can(f"use {lamp}"):
                 return Decision(f"use {lamp}", f"Now I turn on the {lamp} to look at the {held} in its light.", False)
         if lamps:
-            lamp = min(lamps, key=lambda o: (self.where[o] in self.here, sort_key(o)))
+            lamp = lamps[0]
             spot = self.where[lamp]
             return self._goto(spot, f"I have the {held}; I saw a {lamp} {place(spot)}, so I go there.")
         return self._search(self.toggle, f"I have the {held}; ", article(self.toggle))
@@ -500,15 +499,13 @@ class Teacher:
                     return Decision(f"open {target}", f"The {target} is closed, so I open it to look inside.", guess)
                 return Decision(f"open {target}", f"{reason}; the {target} is right here, so I open it.", guess)
             return Decision(f"examine {target}", f"{reason}; the {target} is right here, so I look at it.", guess)
-        return self._goto(target, f"{reason}{self._checked()}, so next I check {target}.", guess)
-
-    def _checked(self) -> str:
         done = self.searched
-        if not done or self.rounds:
-            return ""
-        if len(done) <= 2:
-            return f"; I have checked {join_names(done)}"
-        return f"; I have checked {len(done)} places, the last {done[-1]}"
+        if guess:
+            return self._goto(target, f"{reason}; next I check {target}.", guess)
+        if not done:
+            return self._goto(target, f"{reason}, so first I check {target}.", guess)
+        checked = join_names(done) if len(done) <= 2 else f"{len(done)} places, the last {done[-1]}"
+        return self._goto(target, f"{reason}; I have checked {checked}, so next I check {target}.", guess)
 
 
 def play_teacher(gamefile: str | Path, *, max_steps: int = 50) -> TeacherGame:
