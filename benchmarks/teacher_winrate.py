@@ -61,15 +61,22 @@ def play_both(gamefile: str, split: str, seed: int, max_steps: int, expert: bool
 
 
 def play_all(gamefiles: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows in the order of `gamefiles`, whatever order the workers finish in."""
+    from tqdm import tqdm
+
     jobs = [(str(g), args.split, args.seed, args.max_steps, not args.no_expert, args.lost) for g in gamefiles]
     if args.workers <= 1:
-        return [play_both(*job) for job in jobs]
+        return [play_both(*job) for job in tqdm(jobs, desc="games", unit="game")]
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
+    rows: dict[int, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as executor:
-        return list(executor.map(play_both, *zip(*jobs), chunksize=1))
+        futures = {executor.submit(play_both, *job): index for index, job in enumerate(jobs)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="games", unit="game"):
+            rows[futures[future]] = future.result()
+    return [rows[index] for index in range(len(jobs))]
 
 
 def summarize(rows: Iterable[dict[str, Any]], expert: bool) -> dict[str, dict[str, Any]]:

@@ -288,7 +288,7 @@ def test_one_pick_two_game_is_won_by_play_teacher():
     game = play_teacher(gamefile)
     assert game.won and game.task_type == "pick_two_obj_and_place"
     assert game.steps == len(game.commands) == len(game.thoughts) == len(game.guesses) == len(game.observations) - 1
-    assert game.guess_count == 0 and game.task.startswith("put two")
+    assert game.guess_count == 0 and " two " in f" {game.task} "
 
 
 @needs_real_data
@@ -316,12 +316,20 @@ def test_replay_gives_the_same_thoughts(played):
 @pytest.mark.slow
 def test_thoughts_name_only_what_was_observed(played):
     for game in played:
-        seen = set(re.findall(r"[a-z]+ \d+", game.first_observation))
+        seen = entity_names(game.first_observation)
         for turn in game.turns:
-            named = set(re.findall(r"[a-z]+ \d+", turn.decision.thought))
+            named = entity_names(turn.decision.thought)
             assert named <= seen, (turn.decision.thought, named - seen)
             assert len(turn.decision.thought.split()) <= 30, turn.decision.thought
-            seen |= set(re.findall(r"[a-z]+ \d+", turn.observation))
+            seen |= entity_names(turn.observation)
+
+
+def entity_names(text: str) -> set[str]:
+    """Object and receptacle names ("mug 2", "countertop 1") in a text; not "checked 3"."""
+    from alfworld.gen import constants
+
+    classes = {name.lower() for name in [*constants.OBJECTS, *constants.RECEPTACLES]}
+    return {name for name in re.findall(r"\b([a-z]+ \d+)", text) if name.split()[0] in classes}
 
 
 @needs_real_data
