@@ -3,12 +3,15 @@
     python benchmarks/teacher_winrate.py --per-type 50 --workers 2          # a seeded sample, balanced over types
     python benchmarks/teacher_winrate.py --all --workers 2                  # the whole split
     python benchmarks/teacher_winrate.py --per-type 20 --no-expert --lost   # teacher only, lost games' transcripts
+    python benchmarks/teacher_winrate.py --per-type 20 --random-steps 10    # take-over after 10 random commands
 
 Each game is played twice in one worker: by `teacher.play_teacher` (engine without the expert wrapper) and, as the
 baseline of the same run, by `collect.play_game` (the handcoded expert through `state.expert_action`, Python's
 random seeded per game as the collection seeds it). Prints, per task type, won/attempted and mean steps of the won
 games for both, and the teacher's guesses (decisions without a grounded plan: steps, and games with any); writes the
-figures, one row per game and, with --lost, the transcripts of the teacher's lost games to a JSON file.
+figures, one row per game and, with --lost, the transcripts of the teacher's lost games to a JSON file. With
+--random-steps K a seeded random policy plays K commands first and the teacher takes over (what DAgger asks of it:
+labels for states it did not choose); the teacher then has --max-steps commands of its own, and no baseline is played.
 Uses $ALFWORLD_DATA (the real games).
 """
 
@@ -26,18 +29,20 @@ from typing import Any
 from alfworld_sft import games, paths
 
 
-def play_both(gamefile: str, split: str, seed: int, max_steps: int, expert: bool, transcript: bool) -> dict[str, Any]:
+def play_both(
+    gamefile: str, split: str, seed: int, max_steps: int, random_steps: int, expert: bool, transcript: bool
+) -> dict[str, Any]:
     """One game played by the teacher and, when asked, by the handcoded expert: one result row."""
     from alfworld_sft import collect
     from alfworld_sft.teacher import play_teacher
 
-    game = play_teacher(gamefile, max_steps=max_steps)
+    game = play_teacher(gamefile, max_steps=max_steps, random_steps=random_steps, seed=seed)
     row: dict[str, Any] = {
         "game_id": games.game_id(gamefile),
         "task_type": game.task_type,
         "teacher_won": game.won,
-        "teacher_steps": game.steps,
-        "teacher_guesses": game.guess_count,
+        "teacher_steps": game.steps - game.random_steps,
+        "teacher_guesses": sum(game.guesses[game.random_steps :]),
         "teacher_seconds": round(game.seconds, 2),
     }
     if transcript and not game.won:
@@ -45,8 +50,10 @@ def play_both(gamefile: str, split: str, seed: int, max_steps: int, expert: bool
             "task": game.task,
             "first_observation": game.observations[0],
             "turns": [
-                {"thought": t, "command": c, "guess": g, "observation": o}
-                for t, c, g, o in zip(game.thoughts, game.commands, game.guesses, game.observations[1:])
+                {"thought": t, "label": label, "command": c, "guess": g, "observation": o}
+                for t, label, c, g, o in zip(
+                    game.thoughts, game.labels, game.commands, game.guesses, game.observations[1:]
+                )
             ],
         }
     if expert:
@@ -64,7 +71,8 @@ def play_all(gamefiles: list[Path], args: argparse.Namespace) -> list[dict[str, 
     """Rows in the order of `gamefiles`, whatever order the workers finish in."""
     from tqdm import tqdm
 
-    jobs = [(str(g), args.split, args.seed, args.max_steps, not args.no_expert, args.lost) for g in gamefiles]
+    expert = not args.no_expert and not args.random_steps
+    jobs = [(str(g), args.split, args.seed, args.max_steps, args.random_steps, expert, args.lost) for g in gamefiles]
     if args.workers <= 1:
         return [play_both(*job) for job in tqdm(jobs, desc="games", unit="game")]
     import multiprocessing
@@ -130,6 +138,13 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1, help="processes that play whole games")
     parser.add_argument("--no-expert", action="store_true", help="play the teacher only (no baseline)")
+    parser.add_argument(
+        "--random-steps",
+        type=int,
+        default=0,
+        help="a take-over: a seeded random policy plays this many commands first, then the teacher (no baseline); "
+        "steps and guesses count the teacher's own",
+    )
     parser.add_argument("--lost", action="store_true", help="keep the transcripts of the teacher's lost games")
     parser.add_argument("--output", type=Path, default=paths.RESULTS_DIR / "benchmarks" / "teacher_winrate.json")
     args = parser.parse_args()
@@ -147,7 +162,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = play_all(gamefiles, args)
     wall = time.perf_counter() - start
-    expert = not args.no_expert
+    expert = not args.no_expert and not args.random_steps
     table = summarize(rows, expert)
     print_table(table, expert)
     teacher_seconds = sum(row["teacher_seconds"] for row in rows) / len(rows)
@@ -165,6 +180,7 @@ def main() -> None:
         "split": args.split,
         "seed": args.seed,
         "max_steps": args.max_steps,
+        "random_steps": args.random_steps,
         "workers": args.workers,
         "cpus": os.cpu_count(),
         "wall_s": round(wall, 1),

@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from alfworld_sft import games
-from alfworld_sft.teacher import Decision, Teacher, View, parse_names, parse_room, parse_view, play_teacher
+from alfworld_sft.teacher import (
+    Decision,
+    Teacher,
+    TeacherGame,
+    View,
+    parse_names,
+    parse_room,
+    parse_view,
+    play_teacher,
+)
 
 REAL_DATA = os.environ.get("ALFWORLD_DATA")
 needs_real_data = pytest.mark.skipif(not REAL_DATA, reason="set ALFWORLD_DATA to the unpacked ALFWorld data")
@@ -232,73 +239,42 @@ def test_rejects_what_no_text_game_uses():
 
 
 # ------------------------------------------------------------------------------------------------ real games
-@dataclass(frozen=True)
-class Turn:
-    admissible: tuple[str, ...]  # at the state the decision was asked for
-    decision: Decision
-    command: str  # what was played (the decision's command, or another policy's)
-    observation: str
-    next_admissible: tuple[str, ...]  # after the command
-
-
-@dataclass(frozen=True)
-class Played:
-    gamefile: Path
-    first_observation: str
-    first_admissible: tuple[str, ...]
-    turns: tuple[Turn, ...]
-    won: bool
-
-
-def play_recorded(gamefile: Path, *, random_steps: int = 0, seed: int = 0, max_steps: int = 50) -> Played:
-    """The teacher asked at every state; the first `random_steps` commands come from a seeded random policy."""
-    from alfworld_sft.engine import AlfworldGame
-
-    rng = random.Random(f"{seed}:{gamefile}")
-    teacher = Teacher.for_game(gamefile)
-    turns = []
-    with AlfworldGame(gamefile) as game:
-        state = first = game.reset()
-        teacher.observe(None, state.observation, state.admissible_commands)
-        while len(turns) < max_steps and not state.done:
-            decision = teacher.decide()
-            command = decision.command if len(turns) >= random_steps else rng.choice(sorted(state.admissible_commands))
-            asked_at = state.admissible_commands
-            state = game.step(command)
-            teacher.observe(command, state.observation, state.admissible_commands)
-            turns.append(Turn(asked_at, decision, command, state.observation, state.admissible_commands))
-    return Played(gamefile, first.observation, first.admissible_commands, tuple(turns), state.won)
-
-
-# Two games of each task type: the seeded, type-balanced sample of list_games.
 def sample_games(per_type: int, seed: int = 0) -> list[Path]:
+    """The seeded, type-balanced sample of list_games."""
     return games.list_games("train", limit=per_type * len(games.TASK_TYPES), seed=seed)
 
 
 @pytest.fixture(scope="module")
-def played() -> list[Played]:
+def played() -> list[TeacherGame]:
+    """Two games of each task type, played by the teacher alone."""
     if not REAL_DATA:
         pytest.skip("set ALFWORLD_DATA to the unpacked ALFWorld data")
-    return [play_recorded(gamefile) for gamefile in sample_games(2)]
+    return [play_teacher(gamefile) for gamefile in sample_games(2)]
+
+
+def assert_admissible(game: TeacherGame) -> None:
+    for label, admissible_commands in zip(game.labels, game.admissible_commands, strict=True):
+        assert label in admissible_commands, (game.gamefile, label)
 
 
 @needs_real_data
-def test_one_pick_two_game_is_won_by_play_teacher():
+def test_one_pick_two_game_is_won():
     gamefile = games.list_games("train", task_types=[6], limit=1, seed=0)[0]
     game = play_teacher(gamefile)
-    assert game.won and game.task_type == "pick_two_obj_and_place"
+    assert game.won and game.task_type == "pick_two_obj_and_place" and " two " in f" {game.task} "
     assert game.steps == len(game.commands) == len(game.thoughts) == len(game.guesses) == len(game.observations) - 1
-    assert game.guess_count == 0 and " two " in f" {game.task} "
+    assert game.labels == game.commands and game.random_steps == 0 and not any(game.guesses)
+    assert_admissible(game)
 
 
 @needs_real_data
 @pytest.mark.slow
 def test_wins_every_task_type_with_admissible_commands(played):
-    assert {games.read_task_type(p.gamefile) for p in played} == set(games.TASK_TYPES.values())
+    assert {game.task_type for game in played} == set(games.TASK_TYPES.values())
     for game in played:
-        assert game.won, [(t.decision.thought, t.command, t.observation) for t in game.turns]
-        assert all(turn.decision.command in turn.admissible for turn in game.turns)
-        assert not any(turn.decision.guess for turn in game.turns)
+        assert game.won, list(zip(game.thoughts, game.commands, game.observations[1:]))
+        assert_admissible(game)
+        assert not any(game.guesses)
 
 
 @needs_real_data
@@ -306,22 +282,22 @@ def test_wins_every_task_type_with_admissible_commands(played):
 def test_replay_gives_the_same_thoughts(played):
     for game in played:
         teacher = Teacher.for_game(game.gamefile)
-        teacher.observe(None, game.first_observation, game.first_admissible)
-        for turn in game.turns:
-            assert teacher.decide() == turn.decision
-            teacher.observe(turn.command, turn.observation, turn.next_admissible)
+        teacher.observe(None, game.observations[0], game.admissible_commands[0])
+        after = [*game.admissible_commands[1:], ()]  # what the engine admitted after each command
+        for index, command in enumerate(game.commands):
+            assert teacher.decide() == Decision(game.labels[index], game.thoughts[index], game.guesses[index])
+            teacher.observe(command, game.observations[index + 1], after[index])
 
 
 @needs_real_data
 @pytest.mark.slow
 def test_thoughts_name_only_what_was_observed(played):
     for game in played:
-        seen = entity_names(game.first_observation)
-        for turn in game.turns:
-            named = entity_names(turn.decision.thought)
-            assert named <= seen, (turn.decision.thought, named - seen)
-            assert len(turn.decision.thought.split()) <= 30, turn.decision.thought
-            seen |= entity_names(turn.observation)
+        seen = entity_names(game.observations[0])
+        for thought, observation in zip(game.thoughts, game.observations[1:]):
+            assert entity_names(thought) <= seen, (thought, entity_names(thought) - seen)
+            assert len(thought.split()) <= 30, thought
+            seen |= entity_names(observation)
 
 
 def entity_names(text: str) -> set[str]:
@@ -335,9 +311,10 @@ def entity_names(text: str) -> set[str]:
 @needs_real_data
 @pytest.mark.slow
 def test_takes_over_after_a_random_policy():
-    results = [play_recorded(gamefile, random_steps=5, seed=3) for gamefile in sample_games(1, seed=1)]
+    results = [play_teacher(gamefile, random_steps=5, seed=3) for gamefile in sample_games(1, seed=1)]
     for game in results:
-        assert all(turn.decision.command in turn.admissible for turn in game.turns)
+        assert game.random_steps == 5 and game.labels[5:] == game.commands[5:]
+        assert_admissible(game)
     assert sum(game.won for game in results) >= 5, [game.gamefile for game in results if not game.won]
 
 

@@ -92,17 +92,20 @@ class View:
 
 @dataclass(frozen=True)
 class TeacherGame:
-    """One game played by the teacher alone."""
+    """One game played by the teacher, after an optional opening of random commands (a take-over)."""
 
     gamefile: str
     task_type: str
     task: str
     won: bool
-    steps: int
-    commands: tuple[str, ...]
-    thoughts: tuple[str, ...]  # one per command
-    guesses: tuple[bool, ...]  # one per command: the decision had no grounded plan
+    steps: int  # commands played, the random opening included
+    random_steps: int  # commands of the random opening (0: the teacher played every one)
+    commands: tuple[str, ...]  # played
+    labels: tuple[str, ...]  # the teacher's command at each state; equal to `commands` after the opening
+    thoughts: tuple[str, ...]  # the teacher's thought at each state
+    guesses: tuple[bool, ...]  # at each state: the teacher's decision had no grounded plan
     observations: tuple[str, ...]  # the room description, then what the engine answered to each command
+    admissible_commands: tuple[tuple[str, ...], ...]  # at each state a command was played in
     seconds: float  # load, reset and play
 
     @property
@@ -508,26 +511,34 @@ class Teacher:
         return self._goto(target, f"{reason}; I have checked {checked}, so next I check {target}.", guess)
 
 
-def play_teacher(gamefile: str | Path, *, max_steps: int = 50) -> TeacherGame:
-    """Play one game with the teacher in the real engine (no handcoded expert wrapper)."""
+def play_teacher(gamefile: str | Path, *, max_steps: int = 50, random_steps: int = 0, seed: int = 0) -> TeacherGame:
+    """Play one game with the teacher in the real engine (no handcoded expert wrapper), for at most `max_steps`
+    commands of its own. With `random_steps`, a random policy (seeded from `seed` and the game file) plays that many
+    admissible commands first while the teacher observes and labels every state, as in DAgger, then the teacher
+    takes over."""
+    import random
+
     from alfworld_sft.engine import AlfworldGame
 
     start = time.perf_counter()
+    rng = random.Random(f"{seed}:{Path(gamefile).parent.name}")
     teacher = Teacher.for_game(gamefile)
     commands: list[str] = []
-    thoughts: list[str] = []
-    guesses: list[bool] = []
+    decisions: list[Decision] = []
+    admissible: list[tuple[str, ...]] = []
     with AlfworldGame(gamefile, expert=False) as game:
         state = game.reset()
         observations = [state.observation]
         teacher.observe(None, state.observation, state.admissible_commands)
-        while len(commands) < max_steps and not state.done:
+        while len(commands) < random_steps + max_steps and not state.done:
             decision = teacher.decide()
-            state = game.step(decision.command)
-            teacher.observe(decision.command, state.observation, state.admissible_commands)
-            commands.append(decision.command)
-            thoughts.append(decision.thought)
-            guesses.append(decision.guess)
+            opening = len(commands) < random_steps
+            command = rng.choice(sorted(state.admissible_commands)) if opening else decision.command
+            admissible.append(state.admissible_commands)
+            state = game.step(command)
+            teacher.observe(command, state.observation, state.admissible_commands)
+            commands.append(command)
+            decisions.append(decision)
             observations.append(state.observation)
     return TeacherGame(
         gamefile=str(gamefile),
@@ -535,10 +546,13 @@ def play_teacher(gamefile: str | Path, *, max_steps: int = 50) -> TeacherGame:
         task=state.task,
         won=state.won,
         steps=len(commands),
+        random_steps=min(random_steps, len(commands)),
         commands=tuple(commands),
-        thoughts=tuple(thoughts),
-        guesses=tuple(guesses),
+        labels=tuple(d.command for d in decisions),
+        thoughts=tuple(d.thought for d in decisions),
+        guesses=tuple(d.guess for d in decisions),
         observations=tuple(observations),
+        admissible_commands=tuple(admissible),
         seconds=time.perf_counter() - start,
     )
 
