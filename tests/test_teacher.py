@@ -91,10 +91,10 @@ def test_parse_view(text, view):
 def test_observe_tracks_take_put_treat_and_inventory():
     teacher = simple_teacher("pick_heat_then_place_in_recep", parent_target="CounterTop")
     teacher.observe("go to countertop 1", "You arrive at countertop 1. On the countertop 1, you see a mug 1.", ())
-    assert teacher.location == "countertop 1" and teacher.where == {"mug 1": "countertop 1"}
+    assert teacher.location == "countertop 1" and teacher.contents == {"countertop 1": {"mug 1"}}
     assert teacher.searched == ["countertop 1"]
     teacher.observe("take mug 1 from countertop 1", "You pick up the mug 1 from the countertop 1.", ())
-    assert teacher.holding == "mug 1" and "mug 1" not in teacher.where
+    assert teacher.holding == "mug 1" and teacher.contents == {"countertop 1": set()}
     teacher.observe("heat mug 1 with microwave 1", "You heat the mug 1 using the microwave 1.", ())
     assert "mug 1" in teacher.treated["hot"]
     teacher.observe("cool mug 1 with fridge 1", "You cool the mug 1 using the fridge 1.", ())
@@ -102,9 +102,9 @@ def test_observe_tracks_take_put_treat_and_inventory():
     teacher.observe("inventory", "You are carrying: a mug 1.", ())
     assert teacher.holding == "mug 1"
     teacher.observe("move mug 1 to countertop 1", "You move the mug 1 to the countertop 1.", ())
-    assert teacher.holding is None and teacher.where["mug 1"] == "countertop 1"
+    assert teacher.holding is None and teacher.contents == {"countertop 1": {"mug 1"}}
     teacher.observe("go to countertop 1", "Nothing happens.", ())
-    assert teacher.where["mug 1"] == "countertop 1"
+    assert teacher.contents == {"countertop 1": {"mug 1"}}
     teacher.observe("inventory", "You are not carrying anything.", ())
     assert teacher.holding is None
 
@@ -114,11 +114,22 @@ def test_observe_tracks_open_close_and_a_second_look():
     teacher.observe("go to cabinet 1", "You arrive at cabinet 1. The cabinet 1 is closed.", admissible("cabinet 1"))
     assert teacher.opened == {"cabinet 1": False} and teacher.searched == []
     teacher.observe("open cabinet 1", "You open the cabinet 1. The cabinet 1 is open. In it, you see a cup 1.", ())
-    assert teacher.opened["cabinet 1"] and teacher.where == {"cup 1": "cabinet 1"}
+    assert teacher.opened["cabinet 1"] and teacher.contents == {"cabinet 1": {"cup 1"}}
     teacher.observe("close cabinet 1", "You close the cabinet 1.", ())
-    assert not teacher.opened["cabinet 1"] and teacher.where == {"cup 1": "cabinet 1"}  # still remembered
+    assert not teacher.opened["cabinet 1"] and teacher.contents == {"cabinet 1": {"cup 1"}}  # still remembered
     teacher.observe("examine cabinet 1", "The cabinet 1 is open. In it, you see nothing.", ())
-    assert teacher.where == {}  # seen again: the cup is no longer there
+    assert teacher.contents == {"cabinet 1": set()}  # seen again: the cup is no longer there
+
+
+def test_an_object_listed_in_two_receptacles_stays_held():
+    """Some ALFRED scenes list one object in two receptacles; taken from one, it is still listed in the other."""
+    teacher = simple_teacher(object_target="SoapBottle", parent_target="CounterTop")
+    teacher.observe("go to cabinet 1", "You arrive at cabinet 1. The cabinet 1 is open. In it, you see a cloth 1.", ())
+    teacher.observe("take cloth 1 from cabinet 1", "You pick up the cloth 1 from the cabinet 1.", ())
+    seen = "You arrive at countertop 1. On the countertop 1, you see a candle 1, and a cloth 1."
+    teacher.observe("go to countertop 1", seen, admissible("countertop 1", "move cloth 1 to countertop 1"))
+    assert teacher.holding == "cloth 1"
+    assert teacher.decide().command == "move cloth 1 to countertop 1"
 
 
 # ------------------------------------------------------------------------------------------------ decisions

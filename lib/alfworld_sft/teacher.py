@@ -224,7 +224,10 @@ class Teacher:
         self.location: str | None = None  # the receptacle the agent last arrived at
         self.here: frozenset[str] = frozenset()  # receptacles at the agent's location (examinable from here)
         self.admissible: tuple[str, ...] = ()
-        self.where: dict[str, str] = {}  # object -> receptacle it was last seen in
+        # Receptacle -> objects last seen in it. An object can be listed in two receptacles at once (a quirk of some
+        # ALFRED scenes: a hand towel both on the countertop and on its holder), and stays listed in the other one
+        # when taken from one, so beliefs are kept per receptacle, and only take/put/inventory change what is held.
+        self.contents: dict[str, set[str]] = {}
         self.holding: str | None = None
         self.came_from: str | None = None  # where the held object was taken from
         self.opened: dict[str, bool] = {}  # openable receptacles -> open now
@@ -261,7 +264,7 @@ class Teacher:
         elif match := _TAKE.match(text):
             obj, receptacle = match["o"], match["r"]
             self.holding, self.came_from = obj, receptacle
-            self.where.pop(obj, None)
+            self.contents.get(receptacle, set()).discard(obj)
             return
         elif match := _PUT.match(text):
             obj, receptacle = match["o"], match["r"]
@@ -278,8 +281,6 @@ class Teacher:
         elif match := _CARRYING.match(text):
             held = parse_names(match["items"])
             self.holding = held[0] if held else None
-            if self.holding:
-                self.where.pop(self.holding, None)
             return
         elif text.startswith("You are not carrying anything"):
             self.holding = None
@@ -309,7 +310,7 @@ class Teacher:
             self.treated[opposite].discard(obj)
 
     def _see(self, obj: str, receptacle: str) -> None:
-        self.where[obj] = receptacle
+        self.contents.setdefault(receptacle, set()).add(obj)
         places = self.seen_at.setdefault(class_of(obj), [])
         if receptacle not in places:
             places.append(receptacle)
@@ -324,12 +325,9 @@ class Teacher:
             self.opened[receptacle] = view.state == "open"
         if view.objects is None:
             return
-        for obj in [o for o, r in self.where.items() if r == receptacle and o not in view.objects]:
-            del self.where[obj]
+        self.contents[receptacle] = set()
         for obj in view.objects:
             self._see(obj, receptacle)
-            if self.holding == obj:
-                self.holding = None
         if set(self.receptacles) <= set(self.searched):  # everything seen: this look starts the next round
             self.searched, self.rounds = [], self.rounds + 1
         if receptacle not in self.searched:
@@ -355,9 +353,17 @@ class Teacher:
         return min(options, key=lambda r: (-len(self._placed_in(r)), r not in self.here, self._is_closed(r)))
 
     def _placed_in(self, receptacle: str) -> list[str]:
-        return sorted(
-            (o for o, r in self.where.items() if r == receptacle and class_of(o) == self.target), key=sort_key
-        )
+        objects = self.contents.get(receptacle, set())
+        return sorted((o for o in objects if class_of(o) == self.target and o != self.holding), key=sort_key)
+
+    def _sightings(self, cls: str) -> list[tuple[str, str]]:
+        """(object, receptacle) pairs of a class, not held, in reading order of the receptacles."""
+        return [
+            (obj, receptacle)
+            for receptacle in sorted(self.contents, key=sort_key)
+            for obj in sorted(self.contents[receptacle], key=sort_key)
+            if class_of(obj) == cls and obj != self.holding
+        ]
 
     def _placed(self) -> list[str]:
         """Objects of the target class already in the destination (pick_two only: elsewhere the game is won)."""
@@ -437,31 +443,23 @@ class Teacher:
         return self._goto(destination, f"{treated}, so I take it to the {destination}.")
 
     def _use_lamp(self, held: str) -> Decision:
-        lamps = sorted((o for o in self.where if class_of(o) == self.toggle), key=sort_key)
-        for lamp in lamps:
+        lamps = self._sightings(self.toggle)
+        for lamp, _ in lamps:
             if self._can(f"use {lamp}"):
                 return Decision(f"use {lamp}", f"Now I turn on the {lamp} to look at the {held} in its light.", False)
         if lamps:
-            lamp = lamps[0]
-            spot = self.where[lamp]
+            lamp, spot = lamps[0]
             return self._goto(spot, f"I have the {held}; I saw a {lamp} {place(spot)}, so I go there.")
         return self._search(self.toggle, f"I have the {held}; ", article(self.toggle))
 
     def _fetch(self) -> Decision:
         placed = self._placed()
         destination = self._destination() if placed else None
-        candidates = [
-            o
-            for o, r in self.where.items()
-            if class_of(o) == self.target and not (destination and r == destination and o in placed)
-        ]
-        lead = f"One {self.target} is already {place(destination)}; " if placed and destination else ""
+        candidates = [(o, r) for o, r in self._sightings(self.target) if o not in placed]
+        lead = f"One {self.target} is already {place(destination)}; " if destination else ""
         if not candidates:
             return self._search(self.target, lead, f"a second {self.target}" if placed else article(self.target))
-        obj = min(
-            candidates, key=lambda o: (self.where[o] not in self.here, self._is_closed(self.where[o]), sort_key(o))
-        )
-        spot = self.where[obj]
+        obj, spot = min(candidates, key=lambda pair: (pair[1] not in self.here, self._is_closed(pair[1])))
         if spot in self.here:
             if self._can(f"take {obj} from {spot}"):
                 found = f"I found a second {self.target}, the {obj}" if placed else f"I found the {obj}"
@@ -469,9 +467,7 @@ class Teacher:
             if self._can(f"open {spot}"):
                 return Decision(f"open {spot}", f"The {spot} is closed, so I open it to take the {obj}.", False)
             return self._stuck()
-        return self._goto(
-            spot, f"{lead}I saw {'an' if obj[0] in 'aeiou' else 'a'} {obj} {place(spot)}, so I go there to take it."
-        )
+        return self._goto(spot, f"{lead}I saw {article(obj)} {place(spot)}, so I go there to take it.")
 
     def _search_order(self, cls: str) -> list[str]:
         seen = self.seen_at.get(cls, [])
