@@ -15,7 +15,8 @@ it can label any state (DAgger).
     state = game.step(decision.command)
     teacher.observe(decision.command, state.observation, state.admissible_commands)
 
-    play_teacher(gamefile, max_steps=50)     # TeacherGame: won, steps, commands, thoughts, guesses
+    play_teacher(gamefile, max_steps=50)     # TeacherGame: won, steps, commands, thoughts, guesses, ...
+    play_teacher(gamefile, random_steps=10)  # a take-over: 10 random commands first, the teacher labelling each state
 
     python -m alfworld_sft.teacher GAMEFILE [--max-steps 50]     # one game's transcript with the thoughts
 
@@ -35,19 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TASK_TYPES = (
-    "pick_and_place_simple",
-    "look_at_obj_in_light",
-    "pick_clean_then_place_in_recep",
-    "pick_heat_then_place_in_recep",
-    "pick_cool_then_place_in_recep",
-    "pick_two_obj_and_place",
-)
-# Where each treatment happens; cleaning falls back on other basins in rooms without a sink basin.
+from alfworld_sft.games import TASK_TYPES
+
+# Where each treatment happens. Cleaning falls back on a bathtub basin in a room without a sink basin, as ALFWorld's
+# expert does (every clean game of train, valid_seen and valid_train has a sink basin).
 STATIONS: dict[str, tuple[str, ...]] = {
     "heat": ("microwave",),
     "cool": ("fridge",),
-    "clean": ("sinkbasin", "sink", "bathtubbasin"),
+    "clean": ("sinkbasin", "bathtubbasin"),
 }
 TREATMENT = {
     "pick_heat_then_place_in_recep": "heat",
@@ -57,13 +53,13 @@ TREATMENT = {
 TREATED = {"heat": "hot", "cool": "cool", "clean": "clean"}
 # Receptacle classes an object goes "in" rather than "on" (only wording of the thoughts).
 INSIDE = {"cabinet", "drawer", "fridge", "microwave", "safe", "box", "garbagecan", "sinkbasin", "bathtubbasin",
-          "laundryhamper", "coffeemachine", "toaster", "sink", "bathtub"}  # fmt: skip
+          "laundryhamper", "coffeemachine", "toaster"}  # fmt: skip
 
 _NAME = r"[a-z]+ \d+"
 _ARRIVE = re.compile(rf"^You arrive at (?P<r>{_NAME})\.")
 _CLOSE = re.compile(rf"^You close the (?P<r>{_NAME})\.")
 _TAKE = re.compile(rf"^You pick up the (?P<o>{_NAME}) from the (?P<r>{_NAME})\.")
-_PUT = re.compile(rf"^You (?:move|put) the (?P<o>{_NAME}) (?:to|in|on) the (?P<r>{_NAME})\.")
+_PUT = re.compile(rf"^You move the (?P<o>{_NAME}) to the (?P<r>{_NAME})\.")
 _TREAT = re.compile(rf"^You (?P<verb>heat|cool|clean) the (?P<o>{_NAME}) using the (?P<r>{_NAME})\.")
 _CARRYING = re.compile(r"^You are carrying: (?P<items>.*)\.$")
 _OPEN_VIEW = re.compile(rf"The (?P<r>{_NAME}) is open\. In it, you see (?P<items>.*?)\.$")
@@ -181,8 +177,8 @@ class Teacher:
     """Beliefs from observations, and the next command for the task with the reason in one sentence."""
 
     def __init__(self, task_type: str, pddl_params: Mapping[str, Any]):
-        if task_type not in TASK_TYPES:
-            raise ValueError(f"unknown task type {task_type!r}: the teacher plays {', '.join(TASK_TYPES)}")
+        if task_type not in TASK_TYPES.values():
+            raise ValueError(f"unknown task type {task_type!r}: choose one of {', '.join(TASK_TYPES.values())}")
         if pddl_params.get("mrecep_target") or pddl_params.get("object_sliced"):
             # No ALFWorld text game (train, valid_seen, valid_train) uses either; ALFRED's PDDL lacks the actions.
             raise ValueError(
@@ -400,7 +396,7 @@ class Teacher:
     def _put_down(self, held: str) -> Decision:
         reason = f"I do not need the {held}"
         spots = sorted(
-            (r for r in self.here if self._can(f"move {held} to {r}")), key=lambda r: (r != self.location, r)
+            (r for r in self.here if self._can(f"move {held} to {r}")), key=lambda r: (r != self.location, sort_key(r))
         )
         if spots:
             return Decision(f"move {held} to {spots[0]}", f"{reason}, so I put it down {place(spots[0])}.", False)
