@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import alfworld_sft
 import pytest
 from alfworld_sft import games
 from alfworld_sft.teacher import (
@@ -58,7 +61,8 @@ def test_parse_room_and_names():
         "microwave 1",
         "sinkbasin 1",
     )
-    assert parse_room("-= Welcome to TextWorld, ALFRED! =-\n\n" + ROOM + "\n\nYour task is to: put a mug in desk.")[0]
+    banner = "-= Welcome to TextWorld, ALFRED! =-\n\n" + ROOM + "\n\nYour task is to: put a mug in desk."
+    assert parse_room(banner) == parse_room(ROOM)
     assert parse_names("a apple 1, a bread 1, and a cup 2") == ("apple 1", "bread 1", "cup 2")
     assert parse_names("a alarmclock 1, and a cd 2") == ("alarmclock 1", "cd 2")
     assert parse_names("nothing") == ()
@@ -166,6 +170,19 @@ def test_search_then_take_then_deliver_with_thoughts():
     assert teacher.decide() == Decision(
         "move mug 2 to coffeemachine 1", "Now I put the mug 2 in the coffeemachine 1.", False
     )
+
+
+def test_failed_commands_change_nothing():
+    teacher = simple_teacher()
+    teacher.observe(
+        "go to countertop 1",
+        "You arrive at countertop 1. On the countertop 1, you see a cup 1.",
+        admissible("countertop 1"),
+    )
+    before = teacher.decide()
+    for command in ("go to countertop 1", "take mug 9 from countertop 1", "open countertop 1", "jump"):
+        teacher.observe(command, "Nothing happens.", admissible("countertop 1"))
+        assert teacher.decide() == before
 
 
 def test_closed_receptacle_is_opened_and_unneeded_object_put_down():
@@ -327,6 +344,27 @@ def test_takes_over_after_a_random_policy():
         assert game.random_steps == 5 and game.labels[5:] == game.commands[5:]
         assert_admissible(game)
     assert sum(game.won for game in results) >= 5, [game.gamefile for game in results if not game.won]
+
+
+@needs_real_data
+@pytest.mark.slow
+def test_thoughts_do_not_depend_on_the_process(played):
+    """Another process with another string hash seed (set iteration order) plays the same game the same way."""
+    game = played[-1]
+    code = (
+        "import json, sys; from alfworld_sft.teacher import play_teacher; "
+        "g = play_teacher(sys.argv[1]); print(json.dumps([g.commands, g.thoughts]))"
+    )
+    library = str(Path(alfworld_sft.__file__).parents[1])  # this checkout's library, installed or not
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "12345",
+        "PYTHONPATH": os.pathsep.join([library, os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code, game.gamefile], capture_output=True, text=True, env=env, check=True
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [list(game.commands), list(game.thoughts)]
 
 
 @needs_real_data
