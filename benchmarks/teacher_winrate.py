@@ -5,14 +5,13 @@
     python benchmarks/teacher_winrate.py --per-type 20 --no-expert --lost   # teacher only, lost games' transcripts
     python benchmarks/teacher_winrate.py --per-type 20 --random-steps 10    # take-over after 10 random commands
 
-Each game is played twice in one worker: by `teacher.play_teacher` (engine without the expert wrapper) and, as the
-baseline of the same run, by `collect.play_game` (the handcoded expert through `state.expert_action`, Python's
-random seeded per game as the collection seeds it). Prints, per task type, won/attempted and mean steps of the won
-games for both, and the teacher's guesses (decisions without a grounded plan: steps, and games with any); writes the
+Each game is played twice in one worker, by `engine.play_expert`: with the teacher and, as the baseline of the same
+run, with ALFWorld's handcoded expert (its random fallbacks seeded per game as the collection seeds them). Prints,
+per task type, won/attempted and mean steps of the won games for both, and the teacher's guesses (decisions without a grounded plan: steps, and games with any); writes the
 figures, one row per game and, with --lost, the transcripts of the teacher's lost games to a JSON file. With
 --random-steps K a seeded random policy plays K commands first and the teacher takes over (what DAgger asks of it:
 labels for states it did not choose); the teacher then has --max-steps commands of its own, and no baseline is played.
-Uses $ALFWORLD_DATA (the real games).
+Uses $ALFWORLD_DATA (the real games), else the course's generated games.
 """
 
 from __future__ import annotations
@@ -33,37 +32,38 @@ def play_both(
     gamefile: str, split: str, seed: int, max_steps: int, random_steps: int, expert: bool, transcript: bool
 ) -> dict[str, Any]:
     """One game played by the teacher and, when asked, by the handcoded expert: one result row."""
-    from alfworld_sft import collect
-    from alfworld_sft.teacher import play_teacher
+    from alfworld_sft.engine import play_expert
 
-    game = play_teacher(gamefile, max_steps=max_steps, random_steps=random_steps, seed=seed)
+    game_id = games.game_id(gamefile)
+    started = time.perf_counter()
+    game = play_expert(
+        gamefile, seed=seed, game_id=game_id, expert="teacher", max_steps=max_steps, random_opening=random_steps
+    )
     row: dict[str, Any] = {
-        "game_id": games.game_id(gamefile),
-        "task_type": game.task_type,
+        "game_id": game_id,
+        "task_type": games.read_task_type(gamefile),
         "teacher_won": game.won,
-        "teacher_steps": game.steps - game.random_steps,
-        "teacher_guesses": sum(game.guesses[game.random_steps :]),
-        "teacher_seconds": round(game.seconds, 2),
+        "teacher_steps": game.steps - game.opening,
+        "teacher_guesses": sum(game.guesses[game.opening :]),
+        "teacher_seconds": round(time.perf_counter() - started, 2),
     }
     if transcript and not game.won:
         row["transcript"] = {
             "task": game.task,
-            "first_observation": game.observations[0],
+            "first_observation": game.first_observation,
             "turns": [
                 {"thought": t, "label": label, "command": c, "guess": g, "observation": o}
-                for t, label, c, g, o in zip(
-                    game.thoughts, game.labels, game.commands, game.guesses, game.observations[1:]
-                )
+                for t, label, c, g, o in zip(game.thoughts, game.labels, game.commands, game.guesses, game.observations)
             ],
         }
     if expert:
-        outcome = collect.play_game(gamefile, split=split, seed=seed, max_steps=max_steps)
-        row.update(
-            expert_won=outcome.won,
-            expert_steps=outcome.steps,
-            expert_error=outcome.error,
-            expert_seconds=round(outcome.seconds, 2),
-        )
+        started = time.perf_counter()
+        try:
+            baseline = play_expert(gamefile, seed=seed, game_id=game_id, expert="handcoded", max_steps=max_steps)
+            row.update(expert_won=baseline.won, expert_steps=baseline.steps, expert_error=None)
+        except Exception as error:  # noqa: BLE001 - a game the engine cannot play is a row, not the end
+            row.update(expert_won=False, expert_steps=0, expert_error=f"{type(error).__name__}: {error}")
+        row["expert_seconds"] = round(time.perf_counter() - started, 2)
     return row
 
 

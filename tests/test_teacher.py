@@ -1,6 +1,7 @@
 """The observation-driven teacher: its parser on literal observations, its beliefs and decisions on hand-written
-states, and real games from $ALFWORLD_DATA (skipped without it): every command admissible, wins of every task type,
-the same thoughts on a replay, thoughts that name only what was observed, and a take-over after another policy."""
+states, and games in the real engine (from $ALFWORLD_DATA, else the course's generated ones): every command
+admissible, wins of every task type, the same thoughts on a replay, thoughts that name only what was observed, and a
+take-over after another policy."""
 
 from __future__ import annotations
 
@@ -14,19 +15,8 @@ from pathlib import Path
 import alfworld_sft
 import pytest
 from alfworld_sft import games
-from alfworld_sft.teacher import (
-    Decision,
-    Teacher,
-    TeacherGame,
-    View,
-    parse_names,
-    parse_room,
-    parse_view,
-    play_teacher,
-)
-
-REAL_DATA = os.environ.get("ALFWORLD_DATA")
-needs_real_data = pytest.mark.skipif(not REAL_DATA, reason="set ALFWORLD_DATA to the unpacked ALFWorld data")
+from alfworld_sft.engine import ExpertGame, play_expert
+from alfworld_sft.teacher import Decision, Teacher, View, parse_names, parse_room, parse_view
 
 ROOM = (
     "You are in the middle of a room. Looking quickly around you, you see a cabinet 2, a cabinet 1, a coffeemachine 1, "
@@ -272,57 +262,61 @@ def sample_games(per_type: int, seed: int = 0) -> list[Path]:
     return games.list_games("train", limit=per_type * len(games.TASK_TYPES), seed=seed)
 
 
+def play(gamefile: Path, random_opening: int = 0, seed: int = 0) -> ExpertGame:
+    return play_expert(
+        gamefile, seed=seed, game_id=games.game_id(gamefile), expert="teacher", random_opening=random_opening
+    )
+
+
+def states(game: ExpertGame) -> list[tuple[str, ...]]:
+    """The admissible commands of each state a command was played in."""
+    return [game.first_admissible, *game.admissible[:-1]]
+
+
 @pytest.fixture(scope="module")
-def played() -> list[TeacherGame]:
+def played(train_games) -> list[tuple[Path, ExpertGame]]:
     """Two games of each task type, played by the teacher alone."""
-    if not REAL_DATA:
-        pytest.skip("set ALFWORLD_DATA to the unpacked ALFWorld data")
-    return [play_teacher(gamefile) for gamefile in sample_games(2)]
+    return [(gamefile, play(gamefile)) for gamefile in sample_games(2)]
 
 
-def assert_admissible(game: TeacherGame) -> None:
-    for label, admissible_commands in zip(game.labels, game.admissible_commands, strict=True):
-        assert label in admissible_commands, (game.gamefile, label)
+def assert_admissible(gamefile: Path, game: ExpertGame) -> None:
+    for label, admissible_commands in zip(game.labels, states(game), strict=True):
+        assert label in admissible_commands, (gamefile, label)
 
 
-@needs_real_data
-def test_one_pick_two_game_is_won():
+def test_one_pick_two_game_is_won(train_games):
     gamefile = games.list_games("train", task_types=[6], limit=1, seed=0)[0]
-    game = play_teacher(gamefile)
-    assert game.won and game.task_type == "pick_two_obj_and_place" and " two " in f" {game.task} "
-    assert game.steps == len(game.commands) == len(game.thoughts) == len(game.guesses) == len(game.observations) - 1
-    assert game.labels == game.commands and game.random_steps == 0 and not any(game.guesses)
-    assert_admissible(game)
+    game = play(gamefile)
+    assert game.won and " two " in f" {game.task} "
+    assert game.steps == len(game.commands) == len(game.thoughts) == len(game.guesses) == len(game.observations)
+    assert game.labels == game.commands and game.opening == 0 and not any(game.guesses)
+    assert_admissible(gamefile, game)
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_wins_every_task_type_with_admissible_commands(played):
-    assert {game.task_type for game in played} == set(games.TASK_TYPES.values())
-    for game in played:
-        assert game.won, list(zip(game.thoughts, game.commands, game.observations[1:]))
-        assert_admissible(game)
+    assert {games.read_task_type(gamefile) for gamefile, _ in played} == set(games.TASK_TYPES.values())
+    for gamefile, game in played:
+        assert game.won, list(zip(game.thoughts, game.commands, game.observations))
+        assert_admissible(gamefile, game)
         assert not any(game.guesses)
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_replay_gives_the_same_thoughts(played):
-    for game in played:
-        teacher = Teacher.for_game(game.gamefile)
-        teacher.observe(None, game.observations[0], game.admissible_commands[0])
-        after = [*game.admissible_commands[1:], ()]  # what the engine admitted after each command
+    for gamefile, game in played:
+        teacher = Teacher.for_game(gamefile)
+        teacher.observe(None, game.first_observation, game.first_admissible)
         for index, command in enumerate(game.commands):
             assert teacher.decide() == Decision(game.labels[index], game.thoughts[index], game.guesses[index])
-            teacher.observe(command, game.observations[index + 1], after[index])
+            teacher.observe(command, game.observations[index], game.admissible[index])
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_thoughts_name_only_what_was_observed(played):
-    for game in played:
-        seen = entity_names(game.observations[0])
-        for thought, observation in zip(game.thoughts, game.observations[1:]):
+    for _, game in played:
+        seen = entity_names(game.first_observation)
+        for thought, observation in zip(game.thoughts, game.observations):
             assert entity_names(thought) <= seen, (thought, entity_names(thought) - seen)
             assert len(thought.split()) <= 30, thought
             seen |= entity_names(observation)
@@ -336,24 +330,23 @@ def entity_names(text: str) -> set[str]:
     return {name for name in re.findall(r"\b([a-z]+ \d+)", text) if name.split()[0] in classes}
 
 
-@needs_real_data
 @pytest.mark.slow
-def test_takes_over_after_a_random_policy():
-    results = [play_teacher(gamefile, random_steps=5, seed=3) for gamefile in sample_games(1, seed=1)]
-    for game in results:
-        assert game.random_steps == 5 and game.labels[5:] == game.commands[5:]
-        assert_admissible(game)
-    assert sum(game.won for game in results) >= 5, [game.gamefile for game in results if not game.won]
+def test_takes_over_after_a_random_policy(train_games):
+    results = [(gamefile, play(gamefile, random_opening=5, seed=3)) for gamefile in sample_games(1, seed=1)]
+    for gamefile, game in results:
+        assert game.opening == 5 and game.labels[5:] == game.commands[5:]
+        assert_admissible(gamefile, game)
+    assert sum(game.won for _, game in results) >= 5, [gamefile for gamefile, game in results if not game.won]
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_thoughts_do_not_depend_on_the_process(played):
     """Another process with another string hash seed (set iteration order) plays the same game the same way."""
-    game = played[-1]
+    gamefile, game = played[-1]
     code = (
-        "import json, sys; from alfworld_sft.teacher import play_teacher; "
-        "g = play_teacher(sys.argv[1]); print(json.dumps([g.commands, g.thoughts]))"
+        "import json, sys; from alfworld_sft import engine, games; "
+        "g = engine.play_expert(sys.argv[1], seed=0, game_id=games.game_id(sys.argv[1]), expert='teacher'); "
+        "print(json.dumps([g.commands, g.thoughts]))"
     )
     library = str(Path(alfworld_sft.__file__).parents[1])  # this checkout's library, installed or not
     env = {
@@ -362,13 +355,12 @@ def test_thoughts_do_not_depend_on_the_process(played):
         "PYTHONPATH": os.pathsep.join([library, os.environ.get("PYTHONPATH", "")]),
     }
     result = subprocess.run(
-        [sys.executable, "-c", code, game.gamefile], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", code, str(gamefile)], capture_output=True, text=True, env=env, check=True
     )
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [list(game.commands), list(game.thoughts)]
 
 
-@needs_real_data
-def test_for_game_reads_the_task():
+def test_for_game_reads_the_task(train_games):
     gamefile = games.list_games("train", task_types=[2], limit=1, seed=0)[0]
     params = json.loads((gamefile.parent / "traj_data.json").read_text())["pddl_params"]
     teacher = Teacher.for_game(gamefile)

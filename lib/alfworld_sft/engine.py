@@ -38,7 +38,7 @@ from typing import Any, Self
 from alfworld_sft.prompts import split_first_observation
 
 EXPERTS = ("teacher", "handcoded")
-DEFAULT_EXPERT = "handcoded"  # until the teacher lands
+DEFAULT_EXPERT = "teacher"
 
 
 @dataclass(frozen=True)
@@ -222,16 +222,19 @@ def expert_seed(seed: int, game_id: str) -> str:
 
 @dataclass(frozen=True)
 class ExpertGame:
-    """One game as an expert played it: the first state, then each command with the state it led to."""
+    """One game as an expert played it (after an optional opening of random commands): the first state, then each
+    command with what the expert would have played there and the state it led to."""
 
     task: str
     first_observation: str
     first_admissible: tuple[str, ...]
-    commands: tuple[str, ...]
-    thoughts: tuple[str | None, ...]  # the teacher's reason for each command (None for the handcoded expert)
+    commands: tuple[str, ...]  # played: the random opening, then the expert's
+    labels: tuple[str, ...]  # the expert's command at each state (after the opening: the command played)
+    thoughts: tuple[str | None, ...]  # the expert's reason at each state (None for the handcoded expert)
+    guesses: tuple[bool, ...]  # at each state: the expert had no grounded plan
     observations: tuple[str, ...]  # what the engine answered to each command
     admissible: tuple[tuple[str, ...], ...]  # the admissible commands after each command
-    guesses: int  # commands the expert chose without a grounded plan
+    opening: int  # commands of the random opening (0: the expert played every one)
     won: bool
 
     @property
@@ -247,20 +250,26 @@ def play_expert(
     expert: str = DEFAULT_EXPERT,
     max_steps: int = 50,
     translate_once: bool = True,
+    random_opening: int = 0,
 ) -> ExpertGame:
-    """The expert plays `gamefile` for at most `max_steps` commands; engine errors propagate to the caller."""
+    """The expert plays `gamefile` for at most `max_steps` commands of its own; engine errors propagate. With
+    `random_opening`, seeded random admissible commands are played first while the expert labels every state, and
+    then it takes over (what DAgger asks of it: recover from another policy's states)."""
     check_expert(expert)
     if expert is None:
         raise ValueError("play_expert needs an expert")
-    commands, thoughts, observations, admissible = [], [], [], []
-    guesses = 0
+    rng = random.Random(f"{expert_seed(seed, game_id)}:opening")
+    commands, labels, thoughts, guesses, observations, admissible = [], [], [], [], [], []
     with AlfworldGame(gamefile, expert=expert, seed=expert_seed(seed, game_id), translate_once=translate_once) as game:
         first = state = game.reset()
-        while not state.done and len(commands) < max_steps and state.expert_action:
-            commands.append(state.expert_action)
+        while not state.done and len(commands) < random_opening + max_steps and state.expert_action:
+            opening = len(commands) < random_opening
+            command = rng.choice(sorted(state.admissible_commands)) if opening else state.expert_action
+            commands.append(command)
+            labels.append(state.expert_action)
             thoughts.append(state.expert_thought)
-            guesses += state.expert_guess
-            state = game.step(state.expert_action)
+            guesses.append(state.expert_guess)
+            state = game.step(command)
             observations.append(state.observation)
             admissible.append(state.admissible_commands)
     return ExpertGame(
@@ -268,9 +277,11 @@ def play_expert(
         first_observation=first.observation,
         first_admissible=first.admissible_commands,
         commands=tuple(commands),
+        labels=tuple(labels),
         thoughts=tuple(thoughts),
+        guesses=tuple(guesses),
         observations=tuple(observations),
         admissible=tuple(admissible),
-        guesses=guesses,
+        opening=min(random_opening, len(commands)),
         won=state.won,
     )

@@ -15,8 +15,8 @@ it can label any state (DAgger).
     state = game.step(decision.command)
     teacher.observe(decision.command, state.observation, state.admissible_commands)
 
-    play_teacher(gamefile, max_steps=50)     # TeacherGame: won, steps, commands, thoughts, guesses, ...
-    play_teacher(gamefile, random_steps=10)  # a take-over: 10 random commands first, the teacher labelling each state
+    engine.play_expert(gamefile, seed=0, game_id=..., expert="teacher")   # a whole game (engine.ExpertGame)
+    engine.play_expert(..., random_opening=10)  # a take-over: 10 random commands first, the teacher labelling each
 
     python -m alfworld_sft.teacher GAMEFILE [--max-steps 50]     # one game's transcript with the thoughts
 
@@ -84,29 +84,6 @@ class View:
     receptacle: str
     state: str  # "open", "closed" or "surface" (a receptacle that does not open)
     objects: tuple[str, ...] | None  # None when closed: nothing is seen
-
-
-@dataclass(frozen=True)
-class TeacherGame:
-    """One game played by the teacher, after an optional opening of random commands (a take-over)."""
-
-    gamefile: str
-    task_type: str
-    task: str
-    won: bool
-    steps: int  # commands played, the random opening included
-    random_steps: int  # commands of the random opening (0: the teacher played every one)
-    commands: tuple[str, ...]  # played
-    labels: tuple[str, ...]  # the teacher's command at each state; equal to `commands` after the opening
-    thoughts: tuple[str, ...]  # the teacher's thought at each state
-    guesses: tuple[bool, ...]  # at each state: the teacher's decision had no grounded plan
-    observations: tuple[str, ...]  # the room description, then what the engine answered to each command
-    admissible_commands: tuple[tuple[str, ...], ...]  # at each state a command was played in
-    seconds: float  # load, reset and play
-
-    @property
-    def guess_count(self) -> int:
-        return sum(self.guesses)
 
 
 def class_of(name: str) -> str:
@@ -503,64 +480,22 @@ class Teacher:
         return self._goto(target, f"{reason}; I have checked {checked}, so next I check {target}.", guess)
 
 
-def play_teacher(gamefile: str | Path, *, max_steps: int = 50, random_steps: int = 0, seed: int = 0) -> TeacherGame:
-    """Play one game with the teacher in the real engine (no handcoded expert wrapper), for at most `max_steps`
-    commands of its own. With `random_steps`, a random policy (seeded from `seed` and the game file) plays that many
-    admissible commands first while the teacher observes and labels every state, as in DAgger, then the teacher
-    takes over."""
-    import random
-
-    from alfworld_sft.engine import AlfworldGame
-
-    start = time.perf_counter()
-    rng = random.Random(f"{seed}:{Path(gamefile).parent.name}")
-    teacher = Teacher.for_game(gamefile)
-    commands: list[str] = []
-    decisions: list[Decision] = []
-    admissible: list[tuple[str, ...]] = []
-    with AlfworldGame(gamefile, expert=False) as game:
-        state = game.reset()
-        observations = [state.observation]
-        teacher.observe(None, state.observation, state.admissible_commands)
-        while len(commands) < random_steps + max_steps and not state.done:
-            decision = teacher.decide()
-            opening = len(commands) < random_steps
-            command = rng.choice(sorted(state.admissible_commands)) if opening else decision.command
-            admissible.append(state.admissible_commands)
-            state = game.step(command)
-            teacher.observe(command, state.observation, state.admissible_commands)
-            commands.append(command)
-            decisions.append(decision)
-            observations.append(state.observation)
-    return TeacherGame(
-        gamefile=str(gamefile),
-        task_type=teacher.task_type,
-        task=state.task,
-        won=state.won,
-        steps=len(commands),
-        random_steps=min(random_steps, len(commands)),
-        commands=tuple(commands),
-        labels=tuple(d.command for d in decisions),
-        thoughts=tuple(d.thought for d in decisions),
-        guesses=tuple(d.guess for d in decisions),
-        observations=tuple(observations),
-        admissible_commands=tuple(admissible),
-        seconds=time.perf_counter() - start,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
+
+    from alfworld_sft import games
+    from alfworld_sft.engine import play_expert
 
     parser = argparse.ArgumentParser(description="Play one ALFWorld game with the teacher and print its transcript.")
     parser.add_argument("gamefile", type=Path)
     parser.add_argument("--max-steps", type=int, default=50)
     args = parser.parse_args(argv)
-    game = play_teacher(args.gamefile, max_steps=args.max_steps)
-    print(f"Task: {game.task} ({game.task_type})\n{game.observations[0]}")
-    for command, thought, guess, observation in zip(game.commands, game.thoughts, game.guesses, game.observations[1:]):
+    started = time.perf_counter()
+    game = play_expert(args.gamefile, seed=0, game_id=games.game_id(args.gamefile), max_steps=args.max_steps)
+    print(f"Task: {game.task} ({games.read_task_type(args.gamefile)})\n{game.first_observation}")
+    for command, thought, guess, observation in zip(game.commands, game.thoughts, game.guesses, game.observations):
         print(f"Thought: {thought}{' [guess]' if guess else ''}\n> {command}\n{observation}")
-    print(f"{'won' if game.won else 'lost'} in {game.steps} steps, {game.seconds:.1f} s")
+    print(f"{'won' if game.won else 'lost'} in {game.steps} steps, {time.perf_counter() - started:.1f} s")
     return 0
 
 
