@@ -7,11 +7,12 @@
 
 Each game is played twice in one worker, by `engine.play_expert`: with the teacher and, as the baseline of the same
 run, with ALFWorld's handcoded expert (its random fallbacks seeded per game as the collection seeds them). Prints,
-per task type, won/attempted and mean steps of the won games for both, and the teacher's guesses (decisions without a grounded plan: steps, and games with any); writes the
-figures, one row per game and, with --lost, the transcripts of the teacher's lost games to a JSON file. With
---random-steps K a seeded random policy plays K commands first and the teacher takes over (what DAgger asks of it:
-labels for states it did not choose); the teacher then has --max-steps commands of its own, and no baseline is played.
-Uses $ALFWORLD_DATA (the real games), else the course's generated games.
+per task type, won/attempted and mean steps of the won games for both, and the teacher's guesses (decisions without
+a grounded plan: steps, and games with any); writes the figures, one row per game and, with --lost, the transcripts
+of the teacher's lost games to a JSON file. With --random-steps K a seeded random policy plays K commands first and
+the teacher takes over (what DAgger asks of it: labels for states it did not choose); the teacher then has
+--max-steps commands of its own, and no baseline is played. Uses $ALFWORLD_DATA (the real games), else the course's
+generated games.
 """
 
 from __future__ import annotations
