@@ -274,12 +274,7 @@ def _has(constants, property_name: str, object_class: str) -> bool:
 
 def compose_receptacle_classes(task_type: int, room: str, rng: random.Random) -> list[str]:
     """The receptacle classes of a room, one entry per instance."""
-    if task_type == 6:
-        # ALFWorld's expert loses track of what it holds after its first `move` and then falls back on random
-        # commands until one places the second object; in a smaller room that takes fewer steps.
-        counts = {cls: rng.randint(low, max(low, 1)) for cls, (low, high) in ROOM_RECEPTACLES[room].items()}
-    else:
-        counts = {cls: rng.randint(low, high) for cls, (low, high) in ROOM_RECEPTACLES[room].items()}
+    counts = {cls: rng.randint(low, high) for cls, (low, high) in ROOM_RECEPTACLES[room].items()}
     if task_type == 2 and not any(counts.get(cls) for cls in LAMP_HOLDERS):
         counts[rng.choice([cls for cls in LAMP_HOLDERS if cls in counts])] = 1
     return [cls for cls, count in counts.items() for _ in range(count)]
