@@ -20,9 +20,7 @@ ALFWORLD_DATA = os.environ.get("ALFWORLD_DATA")
 
 
 @pytest.fixture(scope="module")
-def records_path(tmp_path_factory):
-    if not ALFWORLD_DATA:
-        pytest.skip("needs real ALFWorld games: set $ALFWORLD_DATA")
+def records_path(train_games, tmp_path_factory):
     from test_formatting import write_expert_records
 
     return write_expert_records(tmp_path_factory.mktemp("records") / "trajectories.jsonl", 4, seed=1)
