@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from alfworld_sft import cli, files, formatting, models, prompts, records, training
 
-ALFWORLD_DATA = os.environ.get("ALFWORLD_DATA")
-
 
 @pytest.fixture(scope="module")
 def records_path(train_games, tmp_path_factory):
