@@ -15,7 +15,7 @@ import time
 from collections import Counter
 
 import pytest
-from alfworld_sft import cli, collect, dagger, files, formatting, games, models, prompts, records, training
+from alfworld_sft import cli, collect, dagger, files, formatting, games, models, prompts, records, reports, training
 from alfworld_sft.agents import BASE_PROMPT_FORMAT
 from alfworld_sft.backends import ExpertBackend
 from alfworld_sft.dagger import DaggerConfig, LabelSettings, label_rollout, label_rollouts
@@ -295,7 +295,7 @@ def test_a_killed_round_resumes_without_losing_or_duplicating_a_labelled_state(s
     output = tmp_path / "dagger"
     rollouts = output / "round_1" / "rollouts.jsonl"
     command = [sys.executable, "-m", "alfworld_sft.cli", "dagger", "--adapter", str(sft), "--expert-data",
-               str(expert_data), "--output", str(output), "--rounds", "1", "--games-per-round", "3", "--max-steps",
+               str(expert_data), "--output", str(output), "--rounds", "1", "--games-per-round", "2", "--max-steps",
                "2", "--batch-size", "1", "--workers", "0", "--eval-split", "none", "--device", "cpu"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -308,20 +308,22 @@ def test_a_killed_round_resumes_without_losing_or_duplicating_a_labelled_state(s
     finally:
         process.wait()
     before = rollouts.read_text()
-    assert 1 <= before.count("\n") < 3, "the kill should land after the first game and before the last"
+    assert before.count("\n") == 1, "the kill should land after the first game and before the second"
     assert not (output / "round_1" / "labelled.jsonl").exists()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| round" in result.stdout
     after = list(files.read_jsonl(rollouts))
     assert rollouts.read_text().startswith(before)  # the games played before the kill were kept, not replayed
-    assert len(after) == 3 and len({line["game_id"] for line in after}) == 3
-    labelled = list(files.read_jsonl(output / "round_1" / "labelled.jsonl"))
-    states = [(r["game_id"], r["dagger_kind"], r.get("label_step")) for r in labelled]
-    assert len(states) == len(set(states))
+    assert len(after) == 2 and len({line["game_id"] for line in after}) == 2
+    # Every state of every game labelled once: the labels are exactly those of the two rollouts, in game order.
+    order = [games.game_id(g) for g in dagger.select_round_games(DaggerConfig(games_per_round=2), 1)]
+    played = sorted(after, key=lambda line: order.index(line["game_id"]))
+    expected, counts = label_rollouts(played, LabelSettings("dagger", FMT, seed=dagger.round_seed(0, 1)))
+    assert (output / "round_1" / "labelled.jsonl").read_text() == dagger.jsonl_text(expected)
     summary = files.read_json(output / "round_1" / "summary.json")
-    assert summary["labels"]["label_records"] == sum(r["dagger_kind"] == "label" for r in labelled)
-    assert summary["labels"]["states"] == sum(line["steps"] for line in after) == 6
+    assert summary["labels"] == {name: counts[name] for name in dagger.LABEL_COUNTS}
+    assert summary["labels"]["states"] == sum(line["steps"] for line in after) == 4
     assert summary["labels"]["labelled"] == summary["labels"]["agreed"] + summary["labels"]["disagreed"]
 
 
@@ -367,3 +369,19 @@ def test_the_notebooks_small_run_is_small():
     assert small.rounds == 1 and small.games_per_round <= 4 and small.max_steps <= 5 and small.eval_split is None
     assert small.train.max_steps == 2 and small.output.endswith("small/dagger")
     assert full.train is None and full.games_per_round == 500 and full.eval_split == "eval_out_of_distribution"
+
+
+def test_the_round_table_starts_with_the_starting_adapter(tmp_path):
+    summary = {
+        "round": 1,
+        "played": 3,
+        "rollouts_win_rate": 0.0,
+        "labels": dict.fromkeys(dagger.LABEL_COUNTS, 2),
+        "records_added": 2,
+        "data": {"expert_records": 4, "new_records": 2},
+        "eval": {"success_rate": 0.5},
+    }
+    rows = dagger.round_rows([summary], {"success_rate": 0.25})
+    assert rows[0] == {**dict.fromkeys(rows[1]), "round": 0, "eval_success": 0.25}
+    assert "| round | games | rollouts_won | states |" in reports.format_table(rows)
+    assert reports.plot_rounds(rows, tmp_path / "rounds.png").stat().st_size > 0

@@ -46,10 +46,24 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import engine, files, formatting, games, generate, models, paths, prompts, records, reports
+from alfworld_sft import (
+    engine,
+    evaluation,
+    files,
+    formatting,
+    games,
+    generate,
+    models,
+    paths,
+    prompts,
+    records,
+    reports,
+    training,
+)
 from alfworld_sft.agents import ACTIONS, AGENTS, extract_command
 from alfworld_sft.backends import BACKENDS, Backend, choose_backend, load_backend, weights_fingerprint
 from alfworld_sft.results import write_result
+from alfworld_sft.rollouts import RolloutConfig, play_rollouts
 from alfworld_sft.training import TrainConfig
 
 METHODS = ("dagger", "self_imitation", "both")
@@ -62,6 +76,9 @@ LABELLED = "labelled.jsonl"  # the round's new trajectory records
 TRAIN_DATA = "train.jsonl"  # the round's training data: expert records and every round's labelled records so far
 SUMMARY = "summary.json"  # written when the round's adapter is trained: the round is done
 EVAL = "eval.json"  # the evaluation of the round's adapter
+# What labelling counts (`label_rollout`), in the order summaries list them.
+LABEL_COUNTS = ("states", "labelled", "agreed", "disagreed", "guesses", "unlabelled", "cut", "invalid_replies",
+                "rollout_records", "label_records", "trained_turns")  # fmt: skip
 TRAIN_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
 _THOUGHT = re.compile(r"thought\s*:\s*(.*?)\s*(?:action\s*:|$)", re.IGNORECASE | re.DOTALL)
 
@@ -377,9 +394,6 @@ def play_round(
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """The rollouts of round `number` by the adapter `player` (or `backend`): those already in `rollouts.jsonl`,
     then the missing games played and appended one by one. Returns (rollouts in game order, games that failed)."""
-    from alfworld_sft import evaluation
-    from alfworld_sft.rollouts import RolloutConfig, play_rollouts
-
     config = plan.config
     path = round_folder(plan, number) / ROLLOUTS
     choice = None if backend is not None else choose_backend("", adapter=player, backend=config.backend)
@@ -486,8 +500,6 @@ def count_trained_tokens(found: Sequence[Mapping[str, Any]], tokenizer: Any, dat
 def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Backend | None = None) -> dict | None:
     """Evaluate `adapter` on the eval split into `folder/eval.json` (resumes from its checkpoint; a finished
     evaluation only summarizes); None when evaluation is off."""
-    from alfworld_sft import evaluation
-
     config = plan.config
     if config.eval_split is None:
         return None
@@ -525,8 +537,6 @@ def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Bac
 def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | None = None) -> dict[str, Any]:
     """Round `number`, played by `player`: rollouts, labels, data, training, summary, then evaluation. A round
     whose summary matches the run is not redone (its evaluation is brought up to date)."""
-    from alfworld_sft import training
-
     folder = round_folder(plan, number)
     key = {**plan.key, "round": number}
     summary_path = folder / SUMMARY
@@ -570,10 +580,10 @@ def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | No
             "failed": [f"{gamefile}: {error.splitlines()[-1] if error else ''}" for gamefile, error in failed],
             "rollouts_won": counts["won"],
             "rollouts_win_rate": round(counts["won"] / len(rollouts), 4) if rollouts else 0.0,
-            "labels": {name: counts[name] for name in sorted(counts) if name not in ("games", "won")},
+            "labels": {name: counts[name] for name in LABEL_COUNTS},
             "records_added": len(labelled),
             "trained_tokens_added": tokens,
-            "data": {**data, "file": str(folder / TRAIN_DATA), "stats": trained.record.get("data_stats")},
+            "data": {**data, "file": str(folder / TRAIN_DATA), "stats": _data_stats(trained.output)},
             "training": {
                 "global_step": trained.global_step,
                 "train_loss": trained.train_loss,
@@ -592,6 +602,11 @@ def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | No
         summary["seconds"] = {**summary["seconds"], "evaluation": evaluated["seconds"]}
         write_result(summary_path, {k: v for k, v in summary.items() if k != "meta"}, seed=plan.config.seed)
     return summary
+
+
+def _data_stats(adapter: Path) -> Any:
+    """What formatting counted in the data an adapter was trained on (its training record)."""
+    return records.read_training_record(adapter).details.get("data_stats")
 
 
 def _outcome(evaluated: Mapping[str, Any] | None) -> tuple | None:
@@ -626,25 +641,23 @@ def round_rows(summaries: Sequence[Mapping[str, Any]], start_eval: Mapping[str, 
     """One row per round (round 0: the starting adapter, when it was evaluated): the rollouts (played by the
     previous round's adapter), the labels, the data and the round's adapter's evaluation."""
     rows = []
-    if start_eval is not None:
-        rows.append({"round": 0, "eval_success": start_eval["success_rate"]})
     for summary in summaries:
-        labels = summary["labels"]
+        labels, data = summary["labels"], summary["data"]
         rows.append(
             {
                 "round": summary["round"],
                 "games": summary["played"],
                 "rollouts_won": summary["rollouts_win_rate"],
-                "states": labels.get("states", 0),
-                "labelled": labels.get("labelled", 0),
-                "disagreed": labels.get("disagreed", 0),
-                "guesses": labels.get("guesses", 0),
+                **{name: labels[name] for name in ("states", "labelled", "disagreed", "guesses")},
                 "records_added": summary["records_added"],
-                "expert_records": summary["data"]["expert_records"],
-                "new_records": summary["data"]["new_records"],
+                "expert_records": data["expert_records"],
+                "new_records": data["new_records"],
                 "eval_success": summary["eval"]["success_rate"] if summary["eval"] else None,
             }
         )
+    if start_eval is not None:
+        columns = rows[0] if rows else {"round": 0}
+        rows.insert(0, {**dict.fromkeys(columns), "round": 0, "eval_success": start_eval["success_rate"]})
     return rows
 
 
@@ -657,8 +670,6 @@ def course_config(small: bool, seed: int, method: str = "dagger") -> DaggerConfi
     Small mode (CPU, a few minutes): one round on 3 games of 5 steps, 2 training steps of notebook 03's recipe, no
     evaluation. Full mode: the defaults, retraining each round with the SFT adapter's own recipe.
     """
-    from alfworld_sft import training
-
     folder = paths.run_dir(small)
     places = {
         "adapter": str(folder / "sft_adapter"),
@@ -711,9 +722,14 @@ def describe_turns(rollout: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for step, turn in enumerate(rollout["transcript"][0]["turns"]):
         label = turn.get("expert")
-        verdict = "no expert" if label is None else "guess" if label["guess"] else "agrees"
-        if label is not None and not label["guess"] and label["command"] != turn["command"]:
-            verdict = "label"
+        if label is None:
+            verdict = "no expert command: not labelled"
+        elif label["guess"]:
+            verdict = "the expert guesses: not labelled"
+        elif label["command"] == turn["command"]:
+            verdict = "agrees: trained in place"
+        else:
+            verdict = "differs: the expert's command is the label"
         rows.append(
             {
                 "step": step,

@@ -309,7 +309,7 @@ def plot_rounds(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], ti
     left.set_ylabel("success rate")
     left.set_title("success per round")
     left.legend(fontsize=8)
-    rounds = [row for row in rows if "new_records" in row]
+    rounds = [row for row in rows if row.get("new_records") is not None]
     numbers = [row["round"] for row in rounds]
     expert = [row["expert_records"] for row in rounds]
     right.bar(numbers, expert, label="expert records", color="tab:blue")
