@@ -299,6 +299,7 @@ class DaggerPlan:
     config: DaggerConfig
     output: Path  # the run's folder
     adapter: Path  # the starting (SFT) adapter
+    expert_data: Path  # the expert trajectories' file
     record: records.TrainingRecord  # its training record
     data_format: str  # what assistant turns hold in every round's data
     train: TrainConfig  # each round's recipe (data, output, base and init set per round)
@@ -366,8 +367,8 @@ def plan_run(config: DaggerConfig, backend: Backend | None = None) -> DaggerPlan
         **{name: getattr(config, name) for name in ("method", "games_per_round", "expert_ratio", "agent", "actions")},
         **{name: getattr(config, name) for name in ("temperature", "max_steps", "backend", "dtype", "init", "seed")},
     }
-    return DaggerPlan(config, paths.resolve_repo_path(config.output), adapter, record, data_format, train,
-                      tuple(expert_records), key)  # fmt: skip
+    output = paths.resolve_repo_path(config.output)
+    return DaggerPlan(config, output, adapter, expert_data, record, data_format, train, tuple(expert_records), key)
 
 
 def _expert(config: DaggerConfig) -> str | None:
@@ -411,9 +412,7 @@ def play_round(
         demonstrations = ()
         if config.agent == "few_shot":
             exclude = [games.game_id(g) for g in gamefiles]
-            demonstrations = tuple(
-                evaluation.load_demonstrations(config.expert_data, seed=config.seed, exclude=exclude)
-            )
+            demonstrations = tuple(evaluation.load_demonstrations(plan.expert_data, seed=config.seed, exclude=exclude))
         rollout_config = RolloutConfig(
             agent=config.agent,
             max_steps=config.max_steps,
@@ -516,7 +515,7 @@ def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Bac
         workers=config.workers,
         actions=config.actions,
         seed=config.seed,
-        trajectories=config.expert_data,
+        trajectories=str(plan.expert_data),
         backend=config.backend,
         dtype=config.dtype,
         device=config.device,
