@@ -534,13 +534,14 @@ def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Bac
 
 
 def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | None = None) -> dict[str, Any]:
-    """Round `number`, played by `player`: rollouts, labels, data, training, summary, then evaluation. A round
-    whose summary matches the run is not redone (its evaluation is brought up to date)."""
+    """Round `number`, played by `player`: made (`make_round`) unless its summary matches the run, then its
+    adapter evaluated (brought up to date in the summary)."""
     folder = round_folder(plan, number)
     key = {**plan.key, "round": number}
-    summary_path = folder / SUMMARY
-    if summary_path.exists():
-        summary = files.read_json_object(summary_path, "delete it to redo the round", required_keys=("key", "adapter"))
+    if (folder / SUMMARY).exists():
+        summary = files.read_json_object(
+            folder / SUMMARY, "delete it to redo the round", required_keys=("key", "adapter")
+        )
         differs = sorted(k for k in set(key) | set(summary["key"]) if key.get(k) != summary["key"].get(k))
         if differs:
             raise ValueError(
@@ -548,58 +549,65 @@ def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | No
                 "or the same settings to resume"
             )
     else:
-        seconds = {}
-        started = time.perf_counter()
-        gamefiles = select_round_games(plan.config, number)
-        rollouts, failed = play_round(plan, number, player, gamefiles, backend)
-        seconds["rollouts"] = time.perf_counter() - started
-        started = time.perf_counter()
-        settings = LabelSettings(
-            method=plan.config.method,
-            prompt_format=plan.record.prompt_format,
-            data_format=plan.data_format,
-            round_number=number,
-            seed=round_seed(plan.config.seed, number),
-            expert=plan.key["expert"],
-        )
-        labelled, counts = label_rollouts(rollouts, settings, progress=plan.config.progress)
-        files.write_text(folder / LABELLED, jsonl_text(labelled))
-        tokens = count_trained_tokens(labelled, models.load_tokenizer(plan.record.base_model), plan.data_format)
-        data = aggregate_data(plan, number)
-        seconds["labelling"] = time.perf_counter() - started
-        started = time.perf_counter()
-        trained = training.train(round_train_config(plan, number, player))
-        seconds["training"] = time.perf_counter() - started
-        summary = {
-            "key": key,
-            "round": number,
-            "played_by": backend.name if backend is not None else str(player),
-            "games": len(gamefiles),
-            "played": len(rollouts),
-            "failed": [f"{gamefile}: {error.splitlines()[-1] if error else ''}" for gamefile, error in failed],
-            "rollouts_won": counts["won"],
-            "rollouts_win_rate": round(counts["won"] / len(rollouts), 4) if rollouts else 0.0,
-            "labels": {name: counts[name] for name in LABEL_COUNTS},
-            "records_added": len(labelled),
-            "trained_tokens_added": tokens,
-            "data": {**data, "file": str(folder / TRAIN_DATA), "stats": _data_stats(trained.output)},
-            "training": {
-                "global_step": trained.global_step,
-                "train_loss": trained.train_loss,
-                "eval_loss_initial": trained.eval_loss_initial,
-                "eval_loss_best": trained.eval_loss_best,
-            },
-            "seconds": {phase: round(value, 1) for phase, value in seconds.items()},
-            "adapter": str(trained.output),
-            "eval": None,
-        }
-        write_result(summary_path, summary, seed=plan.config.seed)
-        training.remove_checkpoints(trained.output)  # optimizer state: several times the adapter; the round is done
+        summary = make_round(plan, number, player, backend)
     evaluated = evaluate_adapter(plan, folder, Path(summary["adapter"]), backend)
     if evaluated is not None and _outcome(evaluated) != _outcome(summary["eval"]):
         summary = {**summary, "eval": evaluated}
         summary["seconds"] = {**summary["seconds"], "evaluation": evaluated["seconds"]}
-        write_result(summary_path, {k: v for k, v in summary.items() if k != "meta"}, seed=plan.config.seed)
+        write_result(folder / SUMMARY, {k: v for k, v in summary.items() if k != "meta"}, seed=plan.config.seed)
+    return summary
+
+
+def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | None = None) -> dict[str, Any]:
+    """Rollouts, labels, data and the trained adapter of round `number`, then its summary (the round is done)."""
+    folder = round_folder(plan, number)
+    seconds = {}
+    started = time.perf_counter()
+    gamefiles = select_round_games(plan.config, number)
+    rollouts, failed = play_round(plan, number, player, gamefiles, backend)
+    seconds["rollouts"] = time.perf_counter() - started
+    started = time.perf_counter()
+    settings = LabelSettings(
+        method=plan.config.method,
+        prompt_format=plan.record.prompt_format,
+        data_format=plan.data_format,
+        round_number=number,
+        seed=round_seed(plan.config.seed, number),
+        expert=plan.key["expert"],
+    )
+    labelled, counts = label_rollouts(rollouts, settings, progress=plan.config.progress)
+    files.write_text(folder / LABELLED, jsonl_text(labelled))
+    tokens = count_trained_tokens(labelled, models.load_tokenizer(plan.record.base_model), plan.data_format)
+    data = aggregate_data(plan, number)
+    seconds["labelling"] = time.perf_counter() - started
+    started = time.perf_counter()
+    trained = training.train(round_train_config(plan, number, player))
+    seconds["training"] = time.perf_counter() - started
+    summary = {
+        "key": {**plan.key, "round": number},
+        "round": number,
+        "played_by": backend.name if backend is not None else str(player),
+        "games": len(gamefiles),
+        "played": len(rollouts),
+        "failed": [f"{gamefile}: {error.splitlines()[-1] if error else ''}" for gamefile, error in failed],
+        "rollouts_won": counts["won"],
+        "rollouts_win_rate": round(counts["won"] / len(rollouts), 4) if rollouts else 0.0,
+        "labels": {name: counts[name] for name in LABEL_COUNTS},
+        "records_added": len(labelled),
+        "trained_tokens_added": tokens,
+        "data": {**data, "file": str(folder / TRAIN_DATA), "stats": _data_stats(trained.output)},
+        "training": {
+            "global_step": trained.global_step,
+            "train_loss": trained.train_loss,
+            "eval_loss_initial": trained.eval_loss_initial,
+            "eval_loss_best": trained.eval_loss_best,
+        },
+        "seconds": {phase: round(value, 1) for phase, value in seconds.items()},
+        "adapter": str(trained.output),
+        "eval": None,
+    }
+    write_result(folder / SUMMARY, summary, seed=plan.config.seed)
+    training.remove_checkpoints(trained.output)  # optimizer state: several times the adapter; the round is done
     return summary
 
 
