@@ -13,15 +13,16 @@ it loops. A round fixes some of that:
    as untrained context, ending with the expert's command, the only trained turn. Self-imitation (LM-butlers,
    Micheli and Fleuret 2021) keeps the won games with their turns trained; no expert needed.
 3. **aggregate** the expert trajectories and every round's labelled records so far -> `round_N/train.jsonl`.
-4. **train** the round's adapter (`training.train`) -> `round_N/adapter/`, which plays the next round.
-5. **evaluate** it, optionally (`evaluation.run_evaluation`) -> `round_N/eval.json` (the start adapter:
-   `round_0/eval.json`); then `round_N/summary.json`, and over all rounds `rounds.json` and `rounds.png`.
+4. **train** the round's adapter (`training.train`) -> `round_N/adapter/`, which plays the next round; the
+   round is done: `round_N/summary.json` (games, win rate, labels, data, times, adapter).
+5. **evaluate** it, optionally (`evaluation.run_evaluation`) -> `round_N/eval.json`, added to the summary (the
+   starting adapter: `round_0/eval.json`). Over all rounds: `rounds.json` and `rounds.png`.
 
     alfworld-sft dagger --adapter results/sft_adapter --expert-data results/oracle/trajectories.jsonl \\
         --method dagger --rounds 2 --games-per-round 500 --output results/dagger --workers 16 --batch-size 64
 
     from alfworld_sft import dagger
-    summaries = dagger.run_dagger(dagger.course_config(small=True, seed=0))
+    result = dagger.run_dagger(dagger.course_config(small=True, seed=0))   # result.rows: the per-round table
 
 Safe to kill at any point and rerun with the same command: rollouts are appended game by game under a key of the
 weights and settings that played them (a rerun plays only the missing games; nothing is counted twice), labels
@@ -85,6 +86,8 @@ _THOUGHT = re.compile(r"thought\s*:\s*(.*?)\s*(?:action\s*:|$)", re.IGNORECASE |
 
 @dataclass(frozen=True)
 class DaggerConfig:
+    """One run of rounds; defaults are the full run's (`course_config` gives the notebook's)."""
+
     adapter: str = "results/sft_adapter"  # round 0: the SFT adapter (its training record: base, prompt and data format)
     expert_data: str = "results/oracle/trajectories.jsonl"  # the SFT trajectories: part of every round's data
     output: str = "results/dagger"  # round_N/ folders, rounds.json and rounds.png
