@@ -46,6 +46,7 @@ COLAB = {
     # llama.cpp's converter and quantizer for the GGUF steps: the export extra compiles it (~7 CPU-minutes).
     "04": ColabNeeds("CPU", run_first=("01", "02", "03"), extras=("export",)),
     "05": ColabNeeds("CPU for small mode, GPU for full mode", run_first=("01", "02", "03")),
+    "06": ColabNeeds("CPU for small mode, GPU for full mode", run_first=("01", "02", "03")),
 }
 
 

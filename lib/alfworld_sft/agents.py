@@ -454,7 +454,13 @@ class Episode:
         """The finished game as a checkpoint line (without the agent and game keys the runner adds)."""
 
         def turn(u: Turn) -> dict[str, Any]:
-            entry = {"reply": u.reply, "command": u.command, "how": u.how, "observation": u.observation}
+            entry = {
+                "reply": u.reply,
+                "command": u.command,
+                "how": u.how,
+                "observation": u.observation,
+                "admissible": list(u.admissible_commands),  # what the next user turn lists (DAgger's records)
+            }
             if u.expert_action is not None:
                 entry["expert"] = {"command": u.expert_action, "thought": u.expert_thought, "guess": u.expert_guess}
             return entry

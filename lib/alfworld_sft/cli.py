@@ -25,6 +25,7 @@ STAGE_MODULES = (
     "merge",
     "gguf",
     "evaluation",
+    "dagger",
     "reports",
     "course",
 )

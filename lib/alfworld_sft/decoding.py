@@ -400,8 +400,10 @@ class SlotDecoder:
             return greedy  # the overall best token is also the best allowed one
         scores = logits if allowed is None else logits[torch.tensor(allowed, device=logits.device)]
         if row.temperature > 0:
-            # Seeded by the request and the token's index: the draw does not depend on the other rows.
-            generator = torch.Generator().manual_seed(row.sample_seed * 1_000_003 + len(row.generated))
+            # Seeded by the request and the token's index: the draw does not depend on the other rows. A game's
+            # sample seed has 48 bits (agents._seed_of): keep the product within the generator's signed 64 bits.
+            seed = (row.sample_seed * 1_000_003 + len(row.generated)) % (1 << 63)
+            generator = torch.Generator().manual_seed(seed)
             probs = torch.softmax(scores.cpu() / row.temperature, dim=-1)
             choice = int(torch.multinomial(probs, 1, generator=generator))
         else:

@@ -300,6 +300,46 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
+# ---------------------------------------------------------------------------------------------------- DAgger
+
+
+def plot_rounds(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
+    """DAgger / self-imitation per round (`dagger.round_rows`): success on the left (the rollouts' win rate on the
+    round's train games, played by the previous round's adapter; the round's adapter on held-out games, round 0
+    being the starting adapter), training data on the right (expert and new records)."""
+    plt = _pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    played = [row for row in rows if row.get("rollouts_won") is not None]
+    evaluated = [row for row in rows if row.get("eval_success") is not None]
+    if played:
+        left.plot([r["round"] for r in played], [r["rollouts_won"] for r in played], marker="o",
+                  label="rollouts won (train games, previous adapter)")  # fmt: skip
+    if evaluated:
+        left.plot([r["round"] for r in evaluated], [r["eval_success"] for r in evaluated], marker="s",
+                  label="evaluation success (held-out games)")  # fmt: skip
+    left.set_ylim(0, 1.05)
+    left.set_xlabel("round")
+    left.set_ylabel("success rate")
+    left.set_title("success per round")
+    left.legend(fontsize=8)
+    rounds = [row for row in rows if row.get("new_records") is not None]
+    numbers = [row["round"] for row in rounds]
+    expert = [row["expert_records"] for row in rounds]
+    right.bar(numbers, expert, label="expert records", color="tab:blue")
+    right.bar(numbers, [row["new_records"] for row in rounds], bottom=expert, label="new records", color="tab:orange")
+    right.set_xlabel("round")
+    right.set_ylabel("training records")
+    right.set_title("training data per round")
+    right.legend(fontsize=8)
+    for axis in (left, right):
+        axis.set_xticks(sorted({row["round"] for row in rows}))
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 # ------------------------------------------------------------------------------------------------ transcripts
 
 
