@@ -28,18 +28,31 @@ FMT = prompts.PromptFormat()
 
 
 def step(reply, command, observation, admissible, expert=None, thought=None, guess=False):
-    turn = {"reply": reply, "command": command, "how": "exact" if command else "invalid", "observation": observation,
-            "admissible": admissible}  # fmt: skip
+    turn = {
+        "reply": reply,
+        "command": command,
+        "how": "exact" if command else "invalid",
+        "observation": observation,
+        "admissible": admissible,
+    }
     if expert is not None:
         turn["expert"] = {"command": expert, "thought": thought, "guess": guess}
     return turn
 
 
 def rollout(turns, won=False, game="json_2.1.1/train/pick_and_place_simple-Mug-None-Shelf-1/trial_1"):
-    return {"agent": "zero_shot", "game_id": game, "task_type": "pick_and_place_simple", "gamefile": f"/d/{game}/g",
-            "won": won, "steps": len(turns), "task": "put a mug in shelf", "first_observation": "You see a desk 1.",
-            "first_admissible": ["go to desk 1", "go to shelf 1", "look"],
-            "transcript": [{"plan": "", "won": won, "turns": turns}]}  # fmt: skip
+    return {
+        "agent": "zero_shot",
+        "game_id": game,
+        "task_type": "pick_and_place_simple",
+        "gamefile": f"/d/{game}/g",
+        "won": won,
+        "steps": len(turns),
+        "task": "put a mug in shelf",
+        "first_observation": "You see a desk 1.",
+        "first_admissible": ["go to desk 1", "go to shelf 1", "look"],
+        "transcript": [{"plan": "", "won": won, "turns": turns}],
+    }
 
 
 A1 = ["go to shelf 1", "look", "take mug 1 from desk 1"]
@@ -64,7 +77,12 @@ def test_agreeing_turns_are_trained_in_place_and_each_disagreement_gets_one_reco
     whole, *labels = found
     assert whole["dagger_kind"] == "rollout" and whole["trained"] == [True, False, False, False, True]
     assert [turn["content"] for turn in whole["conversations"][1::2]] == [
-        "go to desk 1", "go to shelf 1", "I would look around", "look", "go to desk 1"]  # fmt: skip
+        "go to desk 1",
+        "go to shelf 1",
+        "I would look around",
+        "look",
+        "go to desk 1",
+    ]
     assert [label["label_step"] for label in labels] == [1, 2]
     for label in labels:
         state = label["label_step"]
@@ -74,8 +92,18 @@ def test_agreeing_turns_are_trained_in_place_and_each_disagreement_gets_one_reco
         assert label["admissible_commands"] == whole["admissible_commands"][: state + 1]
         assert label["expert"] == settings().expert and label["seed"] == 7 and label["split"] == "train"
     assert [label["conversations"][-1]["content"] for label in labels] == ["take mug 1 from desk 1", "go to desk 1"]
-    assert counts == Counter(games=1, states=5, labelled=4, agreed=2, disagreed=2, guesses=1, invalid_replies=1,
-                             rollout_records=1, label_records=2, trained_turns=4)  # fmt: skip
+    assert counts == Counter(
+        games=1,
+        states=5,
+        labelled=4,
+        agreed=2,
+        disagreed=2,
+        guesses=1,
+        invalid_replies=1,
+        rollout_records=1,
+        label_records=2,
+        trained_turns=4,
+    )
     for record in found:
         records.check_record(record)
 
@@ -99,8 +127,12 @@ def test_user_turns_follow_the_prompt_format_and_list_each_states_commands():
 
 
 def test_guessing_states_are_neither_labelled_nor_trained():
-    guessing = rollout([step("look", "look", "ok", A1, expert="go to desk 1", guess=True),
-                        step("look", "look", "ok", A1, expert="look", guess=True)])  # fmt: skip
+    guessing = rollout(
+        [
+            step("look", "look", "ok", A1, expert="go to desk 1", guess=True),
+            step("look", "look", "ok", A1, expert="look", guess=True),
+        ]
+    )
     found, counts = label_rollout(guessing, settings())
     assert found == [] and counts["guesses"] == 2 and counts["labelled"] == 0
 
@@ -108,13 +140,25 @@ def test_guessing_states_are_neither_labelled_nor_trained():
 def test_thoughts_come_from_the_models_replies_and_the_experts_labels():
     thinking = rollout(
         [
-            step("Thought: the mug may be on the desk.\nAction: go to desk 1", "go to desk 1", "a mug 1", A1,
-                 expert="go to desk 1", thought="The mug is usually on the desk."),
-            step("Thought: shelves  next.\nAction: go to shelf 1", "go to shelf 1", "nothing", A2,
-                 expert="take mug 1 from desk 1", thought="Take the mug first."),
+            step(
+                "Thought: the mug may be on the desk.\nAction: go to desk 1",
+                "go to desk 1",
+                "a mug 1",
+                A1,
+                expert="go to desk 1",
+                thought="The mug is usually on the desk.",
+            ),
+            step(
+                "Thought: shelves  next.\nAction: go to shelf 1",
+                "go to shelf 1",
+                "nothing",
+                A2,
+                expert="take mug 1 from desk 1",
+                thought="Take the mug first.",
+            ),
             step("go to desk 1", "go to desk 1", "a mug 1", A1, expert="take mug 1 from desk 1", thought="Take it."),
         ]
-    )  # fmt: skip
+    )
     found, counts = label_rollout(thinking, settings(data_format="thoughts"))
     whole, first, second = found
     assert whole["thoughts"] == ["the mug may be on the desk.", "shelves next."]
@@ -247,8 +291,18 @@ def sft_run(adapter, train_games, tmp_path_factory):
 
 def round_config(sft_run, output, **changes) -> DaggerConfig:
     sft, expert_data = sft_run
-    values = dict(adapter=str(sft), expert_data=str(expert_data), output=str(output), rounds=1, games_per_round=3,
-                  max_steps=8, batch_size=3, eval_split=None, device="cpu", progress=False)  # fmt: skip
+    values = dict(
+        adapter=str(sft),
+        expert_data=str(expert_data),
+        output=str(output),
+        rounds=1,
+        games_per_round=3,
+        max_steps=8,
+        batch_size=3,
+        eval_split=None,
+        device="cpu",
+        progress=False,
+    )
     return DaggerConfig(**{**values, **changes})
 
 
@@ -294,9 +348,32 @@ def test_a_killed_round_resumes_without_losing_or_duplicating_a_labelled_state(s
     sft, expert_data = sft_run
     output = tmp_path / "dagger"
     rollouts = output / "round_1" / "rollouts.jsonl"
-    command = [sys.executable, "-m", "alfworld_sft.cli", "dagger", "--adapter", str(sft), "--expert-data",
-               str(expert_data), "--output", str(output), "--rounds", "1", "--games-per-round", "2", "--max-steps",
-               "2", "--batch-size", "1", "--workers", "0", "--eval-split", "none", "--device", "cpu"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "alfworld_sft.cli",
+        "dagger",
+        "--adapter",
+        str(sft),
+        "--expert-data",
+        str(expert_data),
+        "--output",
+        str(output),
+        "--rounds",
+        "1",
+        "--games-per-round",
+        "2",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--eval-split",
+        "none",
+        "--device",
+        "cpu",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
@@ -349,11 +426,27 @@ def test_out_of_range_numbers_are_refused_before_anything_runs(flags, message, t
     assert not (tmp_path / "out").exists()
 
 
-def test_continuing_the_last_adapter_waits_for_the_training_stage(tmp_path):
-    if "init_adapter" in dagger.TRAIN_FIELDS:
-        pytest.skip("TrainConfig.init_adapter has landed")
-    with pytest.raises(NotImplementedError, match="TrainConfig.init_adapter"):
-        dagger.check_config(DaggerConfig(init="continue"))
+def test_continuing_trains_the_last_rounds_adapter_further(tmp_path):
+    record = records.TrainingRecord(
+        base_model=models.DEFAULT_MODEL, prompt_format=prompts.PromptFormat(), max_seq_len=512
+    )
+    plan = dagger.DaggerPlan(
+        DaggerConfig(init="continue"),
+        tmp_path,
+        tmp_path / "sft",
+        tmp_path / "e.jsonl",
+        record,
+        "thoughts",
+        training.TrainConfig(),
+        (),
+        {},
+    )
+    previous = tmp_path / "round_1" / "adapter"
+    continued = dagger.round_train_config(plan, 2, previous)
+    assert continued.init_adapter == str(previous) and continued.data_format == "thoughts"
+    assert continued.output == str(tmp_path / "round_2" / "adapter")
+    fresh = dagger.round_train_config(dataclasses.replace(plan, config=DaggerConfig(init="base")), 2, previous)
+    assert fresh.init_adapter is None
 
 
 def test_a_missing_adapter_is_named(tmp_path, capsys):

@@ -140,11 +140,6 @@ def check_config(config: DaggerConfig) -> None:
     for flag, value, allowed in choices:
         if value not in allowed:
             raise ValueError(f"{flag} must be one of {', '.join(str(a) for a in allowed)}, not {value!r}")
-    if config.init == "continue" and "init_adapter" not in TRAIN_FIELDS:
-        raise NotImplementedError(
-            "--init continue trains the previous round's adapter further: it needs TrainConfig.init_adapter from the "
-            "training stage, which this version does not have yet; use --init base (retrain from the base model)"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ labelling
@@ -346,11 +341,6 @@ def plan_run(config: DaggerConfig, backend: Backend | None = None) -> DaggerPlan
     choice = choose_backend("", adapter=adapter, backend=config.backend)
     record = records.read_training_record(adapter)
     data_format = config.data_format or record.data_format
-    if data_format != "commands" and "data_format" not in TRAIN_FIELDS:
-        raise NotImplementedError(
-            f"the {data_format} format needs TrainConfig.data_format from the training stage, which this version "
-            "does not have yet: use --format commands"
-        )
     train = config.train or read_training_recipe(adapter)
     if train.base != record.base_model:
         raise ValueError(
@@ -482,9 +472,11 @@ def aggregate_data(plan: DaggerPlan, number: int) -> dict[str, int]:
 def round_train_config(plan: DaggerPlan, number: int, player: Path) -> TrainConfig:
     """The round's training: the recipe on the round's data, into the round's adapter folder."""
     folder = round_folder(plan, number)
-    values: dict[str, Any] = {"data": str(folder / TRAIN_DATA), "output": str(folder / "adapter")}
-    if "data_format" in TRAIN_FIELDS:
-        values["data_format"] = plan.data_format
+    values: dict[str, Any] = {
+        "data": str(folder / TRAIN_DATA),
+        "output": str(folder / "adapter"),
+        "data_format": plan.data_format,
+    }
     if plan.config.init == "continue":
         values["init_adapter"] = str(player)
     return replace(plan.train, **values)
