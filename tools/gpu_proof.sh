@@ -9,8 +9,9 @@
 #     bash tools/gpu_proof.sh report $OUT     # later calls: copy the report so far
 #
 # Needs, carried (tools/README.md): the kit and the ALFWorld archives (tools/gpu_setup.sh), and
-# `.carry/proof/trajectories.jsonl.xz` (the teacher's collection of the train split, made here on a CPU machine)
-# or nothing (the collection then runs here first, on every core). Stages run once each and are bounded
+# `.carry/proof/oracle.tar.xz` (the teacher's collection of the train split, whole or in part, made on a CPU
+# machine: `tar -cJf .carry/proof/oracle.tar.xz -C results oracle`), or nothing; the collection then finishes (or
+# runs) here first, on every core: it resumes from the carried records and ledger. Stages run once each and are bounded
 # (tools/gpu_stages.sh): rerunning the script on the same machine resumes, and every stage resumes inside itself
 # (collection, training, evaluation and DAgger all checkpoint).
 #
@@ -42,12 +43,11 @@ EVAL=(--split eval_in_distribution --max-steps 50 --workers "$CORES" --batch-siz
 SINGLE=(zero_shot few_shot react)
 MULTI=(reflexion hierarchical)
 
-get_data() {  # the carried collection, else the teacher collects the whole train split here
-    if [ -f .carry/proof/trajectories.jsonl.xz ]; then
-        mkdir -p "$(dirname "$DATA")" && xz -dc .carry/proof/trajectories.jsonl.xz > "$DATA"
-    else
-        alfworld-sft collect --split train --output "$DATA" --max-steps 50 --workers "$CORES"
+get_data() {  # the carried collection, finished here (the collector skips every game it holds already)
+    if [ -f .carry/proof/oracle.tar.xz ] && [ ! -f "$DATA" ]; then
+        mkdir -p "$WORK" && tar -xJf .carry/proof/oracle.tar.xz -C "$WORK"
     fi
+    alfworld-sft collect --split train --output "$DATA" --max-steps 50 --workers "$CORES"
 }
 
 train_both() {  # the command and the thought formats side by side: a 135M model leaves the GPU mostly idle

@@ -167,6 +167,13 @@ def _stage_rows(stage: str, summary: dict[str, Any]) -> list[tuple[str, str, Any
                 f"success {row['agent']} (base / fine-tuned / fine-tuned, grounded)",
                 f"{row.get('success_rate')} / {tuned} / {constrained}",
             )
+    elif stage.startswith("06"):
+        for row in summary.get("rounds") or []:
+            if row.get("games") is None:
+                continue
+            add(f"round {row['round']}: rollouts won", row.get("rollouts_won"))
+            add(f"round {row['round']}: states labelled / disagreed", f"{row.get('labelled')} / {row.get('disagreed')}")
+            add(f"round {row['round']}: records added", row.get("records_added"))
     return rows
 
 
