@@ -15,9 +15,11 @@
 # (tools/gpu_stages.sh): rerunning the script on the same machine resumes, and every stage resumes inside itself
 # (collection, training, evaluation and DAgger all checkpoint).
 #
-# Knobs (environment): STAGES (which stages, in order; default all), DEADLINE (s, 1680), WORK (results),
-# MULTI_TRIAL_GAMES (games for reflexion and hierarchical: 0 = all 140; they play up to 3 trials of 50 steps),
-# DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 1000).
+# Knobs (environment): STAGES (which stages; default all), DEADLINE (s, 1680), WORK (results), BASE_MULTI_GAMES and
+# SFT_MULTI_GAMES (games for reflexion and hierarchical, base and fine-tuned: 0 = all 140; they play up to 3 trials
+# of 50 steps, and the base model never wins, so its runs are the costliest: 24 by default, a balanced sample),
+# DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (1: each round retrains on the expert data
+# and every round's labels so far).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,9 +27,11 @@ cd "$ROOT" || exit 1
 WORK=${WORK:-results}
 REPORT=${REPORT:-$WORK/proof}
 DEADLINE=${DEADLINE:-1680}
-MULTI_TRIAL_GAMES=${MULTI_TRIAL_GAMES:-0}
+BASE_MULTI_GAMES=${BASE_MULTI_GAMES:-24}
+SFT_MULTI_GAMES=${SFT_MULTI_GAMES:-0}
 DAGGER_ROUNDS=${DAGGER_ROUNDS:-2}
-DAGGER_GAMES=${DAGGER_GAMES:-1000}
+DAGGER_GAMES=${DAGGER_GAMES:-500}
+DAGGER_EPOCHS=${DAGGER_EPOCHS:-1}
 STAGES=${STAGES:-"data train eval_base eval_sft dagger"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
@@ -69,7 +73,7 @@ evaluate() {  # label games "agents" extra-args...: one evaluate that uses the m
 }
 
 eval_base() {  # the base model: it never wins, so every game plays its whole budget (the costliest runs)
-    evaluate base 0 "${SINGLE[*]}" && evaluate base_multi "$MULTI_TRIAL_GAMES" "${MULTI[*]}" &&
+    evaluate base 0 "${SINGLE[*]}" && evaluate base_multi "$BASE_MULTI_GAMES" "${MULTI[*]}" &&
         evaluate base_constrained 0 "zero_shot react" --actions constrained
 }
 
@@ -77,26 +81,28 @@ eval_sft() {  # the fine-tuned models, free and grounded
     local actions
     for actions in free constrained; do
         evaluate "sft_$actions" 0 "${SINGLE[*]}" --adapter "$WORK/sft_adapter" --actions "$actions" &&
-            evaluate "sft_multi_$actions" "$MULTI_TRIAL_GAMES" "${MULTI[*]}" --adapter "$WORK/sft_adapter" \
+            evaluate "sft_multi_$actions" "$SFT_MULTI_GAMES" "${MULTI[*]}" --adapter "$WORK/sft_adapter" \
                 --actions "$actions" &&
             evaluate "thoughts_$actions" 0 "zero_shot react reflexion" --adapter "$WORK/sft_thoughts" \
                 --actions "$actions" || return 1
     done
 }
 
-dagger() {  # DAgger and self-imitation rounds from the command adapter, with the same round budget
-    alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method dagger \
-        --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --workers "$CORES" --output "$WORK/dagger" &&
-        alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method self_imitation \
-            --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --workers "$CORES" \
-            --output "$WORK/self_imitation"
+dagger() {  # DAgger, then self-imitation, from the command adapter, with the same round budget
+    local method
+    for method in dagger self_imitation; do
+        alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method "$method" \
+            --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --epochs "$DAGGER_EPOCHS" \
+            --workers "$CORES" --batch-size 64 --eval-split eval_in_distribution --eval-games 0 \
+            --output "$WORK/$method" || return 1
+    done
 }
 
 case "${1:-}" in
     report)
         report_to "$2"
-        tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="*.ckpt.jsonl" phase3 dagger self_imitation \
-            sft_adapter/training_record.json sft_thoughts/training_record.json 2>/dev/null
+        tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="*.ckpt.jsonl" --exclude="checkpoint-*" \
+            --exclude="*.safetensors" phase3 dagger self_imitation sft_adapter sft_thoughts 2>/dev/null
         exit 0
         ;;
     _run)
