@@ -103,6 +103,7 @@ case "${1:-}" in
         report_to "$2"
         tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="*.ckpt.jsonl" --exclude="checkpoint-*" \
             --exclude="*.safetensors" phase3 dagger self_imitation sft_adapter sft_thoughts 2>/dev/null
+        tar -cJf "$2/oracle.tar.xz" -C "$WORK" oracle 2>/dev/null  # the whole collection: the next machine resumes
         exit 0
         ;;
     _run)
