@@ -25,7 +25,7 @@ def test_missing_llama_cpp_says_what_to_install() -> None:
         "import sys; sys.modules['llama_cpp'] = None\n"
         "from pathlib import Path\n"
         "from alfworld_sft import gguf\n"
-        "assert not gguf.llama_cpp_available()\n"
+        "assert 'import llama_cpp failed' in gguf.llama_cpp_missing()\n"
         "try:\n"
         "    gguf.quantize_gguf(Path('in.gguf'), Path('out.gguf'))\n"
         "except gguf.ToolMissingError as error:\n"
@@ -70,7 +70,7 @@ def test_skipped_export_says_what_to_install() -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not gguf.llama_cpp_available(),
+    gguf.llama_cpp_missing() is not None,
     reason="llama.cpp's quantizer and runtime are not installed: pip install -e '.[export]'",
 )
 def test_gguf_round_trip(merged: tuple[Path, dict], tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ get_data() {  # the carried trajectories, or a seeded, balanced sample of GAMES 
     if [ -f "$CARRY/trajectories.jsonl.xz" ]; then
         mkdir -p "$(dirname "$DATA")" && xz -dc "$CARRY/trajectories.jsonl.xz" > "$DATA"
     else
-        OMP_NUM_THREADS=1 alfworld-sft collect --split train --limit "$GAMES" --max-steps 50 --workers "$(nproc)" \
+        OMP_NUM_THREADS=1 alfworld-sft collect --split train --limit "$GAMES" --max-steps 50 --workers "$(getconf _NPROCESSORS_ONLN)" \
             --output "$DATA"
     fi
 }
@@ -96,7 +96,7 @@ case "${1:-}" in
         ;;
 esac
 
-log "gpu_8b: WORK=$WORK GAMES=$GAMES STEPS=$STEPS DEADLINE=$DEADLINE SHAPE='$SHAPE' $(nproc) cores, $(df -h --output=avail "$WORK" | tail -1 | tr -d ' ') free"
+log "gpu_8b: WORK=$WORK GAMES=$GAMES STEPS=$STEPS DEADLINE=$DEADLINE SHAPE='$SHAPE' $(getconf _NPROCESSORS_ONLN) cores, $(df -h --output=avail "$WORK" | tail -1 | tr -d ' ') free"
 command -v nvidia-smi > /dev/null && log "$(nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader)"
 stage setup 300 "" "$CARRY" bash "$0" _run install_extras
 stage data 600 "" "$DATA" bash "$0" _run get_data

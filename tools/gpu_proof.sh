@@ -41,7 +41,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTORCH
 
 DATA=$WORK/oracle/trajectories.jsonl
 PHASE3=$WORK/phase3
-CORES=$(nproc)
+CORES=$(getconf _NPROCESSORS_ONLN)  # not nproc: it counts OMP_NUM_THREADS, which is 1 here
 EVAL=(--split eval_in_distribution --max-steps 50 --workers "$CORES" --batch-size 64 --dtype bfloat16
       --trajectories "$DATA")
 SINGLE=(zero_shot few_shot react)

@@ -147,12 +147,13 @@ def load_llama_cpp() -> Any:
     return llama_cpp
 
 
-def llama_cpp_available() -> bool:
+def llama_cpp_missing() -> str | None:
+    """Why llama.cpp's bindings cannot be used here (the import error and what to install), or None when they can."""
     try:
         load_llama_cpp()
-    except ToolMissingError:
-        return False
-    return True
+    except ToolMissingError as error:
+        return str(error)
+    return None
 
 
 def convert_to_gguf(merged: Path, outfile: Path, outtype: str = "f16", log: Callable[[str], None] = print) -> Path:
@@ -426,16 +427,15 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
     record: dict[str, Any] = {"merged": str(merged), "files": {}, "verification": {}, "skipped": []}
     converted = convert_to_gguf(merged, output / f"{config.name}-{config.outtype}.gguf", config.outtype, log)
     gguf_files = {config.outtype: converted}
-    has_llama_cpp = llama_cpp_available()
+    missing = llama_cpp_missing()
+    has_llama_cpp = missing is None
     if config.quantize and has_llama_cpp:
         log(f"quantizing {converted.name} -> {config.quantize}")
         gguf_files[config.quantize] = quantize_gguf(
             converted, output / f"{config.name}-{config.quantize}.gguf", config.quantize, log=log
         )
     elif config.quantize:
-        record["skipped"].append(
-            f"quantize to {config.quantize}: install llama.cpp's tools with `{EXPORT_INSTALL_HINT}`"
-        )
+        record["skipped"].append(f"quantize to {config.quantize}: {missing}")
     record["files"] = {kind: {"path": str(p), "size_mb": file_size_mb(p)} for kind, p in gguf_files.items()}
     record["served"] = str(gguf_files.get(config.quantize or "", converted))
     # The files are played as the model was trained only if their folder says how (prompt format, window, data
@@ -476,7 +476,7 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
         )
     del model
     if not has_llama_cpp:
-        record["skipped"].append(f"check in llama.cpp (the runtime Ollama uses): `{EXPORT_INSTALL_HINT}`")
+        record["skipped"].append(f"check in llama.cpp (the runtime Ollama uses): {missing}")
     for message in record["skipped"]:
         log(f"skipped: {message}")
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -503,8 +503,9 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
 def export_gguf_when_installed(config: ExportConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """`export_gguf` when llama.cpp's tools are installed; otherwise say what to install and skip (notebook 04
     keeps going, so the course runs on a machine without the `export` extra)."""
-    if not llama_cpp_available():
-        advice = f"GGUF export skipped: llama.cpp's tools are not installed; install them with `{EXPORT_INSTALL_HINT}`"
+    missing = llama_cpp_missing()
+    if missing is not None:
+        advice = f"GGUF export skipped: {missing}"
         log(advice)
         return {"skipped": [advice], "files": {}, "verification": {}, "served": None}
     return export_gguf(config, log)
