@@ -15,7 +15,20 @@ import time
 from collections import Counter
 
 import pytest
-from alfworld_sft import cli, collect, dagger, files, formatting, games, models, prompts, records, reports, training
+from alfworld_sft import (
+    cli,
+    collect,
+    dagger,
+    engine,
+    files,
+    formatting,
+    games,
+    models,
+    prompts,
+    records,
+    reports,
+    training,
+)
 from alfworld_sft.agents import BASE_PROMPT_FORMAT
 from alfworld_sft.backends import ExpertBackend
 from alfworld_sft.dagger import DaggerConfig, LabelSettings, label_rollout, label_rollouts
@@ -231,8 +244,12 @@ def strayed(train_games):
     chosen = [games_of_type(train_games, t)[0] for t in ("pick_and_place_simple", "pick_two_obj_and_place")]
     chosen += games_of_type(train_games, "pick_cool_then_place_in_recep")[:1]
     backend = StrayingExpert()
-    # A window larger than any game: every prompt holds the whole game so far.
-    result = play_rollouts(backend, chosen, RolloutConfig(max_steps=8, window_tokens=10**6, progress=False))
+    # Just enough steps for the expert's shortest game and the straying expert's two wasted turns: the simple game
+    # is won, the longer ones are lost at the cap.
+    lengths = [engine.play_expert(g, seed=0, game_id=games.game_id(g)).steps for g in chosen]
+    assert min(lengths) < max(lengths), lengths
+    config = RolloutConfig(max_steps=min(lengths) + 2, window_tokens=10**6, progress=False)  # every prompt: whole game
+    result = play_rollouts(backend, chosen, config)
     assert not result.failed
     return result.records, backend.requests
 

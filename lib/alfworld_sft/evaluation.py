@@ -40,7 +40,7 @@ from alfworld_sft.backends import (
     load_backend,
     weights_fingerprint,
 )
-from alfworld_sft.rollouts import RolloutConfig, play_rollouts
+from alfworld_sft.rollouts import RolloutConfig, open_engine, play_rollouts
 
 DEFAULT_AGENTS = ("zero_shot", "few_shot", "react", "reflexion", "hierarchical")
 DEMO_TASK_TYPES = (  # the shorter task types make compact demonstrations; pick_two often needs 50+ steps
@@ -267,32 +267,13 @@ def run_evaluation(
             batch_size=config.batch_size,
             record_folder=config.record,
         )
+    startup_s = 0.0
     try:
-        for agent_name in config.agents:
-            if not todo[agent_name]:
-                continue
-            if agent_name == "few_shot" and demonstrations is None:
-                demonstrations = load_demonstrations(
-                    config.trajectories, seed=config.seed, exclude=[games.game_id(g) for g in gamefiles]
-                )
-            rollout = RolloutConfig(
-                agent=agent_name,
-                max_steps=config.max_steps,
-                seed=config.seed,
-                workers=config.workers,
-                expert=engine.DEFAULT_EXPERT if isinstance(backend, ExpertBackend) else None,
-                window_tokens=config.window_tokens,
-                actions=config.actions,
-                temperature=config.temperature,
-                demonstrations=tuple(demonstrations or ()) if agent_name == "few_shot" else (),
-            )
-            result = play_rollouts(
-                backend,
-                todo[agent_name],
-                rollout,
-                on_finished=lambda record: files.append_jsonl(checkpoint, [{"run": key, **record}]),
-            )
-            profiles[agent_name] = {**result.profile.as_dict(), "failed": result.failed}
+        if any(todo.values()):
+            started = time.perf_counter()
+            with open_engine(backend, config.workers) as engine_pool:  # one start-up for every agent
+                startup_s = time.perf_counter() - started
+                profiles = play_agents(config, backend, gamefiles, todo, checkpoint, key, demonstrations, engine_pool)
     finally:
         if own_backend and backend is not None:
             backend.close()
@@ -309,9 +290,52 @@ def run_evaluation(
         run=key,
         config={**asdict(config), "checkpoint": str(checkpoint)},
         profile=profiles,
+        engine_startup_s=round(startup_s, 2),
     )
     reports.write_results(output, results, seed=config.seed)
     return results
+
+
+def play_agents(
+    config: EvalConfig,
+    backend: Backend,
+    gamefiles: Sequence[Path],
+    todo: dict[str, list[Path]],
+    checkpoint: Path,
+    key: dict[str, Any],
+    demonstrations: Sequence[Demonstration] | None,
+    engine_pool: Any,
+) -> dict[str, Any]:
+    """Each agent's missing games on the open engine, every finished game appended to the checkpoint at once;
+    returns each agent's profile (where the time went, games that could not be played)."""
+    profiles: dict[str, Any] = {}
+    for agent_name in config.agents:
+        if not todo[agent_name]:
+            continue
+        if agent_name == "few_shot" and demonstrations is None:
+            demonstrations = load_demonstrations(
+                config.trajectories, seed=config.seed, exclude=[games.game_id(g) for g in gamefiles]
+            )
+        rollout = RolloutConfig(
+            agent=agent_name,
+            max_steps=config.max_steps,
+            seed=config.seed,
+            workers=config.workers,
+            expert=engine.DEFAULT_EXPERT if isinstance(backend, ExpertBackend) else None,
+            window_tokens=config.window_tokens,
+            actions=config.actions,
+            temperature=config.temperature,
+            demonstrations=tuple(demonstrations or ()) if agent_name == "few_shot" else (),
+        )
+        result = play_rollouts(
+            backend,
+            todo[agent_name],
+            rollout,
+            on_finished=lambda record: files.append_jsonl(checkpoint, [{"run": key, **record}]),
+            engine_pool=engine_pool,
+        )
+        profiles[agent_name] = {**result.profile.as_dict(), "failed": result.failed}
+    return profiles
 
 
 def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[str, Any] | None:
@@ -379,12 +403,12 @@ def preview_prompt(
     system prompt, the task turn and, for a fine-tuned model, exactly its training format); with `system_only`,
     the system message alone. Loads no weights."""
     from alfworld_sft.backends import PromptCodec, codec_spec
-    from alfworld_sft.rollouts import GameRunner, RolloutConfig, RunnerSpec
+    from alfworld_sft.rollouts import GameRunner, RolloutConfig
 
     codec = PromptCodec(codec_spec(model, adapter))
     config = RolloutConfig(agent=agent, expert=None, demonstrations=tuple(demonstrations))
-    runner = GameRunner(RunnerSpec(config, codec.spec()), codec)
-    kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile))
+    runner = GameRunner(codec)
+    kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile), config)
     if kind != "request":
         raise RuntimeError(f"the game {gamefile} could not start: {request}")
     runner.episodes[0][0].close()

@@ -20,13 +20,14 @@ float rounding; tests compare float32).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class RolloutProfile:
     """Seconds spent per kind of work (workers' figures summed over workers) and counts."""
 
     wall_s: float = 0.0
+    startup_s: float = 0.0  # starting the engine worker processes (0 when they were started before)
     engine_start_s: float = 0.0  # loading and resetting games (workers)
     engine_step_s: float = 0.0  # stepping games and mapping replies (workers)
     prompt_s: float = 0.0  # building and tokenizing prompts (workers)
@@ -74,8 +76,8 @@ class RolloutProfile:
 
     @property
     def overhead_s(self) -> float:
-        """This process's time outside the model, the transport and the waiting: scheduling and Python."""
-        return max(0.0, self.wall_s - self.model_s - self.wait_s - self.transport_s)
+        """This process's time outside the start-up, the model, the transport and the waiting: scheduling, Python."""
+        return max(0.0, self.wall_s - self.startup_s - self.model_s - self.wait_s - self.transport_s)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "overhead_s": round(self.overhead_s, 3)}
@@ -91,42 +93,39 @@ class RolloutResult:
 # --------------------------------------------------------------------------------------------- the worker side
 
 
-@dataclass(frozen=True)
-class RunnerSpec:
-    """What a game runner needs, picklable for a worker process."""
-
-    config: RolloutConfig
-    codec: CodecSpec
-
-
 class GameRunner:
-    """Plays the games it is given, one event at a time: `start` a game, hand it each `reply`. Each call returns
-    the game's next event: ("request", job, Request), ("finished", job, record) or ("failed", job, error)."""
+    """Plays the games it is given, one event at a time: `start` a game (with the rollout's config: the agent and
+    its settings), hand it each `reply`. Each call returns the game's next event: ("request", job, Request),
+    ("finished", job, record) or ("failed", job, error). One runner serves every config of a run (an evaluation's
+    agents one after the other), building each agent once."""
 
-    def __init__(self, spec: RunnerSpec, codec: PromptCodec | None = None):
-        config = spec.config
-        self.config = config
-        self.codec = codec or PromptCodec(spec.codec)
-        kwargs: dict[str, Any] = {
-            "window_tokens": config.window_tokens,
-            "actions": config.actions,
-            "temperature": config.temperature,
-        }
-        if config.agent == "few_shot":
-            kwargs["demonstrations"] = config.demonstrations
-        self.agent = build_agent(config.agent, self.codec, **kwargs)
+    def __init__(self, codec: PromptCodec):
+        self.codec = codec
+        self.agents: dict[RolloutConfig, Any] = {}
         self.episodes: dict[int, tuple[Episode, dict[str, Any]]] = {}
 
-    def start(self, job: int, gamefile: str, game_id: str) -> tuple:
+    def agent_for(self, config: RolloutConfig) -> Any:
+        if config not in self.agents:
+            kwargs: dict[str, Any] = {
+                "window_tokens": config.window_tokens,
+                "actions": config.actions,
+                "temperature": config.temperature,
+            }
+            if config.agent == "few_shot":
+                kwargs["demonstrations"] = config.demonstrations
+            self.agents[config] = build_agent(config.agent, self.codec, **kwargs)
+        return self.agents[config]
+
+    def start(self, job: int, gamefile: str, game_id: str, config: RolloutConfig) -> tuple:
         try:
             started = time.perf_counter()
             episode = Episode(
-                self.agent,
+                self.agent_for(config),
                 gamefile,
                 game_id=game_id,
-                max_steps=self.config.max_steps,
-                seed=self.config.seed,
-                expert=self.config.expert,
+                max_steps=config.max_steps,
+                seed=config.seed,
+                expert=config.expert,
             )
             times = {"engine_start_s": time.perf_counter() - started, "engine_step_s": 0.0, "prompt_s": 0.0}
             self.episodes[job] = (episode, times)
@@ -162,11 +161,11 @@ class GameRunner:
         return ("failed", job, text[:2000])
 
 
-def _worker_main(spec: RunnerSpec, inbox: Any, outbox: Any, worker: int, parent: int) -> None:
+def _worker_main(spec: CodecSpec, inbox: Any, outbox: Any, worker: int, parent: int) -> None:
     """A worker process: build a runner, then answer messages until told to stop."""
     engine.exit_with_parent(parent)
     try:
-        runner = GameRunner(spec)
+        runner = GameRunner(PromptCodec(spec))
     except Exception as error:  # noqa: BLE001 - told to the main process, which stops the run with it
         outbox.put(("broken", worker, f"{type(error).__name__}: {error}"))
         return
@@ -188,13 +187,14 @@ def _worker_main(spec: RunnerSpec, inbox: Any, outbox: Any, worker: int, parent:
 class InlineTransport:
     """Games stepped in this process: every message is handled at once."""
 
-    def __init__(self, spec: RunnerSpec, codec: PromptCodec):
-        self.runner = GameRunner(spec, codec)
+    def __init__(self, codec: PromptCodec):
+        self.runner = GameRunner(codec)
         self.events: deque[tuple] = deque()
-        self.count = 0
+        self.count = 0  # worker processes
+        self.jobs_started = 0
 
-    def start(self, job: int, gamefile: str, game_id: str) -> None:
-        self.events.append(self.runner.start(job, gamefile, game_id))
+    def start(self, job: int, gamefile: str, game_id: str, config: RolloutConfig) -> None:
+        self.events.append(self.runner.start(job, gamefile, game_id, config))
 
     def send(self, job: int, reply: Reply) -> None:
         self.events.append(self.runner.reply(job, reply))
@@ -213,10 +213,11 @@ class ProcessTransport:
     """Games stepped by `count` worker processes; a game stays with the worker that started it. A worker that dies
     fails its games (reported) and is replaced, so the run goes on."""
 
-    def __init__(self, spec: RunnerSpec, count: int):
+    def __init__(self, spec: CodecSpec, count: int):
         # spawn: a clean interpreter per worker, no inherited engine state or locks (also works under Jupyter).
         self.context = multiprocessing.get_context("spawn")
         self.spec, self.count = spec, count
+        self.jobs_started = 0  # job numbers given so far: they never repeat within a pool's life
         self.outbox = self.context.Queue()
         self.workers: list[Any] = []
         self.inboxes: list[Any] = []
@@ -258,10 +259,10 @@ class ProcessTransport:
             self.inboxes.append(inbox)
             self.jobs.append(set())
 
-    def start(self, job: int, gamefile: str, game_id: str) -> None:
+    def start(self, job: int, gamefile: str, game_id: str, config: RolloutConfig) -> None:
         worker = min(range(self.count), key=lambda i: len(self.jobs[i]))
         self.jobs[worker].add(job)
-        self.inboxes[worker].put(("start", job, gamefile, game_id))
+        self.inboxes[worker].put(("start", job, gamefile, game_id, config))
 
     def send(self, job: int, reply: Reply) -> None:
         for worker, jobs in enumerate(self.jobs):
@@ -312,6 +313,19 @@ class ProcessTransport:
 # ------------------------------------------------------------------------------------------------ the driver
 
 
+@contextlib.contextmanager
+def open_engine(backend: Backend, workers: int) -> Iterator[Any]:
+    """The engine workers for `backend`'s model (`workers` processes, or this process for 0), kept open across
+    rollouts: an evaluation starts them once for all its agents."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    transport = ProcessTransport(backend.codec.spec(), workers) if workers else InlineTransport(backend.codec)
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
 def play_rollouts(
     backend: Backend,
     gamefiles: Sequence[str | Path],
@@ -319,25 +333,40 @@ def play_rollouts(
     *,
     on_finished: Callable[[dict[str, Any]], None] | None = None,
     on_failed: Callable[[str, str], None] | None = None,
+    engine_pool: Any = None,
 ) -> RolloutResult:
     """Play `gamefiles` with `config.agent` on `backend`; hand each finished game's record to `on_finished` at
-    once (checkpointing) and each game that could not be played to `on_failed`."""
-    from tqdm.auto import tqdm
-
-    if config.workers < 0:
-        raise ValueError(f"workers must be >= 0, got {config.workers}")
+    once (checkpointing) and each game that could not be played to `on_failed`. `engine_pool` (`open_engine`)
+    reuses workers already started; without it, `config.workers` are started for this call."""
     if config.max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {config.max_steps}")
+    if engine_pool is not None:
+        return _play(backend, gamefiles, config, engine_pool, on_finished, on_failed, startup_s=0.0)
+    started = time.perf_counter()
+    with open_engine(backend, config.workers) as pool:
+        return _play(backend, gamefiles, config, pool, on_finished, on_failed, startup_s=time.perf_counter() - started)
+
+
+def _play(
+    backend: Backend,
+    gamefiles: Sequence[str | Path],
+    config: RolloutConfig,
+    transport: Any,
+    on_finished: Callable[[dict[str, Any]], None] | None,
+    on_failed: Callable[[str, str], None] | None,
+    *,
+    startup_s: float,
+) -> RolloutResult:
+    from tqdm.auto import tqdm
+
     started = time.perf_counter()
     result = RolloutResult()
     profile = result.profile
-    profile.workers = config.workers
-    spec = RunnerSpec(config, backend.codec.spec())
-    transport: Any = ProcessTransport(spec, config.workers) if config.workers else InlineTransport(spec, backend.codec)
-    limit = config.games_in_flight or max(backend.slots, config.workers, 1)
+    profile.workers, profile.startup_s = getattr(transport, "count", 0), startup_s
+    limit = config.games_in_flight or max(backend.slots, profile.workers, 1)
     waiting = deque((str(g), games.game_id(g)) for g in gamefiles)
     in_flight: dict[int, tuple[str, str]] = {}
-    next_job = 0
+    next_job = transport.jobs_started
     bar = tqdm(total=len(waiting), desc=config.agent, unit="game", disable=not config.progress, dynamic_ncols=True)
     stats_before = _decoder_stats(backend)
     try:
@@ -346,7 +375,7 @@ def play_rollouts(
             while waiting and len(in_flight) < limit:
                 gamefile, game_id = waiting.popleft()
                 in_flight[next_job] = (gamefile, game_id)
-                transport.start(next_job, gamefile, game_id)
+                transport.start(next_job, gamefile, game_id, config)
                 next_job += 1
             profile.transport_s += time.perf_counter() - moved
             waited = time.perf_counter()
@@ -387,7 +416,7 @@ def play_rollouts(
                 profile.transport_s += time.perf_counter() - moved
     finally:
         bar.close()
-        transport.close()
+        transport.jobs_started = next_job
         if in_flight:  # stopped early: nothing of this run may reach the next one
             backend.abort()
             for _, game_id in in_flight.values():
@@ -396,7 +425,7 @@ def play_rollouts(
     if stats_after is not None:
         for key in ("prefill_s", "decode_s", "prompt_tokens", "reused_tokens"):
             setattr(profile, key, stats_after[key] - stats_before[key])
-    profile.wall_s = time.perf_counter() - started
+    profile.wall_s = startup_s + time.perf_counter() - started
     return result
 
 
