@@ -7,7 +7,7 @@
 * `engine_1`: the rollout engine (`alfworld_sft.rollouts`) with one engine worker process;
 * `engine_N`: the rollout engine with `--workers` engine processes (default: the CPU count).
 
-    python benchmarks/eval_speed.py --agents zero_shot react --games 8 --max-steps 20 --dtype bfloat16
+    python benchmarks/eval_speed.py --agents zero_shot react --games 8 --max-steps 20
     python benchmarks/eval_speed.py --device cuda --games 140 --max-steps 50 --batch-size 64 --modes step_sync engine_N
     python benchmarks/eval_speed.py --model /path/to/llama-8b-shaped --device cuda --modes engine_N --games 16
 
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8, help="rows decoded together (and step_sync's games)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine processes of engine_N")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="auto", choices=models.DTYPES)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
@@ -113,7 +113,7 @@ def main() -> None:
     )
     demos = load_demonstrations(seed=0) if "few_shot" in args.agents else []
     print(
-        f"{len(gamefiles)} games x {args.max_steps} steps, {backend.name}, {args.dtype} on {args.device}, "
+        f"{len(gamefiles)} games x {args.max_steps} steps, {backend.name}, {backend.dtype} on {args.device}, "
         f"{os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f}), batch {args.batch_size}, workers {args.workers}"
     )
     figures: dict[str, dict] = {}

@@ -102,7 +102,7 @@ class DaggerConfig:
     workers: int = 0  # engine worker processes stepping games (0: in this process); the CLI defaults to the CPUs
     batch_size: int = 8  # a local model's decoding rows: games whose requests decode together
     backend: str = "auto"  # auto, transformers or vllm (backends.BACKENDS)
-    dtype: str = "bfloat16"  # torch dtype of the playing model
+    dtype: str = "auto"  # torch dtype of the playing model; auto: bfloat16 where native, else float32
     device: str = "auto"  # where the playing model runs: auto (the GPU when there is one), cpu or cuda
     data_format: str | None = None  # commands or thoughts; None: the starting adapter's (its training record)
     init: str = "base"  # base: retrain from the base model every round; continue: train the last adapter further
@@ -786,7 +786,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="decoding rows of a local model")
     parser.add_argument("--backend", choices=("auto", "transformers", "vllm"), default=defaults.backend)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=defaults.dtype)
+    parser.add_argument("--dtype", choices=models.DTYPES, default=defaults.dtype)
     parser.add_argument("--device", default=defaults.device, help="auto (GPU when there is one), cpu or cuda")
     parser.add_argument(
         "--format", dest="data_format", choices=prompts.DATA_FORMATS, default=None, help="default: the adapter's"

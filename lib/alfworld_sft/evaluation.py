@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import engine, files, games, paths, reports
+from alfworld_sft import engine, files, games, models, paths, reports
 from alfworld_sft.agents import ACTIONS, AGENTS, Demonstration, render_demonstration
 from alfworld_sft.backends import (
     BACKENDS,
@@ -83,7 +83,7 @@ class EvalConfig:
     trajectories: str | None = None  # expert trajectories.jsonl of TRAINING games for few-shot demonstrations
     backend: str = "auto"  # auto, transformers, ollama, vllm or expert
     ollama_url: str = OLLAMA_URL  # where the Ollama server listens
-    dtype: str = "float32"  # torch dtype of a transformers model (bfloat16 halves memory)
+    dtype: str = "auto"  # torch dtype of a transformers model; auto: bfloat16 where native, else float32
     window_tokens: int | None = None  # prompt budget; default: training max_seq_len, else agents' base window
     threads: int | None = None  # torch CPU threads (None: torch's default)
     device: str = "auto"  # where a transformers model runs: auto (the GPU when there is one), cpu or cuda
@@ -359,7 +359,6 @@ def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> Eval
         "model": model,
         "seed": seed,
         "output": str(out / "base.json"),
-        "dtype": "bfloat16",  # on a CPU about twice as fast as float32; on a GPU the usual choice
         "trajectories": str(demos) if demos.exists() else None,
     }
     if small:
@@ -447,7 +446,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trajectories", default=None, help="train trajectories.jsonl for few-shot demos")
     parser.add_argument("--backend", default=defaults.backend, choices=list(BACKENDS))
     parser.add_argument("--ollama-url", default=defaults.ollama_url)
-    parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=defaults.dtype, choices=models.DTYPES)
     parser.add_argument("--window-tokens", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default=defaults.device, help="auto (GPU when there is one), cpu or cuda")
