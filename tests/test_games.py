@@ -56,6 +56,22 @@ def test_importing_alfworld_does_not_switch_off_the_generated_games(monkeypatch)
     assert games.uses_generated_games() and games.data_root() == paths.DATA_DIR / "generated"
 
 
+def test_a_child_process_sees_alfworld_data_as_the_user_left_it(tmp_path):
+    """The course's imports of alfworld (games, the generator, the teacher) leave $ALFWORLD_DATA unset when the user
+    set nothing, so that a child process (a collection, a notebook kernel) also plays the generated games."""
+    script = (
+        "import os, subprocess, sys\n"
+        "from alfworld_sft import engine, generate, teacher\n"
+        "generate.load_logic(); teacher.openable_classes()\n"
+        "child = 'import os; from alfworld_sft import games; '\n"
+        "child += 'print(os.environ.get(\"ALFWORLD_DATA\"), games.uses_generated_games())'\n"
+        "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True).stdout)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "ALFWORLD_DATA"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["None", "True"], out.stdout + out.stderr
+
+
 def test_list_games_is_sorted_and_needs_traj_data(tree):
     listed = games.list_games("train")
     assert len(listed) == 18  # the game without traj_data.json is left out

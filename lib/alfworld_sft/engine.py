@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from alfworld_sft import games
 from alfworld_sft.prompts import split_first_observation
 
 EXPERTS = ("teacher", "handcoded")
@@ -96,27 +97,19 @@ class AlfworldGame:
         seed: int | str = 0,
         translate_once: bool = True,
     ):
-        import os
-
         import textworld
 
         check_expert(expert)
-        # Importing alfworld writes its default ~/.cache/alfworld into $ALFWORLD_DATA when the user set nothing;
-        # undo that, so that the variable keeps telling what the user chose (games.data_root reads it).
-        user_choice = os.environ.get("ALFWORLD_DATA")
-        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
-
-        if user_choice is None:
-            os.environ.pop("ALFWORLD_DATA", None)
+        alfred_tw_env = games.import_alfworld("alfworld.agents.environment.alfred_tw_env")
 
         self.gamefile = Path(gamefile)
         if not self.gamefile.exists():
             raise FileNotFoundError(f"game file {self.gamefile} does not exist")
         self.expert = expert
         extras = ["gamefile", "expert_plan"] if expert == "handcoded" else ["gamefile"]
-        wrappers = [AlfredDemangler(shuffle=False), AlfredInfos]
+        wrappers = [alfred_tw_env.AlfredDemangler(shuffle=False), alfred_tw_env.AlfredInfos]
         if expert == "handcoded":
-            wrappers.append(AlfredExpert())
+            wrappers.append(alfred_tw_env.AlfredExpert())
         infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=extras)
         self._teacher = None
         self._translations = TranslationCache() if translate_once else None

@@ -232,7 +232,10 @@ def probe_engine() -> str:
     gamefile = next(iter(_find_games()), None)
     if gamefile is None:
         import textworld  # noqa: F401
-        from alfworld.agents.environment import alfred_tw_env  # noqa: F401
+
+        from alfworld_sft import games
+
+        games.import_alfworld("alfworld.agents.environment.alfred_tw_env")
 
         return "textworld and alfworld import (no game files yet to play: see the data check)"
     started = time.perf_counter()

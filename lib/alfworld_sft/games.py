@@ -14,6 +14,7 @@ course generates offline with `alfworld_sft.generate`).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -58,8 +59,20 @@ def generated_root() -> Path:
 
 
 # Importing alfworld writes its default (~/.cache/alfworld) into os.environ["ALFWORLD_DATA"] when the user
-# set nothing (alfworld/info.py): after the first game the variable no longer shows what the user chose.
+# set nothing (alfworld/info.py): the variable would no longer show what the user chose, here and in every child
+# process (which would then look for real games in that empty folder). The course imports alfworld through
+# `import_alfworld`; the check below covers an import by someone else, in this process.
 _ALFWORLD_DATA_AT_IMPORT = os.environ.get("ALFWORLD_DATA")
+
+
+def import_alfworld(module: str = "alfworld") -> Any:
+    """`importlib.import_module(module)` for an alfworld module, leaving $ALFWORLD_DATA as the user set it."""
+    user_choice = os.environ.get("ALFWORLD_DATA")
+    try:
+        return importlib.import_module(module)
+    finally:
+        if user_choice is None:
+            os.environ.pop("ALFWORLD_DATA", None)
 
 
 def user_alfworld_data() -> str | None:

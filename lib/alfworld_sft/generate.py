@@ -248,9 +248,7 @@ def derive_seed(*parts: object) -> int:
 
 def load_logic() -> tuple[str, str]:
     """The PDDL domain and the text grammar shipped in the alfworld wheel (`alfworld/data/`)."""
-    import alfworld
-
-    data = Path(alfworld.__file__).parent / "data"
+    data = Path(games.import_alfworld("alfworld").__file__).parent / "data"
     paths = data / "alfred.pddl", data / "alfred.twl2"
     for path in paths:
         if not path.exists():
@@ -259,9 +257,7 @@ def load_logic() -> tuple[str, str]:
 
 
 def _constants():
-    from alfworld.gen import constants
-
-    return constants
+    return games.import_alfworld("alfworld.gen.constants")
 
 
 def _fits(constants, receptacle_class: str, object_class: str) -> bool:
@@ -283,7 +279,7 @@ def compose_receptacle_classes(task_type: int, room: str, rng: random.Random) ->
 def choose_task(task_type: int, rng: random.Random) -> tuple[Task, list[str]]:
     """A task of `task_type` and the receptacle classes of the room it happens in."""
     constants = _constants()
-    from alfworld.gen import goal_library
+    goal_library = games.import_alfworld("alfworld.gen.goal_library")
 
     name = TASK_TYPES[task_type]
     while True:  # a room without any valid (object, destination) pair is redrawn; rare
@@ -366,7 +362,7 @@ def compose_room(task: Task, classes: Sequence[str], rng: random.Random) -> Room
 def render_problem(task: Task, room: Room, problem_id: str) -> str:
     """The PDDL problem: constants, instances, initial facts and the goal from ALFWorld's goal library."""
     constants = _constants()
-    from alfworld.gen import goal_library
+    goal_library = games.import_alfworld("alfworld.gen.goal_library")
 
     static = set(constants.RECEPTACLES) - set(constants.MOVABLE_RECEPTACLES)
     object_classes = sorted(set(constants.OBJECTS_SET) - static)

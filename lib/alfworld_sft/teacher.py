@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alfworld_sft import games
 from alfworld_sft.games import TASK_TYPES
 
 # Where each treatment happens. Cleaning falls back on a bathtub basin in a room without a sink basin, as ALFWorld's
@@ -135,7 +136,7 @@ def article(cls: str) -> str:
 
 def receptacle_priors(object_class: str) -> frozenset[str]:
     """Receptacle classes (lower case) that ALFRED's priors say can hold an object class."""
-    from alfworld.gen import constants
+    constants = games.import_alfworld("alfworld.gen.constants")
 
     return frozenset(
         receptacle.lower()
@@ -145,7 +146,7 @@ def receptacle_priors(object_class: str) -> frozenset[str]:
 
 
 def openable_classes() -> frozenset[str]:
-    from alfworld.gen import constants
+    constants = games.import_alfworld("alfworld.gen.constants")
 
     return frozenset(name.lower() for name in constants.OPENABLE_CLASS_LIST)
 
