@@ -478,7 +478,8 @@ def test_the_notebooks_small_run_is_small():
     small, full = dagger.course_config(True, 0), dagger.course_config(False, 0)
     assert small.rounds == 1 and small.games_per_round <= 4 and small.max_steps <= 5 and small.eval_split is None
     assert small.train.max_steps == 2 and small.output.endswith("small/dagger")
-    assert full.train is None and full.games_per_round == 500 and full.eval_split == "eval_out_of_distribution"
+    assert full.train is None and full.games_per_round == 500
+    assert full.eval_split == "eval_in_distribution" and full.eval_games == 0  # the rounds are chosen in distribution
 
 
 def test_the_round_table_starts_with_the_starting_adapter(tmp_path):

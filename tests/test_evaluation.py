@@ -22,6 +22,8 @@ from alfworld_sft.reports import compare_results
 class CrashingExpert(ExpertBackend):
     """The expert backend, killed after `steps` model steps (as a crash or Ctrl-C would)."""
 
+    slots = 2  # two games in flight at a time (every agent's games share the batch), so the crash lands mid-run
+
     def __init__(self, steps: int):
         super().__init__()
         self.steps = steps

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 from alfworld_sft.backends import ExpertBackend, load_backend
-from alfworld_sft.rollouts import RolloutConfig, play_rollouts
+from alfworld_sft.rollouts import RolloutConfig, play_rollout_groups, play_rollouts
 from conftest import games_of_type
 
 SHORT_TYPES = ("pick_and_place_simple", "look_at_obj_in_light", "pick_heat_then_place_in_recep")
@@ -39,6 +39,19 @@ def test_outcomes_do_not_depend_on_workers_batch_size_or_finish_order(eval_games
     assert profile.requests == sum(r["steps"] for r in together.records)
     assert profile.model_s > 0 and profile.prefill_s > 0 and profile.engine_start_s > 0
     assert profile.reused_tokens > 0  # later steps of a game reuse its cached prompt
+
+
+@pytest.mark.slow
+def test_agents_batched_together_play_as_each_agent_alone(eval_games, float32_backend):
+    chosen = games_of_type(eval_games, *SHORT_TYPES)[:2]
+    configs = [RolloutConfig(agent=a, max_steps=2, expert=None, progress=False) for a in ("zero_shot", "react")]
+    alone = [r for config in configs for r in play_rollouts(float32_backend, chosen, config).records]
+    together = play_rollout_groups(float32_backend, [(config, chosen) for config in configs])
+    # The same game played by two agents at once: each keeps its own cached conversation.
+    assert sorted((r["agent"], *outcome(r)) for r in together.records) == sorted(
+        (r["agent"], *outcome(r)) for r in alone
+    )
+    assert together.profile.games == 4
 
 
 @pytest.mark.slow
@@ -88,10 +101,10 @@ def test_a_game_that_raises_is_reported_and_the_run_goes_on(eval_games, tmp_path
         ExpertBackend(),
         [good[0], broken, good[1]],
         RolloutConfig(max_steps=30, workers=workers, progress=False),
-        on_failed=lambda gamefile, error: failures.append((gamefile, error)),
+        on_failed=lambda agent, gamefile, error: failures.append((agent, gamefile, error)),
     )
-    assert [g for g, _ in result.failed] == [str(broken)] and failures == result.failed
-    assert "KeyError" in result.failed[0][1]
+    assert [(a, g) for a, g, _ in result.failed] == [("zero_shot", str(broken))] and failures == result.failed
+    assert "KeyError" in result.failed[0][2]
     assert sorted(r["gamefile"] for r in result.records) == sorted(map(str, good))
     assert all(r["won"] for r in result.records)  # the expert backend wins these short games
 
@@ -115,7 +128,7 @@ def test_a_worker_that_dies_is_reported_with_its_game_and_replaced(eval_games):
     )
     assert killed
     assert len(result.records) + len(result.failed) == 4
-    assert all("died" in error for _, error in result.failed)
+    assert all("died" in error for _, _, error in result.failed)
     # Games started after the death run on the replacement worker.
     assert len(result.records) >= 1
 

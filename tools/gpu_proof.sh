@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The default model's proof on the lent GPU machine, with the course's own commands: the teacher's trajectories ->
 # fine-tuning (command and thought formats) -> the seed's Phase-3 table (five agents, base and fine-tuned, free and
-# grounded commands, on the 140 eval_in_distribution games) -> DAgger and self-imitation rounds. Each evaluation
-# is ONE `alfworld-sft evaluate` that uses the whole machine (engine workers on every core, one model on the GPU
-# decoding every game's requests together): no shards, no extra model copies.
+# grounded commands, on the 140 eval_in_distribution games) -> DAgger and self-imitation rounds; and the training
+# speed benchmark of the 8B shape. Each evaluation is ONE `alfworld-sft evaluate` that uses the whole machine
+# (engine workers on every core, one model on the GPU decoding every game's requests of every agent together): no
+# shards, no extra model copies.
 #
 #     . tools/gpu_setup.sh && setsid nohup bash tools/gpu_proof.sh > /root/proof.out 2>&1 < /dev/null &
 #     bash tools/gpu_proof.sh report $OUT     # later calls: copy the report so far
@@ -15,11 +16,14 @@
 # (tools/gpu_stages.sh): rerunning the script on the same machine resumes, and every stage resumes inside itself
 # (collection, training, evaluation and DAgger all checkpoint).
 #
-# Knobs (environment): STAGES (which stages; default all), DEADLINE (s, 1680), WORK (results), BASE_MULTI_GAMES and
-# SFT_MULTI_GAMES (games for reflexion and hierarchical, base and fine-tuned: 0 = all 140; they play up to 3 trials
-# of 50 steps, and the base model never wins, so its runs are the costliest: 24 by default, a balanced sample),
-# DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (1: each round retrains on the expert data
-# and every round's labels so far).
+# Knobs (environment): STAGES (which stages; default all), DEADLINE (s, 1680), WORK (results), DATA_GAMES (the
+# collection: a seeded, task-balanced sample of this many train games, as `collect --limit`; 0: the whole split),
+# BASE_MULTI_GAMES (the base model's games for reflexion and hierarchical: they play up to 3 trials of 50 steps, and
+# the base model never wins, so its runs are the costliest: 24 by default, a balanced sample; 0 = all 140; the
+# fine-tuned models play every agent on all 140), DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (1: each round retrains
+# on the expert data and every round's labels so far). After training, the fine-tuned evaluations, DAgger and
+# self-imitation run side by side: the 135M model leaves the GPU mostly idle, so each is bound by its own Python
+# process and the engine workers.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,12 +31,12 @@ cd "$ROOT" || exit 1
 WORK=${WORK:-results}
 REPORT=${REPORT:-$WORK/proof}
 DEADLINE=${DEADLINE:-1680}
+DATA_GAMES=${DATA_GAMES:-0}
 BASE_MULTI_GAMES=${BASE_MULTI_GAMES:-24}
-SFT_MULTI_GAMES=${SFT_MULTI_GAMES:-0}
 DAGGER_ROUNDS=${DAGGER_ROUNDS:-2}
 DAGGER_GAMES=${DAGGER_GAMES:-500}
 DAGGER_EPOCHS=${DAGGER_EPOCHS:-1}
-STAGES=${STAGES:-"data train eval_base eval_sft dagger"}
+STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger self_imitation"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -51,7 +55,9 @@ get_data() {  # the carried collection, finished here (the collector skips every
     if [ -f .carry/proof/oracle.tar.xz ] && [ ! -f "$DATA" ]; then
         mkdir -p "$WORK" && tar -xJf .carry/proof/oracle.tar.xz -C "$WORK"
     fi
-    alfworld-sft collect --split train --output "$DATA" --max-steps 50 --workers "$CORES"
+    local sample=()
+    [ "$DATA_GAMES" -gt 0 ] && sample=(--limit "$DATA_GAMES")
+    alfworld-sft collect --split train --output "$DATA" --max-steps 50 --workers "$CORES" "${sample[@]}"
 }
 
 train_both() {  # the command and the thought formats side by side: a 135M model leaves the GPU mostly idle
@@ -77,32 +83,30 @@ eval_base() {  # the base model: it never wins, so every game plays its whole bu
         evaluate base_constrained 0 "zero_shot react" --actions constrained
 }
 
-eval_sft() {  # the fine-tuned models, free and grounded
-    local actions
-    for actions in free constrained; do
-        evaluate "sft_$actions" 0 "${SINGLE[*]}" --adapter "$WORK/sft_adapter" --actions "$actions" &&
-            evaluate "sft_multi_$actions" "$SFT_MULTI_GAMES" "${MULTI[*]}" --adapter "$WORK/sft_adapter" \
-                --actions "$actions" &&
-            evaluate "thoughts_$actions" 0 "zero_shot react reflexion" --adapter "$WORK/sft_thoughts" \
-                --actions "$actions" || return 1
-    done
+eval_sft() {  # the fine-tuned models: all five agents in one batch, then grounded, then the thought adapter
+    evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter" &&
+        evaluate sft_constrained 0 "zero_shot react" --adapter "$WORK/sft_adapter" --actions constrained &&
+        evaluate thoughts_free 0 "zero_shot react reflexion" --adapter "$WORK/sft_thoughts" &&
+        evaluate thoughts_constrained 0 "zero_shot react" --adapter "$WORK/sft_thoughts" --actions constrained
 }
 
-dagger() {  # DAgger, then self-imitation, from the command adapter, with the same round budget
-    local method
-    for method in dagger self_imitation; do
-        alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method "$method" \
-            --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --epochs "$DAGGER_EPOCHS" \
-            --workers "$CORES" --batch-size 64 --eval-split eval_in_distribution --eval-games 0 \
-            --output "$WORK/$method" || return 1
-    done
+rounds() {  # method: DAgger or self-imitation rounds from the command adapter, with the same round budget
+    alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method "$1" \
+        --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --epochs "$DAGGER_EPOCHS" \
+        --workers "$CORES" --batch-size 64 --eval-split eval_in_distribution --eval-games 0 --output "$WORK/$1"
+}
+
+train_speed() {  # the 8B shape's QLoRA set-ups on the GPU alone (benchmarks/train_speed.py)
+    python3 benchmarks/train_speed.py gpu --output "$REPORT/train_speed.json"
 }
 
 case "${1:-}" in
     report)
         report_to "$2"
         tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="*.ckpt.jsonl" --exclude="checkpoint-*" \
-            --exclude="*.safetensors" phase3 dagger self_imitation sft_adapter sft_thoughts 2>/dev/null
+            --exclude="*.safetensors" --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" \
+            phase3 dagger self_imitation \
+            sft_adapter sft_thoughts 2>/dev/null
         tar -cJf "$2/oracle.tar.xz" -C "$WORK" oracle 2>/dev/null  # the whole collection: the next machine resumes
         exit 0
         ;;
@@ -116,11 +120,16 @@ esac
 wants() { [[ " $STAGES " == *" $1 "* ]]; }
 
 log "proof: STAGES='$STAGES' DEADLINE=$DEADLINE on $CORES cores; $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
+# The benchmark wants the GPU alone; the collection wants only the CPUs: side by side.
+wants train_speed && { stage train_speed 420 "" "$REPORT/train_speed.json" bash "$0" _run train_speed & }
 wants data && stage data 900 "" "$DATA" bash "$0" _run get_data
+wait
 # Training keeps the GPU busy and the CPUs free; the base model's games want the CPUs: side by side.
 wants train && { stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_both & }
 wants eval_base && stage eval_base 1200 "data" "$PHASE3" bash "$0" _run eval_base
 wait
-wants eval_sft && stage eval_sft 1200 "train" "$PHASE3" bash "$0" _run eval_sft
-wants dagger && stage dagger 1500 "train" "$WORK/dagger" bash "$0" _run dagger
+wants eval_sft && { stage eval_sft 1200 "train" "$PHASE3" bash "$0" _run eval_sft & }
+wants dagger && { stage dagger 1500 "train" "$WORK/dagger" bash "$0" _run rounds dagger & }
+wants self_imitation && { stage self_imitation 1500 "train" "$WORK/self_imitation" bash "$0" _run rounds self_imitation & }
+wait
 log "proof: finished in $((SECONDS - started)) s"

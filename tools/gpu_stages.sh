@@ -43,9 +43,11 @@ for key, name in files.items():
     if os.path.exists(os.path.join(work, name)):
         with open(os.path.join(work, name)) as handle:
             summary[key] = json.load(handle)
-with open(os.path.join(report, summary_name + ".json.tmp"), "w") as handle:
+# Stages that run side by side each write their own temporary file.
+temporary = os.path.join(report, f"{summary_name}.json.{os.getpid()}.tmp")
+with open(temporary, "w") as handle:
     json.dump(summary, handle, indent=1, default=str)
-os.replace(os.path.join(report, summary_name + ".json.tmp"), os.path.join(report, summary_name + ".json"))
+os.replace(temporary, os.path.join(report, summary_name + ".json"))
 EOF
 }
 

@@ -335,6 +335,12 @@ def build_agent(name: str, codec: PromptCodec, **kwargs: Any) -> Agent:
     return AGENTS[name](codec, **kwargs)
 
 
+def session_of(agent: str, game_id: str) -> str:
+    """The conversation a game's requests continue: one per agent and game, so that two agents playing the same
+    game in one batch never share a cached prefix."""
+    return f"{agent}/{game_id}"
+
+
 class Episode:
     """One game played by one agent, step by step: `request()` says what to generate, `advance(reply)` plays it.
 
@@ -390,7 +396,7 @@ class Episode:
             tuple(messages),
             budget,
             expert_action=self.state.expert_action if acting else None,
-            session=self.game_id,
+            session=session_of(agent.name, self.game_id),
             prompt_ids=tuple(ids) if ids is not None else None,
             choices=self.state.admissible_commands if acting and agent.actions == "constrained" else None,
             choice_after="Action:" if acting and agent.thinks else None,

@@ -107,8 +107,10 @@ class DaggerConfig:
     data_format: str | None = None  # commands or thoughts; None: the starting adapter's (its training record)
     init: str = "base"  # base: retrain from the base model every round; continue: train the last adapter further
     train: TrainConfig | None = None  # each round's training; None: the starting adapter's recipe (training record)
-    eval_split: str | None = "eval_out_of_distribution"  # evaluate every round's adapter here; None: no evaluation
-    eval_games: int = 134  # games of the eval split (balanced, seeded); 0: all of them
+    # Every round's adapter is measured here (None: not at all): in distribution, because the rounds and the method
+    # are chosen by it; the out-of-distribution games stay for the final measurement only.
+    eval_split: str | None = "eval_in_distribution"
+    eval_games: int = 0  # games of the eval split (balanced, seeded); 0: all of them
     seed: int = 0  # seeds each round's game sample and rollouts, and the expert sample of the aggregation
     progress: bool = True  # tqdm bars
 
@@ -400,7 +402,7 @@ def play_round(
     }
     done = {line["game_id"] for line in evaluation.read_checkpoint(path, key)}
     todo = [gamefile for gamefile in gamefiles if games.game_id(gamefile) not in done]
-    failed: list[tuple[str, str]] = []
+    failed: list[tuple[str, str, str]] = []
     if todo:
         demonstrations = ()
         if config.agent == "few_shot":
@@ -584,7 +586,7 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
         "played_by": backend.name if backend is not None else str(player),
         "games": len(gamefiles),
         "played": len(rollouts),
-        "failed": [f"{gamefile}: {error.splitlines()[-1] if error else ''}" for gamefile, error in failed],
+        "failed": [f"{gamefile}: {error.splitlines()[-1] if error else ''}" for _, gamefile, error in failed],
         "rollouts_won": counts["won"],
         "rollouts_win_rate": round(counts["won"] / len(rollouts), 4) if rollouts else 0.0,
         "labels": {name: counts[name] for name in LABEL_COUNTS},

@@ -6,7 +6,8 @@
     alfworld-sft compare results/eval/base.json results/eval/ft.json   # tables + plots (alfworld_sft.reports)
 
 One command uses the machine: `--workers` engine processes step the games while one model answers all their
-requests with continuous batching (`alfworld_sft.rollouts`); `--shard I/N` is for spreading a run over machines.
+requests with continuous batching (`alfworld_sft.rollouts`), every agent's games in the same batch (a fast agent's
+free rows go to the next games of any agent); `--shard I/N` is for spreading a run over machines.
 Every finished (agent, game) is appended to the checkpoint JSONL at once, so a rerun after a crash plays only the
 rest: nothing is lost or counted twice. A checkpoint line carries the run's key: the model and a fingerprint of its
 weights (an adapter retrained in place is another run), the split, step cap, seed and prompt settings. A
@@ -40,7 +41,7 @@ from alfworld_sft.backends import (
     load_backend,
     weights_fingerprint,
 )
-from alfworld_sft.rollouts import RolloutConfig, open_engine, play_rollouts
+from alfworld_sft.rollouts import RolloutConfig, open_engine, play_rollout_groups
 
 DEFAULT_AGENTS = ("zero_shot", "few_shot", "react", "reflexion", "hierarchical")
 DEMO_TASK_TYPES = (  # the shorter task types make compact demonstrations; pick_two often needs 50+ steps
@@ -254,7 +255,7 @@ def run_evaluation(
     key = run_key(config, name, fingerprint, prompt)
     done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
     todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
-    profiles: dict[str, Any] = {}
+    profile: dict[str, Any] = {}
     if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
         backend = load_backend(
             config.model,
@@ -273,7 +274,7 @@ def run_evaluation(
             started = time.perf_counter()
             with open_engine(backend, config.workers) as engine_pool:  # one start-up for every agent
                 startup_s = time.perf_counter() - started
-                profiles = play_agents(config, backend, gamefiles, todo, checkpoint, key, demonstrations, engine_pool)
+                profile = play_agents(config, backend, gamefiles, todo, checkpoint, key, demonstrations, engine_pool)
     finally:
         if own_backend and backend is not None:
             backend.close()
@@ -289,7 +290,7 @@ def run_evaluation(
         actions=config.actions,
         run=key,
         config={**asdict(config), "checkpoint": str(checkpoint)},
-        profile=profiles,
+        profile=profile,
         engine_startup_s=round(startup_s, 2),
     )
     reports.write_results(output, results, seed=config.seed)
@@ -306,36 +307,38 @@ def play_agents(
     demonstrations: Sequence[Demonstration] | None,
     engine_pool: Any,
 ) -> dict[str, Any]:
-    """Each agent's missing games on the open engine, every finished game appended to the checkpoint at once;
-    returns each agent's profile (where the time went, games that could not be played)."""
-    profiles: dict[str, Any] = {}
-    for agent_name in config.agents:
-        if not todo[agent_name]:
-            continue
-        if agent_name == "few_shot" and demonstrations is None:
-            demonstrations = load_demonstrations(
-                config.trajectories, seed=config.seed, exclude=[games.game_id(g) for g in gamefiles]
-            )
-        rollout = RolloutConfig(
-            agent=agent_name,
-            max_steps=config.max_steps,
-            seed=config.seed,
-            workers=config.workers,
-            expert=engine.DEFAULT_EXPERT if isinstance(backend, ExpertBackend) else None,
-            window_tokens=config.window_tokens,
-            actions=config.actions,
-            temperature=config.temperature,
-            demonstrations=tuple(demonstrations or ()) if agent_name == "few_shot" else (),
+    """Every agent's missing games on the open engine in one continuous batch, every finished game appended to
+    the checkpoint at once; returns the run's profile (where the time went, games that could not be played)."""
+    if todo.get("few_shot") and demonstrations is None:
+        demonstrations = load_demonstrations(
+            config.trajectories, seed=config.seed, exclude=[games.game_id(g) for g in gamefiles]
         )
-        result = play_rollouts(
-            backend,
+    groups = [
+        (
+            RolloutConfig(
+                agent=agent_name,
+                max_steps=config.max_steps,
+                seed=config.seed,
+                workers=config.workers,
+                expert=engine.DEFAULT_EXPERT if isinstance(backend, ExpertBackend) else None,
+                window_tokens=config.window_tokens,
+                actions=config.actions,
+                temperature=config.temperature,
+                demonstrations=tuple(demonstrations or ()) if agent_name == "few_shot" else (),
+            ),
             todo[agent_name],
-            rollout,
-            on_finished=lambda record: files.append_jsonl(checkpoint, [{"run": key, **record}]),
-            engine_pool=engine_pool,
         )
-        profiles[agent_name] = {**result.profile.as_dict(), "failed": result.failed}
-    return profiles
+        for agent_name in config.agents
+        if todo[agent_name]
+    ]
+    result = play_rollout_groups(
+        backend,
+        groups,
+        on_finished=lambda record: files.append_jsonl(checkpoint, [{"run": key, **record}]),
+        engine_pool=engine_pool,
+    )
+    failed = [{"agent": agent, "gamefile": gamefile, "error": error} for agent, gamefile, error in result.failed]
+    return {"agents": [config.agent for config, _ in groups], **result.profile.as_dict(), "failed": failed}
 
 
 def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[str, Any] | None:
@@ -350,7 +353,8 @@ def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[
 # --- the course (notebook 05) --------------------------------------------------------------------------------
 def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> EvalConfig:
     """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 eval_in_distribution games of 5 steps,
-    in this process. Full: all 134 out-of-distribution games, 50 steps, every CPU an engine worker, 32 rows."""
+    in this process, all ten games in one batch. Full: all 134 out-of-distribution games, 50 steps, every CPU an
+    engine worker, 32 rows."""
     from alfworld_sft.paths import run_dir
 
     out = run_dir(small) / "eval"
@@ -362,7 +366,7 @@ def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> Eval
         "trajectories": str(demos) if demos.exists() else None,
     }
     if small:
-        return EvalConfig(**common, num_games=2, max_steps=5, split="eval_in_distribution", batch_size=4, workers=0)
+        return EvalConfig(**common, num_games=2, max_steps=5, split="eval_in_distribution", batch_size=10, workers=0)
     return EvalConfig(
         **common,
         num_games=0,

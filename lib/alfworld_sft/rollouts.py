@@ -7,11 +7,14 @@ continuous batching with per-game prefix reuse, `decoding.SlotDecoder`). A game 
 once; meanwhile the model goes on with the others. `workers=0` plays the games in this process with the same code
 (one engine call after another: for tests, small runs and machines without spare cores).
 
-    from alfworld_sft.rollouts import RolloutConfig, play_rollouts
+    from alfworld_sft.rollouts import RolloutConfig, play_rollout_groups, play_rollouts
     result = play_rollouts(backend, gamefiles, RolloutConfig(agent="zero_shot", max_steps=50, workers=8))
     result.records      # one record per finished game (agents.Episode.record() plus game keys), in finish order
-    result.failed       # games that raised or whose worker died: (game file, error); the run went on
+    result.failed       # games that raised or whose worker died: (agent, game file, error); the run went on
     result.profile      # where the time went: engine start and steps, prompts, prefill, decode, waiting
+    # Several agents (or settings) in one continuous batch: an evaluation of five agents is one run, not five.
+    groups = [(RolloutConfig(agent=agent, workers=8), gamefiles) for agent in ("zero_shot", "react")]
+    result = play_rollout_groups(backend, groups)
 
 A game's outcome does not depend on the worker count, the batch size or the order games finish: each game owns its
 random state and seeds (`agents.Episode`), and a reply does not depend on the requests it was batched with (up to
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from alfworld_sft import engine, games
-from alfworld_sft.agents import Demonstration, Episode, build_agent
+from alfworld_sft.agents import Demonstration, Episode, build_agent, session_of
 from alfworld_sft.backends import Backend, CodecSpec, PromptCodec, Reply
 
 POLL_S = 0.5  # how long the main loop waits for a worker event when the model has nothing to do
@@ -86,7 +89,7 @@ class RolloutProfile:
 @dataclass
 class RolloutResult:
     records: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (agent, gamefile, error)
     profile: RolloutProfile = field(default_factory=RolloutProfile)
 
 
@@ -332,28 +335,48 @@ def play_rollouts(
     config: RolloutConfig,
     *,
     on_finished: Callable[[dict[str, Any]], None] | None = None,
-    on_failed: Callable[[str, str], None] | None = None,
+    on_failed: Callable[[str, str, str], None] | None = None,
     engine_pool: Any = None,
 ) -> RolloutResult:
     """Play `gamefiles` with `config.agent` on `backend`; hand each finished game's record to `on_finished` at
-    once (checkpointing) and each game that could not be played to `on_failed`. `engine_pool` (`open_engine`)
-    reuses workers already started; without it, `config.workers` are started for this call."""
-    if config.max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1, got {config.max_steps}")
+    once (checkpointing) and each game that could not be played to `on_failed(agent, gamefile, error)`.
+    `engine_pool` (`open_engine`) reuses workers already started; without it, `config.workers` are started for
+    this call."""
+    return play_rollout_groups(
+        backend, [(config, gamefiles)], on_finished=on_finished, on_failed=on_failed, engine_pool=engine_pool
+    )
+
+
+def play_rollout_groups(
+    backend: Backend,
+    groups: Sequence[tuple[RolloutConfig, Sequence[str | Path]]],
+    *,
+    on_finished: Callable[[dict[str, Any]], None] | None = None,
+    on_failed: Callable[[str, str, str], None] | None = None,
+    engine_pool: Any = None,
+) -> RolloutResult:
+    """Play every group's games (a config, most often one agent, and its games) in ONE continuous batch: the
+    model answers the pending requests of every game of every group together, so a run of several agents never
+    waits for one agent's last long games before the next agent starts. The engine settings (`workers`,
+    `games_in_flight`, `progress`) are the first group's; each game plays by its own group's config."""
+    if not groups:
+        return RolloutResult()
+    for config, _ in groups:
+        if config.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {config.max_steps}")
     if engine_pool is not None:
-        return _play(backend, gamefiles, config, engine_pool, on_finished, on_failed, startup_s=0.0)
+        return _play(backend, groups, engine_pool, on_finished, on_failed, startup_s=0.0)
     started = time.perf_counter()
-    with open_engine(backend, config.workers) as pool:
-        return _play(backend, gamefiles, config, pool, on_finished, on_failed, startup_s=time.perf_counter() - started)
+    with open_engine(backend, groups[0][0].workers) as pool:
+        return _play(backend, groups, pool, on_finished, on_failed, startup_s=time.perf_counter() - started)
 
 
 def _play(
     backend: Backend,
-    gamefiles: Sequence[str | Path],
-    config: RolloutConfig,
+    groups: Sequence[tuple[RolloutConfig, Sequence[str | Path]]],
     transport: Any,
     on_finished: Callable[[dict[str, Any]], None] | None,
-    on_failed: Callable[[str, str], None] | None,
+    on_failed: Callable[[str, str, str], None] | None,
     *,
     startup_s: float,
 ) -> RolloutResult:
@@ -363,18 +386,20 @@ def _play(
     result = RolloutResult()
     profile = result.profile
     profile.workers, profile.startup_s = getattr(transport, "count", 0), startup_s
-    limit = config.games_in_flight or max(backend.slots, profile.workers, 1)
-    waiting = deque((str(g), games.game_id(g)) for g in gamefiles)
-    in_flight: dict[int, tuple[str, str]] = {}
+    first = groups[0][0]
+    limit = first.games_in_flight or max(backend.slots, profile.workers, 1)
+    waiting = deque((config, str(g), games.game_id(g)) for config, gamefiles in groups for g in gamefiles)
+    in_flight: dict[int, tuple[RolloutConfig, str, str]] = {}
     next_job = transport.jobs_started
-    bar = tqdm(total=len(waiting), desc=config.agent, unit="game", disable=not config.progress, dynamic_ncols=True)
+    label = " + ".join(dict.fromkeys(config.agent for config, _ in groups))
+    bar = tqdm(total=len(waiting), desc=label, unit="game", disable=not first.progress, dynamic_ncols=True)
     stats_before = _decoder_stats(backend)
     try:
         while waiting or in_flight:
             moved = time.perf_counter()
             while waiting and len(in_flight) < limit:
-                gamefile, game_id = waiting.popleft()
-                in_flight[next_job] = (gamefile, game_id)
+                config, gamefile, game_id = waiting.popleft()
+                in_flight[next_job] = (config, gamefile, game_id)
                 transport.start(next_job, gamefile, game_id, config)
                 next_job += 1
             profile.transport_s += time.perf_counter() - moved
@@ -385,19 +410,19 @@ def _play(
             else:
                 profile.transport_s += time.perf_counter() - waited
             for kind, job, detail in events:
-                gamefile, game_id = in_flight[job]
+                config, gamefile, game_id = in_flight[job]
                 if kind == "request":
                     backend.submit(job, detail)
                     profile.requests += 1
                     continue
                 del in_flight[job]
-                backend.release(game_id)
+                backend.release(session_of(config.agent, game_id))
                 bar.update(1)
                 if kind == "failed":
-                    result.failed.append((gamefile, detail))
-                    bar.write(f"could not play {game_id}: {detail.splitlines()[-1] if detail else ''}")
+                    result.failed.append((config.agent, gamefile, detail))
+                    bar.write(f"could not play {game_id} ({config.agent}): {detail.splitlines()[-1] if detail else ''}")
                     if on_failed:
-                        on_failed(gamefile, detail)
+                        on_failed(config.agent, gamefile, detail)
                     continue
                 record = _game_record(config.agent, gamefile, game_id, detail)
                 for key in ("engine_start_s", "engine_step_s", "prompt_s"):
@@ -419,8 +444,8 @@ def _play(
         transport.jobs_started = next_job
         if in_flight:  # stopped early: nothing of this run may reach the next one
             backend.abort()
-            for _, game_id in in_flight.values():
-                backend.release(game_id)
+            for config, _, game_id in in_flight.values():
+                backend.release(session_of(config.agent, game_id))
     stats_after = _decoder_stats(backend)
     if stats_after is not None:
         for key in ("prefill_s", "decode_s", "prompt_tokens", "reused_tokens"):
