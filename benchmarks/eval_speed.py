@@ -7,6 +7,10 @@
 * `engine_1`: the rollout engine (`alfworld_sft.rollouts`) with one engine worker process;
 * `engine_N`: the rollout engine with `--workers` engine processes (default: the CPU count).
 
+With two or more agents and `engine_N` among the modes, the run ends with every agent's games in ONE continuous
+batch (`rollouts.play_rollout_groups`, what `alfworld-sft evaluate` does) against the agents' `engine_N` runs one
+after another: the wall time of the whole evaluation, both ways.
+
     python benchmarks/eval_speed.py --agents zero_shot react --games 8 --max-steps 20
     python benchmarks/eval_speed.py --device cuda --games 140 --max-steps 50 --batch-size 64 --modes step_sync engine_N
     python benchmarks/eval_speed.py --model /path/to/llama-8b-shaped --device cuda --modes engine_N --games 16
@@ -24,11 +28,11 @@ import os
 import time
 
 from alfworld_sft import generate, models
-from alfworld_sft.agents import AGENTS, Episode, build_agent
+from alfworld_sft.agents import AGENTS, Episode, build_agent, session_of
 from alfworld_sft.backends import load_backend
 from alfworld_sft.evaluation import load_demonstrations
 from alfworld_sft.reports import format_table
-from alfworld_sft.rollouts import RolloutConfig, play_rollouts
+from alfworld_sft.rollouts import RolloutConfig, play_rollout_groups, play_rollouts
 
 MODES = ("naive", "step_sync", "engine_1", "engine_N")
 
@@ -49,9 +53,29 @@ def play_step_sync(backend, agent: str, gamefiles, *, batch_size: int, max_steps
             episode.advance(reply)
             if episode.finished:
                 records.append({"game_id": episode.game_id, **episode.record()})
-                backend.release(episode.game_id)
+                backend.release(session_of(agent, episode.game_id))
         active = [episode for episode in active if not episode.finished]
     return records
+
+
+def rollout_config(agent: str, args, demos, *, workers: int) -> RolloutConfig:
+    return RolloutConfig(
+        agent=agent,
+        max_steps=args.max_steps,
+        workers=workers,
+        expert=None,
+        progress=False,
+        demonstrations=tuple(demos) if agent == "few_shot" else (),
+    )
+
+
+def measure_together(backend, gamefiles, args, demos) -> dict:
+    """Every agent's games in one continuous batch on `--workers` engine processes."""
+    groups = [(rollout_config(agent, args, demos, workers=args.workers), gamefiles) for agent in args.agents]
+    started = time.perf_counter()
+    result = play_rollout_groups(backend, groups)
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 1), "games": len(result.records)}
 
 
 def measure(mode: str, backend, agent: str, gamefiles, args, demos) -> dict:
@@ -64,15 +88,7 @@ def measure(mode: str, backend, agent: str, gamefiles, args, demos) -> dict:
         size = 1 if mode == "naive" else args.batch_size
         records = play_step_sync(backend, agent, gamefiles, batch_size=size, max_steps=args.max_steps, demos=demos)
     else:
-        workers = 1 if mode == "engine_1" else args.workers
-        config = RolloutConfig(
-            agent=agent,
-            max_steps=args.max_steps,
-            workers=workers,
-            expert=None,
-            progress=False,
-            demonstrations=tuple(demos) if agent == "few_shot" else (),
-        )
+        config = rollout_config(agent, args, demos, workers=1 if mode == "engine_1" else args.workers)
         result = play_rollouts(backend, gamefiles, config)
         records, profile = result.records, result.profile.as_dict()
     seconds = time.perf_counter() - started
@@ -153,6 +169,20 @@ def main() -> None:
             flush=True,
         )
     print(format_table(rows, HEADERS))
+    if len(args.agents) > 1 and "engine_N" in args.modes:
+        together = measure_together(backend, gamefiles, args, demos)
+        in_turn = sum(figures[agent]["engine_N"]["seconds"] for agent in args.agents)
+        figures["all_agents"] = {
+            "in_turn_s": round(in_turn, 1),
+            "together_s": together["seconds"],
+            "speedup": round(in_turn / together["seconds"], 2),
+            "games": together["games"],
+        }
+        print(
+            f"all {len(args.agents)} agents, engine_N: one after another {in_turn:.1f} s, in one batch "
+            f"{together['seconds']:.1f} s (x{in_turn / together['seconds']:.2f})",
+            flush=True,
+        )
     if args.output:
         from alfworld_sft.results import write_result
 

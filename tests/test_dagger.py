@@ -29,7 +29,7 @@ from alfworld_sft import (
     reports,
     training,
 )
-from alfworld_sft.agents import BASE_PROMPT_FORMAT
+from alfworld_sft.agents import BASE_PROMPT_FORMAT, session_of
 from alfworld_sft.backends import ExpertBackend
 from alfworld_sft.dagger import DaggerConfig, LabelSettings, label_rollout, label_rollouts
 from alfworld_sft.rollouts import RolloutConfig, play_rollouts
@@ -261,7 +261,7 @@ def test_labels_of_real_rollouts_show_the_model_what_it_saw(strayed):
     labels = [record for record in found if record["dagger_kind"] == "label"]
     assert counts["disagreed"] == len(labels) >= 2 * len(played) and counts["invalid_replies"] == len(played)
     for label in labels:
-        asked = requests[label["game_id"]][label["label_step"]]
+        asked = requests[session_of("zero_shot", label["game_id"])][label["label_step"]]
         # The model's prompt at that state (the expert backend has no training record: it is prompted with the
         # admissible commands listed), then the expert's command: nothing else.
         assert [dict(m) for m in asked.messages[1:]] == label["conversations"][:-1]

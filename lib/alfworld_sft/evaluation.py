@@ -352,9 +352,9 @@ def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[
 
 # --- the course (notebook 05) --------------------------------------------------------------------------------
 def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> EvalConfig:
-    """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 eval_in_distribution games of 5 steps,
-    in this process, all ten games in one batch. Full: all 134 out-of-distribution games, 50 steps, every CPU an
-    engine worker, 32 rows."""
+    """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 eval_in_distribution games of 3 steps,
+    in this process, all ten games in one batch (the multi-trial agents' chains of 3 trials and 2 reflections set
+    the wall time). Full: all 134 out-of-distribution games, 50 steps, every CPU an engine worker, 32 rows."""
     from alfworld_sft.paths import run_dir
 
     out = run_dir(small) / "eval"
@@ -366,7 +366,7 @@ def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> Eval
         "trajectories": str(demos) if demos.exists() else None,
     }
     if small:
-        return EvalConfig(**common, num_games=2, max_steps=5, split="eval_in_distribution", batch_size=10, workers=0)
+        return EvalConfig(**common, num_games=2, max_steps=3, split="eval_in_distribution", batch_size=10, workers=0)
     return EvalConfig(
         **common,
         num_games=0,
