@@ -12,10 +12,12 @@ trajectories JSONL); every set-up sees the same steps, in one run, on the same q
 * course before packing: micro-batches of 4 grouped by length (each step's 16 sequences sorted before they are
   cut), bf16 throughout, Liger kernels (fused linear cross-entropy: no full-vocabulary logits; RMSNorm, SwiGLU,
   RoPE), gradient checkpointing;
-* packed <= 16 GiB: what `alfworld-sft train --memory-budget-gib 16` runs: each micro-batch's sequences in one
-  row with restarting position ids (no padding), the course's varlen attention (PyTorch's flash kernel, never
-  across sequences), Liger, and the micro-batch and gradient checkpointing `training.plan_memory` picks for
-  2048-token sequences in 16 GiB;
+* packed <= 16 GiB, by sequences (the plan before 2026-12-02's second lease): each micro-batch's sequences in
+  one row with restarting position ids (no padding), the course's varlen attention (PyTorch's flash kernel, never
+  across sequences), Liger, a micro-batch of as many sequences as fit in 16 GiB if each were 2048 tokens long;
+* packed <= 16 GiB: what `alfworld-sft train --memory-budget-gib 16` runs: the same, each step's sequences cut
+  into passes of at most the tokens that `training.plan_memory` finds fit in 16 GiB (`training.cut_by_tokens`),
+  with the gradient checkpointing it picks;
 * packed, fastest: the same with the plan for all the memory the card has (no recomputation if it fits);
 * unsloth (only when Unsloth imports and `--model-dir` names a model folder, e.g. from tools/make_8b_model.py):
   Unsloth's QLoRA on that model, padded micro-batches of 4, in a process of its own (it patches transformers).
@@ -126,9 +128,14 @@ def make_steps(lengths: list[int], n_steps: int, seed: int) -> list[list[int]]:
     return [[rng.choice(lengths) for _ in range(EFFECTIVE_BATCH)] for _ in range(n_steps)]
 
 
-def micro_batches(step: list[int], micro: int, grouped: bool) -> list[list[int]]:
-    order = sorted(step) if grouped else step
-    return [order[i : i + micro] for i in range(0, len(order), micro)]
+def micro_batches(step: list[int], options: dict) -> list[list[int]]:
+    """A step's sequence lengths as forward passes: by a token budget, or `micro` sequences at a time."""
+    from alfworld_sft import training
+
+    if options.get("tokens"):
+        return [[step[i] for i in run] for run in training.cut_by_tokens(step, options["tokens"])]
+    order = sorted(step) if options["grouped"] else step
+    return [order[i : i + options["micro"]] for i in range(0, len(order), options["micro"])]
 
 
 def padded_batch(lengths: list[int], generator):
@@ -187,11 +194,10 @@ def run_setup(model, name: str, steps: list[list[int]], options: dict, warmup: i
 
     def optimizer_step(step: list[int]) -> tuple[int, int]:
         useful = computed = 0
-        micro = micro_batches(step, options["micro"], options["grouped"])
-        for lengths in micro:
+        for lengths in micro_batches(step, options):
             batch, width = build(lengths, generator)
             batch = {key: value.to("cuda") for key, value in batch.items()}
-            loss = peft_model(**batch).loss / len(micro)
+            loss = peft_model(**batch).loss * sum(lengths) / sum(step)  # each pass's share of the step's tokens
             loss.backward()
             useful += sum(lengths)
             computed += width
@@ -221,6 +227,7 @@ def run_setup(model, name: str, steps: list[list[int]], options: dict, warmup: i
         "padding_share": round(1 - useful / computed, 3),
         "bound_share": round(useful / elapsed / ARITHMETIC_BOUND, 3),
         "micro_batch": options["micro"],
+        "tokens_per_pass": options.get("tokens"),
         "gradient_checkpointing": options["checkpointing"] or options["upcast"],
         "attention": options["attention"],
     }
@@ -263,8 +270,9 @@ def check_packed_attention() -> dict:
     return result
 
 
-def plan_packed(model, budget_bytes: float, max_seq_len: int):
-    """The course's memory plan for this model (training.plan_memory): micro-batch and checkpointing."""
+def plan_packed(model, budget_bytes: float, max_seq_len: int, by_tokens: bool = True):
+    """The course's memory plan for this model (training.plan_memory): tokens a pass (or sequences a micro-batch)
+    and checkpointing."""
     from alfworld_sft import training
 
     shape = training.ModelShape.from_config(model.config)
@@ -277,6 +285,7 @@ def plan_packed(model, budget_bytes: float, max_seq_len: int):
         liger=True,
         lora_r=16,
         targets=LORA_TARGETS,
+        packing=by_tokens,
     )
 
 
@@ -309,7 +318,7 @@ def benchmark_unsloth(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             started, useful = time.perf_counter(), 0
-        micro = micro_batches(step, 4, grouped=True)
+        micro = micro_batches(step, {"micro": 4, "grouped": True})
         for lengths in micro:
             batch, _ = padded_batch(lengths, generator)
             loss = model(**{key: value.to("cuda") for key, value in batch.items()}).loss / len(micro)
@@ -371,6 +380,7 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
     built = time.perf_counter() - started
     print(f"built and quantized the 8B-shaped model in {built:.0f} s; weights {weights / GIB:.2f} GiB", flush=True)
     free, _ = torch.cuda.mem_get_info()
+    by_count = plan_packed(model, BUDGET_GIB * GIB, args.max_seq_len, by_tokens=False)
     small = plan_packed(model, BUDGET_GIB * GIB, args.max_seq_len)
     large = plan_packed(model, free + weights - GIB, args.max_seq_len)
     has_liger = importlib.util.find_spec("liger_kernel") is not None
@@ -379,9 +389,14 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
         ("naive", {**plain, "upcast": True, "grouped": False, "liger": False, "micro": 4}),
         ("course before packing", {**plain, "liger": has_liger, "micro": 4}),
     ]
-    for label, plan in ((f"packed <= {BUDGET_GIB:.0f} GiB", small), ("packed, fastest", large)):
+    packed_plans = (
+        (f"packed <= {BUDGET_GIB:.0f} GiB by sequences", by_count),
+        (f"packed <= {BUDGET_GIB:.0f} GiB", small),
+        ("packed, fastest", large),
+    )
+    for label, plan in packed_plans:
         options = {"upcast": False, "packed": True, "grouped": False, "liger": has_liger, "attention": varlen}
-        options.update(micro=plan.micro_batch, checkpointing=plan.gradient_checkpointing)
+        options.update(micro=plan.micro_batch, tokens=plan.tokens_per_pass, checkpointing=plan.gradient_checkpointing)
         setups.append((f"{label} (plan ~{plan.estimate_gib} GiB)", options))
     if not has_liger:
         print("liger-kernel is not installed: the Liger set-ups run without it", flush=True)
@@ -425,9 +440,10 @@ def report(results: list[dict]) -> None:
             f"{r['setup']:<42} {r['useful_tokens_per_s']:>7} useful tok/s {speedup:>6}  {r['step_s']:.2f} s/step  "
             f"peak {r['peak_gib']:5.1f} GiB  {r['bound_share']:.0%} of the bound  "
             f"padding {r.get('padding_share', 0):.0%}  micro {r.get('micro_batch', '-')}  "
+            f"tokens a pass {r.get('tokens_per_pass') or '-'}  "
             f"checkpointing {r.get('gradient_checkpointing', '-')}"
         )
-    packed = next((r for r in results if r["setup"].startswith("packed <=")), None)
+    packed = next((r for r in results if r["setup"].startswith(f"packed <= {BUDGET_GIB:.0f} GiB (")), None)
     if naive and packed:
         met = packed["useful_tokens_per_s"] >= 3 * naive and packed["peak_gib"] <= BUDGET_GIB
         print(

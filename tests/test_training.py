@@ -295,6 +295,53 @@ def test_packed_batches_keep_each_sequences_labels_loss_and_attention(records_pa
         torch.testing.assert_close(logits_changed[starts[1] :], later, msg=f"{attention}: sequence 1 leaked forward")
 
 
+def test_token_budgeted_passes_train_the_step_one_pass_would(records_path, tmp_path):
+    """A packed step cut into passes of at most N tokens (between sequences, never inside one) gives the loss and
+    the gradients of the whole step in one pass: each pass's loss is its share of the step's trained tokens."""
+    import torch
+
+    lengths = [5, 3, 4, 2, 6]
+    runs = training.cut_by_tokens(lengths, 8)
+    assert [list(r) for r in runs] == [[0, 1], [2, 3], [4]] and training.cut_by_tokens([9, 2], 8) == [
+        range(1),
+        range(1, 2),
+    ]
+
+    tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
+    dataset = formatting.format_records(records_path, formatting.FormatConfig(max_seq_len=768, eval_fraction=0))
+    train_set = dataset["train"].select_columns(["input_ids", "labels"]).select(range(4))
+    budget = max(len(ids) for ids in train_set["input_ids"])
+    config = tiny_config(records_path, tmp_path, batch=4, packing=True, tokens_per_pass=budget)
+    losses, gradients = {}, {}
+    for tokens in (None, budget):
+        setup = training.TrainSetup("cpu", "none", "peft", False, True, "sdpa", 4, 1, False, tokens_per_pass=tokens)
+        trainer = training.build_trainer(
+            setup,
+            model=build_tiny_llama(tokenizer).train(),
+            args=training.build_sft_config(config, setup, has_eval=False),
+            train_dataset=train_set,
+            processing_class=tokenizer,
+        )
+        trainer.current_gradient_accumulation_steps = 1  # what the training loop sets before its first step
+        batch = trainer.data_collator([train_set[i] for i in range(len(train_set))])
+        passes = training.split_packed_batch(batch, budget)
+        assert sum(p["input_ids"].shape[1] for p in passes) == batch["input_ids"].shape[1]
+        assert all(p["position_ids"][0, 0] == 0 and p["input_ids"].shape[1] <= budget for p in passes)
+        if tokens:
+            assert len(passes) >= 3 and type(trainer).__name__ == "TokenBudgetTrainer"
+        trained = int((batch["labels"] != formatting.IGNORE_INDEX).sum())
+        for items in (trained, None):  # as the trainer counts the step's tokens, and without a count
+            trainer.model.zero_grad()
+            losses[tokens, items] = trainer.training_step(trainer.model, dict(batch), num_items_in_batch=items)
+            gradients[tokens, items] = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    for items in (trained, None):
+        torch.testing.assert_close(losses[budget, items], losses[None, items], rtol=1e-5, atol=1e-6)
+        for name, gradient in gradients[None, items].items():
+            torch.testing.assert_close(gradients[budget, items][name], gradient, rtol=1e-4, atol=1e-7, msg=name)
+    with pytest.raises(ValueError, match="one row"):
+        training.split_packed_batch({"position_ids": torch.zeros(2, 4, dtype=torch.long)}, 8)
+
+
 @pytest.mark.parametrize("torch_api", ["2.10", "2.11+"])
 def test_varlen_kernel_call_adapts_to_the_torch_version(monkeypatch, torch_api):
     """The GPU kernel's call (PyTorch's varlen_attn changed its signature between releases), on the CPU with a
@@ -492,6 +539,19 @@ def test_memory_plan_for_llama_8b_fits_the_budget_and_prefers_no_recomputation()
     with pytest.raises(training.TrainingOutOfMemoryError, match="shorter --max-seq-len"):
         training.plan_memory(shape, budget_bytes=4 * gib, liger=True, **common)
 
+    # Packed, a pass is sized in tokens, not in sequences of the longest length: more tokens in the same budget.
+    packed = training.plan_memory(shape, budget_bytes=16 * gib, liger=True, packing=True, **common)
+    assert packed.gradient_checkpointing and (packed.micro_batch, packed.grad_accum) == (16, 1)
+    assert packed.tokens_per_pass >= 1.5 * small.micro_batch * 2048 and packed.estimate_gib <= 16
+    roomy = training.plan_memory(shape, budget_bytes=130 * gib, liger=True, packing=True, **common)
+    assert not roomy.gradient_checkpointing and roomy.tokens_per_pass >= 4 * 2048
+    pinned = training.plan_memory(
+        shape, budget_bytes=16 * gib, liger=True, packing=True, tokens_per_pass=4096, **common
+    )
+    assert pinned.tokens_per_pass == 4096 and pinned.estimate_gib < packed.estimate_gib
+    with pytest.raises(training.TrainingOutOfMemoryError, match="pass of 2048 tokens"):
+        training.plan_memory(shape, budget_bytes=4 * gib, liger=True, packing=True, **common)
+
 
 @pytest.mark.parametrize(
     "tokens, checkpointing, measured_gib",
@@ -531,6 +591,15 @@ def test_cpu_defaults_and_clear_setup_errors(monkeypatch):
     assert "padded batches" in line and "micro-batch 4 x 4 accumulation" in line
     packed = training.resolve_setup(training.TrainConfig(device="cpu", packing=True, micro_batch=8))
     assert (packed.packing, packed.micro_batch, packed.grad_accum) == (True, 8, 2)
+    budgeted = training.resolve_setup(training.TrainConfig(device="cpu", packing=True, tokens_per_pass=4096))
+    assert (budgeted.micro_batch, budgeted.grad_accum, budgeted.tokens_per_pass) == (16, 1, 4096)
+    assert "16 sequences a step in passes of at most 4,096 tokens" in training.describe_setup(budgeted)
+    with pytest.raises(ValueError, match="--tokens-per-pass must be a whole number of at least --max-seq-len"):
+        training.resolve_setup(training.TrainConfig(device="cpu", packing=True, tokens_per_pass=1024))
+    with pytest.raises(ValueError, match="give one of them"):
+        training.resolve_setup(training.TrainConfig(device="cpu", tokens_per_pass=4096, micro_batch=4))
+    with pytest.raises(training.TrainingSetupError, match="add --packing"):
+        training.resolve_setup(training.TrainConfig(device="cpu", tokens_per_pass=4096))
     if not torch.cuda.is_available():
         with pytest.raises(training.TrainingSetupError, match="sees no GPU.*--device cpu"):
             training.resolve_setup(training.TrainConfig(device="cuda"))

@@ -21,7 +21,8 @@
 # BASE_MULTI_GAMES (the base model's games for reflexion and hierarchical: they play up to 3 trials of 50 steps, and
 # the base model never wins, so its runs are the costliest: 24 by default, a balanced sample; 0 = all 140; the
 # fine-tuned models play every agent on all 140), DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500),
-# DAGGER_EPOCHS (1: each round retrains on the expert data and every round's labels so far). After training: DAgger,
+# DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on the expert data and every round's labels
+# so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the 3-epoch SFT adapter). After training: DAgger,
 # the fine-tuned evaluations, then self-imitation, one at a time (each uses every core for its engine workers).
 # `report` brings back the evaluations' checkpoints too: the per-game records of a run the deadline cut short.
 set -uo pipefail
@@ -35,7 +36,7 @@ DATA_GAMES=${DATA_GAMES:-0}
 BASE_MULTI_GAMES=${BASE_MULTI_GAMES:-24}
 DAGGER_ROUNDS=${DAGGER_ROUNDS:-2}
 DAGGER_GAMES=${DAGGER_GAMES:-500}
-DAGGER_EPOCHS=${DAGGER_EPOCHS:-1}
+DAGGER_EPOCHS=${DAGGER_EPOCHS:-3}
 STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger self_imitation"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"

@@ -13,12 +13,15 @@ How the batches reach the GPU is chosen from the machine and printed when traini
   (flash-attention's varlen kernel when `flash_attn` imports, else PyTorch's own varlen flash kernel registered
   here as `VARLEN_ATTENTION`, else sdpa with transformers' packed-sequence mask). Without packing, micro-batches
   are padded (labels with -100, attention mask from lengths) and grouped by length;
-* the micro-batch size and gradient checkpointing come from the card's free memory (or `--memory-budget-gib`),
-  the model's shape and `--max-seq-len` (`plan_memory`), keeping the effective batch `--batch x --grad-accum`;
+* how many tokens a forward pass holds and gradient checkpointing come from the card's free memory (or
+  `--memory-budget-gib`), the model's shape and `--max-seq-len` (`plan_memory`), keeping the effective batch
+  `--batch x --grad-accum`: packed, each optimizer step's sequences are cut into passes of at most
+  `--tokens-per-pass` tokens between sequences (`split_packed_batch`: a pass holds as many sequences as their
+  lengths allow, not a count sized for the longest), padded, into micro-batches of a fixed number of sequences;
 * Liger's fused kernels when liger-kernel is installed (no full-vocabulary logits).
 
-`--packing/--no-packing`, `--micro-batch`, `--gradient-checkpointing/--no-gradient-checkpointing`, `--attention`
-and `--liger/--no-liger` override the choices; on CPU nothing is planned (padded batches of `--batch`).
+`--packing/--no-packing`, `--tokens-per-pass`, `--micro-batch`, `--gradient-checkpointing/--no-gradient-checkpointing`,
+`--attention` and `--liger/--no-liger` override the choices; on CPU nothing is planned (padded batches of `--batch`).
 
     alfworld-sft train --data results/oracle/trajectories.jsonl --output results/sft_adapter \\
         --base meta-llama/Llama-3.1-8B-Instruct --epochs 3 --batch 4 --lr 2e-4 --max-seq-len 2048
@@ -44,6 +47,7 @@ and evaluation stages read through `records.read_training_record`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
@@ -106,6 +110,7 @@ class TrainConfig:
     liger: bool | None = None  # Liger fused kernels (no full-vocabulary logits); None: on with CUDA if installed
     packing: bool | None = None  # padding-free micro-batches (one row, restarting positions); None: on with CUDA + PEFT
     micro_batch: int | None = None  # sequences per forward pass; None: --batch on CPU, planned from memory on CUDA
+    tokens_per_pass: int | None = None  # packed: forward passes of at most this many tokens; None: planned on CUDA
     attention: str = "auto"  # "auto", "sdpa", "flash_attention_2" or "varlen" (PyTorch's flash kernel, packing only)
     memory_budget_gib: float | None = None  # GPU memory the plan may fill; None: what the card has free now
     init_adapter: str | None = None  # start from this adapter's weights (DAgger's "continue"); None: fresh LoRA
@@ -126,6 +131,7 @@ _SPEED_FIELDS = (
     "liger",
     "packing",
     "micro_batch",
+    "tokens_per_pass",
     "attention",
     "memory_budget_gib",
 )
@@ -149,10 +155,11 @@ class TrainSetup:
     liger: bool  # Liger's fused kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy)
     packing: bool  # each micro-batch's sequences concatenated into one row with restarting position ids
     attention: str  # the transformers attention implementation the model is loaded with
-    micro_batch: int  # sequences per forward pass and device
+    micro_batch: int  # sequences the trainer hands a step per device and accumulation (with tokens_per_pass: all)
     grad_accum: int  # micro-batches per optimizer step (micro_batch x grad_accum = the config's batch x grad_accum)
     gradient_checkpointing: bool  # recompute activations in the backward pass (less memory, ~1.5x the compute)
-    plan: str = ""  # how micro_batch and gradient_checkpointing were chosen (empty: as configured)
+    plan: str = ""  # how the layout and gradient checkpointing were chosen (empty: as configured)
+    tokens_per_pass: int | None = None  # packed: the step's sequences cut into passes of at most this many tokens
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,14 @@ def check_config(config: TrainConfig) -> None:
             refuse(name, "a number from 0 up to (not including) 1")
     if config.micro_batch is not None and (not is_int(config.micro_batch) or config.micro_batch < 1):
         refuse("micro_batch", "a whole number of at least 1 (or left out: planned from memory)")
+    if config.tokens_per_pass is not None and (
+        not is_int(config.tokens_per_pass) or config.tokens_per_pass < config.max_seq_len
+    ):
+        refuse("tokens_per_pass", f"a whole number of at least --max-seq-len ({config.max_seq_len}): none is cut")
+    if config.tokens_per_pass is not None and config.micro_batch is not None:
+        raise ValueError("--tokens-per-pass and --micro-batch both size a forward pass: give one of them")
+    if config.tokens_per_pass is not None and config.packing is False:
+        raise ValueError("--tokens-per-pass cuts packed steps: drop --no-packing, or give --micro-batch instead")
     if config.memory_budget_gib is not None and (
         not is_number(config.memory_budget_gib) or config.memory_budget_gib <= 0
     ):
@@ -359,13 +374,14 @@ def estimate_training_memory(
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """A micro-batch layout that fits the memory budget."""
+    """A batch layout that fits the memory budget."""
 
-    micro_batch: int  # sequences per forward pass
+    micro_batch: int  # sequences per micro-batch (with tokens_per_pass: the whole step's)
     grad_accum: int  # micro-batches per optimizer step
     gradient_checkpointing: bool  # recompute activations
-    estimate_gib: float  # the estimate for micro_batch sequences of max_seq_len tokens
+    estimate_gib: float  # the estimate for the largest pass: micro_batch x max_seq_len tokens, or tokens_per_pass
     budget_gib: float  # what it had to fit in
+    tokens_per_pass: int | None = None  # packed: a step's sequences in passes of at most this many tokens
 
 
 def plan_memory(
@@ -378,21 +394,25 @@ def plan_memory(
     liger: bool,
     lora_r: int,
     targets: Sequence[str],
+    packing: bool = False,
     micro_batch: int | None = None,
+    tokens_per_pass: int | None = None,
     gradient_checkpointing: bool | None = None,
 ) -> MemoryPlan:
-    """The fastest layout of `effective_batch` sequences that fits `budget_bytes` when every sequence is
-    `max_seq_len` long (the worst case: a run must not run out of memory at its longest batch).
+    """The fastest layout of `effective_batch` sequences of up to `max_seq_len` tokens that fits `budget_bytes`
+    at its largest pass (a run must not run out of memory at its longest batch).
 
-    Without recomputation when its micro-batch still holds `NO_RECOMPUTE_MIN_TOKENS` tokens (or the whole step);
-    otherwise with gradient checkpointing and the largest micro-batch that fits. `micro_batch` and
-    `gradient_checkpointing` pin either choice."""
-    micros = [micro_batch] if micro_batch else [m for m in range(effective_batch, 0, -1) if effective_batch % m == 0]
+    Packed (and `micro_batch` not given), a pass holds up to a number of tokens, whatever the sequences' count:
+    the most that fit (or `tokens_per_pass`). Padded, a micro-batch holds a number of sequences, sized as if each
+    were `max_seq_len` long. Without recomputation when a pass still holds `NO_RECOMPUTE_MIN_TOKENS` tokens (or
+    the whole step); otherwise with gradient checkpointing and the largest pass that fits.
+    `gradient_checkpointing` pins that choice."""
+    whole_step = effective_batch * max_seq_len
 
-    def need(micro: int, checkpointing: bool) -> float:
+    def need(tokens: int, checkpointing: bool) -> float:
         return estimate_training_memory(
             shape,
-            tokens=micro * max_seq_len,
+            tokens=tokens,
             quantization=quantization,
             checkpointing=checkpointing,
             liger=liger,
@@ -400,29 +420,83 @@ def plan_memory(
             targets=targets,
         )
 
+    def most_tokens(checkpointing: bool) -> int:  # the estimate is linear in the tokens of a pass
+        fixed, per_token = need(0, checkpointing), need(1, checkpointing) - need(0, checkpointing)
+        return min(whole_step, max(0, math.floor((budget_bytes - fixed) / per_token)))
+
+    by_tokens = packing and micro_batch is None
+    micros = [micro_batch] if micro_batch else [m for m in range(effective_batch, 0, -1) if effective_batch % m == 0]
     for checkpointing in [gradient_checkpointing] if gradient_checkpointing is not None else [False, True]:
-        fitting = [m for m in micros if need(m, checkpointing) <= budget_bytes]
-        if not fitting:
-            continue
-        micro = fitting[0]
-        busy = micro * max_seq_len >= NO_RECOMPUTE_MIN_TOKENS or micro == effective_batch
+        if by_tokens:
+            tokens = tokens_per_pass or most_tokens(checkpointing)
+            if tokens < max_seq_len or need(tokens, checkpointing) > budget_bytes:
+                continue
+            micro, accum = effective_batch, 1
+        else:
+            fitting = [m for m in micros if need(m * max_seq_len, checkpointing) <= budget_bytes]
+            if not fitting:
+                continue
+            micro, accum, tokens = fitting[0], effective_batch // fitting[0], fitting[0] * max_seq_len
+        busy = tokens >= min(NO_RECOMPUTE_MIN_TOKENS, whole_step)
         if not checkpointing and gradient_checkpointing is None and not busy:
             continue
         return MemoryPlan(
             micro_batch=micro,
-            grad_accum=effective_batch // micro,
+            grad_accum=accum,
             gradient_checkpointing=checkpointing,
-            estimate_gib=round(need(micro, checkpointing) / GIB, 1),
+            estimate_gib=round(need(tokens, checkpointing) / GIB, 1),
             budget_gib=round(budget_bytes / GIB, 1),
+            tokens_per_pass=tokens if by_tokens else None,
         )
-    smallest = micros[-1]
+    smallest = tokens_per_pass or (micros[-1] if not by_tokens else 1) * max_seq_len
     least = need(smallest, gradient_checkpointing if gradient_checkpointing is not None else True)
     advice = ["a shorter --max-seq-len", "--liger (liger-kernel)" if not liger else None]
     advice += ["--quantization nf4" if quantization != "nf4" else None, "a GPU with more free memory"]
     raise TrainingOutOfMemoryError(
-        f"{smallest} sequence(s) of {max_seq_len} tokens need about {least / GIB:.1f} GiB, more than the "
-        f"{budget_bytes / GIB:.1f} GiB available: try " + "; or ".join(a for a in advice if a)
+        f"a pass of {smallest} tokens ({max_seq_len} a sequence at most) needs about {least / GIB:.1f} GiB, more "
+        f"than the {budget_bytes / GIB:.1f} GiB available: try " + "; or ".join(a for a in advice if a)
     )
+
+
+def cut_by_tokens(lengths: Sequence[int], budget: int) -> list[range]:
+    """Consecutive runs of sequences (indices into `lengths`) whose lengths add up to at most `budget` tokens;
+    a sequence longer than the budget is a run of its own (the plan keeps the budget >= --max-seq-len)."""
+    runs: list[range] = []
+    start = total = 0
+    for index, length in enumerate(lengths):
+        if index > start and total + length > budget:
+            runs.append(range(start, index))
+            start, total = index, 0
+        total += length
+    if lengths:
+        runs.append(range(start, len(lengths)))
+    return runs
+
+
+def split_packed_batch(inputs: Mapping[str, Any], budget: int) -> list[dict[str, Any]]:
+    """A padding-free batch (one row, `position_ids` restarting at 0 at each sequence, as TRL's collator builds
+    it) as forward passes of at most `budget` tokens each, cut between sequences, in order."""
+    positions = inputs["position_ids"]
+    if positions.dim() != 2 or positions.shape[0] != 1:
+        raise ValueError(f"a packed batch is one row; got position_ids of shape {tuple(positions.shape)}")
+    width = positions.shape[1]
+    starts = (positions[0] == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("a packed batch's position_ids start at 0 for each sequence")
+    bounds = starts + [width]
+    runs = cut_by_tokens([bounds[i + 1] - bounds[i] for i in range(len(starts))], budget)
+    if len(runs) == 1:
+        return [dict(inputs)]
+    passes = []
+    for run in runs:
+        first, last = bounds[run.start], bounds[run.stop]
+        piece = {}
+        for key, value in inputs.items():
+            if not (hasattr(value, "dim") and value.dim() == 2 and value.shape[1] == width):
+                raise ValueError(f"cannot cut the packed batch's {key!r} between sequences")
+            piece[key] = value[:, first:last]
+        passes.append(piece)
+    return passes
 
 
 # ------------------------------------------------------------------------------------------------ the set-up
@@ -506,10 +580,31 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
     # Unsloth's own attention it is not, so there it is only on when asked for.
     packing = config.packing if config.packing is not None else device == "cuda" and backend == "peft"
     attention = choose_attention(config.attention, device, packing)
+    if config.tokens_per_pass is not None and not packing:
+        raise TrainingSetupError("--tokens-per-pass cuts packed steps: add --packing, or give --micro-batch instead")
+    # Under `accelerate launch` every process must make as many forward passes a step as the others (TRL gathers
+    # metrics across them in each): there, packed micro-batches hold a fixed number of sequences.
+    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if config.tokens_per_pass is not None and several_processes:
+        raise TrainingSetupError("--tokens-per-pass runs in a single process: give --micro-batch under accelerate")
     effective = config.batch * config.grad_accum
-    if device != "cuda" or (config.micro_batch is not None and config.gradient_checkpointing is not None):
-        micro = config.micro_batch or config.batch
+    pinned = config.micro_batch is not None or config.tokens_per_pass is not None
+    if device != "cuda" or (pinned and config.gradient_checkpointing is not None):
         checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
+        if config.tokens_per_pass is not None:
+            return TrainSetup(
+                device,
+                quantization,
+                backend,
+                liger,
+                packing,
+                attention,
+                effective,
+                1,
+                checkpointing,
+                tokens_per_pass=config.tokens_per_pass,
+            )
+        micro = config.micro_batch or config.batch
         return TrainSetup(
             device, quantization, backend, liger, packing, attention, micro, effective // micro, checkpointing
         )
@@ -530,13 +625,17 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
         liger=liger,
         lora_r=config.lora_r,
         targets=config.target_modules,
+        packing=packing and not several_processes,
         micro_batch=config.micro_batch,
+        tokens_per_pass=config.tokens_per_pass,
         gradient_checkpointing=config.gradient_checkpointing,
     )
-    why = (
-        f"{plan.micro_batch} x {config.max_seq_len} tokens need at most ~{plan.estimate_gib} GiB of "
-        f"{plan.budget_gib} GiB ({source})"
+    largest = (
+        f"{plan.tokens_per_pass:,} tokens a pass"
+        if plan.tokens_per_pass
+        else f"{plan.micro_batch} x {config.max_seq_len} tokens"
     )
+    why = f"{largest} need at most ~{plan.estimate_gib} GiB of {plan.budget_gib} GiB ({source})"
     return TrainSetup(
         device,
         quantization,
@@ -548,6 +647,7 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
         plan.grad_accum,
         plan.gradient_checkpointing,
         why,
+        plan.tokens_per_pass,
     )
 
 
@@ -559,7 +659,9 @@ def describe_setup(setup: TrainSetup) -> str:
         f"{setup.device}, {method} via {setup.backend}",
         "Liger kernels" if setup.liger else "no Liger",
         f"packing ({attention} attention)" if setup.packing else f"padded batches ({attention} attention)",
-        f"micro-batch {setup.micro_batch} x {setup.grad_accum} accumulation",
+        f"{setup.micro_batch} sequences a step in passes of at most {setup.tokens_per_pass:,} tokens"
+        if setup.tokens_per_pass
+        else f"micro-batch {setup.micro_batch} x {setup.grad_accum} accumulation",
         "gradient checkpointing" if setup.gradient_checkpointing else "no gradient checkpointing",
     ]
     return "set-up: " + ", ".join(parts) + (f" [{setup.plan}]" if setup.plan else "")
@@ -1029,7 +1131,9 @@ def mean_train_loss(log_history: Sequence[Mapping[str, Any]]) -> float | None:
 
 def _explain_oom(config: TrainConfig, setup: TrainSetup) -> TrainingOutOfMemoryError:
     advice = [
-        f"a smaller --micro-batch (now {setup.micro_batch}; the effective batch --batch x --grad-accum stays)",
+        f"a smaller --tokens-per-pass (now {setup.tokens_per_pass}; at least --max-seq-len)"
+        if setup.tokens_per_pass
+        else f"a smaller --micro-batch (now {setup.micro_batch}; the effective batch --batch x --grad-accum stays)",
         f"a shorter --max-seq-len (now {config.max_seq_len})",
     ]
     if setup.quantization == "none" and setup.device == "cuda":
@@ -1055,7 +1159,10 @@ def build_sft_config(config: TrainConfig, setup: TrainSetup, has_eval: bool) -> 
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=setup.micro_batch,
-        per_device_eval_batch_size=setup.micro_batch,
+        # Evaluation passes are not cut: as many sequences as the longest fit in one pass.
+        per_device_eval_batch_size=max(1, setup.tokens_per_pass // config.max_seq_len)
+        if setup.tokens_per_pass
+        else setup.micro_batch,
         gradient_accumulation_steps=setup.grad_accum,
         learning_rate=config.lr,
         lr_scheduler_type=config.lr_scheduler,
@@ -1080,7 +1187,7 @@ def build_sft_config(config: TrainConfig, setup: TrainSetup, has_eval: bool) -> 
         use_liger_kernel=setup.liger,
         # Length grouping only saves padding, and packed batches have none.
         train_sampling_strategy="group_by_length" if config.group_by_length and not setup.packing else "random",
-        packing=False,  # never TRL's dataset packing: a micro-batch stays `micro_batch` whole sequences
+        packing=False,  # never TRL's dataset packing: a sequence is never cut or mixed into another's example
         report_to="none",
         seed=config.seed,
         data_seed=config.seed,
@@ -1088,6 +1195,35 @@ def build_sft_config(config: TrainConfig, setup: TrainSetup, has_eval: bool) -> 
         ddp_find_unused_parameters=False,  # LoRA under `accelerate launch`: every trainable weight gets a gradient
         disable_tqdm=False,
     )
+
+
+def build_trainer(setup: TrainSetup, **kwargs: Any) -> Any:
+    """TRL's `SFTTrainer` with `kwargs`; with `setup.tokens_per_pass`, one whose optimizer step runs its packed
+    sequences as passes of at most that many tokens (`split_packed_batch`), their gradients accumulated and each
+    pass's loss a share of the whole step's (every pass divides by the step's count of trained tokens)."""
+    from trl import SFTTrainer
+
+    if not setup.tokens_per_pass:
+        return SFTTrainer(**kwargs)
+    budget = setup.tokens_per_pass
+
+    class TokenBudgetTrainer(SFTTrainer):
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            passes = split_packed_batch(inputs, budget)
+            if len(passes) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if num_items_in_batch is None:
+                num_items_in_batch = sum(int((p["labels"] != formatting.IGNORE_INDEX).sum()) for p in passes)
+            loss = None
+            for index, piece in enumerate(passes):
+                # Under DDP only the step's last pass exchanges gradients; alone on one GPU this is a no-op.
+                last = index == len(passes) - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    part = super().training_step(model, piece, num_items_in_batch)
+                loss = part if loss is None else loss + part
+            return loss
+
+    return TokenBudgetTrainer(**kwargs)
 
 
 def keep_initial_eval_callback(entry: dict[str, Any]) -> Any:
@@ -1134,7 +1270,6 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     say(describe_setup(setup))
     import torch
     from transformers import TrainerState
-    from trl import SFTTrainer
 
     tokenizer = models.load_tokenizer(config.base, flag="--base")
     dataset, data_facts = load_training_data(config, tokenizer, source)
@@ -1160,7 +1295,8 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     if setup.packing and not any(isinstance(f, _PackedAttentionWarning) for f in trl_logger.filters):
         trl_logger.addFilter(_PackedAttentionWarning())
     model = load_lora_model(config, setup)
-    trainer = SFTTrainer(
+    trainer = build_trainer(
+        setup,
         model=model,
         args=build_sft_config(config, setup, has_eval),
         train_dataset=train_set,
@@ -1375,6 +1511,13 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="sequences per forward pass, a divisor of --batch x --grad-accum (default: --batch on CPU, the most "
         "that fits on CUDA)",
+    )
+    parser.add_argument(
+        "--tokens-per-pass",
+        type=int,
+        default=None,
+        help="packed: cut each step's sequences into forward passes of at most this many tokens, at least "
+        "--max-seq-len (default on CUDA: the most that fit)",
     )
     parser.add_argument("--attention", choices=ATTENTIONS, default=defaults.attention)
     parser.add_argument(
