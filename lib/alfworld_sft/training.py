@@ -47,7 +47,6 @@ and evaluation stages read through `records.read_training_record`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib.util
 import json
@@ -1214,14 +1213,8 @@ def build_trainer(setup: TrainSetup, **kwargs: Any) -> Any:
                 return super().training_step(model, inputs, num_items_in_batch)
             if num_items_in_batch is None:
                 num_items_in_batch = sum(int((p["labels"] != formatting.IGNORE_INDEX).sum()) for p in passes)
-            loss = None
-            for index, piece in enumerate(passes):
-                # Under DDP only the step's last pass exchanges gradients; alone on one GPU this is a no-op.
-                last = index == len(passes) - 1
-                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
-                    part = super().training_step(model, piece, num_items_in_batch)
-                loss = part if loss is None else loss + part
-            return loss
+            # One process only (resolve_setup): no gradients to exchange between the passes.
+            return sum(super(TokenBudgetTrainer, self).training_step(model, p, num_items_in_batch) for p in passes)
 
     return TokenBudgetTrainer(**kwargs)
 
