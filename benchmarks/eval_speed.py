@@ -161,6 +161,8 @@ def main() -> None:
                             "overhead_s",
                         )
                     ),
+                    # How full the decoding batch ran: generated tokens per decode forward.
+                    round(profile.get("generated_tokens", 0) / max(profile.get("decode_forwards", 0), 1), 1),
                 )
             )
         print(
@@ -203,6 +205,7 @@ HEADERS = (
     "decode s",
     "wait s",
     "other s",
+    "rows a decode",
 )
 
 

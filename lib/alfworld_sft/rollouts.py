@@ -75,6 +75,10 @@ class RolloutProfile:
     requests: int = 0
     prompt_tokens: int = 0
     reused_tokens: int = 0
+    generated_tokens: int = 0
+    # Forwards of a local model: generated tokens per decode forward is how full its batch ran.
+    prefill_forwards: int = 0
+    decode_forwards: int = 0
     workers: int = 0
 
     @property
@@ -448,7 +452,8 @@ def _play(
                 backend.release(session_of(config.agent, game_id))
     stats_after = _decoder_stats(backend)
     if stats_after is not None:
-        for key in ("prefill_s", "decode_s", "prompt_tokens", "reused_tokens"):
+        counters = ("prompt_tokens", "reused_tokens", "generated_tokens", "prefill_forwards", "decode_forwards")
+        for key in ("prefill_s", "decode_s", *counters):
             setattr(profile, key, stats_after[key] - stats_before[key])
     profile.wall_s = startup_s + time.perf_counter() - started
     return result
