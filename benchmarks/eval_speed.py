@@ -161,8 +161,13 @@ def main() -> None:
                             "overhead_s",
                         )
                     ),
-                    # How full the decoding batch ran: generated tokens per decode forward.
-                    round(profile.get("generated_tokens", 0) / max(profile.get("decode_forwards", 0), 1), 1),
+                    # How full the decoding batch ran: tokens of decode forwards (a reply's first comes from its
+                    # prefill) per decode forward.
+                    round(
+                        (profile.get("generated_tokens", 0) - profile.get("requests", 0))
+                        / max(profile.get("decode_forwards", 0), 1),
+                        1,
+                    ),
                 )
             )
         print(

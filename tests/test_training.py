@@ -338,6 +338,9 @@ def test_token_budgeted_passes_train_the_step_one_pass_would(records_path, tmp_p
         torch.testing.assert_close(losses[budget, items], losses[None, items], rtol=1e-5, atol=1e-6)
         for name, gradient in gradients[None, items].items():
             torch.testing.assert_close(gradients[budget, items][name], gradient, rtol=1e-4, atol=1e-7, msg=name)
+    trainer.model_accepts_loss_kwargs = False  # a model whose loss is always its own mean: refused, not mis-weighted
+    with pytest.raises(training.TrainingSetupError, match="--micro-batch instead"):
+        trainer.training_step(trainer.model, dict(batch), num_items_in_batch=None)
     with pytest.raises(ValueError, match="one row"):
         training.split_packed_batch({"position_ids": torch.zeros(2, 4, dtype=torch.long)}, 8)
 

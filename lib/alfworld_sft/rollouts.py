@@ -76,7 +76,7 @@ class RolloutProfile:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     generated_tokens: int = 0
-    # Forwards of a local model: generated tokens per decode forward is how full its batch ran.
+    # Forwards of a local model: (generated tokens - requests) per decode forward is how full its batch ran.
     prefill_forwards: int = 0
     decode_forwards: int = 0
     workers: int = 0

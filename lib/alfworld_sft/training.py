@@ -1211,6 +1211,12 @@ def build_trainer(setup: TrainSetup, **kwargs: Any) -> Any:
             passes = split_packed_batch(inputs, budget)
             if len(passes) == 1:
                 return super().training_step(model, inputs, num_items_in_batch)
+            if not self.model_accepts_loss_kwargs and self.compute_loss_func is None:
+                # Its loss would be each pass's own mean, and their sum not the step's: refuse, never mis-weight.
+                raise TrainingSetupError(
+                    "this model's loss does not take the step's token count (num_items_in_batch), so passes cut by "
+                    "--tokens-per-pass cannot add up to the step's loss: pass --micro-batch instead"
+                )
             if num_items_in_batch is None:
                 num_items_in_batch = sum(int((p["labels"] != formatting.IGNORE_INDEX).sum()) for p in passes)
             # One process only (resolve_setup): no gradients to exchange between the passes.
