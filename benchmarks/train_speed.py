@@ -12,7 +12,7 @@ trajectories JSONL); every set-up sees the same steps, in one run, on the same q
 * course before packing: micro-batches of 4 grouped by length (each step's 16 sequences sorted before they are
   cut), bf16 throughout, Liger kernels (fused linear cross-entropy: no full-vocabulary logits; RMSNorm, SwiGLU,
   RoPE), gradient checkpointing;
-* packed <= 16 GiB, by sequences (the plan before 2026-12-02's second lease): each micro-batch's sequences in
+* packed <= 16 GiB, by sequences (the course's plan until 2026-12-02): each micro-batch's sequences in
   one row with restarting position ids (no padding), the course's varlen attention (PyTorch's flash kernel, never
   across sequences), Liger, a micro-batch of as many sequences as fit in 16 GiB if each were 2048 tokens long;
 * packed <= 16 GiB: what `alfworld-sft train --memory-budget-gib 16` runs: the same, each step's sequences cut
