@@ -590,22 +590,19 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
     pinned = config.micro_batch is not None or config.tokens_per_pass is not None
     if device != "cuda" or (pinned and config.gradient_checkpointing is not None):
         checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
-        if config.tokens_per_pass is not None:
-            return TrainSetup(
-                device,
-                quantization,
-                backend,
-                liger,
-                packing,
-                attention,
-                effective,
-                1,
-                checkpointing,
-                tokens_per_pass=config.tokens_per_pass,
-            )
-        micro = config.micro_batch or config.batch
+        # Token-budgeted: the trainer gets the whole step and cuts it into passes itself.
+        micro = effective if config.tokens_per_pass else config.micro_batch or config.batch
         return TrainSetup(
-            device, quantization, backend, liger, packing, attention, micro, effective // micro, checkpointing
+            device,
+            quantization,
+            backend,
+            liger,
+            packing,
+            attention,
+            micro,
+            effective // micro,
+            checkpointing,
+            tokens_per_pass=config.tokens_per_pass,
         )
     from transformers import AutoConfig
 
