@@ -41,15 +41,16 @@ def default_backend():
     return load_backend("smollm2-135m-instruct", device="cpu", threads=2, batch_size=3)
 
 
-def reference_replies(backend, prompts, max_new_tokens):
-    """transformers' own greedy `generate`, one prompt at a time: the independent reference."""
+def reference_replies(backend, prompts, max_new_tokens, model=None):
+    """transformers' own greedy `generate` (of `model`, else the backend's), one prompt at a time: the independent
+    reference."""
     import torch
 
     replies = []
     for messages in prompts:
         ids = torch.tensor([backend.codec.encode(messages)])
         with torch.no_grad():
-            out = backend.model.generate(
+            out = (model or backend.model).generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
@@ -78,6 +79,23 @@ def test_batched_generation_matches_one_at_a_time_and_transformers_generate(defa
     alone = [default_backend.generate([Request(p, 12)])[0] for p in PROMPTS]
     assert [r.text for r in batched] == [r.text for r in alone] == reference_replies(default_backend, PROMPTS, 12)
     assert all(0 < r.new_tokens <= 12 for r in batched)
+
+
+@pytest.mark.slow
+def test_an_adapter_is_merged_at_load_and_answers_as_base_plus_adapter(adapter):
+    """The backend folds the adapter into the weights (no LoRA layer is left to run) and replies exactly as the
+    unmerged base + adapter does (float32)."""
+    import torch
+    from alfworld_sft import models
+    from alfworld_sft.backends import load_backend
+    from peft import PeftModel
+
+    backend = load_backend("", adapter=adapter, device="cpu", dtype="float32", threads=2, batch_size=3)
+    assert not [name for name, _ in backend.model.named_parameters() if "lora" in name]
+    base = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32)
+    unmerged = PeftModel.from_pretrained(base, str(adapter)).eval()
+    replies = backend.generate([Request(p, 12) for p in PROMPTS])
+    assert [r.text for r in replies] == reference_replies(backend, PROMPTS, 12, model=unmerged)
 
 
 def free_port() -> int:

@@ -22,8 +22,9 @@
 # the base model never wins, so its runs are the costliest: 24 by default, a balanced sample; 0 = all 140; the
 # fine-tuned models play every agent on all 140), DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500),
 # DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on the expert data and every round's labels
-# so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the 3-epoch SFT adapter). After training: DAgger,
-# the fine-tuned evaluations, then self-imitation, one at a time (each uses every core for its engine workers).
+# so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the 3-epoch SFT adapter). After training, the
+# stages eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter)
+# and self_imitation run one at a time (each uses every core for its engine workers), in the order STAGES names them.
 # `report` brings back the evaluations' checkpoints too: the per-game records of a run the deadline cut short.
 set -uo pipefail
 
@@ -37,7 +38,7 @@ BASE_MULTI_GAMES=${BASE_MULTI_GAMES:-24}
 DAGGER_ROUNDS=${DAGGER_ROUNDS:-2}
 DAGGER_GAMES=${DAGGER_GAMES:-500}
 DAGGER_EPOCHS=${DAGGER_EPOCHS:-3}
-STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger self_imitation"}
+STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -84,9 +85,12 @@ eval_base() {  # the base model: it never wins, so every game plays its whole bu
         evaluate base_constrained 0 "zero_shot react" --actions constrained
 }
 
-eval_sft() {  # the fine-tuned models: all five agents in one batch, then grounded, then the thought adapter
-    evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter" &&
-        evaluate sft_constrained 0 "zero_shot react" --adapter "$WORK/sft_adapter" --actions constrained &&
+eval_sft() {  # the command adapter: all five agents in one batch
+    evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter"
+}
+
+eval_variants() {  # grounded commands, then the thought adapter
+    evaluate sft_constrained 0 "zero_shot react" --adapter "$WORK/sft_adapter" --actions constrained &&
         evaluate thoughts_free 0 "zero_shot react reflexion" --adapter "$WORK/sft_thoughts" &&
         evaluate thoughts_constrained 0 "zero_shot react" --adapter "$WORK/sft_thoughts" --actions constrained
 }
@@ -129,9 +133,12 @@ wait
 wants train && { stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_both & }
 wants eval_base && stage eval_base 1200 "data" "$PHASE3" bash "$0" _run eval_base
 wait
-# One at a time, in this order: side by side (2026-12-02) they were CPU-bound and none finished by the deadline.
-wants dagger && stage dagger 1500 "train" "$WORK/dagger" bash "$0" _run rounds dagger
-wants eval_sft && stage eval_sft 1200 "train" "$PHASE3" bash "$0" _run eval_sft
-wants self_imitation &&
-    stage self_imitation 1500 "train" "$WORK/self_imitation" bash "$0" _run rounds self_imitation
+# One at a time, in the order STAGES names them: side by side (2026-12-02) they were CPU-bound and none finished.
+for name in $STAGES; do
+    case $name in
+        eval_sft) stage eval_sft 1200 "train" "$PHASE3/sft_free.json" bash "$0" _run eval_sft ;;
+        eval_variants) stage eval_variants 1200 "train" "$PHASE3" bash "$0" _run eval_variants ;;
+        dagger | self_imitation) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds "$name" ;;
+    esac
+done
 log "proof: finished in $((SECONDS - started)) s"
