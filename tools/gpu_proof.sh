@@ -21,7 +21,7 @@
 # BASE_MULTI_GAMES (the base model's games for reflexion and hierarchical: they play up to 3 trials of 50 steps, and
 # the base model never wins, so its runs are the costliest: 24 by default, a balanced sample; 0 = all 140; the
 # fine-tuned models play every agent on all 140), DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500),
-# DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on the expert data and every round's labels
+# EVAL_ROWS (the evaluations' --batch-size: rows the model decodes together, 64), DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on the expert data and every round's labels
 # so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the 3-epoch SFT adapter). After training, the
 # stages eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter)
 # and self_imitation run one at a time (each uses every core for its engine workers), in the order STAGES names them.
@@ -38,6 +38,7 @@ BASE_MULTI_GAMES=${BASE_MULTI_GAMES:-24}
 DAGGER_ROUNDS=${DAGGER_ROUNDS:-2}
 DAGGER_GAMES=${DAGGER_GAMES:-500}
 DAGGER_EPOCHS=${DAGGER_EPOCHS:-3}
+EVAL_ROWS=${EVAL_ROWS:-64}
 STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
@@ -48,7 +49,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTORCH
 DATA=$WORK/oracle/trajectories.jsonl
 PHASE3=$WORK/phase3
 CORES=$(getconf _NPROCESSORS_ONLN)  # not nproc: it counts OMP_NUM_THREADS, which is 1 here
-EVAL=(--split eval_in_distribution --max-steps 50 --workers "$CORES" --batch-size 64 --dtype bfloat16
+EVAL=(--split eval_in_distribution --max-steps 50 --workers "$CORES" --batch-size "$EVAL_ROWS" --dtype bfloat16
       --trajectories "$DATA")
 SINGLE=(zero_shot few_shot react)
 MULTI=(reflexion hierarchical)
