@@ -20,9 +20,10 @@
 # collection: a seeded, task-balanced sample of this many train games, as `collect --limit`; 0: the whole split),
 # BASE_MULTI_GAMES (the base model's games for reflexion and hierarchical: they play up to 3 trials of 50 steps, and
 # the base model never wins, so its runs are the costliest: 24 by default, a balanced sample; 0 = all 140; the
-# fine-tuned models play every agent on all 140), DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500),
-# EVAL_ROWS (the evaluations' --batch-size: rows the model decodes together, 64), DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on the expert data and every round's labels
-# so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the 3-epoch SFT adapter). After training, the
+# fine-tuned models play every agent on all 140), EVAL_ROWS (the evaluations' --batch-size: rows the model decodes
+# together, 64), DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (3, as the SFT recipe: each
+# round retrains from the base on the expert data and every round's labels so far; with 1, round 1 of 2026-12-02
+# lost 19 of 140 games against the 3-epoch SFT adapter). After training, the
 # stages eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter)
 # and self_imitation run one at a time (each uses every core for its engine workers), in the order STAGES names them.
 # `report` brings back the evaluations' checkpoints too: the per-game records of a run the deadline cut short.
