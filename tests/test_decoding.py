@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from alfworld_sft import models
 from alfworld_sft.backends import Request
-from alfworld_sft.decoding import SlotDecoder
+from alfworld_sft.decoding import SlotDecoder, register_grouped_attention
 
 SYSTEM = {"role": "system", "content": "Reply with one command."}
 PROMPTS = [
@@ -23,12 +23,22 @@ CHOICES = ("go to shelf 1", "go to countertop 1", "take mug 1 from countertop 1"
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
+    """The model as the backend loads it on a CPU: with the decoder's grouped attention."""
     import torch
 
     torch.set_num_threads(2)
     tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
-    model = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32, attn_implementation="eager").eval()
+    attention = register_grouped_attention()
+    model = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32, attn_implementation=attention).eval()
     return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def eager_model():
+    """The independent reference: transformers' own eager attention."""
+    import torch
+
+    return models.load_model(models.DEFAULT_MODEL, dtype=torch.float32, attn_implementation="eager").eval()
 
 
 def encode(tokenizer, messages) -> list[int]:
@@ -70,16 +80,33 @@ def make_decoder(model, tokenizer, rows: int, batch_prefill: bool) -> SlotDecode
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("rows", "batch_prefill"), [(1, False), (3, True), (2, True)])
-def test_replies_equal_generate_whatever_shares_the_batch(model_and_tokenizer, rows, batch_prefill):
+def test_replies_equal_generate_whatever_shares_the_batch(model_and_tokenizer, eager_model, rows, batch_prefill):
     model, tokenizer = model_and_tokenizer
     decoder = make_decoder(model, tokenizer, rows, batch_prefill)
     items = [(str(i), Request(p, 12), encode(tokenizer, p), f"s{i}") for i, p in enumerate(PROMPTS)]
     texts = run(decoder, items)
-    assert [texts[str(i)] for i in range(3)] == [reference(model, tokenizer, p, 12) for p in PROMPTS]
+    assert [texts[str(i)] for i in range(3)] == [reference(eager_model, tokenizer, p, 12) for p in PROMPTS]
 
 
 @pytest.mark.slow
-def test_a_session_computes_only_its_new_tokens_and_replies_as_from_scratch(model_and_tokenizer):
+def test_grouped_attention_computes_what_eager_attention_computes(model_and_tokenizer, eager_model):
+    """The same forwards on both attentions: a batched prefill of rows of different lengths, then a decode of some
+    of the rows (the cache gathered by row)."""
+    import torch
+
+    model, tokenizer = model_and_tokenizer
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # query heads do share keys
+    logits = []
+    for each in (model, eager_model):
+        decoder = make_decoder(each, tokenizer, 3, True)
+        prefill, _ = decoder._forward([0, 1, 2], [encode(tokenizer, p) for p in PROMPTS])
+        decode, _ = decoder._forward([0, 2], [[5], [7]])
+        logits.append(torch.cat([prefill, decode]))
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_session_computes_only_its_new_tokens_and_replies_as_from_scratch(model_and_tokenizer, eager_model):
     model, tokenizer = model_and_tokenizer
     decoder = make_decoder(model, tokenizer, 2, False)
     first = list(PROMPTS[0])
@@ -98,18 +125,21 @@ def test_a_session_computes_only_its_new_tokens_and_replies_as_from_scratch(mode
         ],
     )
     assert decoder.stats.reused_tokens - before >= len(encode(tokenizer, first)) - 1
-    assert texts == {"b": reference(model, tokenizer, second, 12), "c": reference(model, tokenizer, PROMPTS[1], 12)}
+    assert texts == {
+        "b": reference(eager_model, tokenizer, second, 12),
+        "c": reference(eager_model, tokenizer, PROMPTS[1], 12),
+    }
     decoder.release("game")
     assert all(row.owner != "game" for row in decoder.rows)
 
 
 @pytest.mark.slow
-def test_more_sessions_than_rows_take_over_parked_rows(model_and_tokenizer):
+def test_more_sessions_than_rows_take_over_parked_rows(model_and_tokenizer, eager_model):
     model, tokenizer = model_and_tokenizer
     decoder = make_decoder(model, tokenizer, 1, False)
     items = [(str(i), Request(p, 8), encode(tokenizer, p), f"s{i}") for i, p in enumerate(PROMPTS)]
     texts = run(decoder, items)
-    assert [texts[str(i)] for i in range(3)] == [reference(model, tokenizer, p, 8) for p in PROMPTS]
+    assert [texts[str(i)] for i in range(3)] == [reference(eager_model, tokenizer, p, 8) for p in PROMPTS]
 
 
 @pytest.mark.slow

@@ -141,6 +141,35 @@ def test_a_killed_evaluation_resumes_without_loss_or_duplicates(eval_games, tmp_
 def test_compare_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="alfworld-sft evaluate"):
         compare_results(tmp_path / "a.json", tmp_path / "b.json")
+    with pytest.raises(ValueError, match="two or more"):
+        compare_results(tmp_path / "a.json")
+
+
+def test_compare_puts_three_runs_side_by_side(tmp_path):
+    """The Phase-3 table: a column per run; an agent only one run played gets no per-task-type rows."""
+
+    def run(model: str, **won: int) -> dict:
+        blocks = {
+            agent: {
+                "games": 4,
+                "won": n,
+                "success_rate": n / 4,
+                "avg_steps": 9.0,
+                "invalid_reply_rate": 0.0,
+                "per_task_type": {"pick_two_obj_and_place": {"games": 4, "won": n, "success_rate": n / 4}},
+            }
+            for agent, n in won.items()
+        }
+        return {"model": model, "agents": blocks}
+
+    runs = [run("m", zero_shot=0, react=1), run("m+sft", zero_shot=3), run("m+sft", zero_shot=4, reflexion=2)]
+    comparison = compare_results(*runs, plot=tmp_path / "phase3.png")
+    assert comparison["labels"] == ["A:m", "B:m+sft", "C:m+sft"]
+    zero_shot, react, reflexion = comparison["agents"]
+    assert [zero_shot[f"success_{label}"] for label in comparison["labels"]] == [0.0, 0.75, 1.0]
+    assert react["success_A:m"] == 0.25 and react["success_B:m+sft"] is None and reflexion["games_C:m+sft"] == 4
+    assert [(row["agent"], row["won_B:m+sft"]) for row in comparison["task_types"]] == [("zero_shot", "3/4")]
+    assert (tmp_path / "phase3.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -175,6 +204,30 @@ def test_shards_merge_into_the_whole_run_without_loading_a_model(eval_games, tmp
     assert sorted(g["game_id"] for g in block["games_detail"]) == sorted(
         games.game_id(g) for g in select_games("eval_in_distribution", 4, 0)
     )
+
+
+@pytest.mark.slow
+def test_actions_auto_grounds_a_finetuned_model_and_leaves_others_free(adapter, tmp_path):
+    """The default `--actions auto`: an adapter (a training record, a backend that grounds) plays constrained, and
+    the results and the checkpoint's run key say so; a model without a training record plays free."""
+    tuned = run_evaluation(
+        EvalConfig(
+            agents=("zero_shot",),
+            num_games=1,
+            max_steps=2,
+            model="",
+            adapter=str(adapter),
+            split="eval_in_distribution",
+            output=str(tmp_path / "tuned.json"),
+            device="cpu",
+            threads=2,
+        )
+    )
+    assert EvalConfig().actions == "auto"
+    assert tuned["actions"] == "constrained" and tuned["run"]["actions"] == "constrained"
+    assert tuned["agents"]["zero_shot"]["invalid_replies"] == 0
+    base = run_evaluation(expert_config(tmp_path, agents=("zero_shot",), num_games=1))
+    assert base["actions"] == "free"
 
 
 def line(key: dict, game: str, **changes) -> dict:

@@ -18,8 +18,9 @@
   the token's index, so a reply does not depend on which other rows share the batch.
 
 Rows live in one preallocated cache per layer, `[rows, kv_heads, width, head_dim]`, grown by doubling. The model
-runs its own attention (eager on a CPU, SDPA on a GPU) over that cache through `SlotCache.update`, with a 4D mask
-built here: row `r` sees its columns `[0, length_r + j]` for its `j`-th new token.
+runs its own attention over that cache through `SlotCache.update`, with a 4D mask built here: row `r` sees its
+columns `[0, length_r + j]` for its `j`-th new token. On a GPU that is SDPA; on a CPU it is `grouped_attention`
+(registered with transformers as `GROUPED_ATTENTION`), eager attention without its copies of the keys and values.
 
     decoder = SlotDecoder(model, tokenizer, stop_ids=[...], rows=8)
     decoder.submit("game-1", request, prompt_ids)
@@ -37,6 +38,39 @@ from typing import Any
 
 ACTION_MARKER = "Action:"
 FORCED_ACTION = "\nAction: "
+GROUPED_ATTENTION = "alfworld_grouped"  # the name `register_grouped_attention` gives transformers
+
+
+def grouped_attention(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float, dropout: float = 0.0, **_: Any
+) -> tuple[Any, None]:
+    """Transformers' eager attention, computed per key/value head: the query heads that share a key/value head
+    (grouped-query attention) are stacked and meet that head's keys in one matmul. Eager attention first copies
+    every key and value once per query head that reads it (`repeat_kv`: 3 copies for SmolLM2, 4 for Llama-3.1-8B),
+    which on a CPU costs a quarter of a decode step; here the cache is read in place. Same arithmetic, same result
+    up to float rounding."""
+    import torch
+
+    rows, heads, length, dim = query.shape
+    kv_heads, width = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    scores = torch.matmul(query.reshape(rows, kv_heads, groups * length, dim), key.transpose(2, 3)) * scaling
+    scores = scores.view(rows, kv_heads, groups, length, width)
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, None, :, :width]
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights.view(rows, kv_heads, groups * length, width), value)
+    return output.view(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def register_grouped_attention() -> str:
+    """Make `grouped_attention` loadable as `attn_implementation=GROUPED_ATTENTION` (with eager's mask format)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
+    return GROUPED_ATTENTION
 
 
 class CommandTrie:

@@ -4,7 +4,7 @@ course summary). Nothing here plays or trains; it reads records and result files
     from alfworld_sft import reports
     print(reports.format_table(rows))                         # a Markdown pipe table from dicts or tuples
     reports.compare_results("results/eval/base.json", "results/eval/finetuned.json")   # tables + a PNG
-    alfworld-sft compare results/eval/base.json results/eval/finetuned.json
+    alfworld-sft compare results/eval/base.json results/eval/finetuned.json [more.json ...]   # a column per file
 """
 
 from __future__ import annotations
@@ -233,19 +233,20 @@ def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def compare_results(
-    a: str | Path | dict[str, Any],
-    b: str | Path | dict[str, Any],
-    *,
+    *results: str | Path | dict[str, Any],
     plot: str | Path | None = None,
     agents: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Two result files side by side: a table per agent and one per (agent, task type), plus a PNG.
+    """Two or more result files side by side (e.g. base, fine-tuned, fine-tuned with grounded commands): a table per
+    agent and one per (agent, task type), a column per run, plus a PNG.
 
-    Returns {"agents": rows, "task_types": rows, "markdown": text, "plot": path}; the plot lands at `plot`
-    (default: beside `b`, named <a>_vs_<b>.png). `agents` keeps only those agents.
+    Returns {"labels", "agents": rows, "task_types": rows, "markdown": text, "plot": path}; the plot lands at `plot`
+    (default: beside the last file, named <first>_vs_<second>[_vs_...].png). `agents` keeps only those agents.
     """
+    if len(results) < 2:
+        raise ValueError(f"compare needs two or more result files, got {len(results)}")
     runs, labels = [], []
-    for item in (a, b):
+    for item in results:
         if isinstance(item, dict):
             runs.append(item)
             labels.append(str(item.get("model", "run")))
@@ -255,12 +256,12 @@ def compare_results(
                 raise FileNotFoundError(f"result file {item} does not exist: run `alfworld-sft evaluate` first")
             runs.append(files.read_json(item))
             labels.append(item.stem)
-    if labels[0] == labels[1]:
-        labels = [f"A:{labels[0]}", f"B:{labels[1]}"]
+    if len(set(labels)) < len(labels):
+        labels = [f"{chr(ord('A') + i)}:{label}" for i, label in enumerate(labels)]
     if agents is not None:
         runs = [{**run, "agents": {k: v for k, v in run["agents"].items() if k in agents}} for run in runs]
     agent_rows, type_rows = [], []
-    for agent_name in sorted(set(runs[0]["agents"]) | set(runs[1]["agents"]), key=_agent_order):
+    for agent_name in sorted(set().union(*(run["agents"] for run in runs)), key=_agent_order):
         blocks = [r["agents"].get(agent_name, {}) for r in runs]
         agent_rows.append(
             {
@@ -271,7 +272,7 @@ def compare_results(
                 **{f"invalid_{lab}": blk.get("invalid_reply_rate") for lab, blk in zip(labels, blocks)},
             }
         )
-        if not all(blocks):  # an agent only one run played has no side-by-side per task type
+        if sum(1 for blk in blocks if blk) < 2:  # an agent only one run played has no side-by-side per task type
             continue
         for task_type in sorted(set().union(*(blk.get("per_task_type", {}) for blk in blocks))):
             cells = [blk.get("per_task_type", {}).get(task_type, {}) for blk in blocks]
@@ -279,13 +280,17 @@ def compare_results(
                 {
                     "agent": agent_name,
                     "task_type": task_type,
-                    **{f"won_{lab}": f"{c.get('won', 0)}/{c.get('games', 0)}" for lab, c in zip(labels, cells)},
+                    **{
+                        f"won_{lab}": f"{c.get('won', 0)}/{c.get('games', 0)}" if blk else None
+                        for lab, c, blk in zip(labels, cells, blocks)
+                    },
                 }
             )
     markdown = format_table(agent_rows) + "\n\n" + format_table(type_rows)
     if plot is None:
-        base = Path(b) if not isinstance(b, dict) else paths.RESULTS_DIR / "eval" / "comparison.json"
-        plot = base.with_name(f"{_slug(labels[0])}_vs_{_slug(labels[1])}.png")
+        last = results[-1]
+        base = Path(last) if not isinstance(last, dict) else paths.RESULTS_DIR / "eval" / "comparison.json"
+        plot = base.with_name("_vs_".join(_slug(label) for label in labels) + ".png")
     plot_path = plot_results(dict(zip(labels, runs)), Path(plot))
     return {
         "labels": labels,
@@ -413,16 +418,17 @@ def side_by_side(left: dict[str, Any], right: dict[str, Any], labels: Sequence[s
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     from alfworld_sft.agents import AGENTS
 
-    compare = subparsers.add_parser("compare", help="compare two evaluation result files (table + plot)")
-    compare.add_argument("a")
-    compare.add_argument("b")
-    compare.add_argument("--plot", default=None, help="PNG path (default: beside B)")
+    compare = subparsers.add_parser("compare", help="compare two or more evaluation result files (table + plot)")
+    compare.add_argument("results", nargs="+", help="result files of `alfworld-sft evaluate`, two or more")
+    compare.add_argument("--plot", default=None, help="PNG path (default: beside the last file)")
     compare.add_argument("--agents", nargs="+", default=None, choices=list(AGENTS), help="only these agents")
     compare.set_defaults(func=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    comparison = compare_results(args.a, args.b, plot=args.plot, agents=args.agents)
+    if len(args.results) < 2:
+        raise SystemExit(f"alfworld-sft compare: give two or more result files, got {len(args.results)}")
+    comparison = compare_results(*args.results, plot=args.plot, agents=args.agents)
     print(comparison["markdown"])
     print(f"plot: {comparison['plot']}")
     return 0
