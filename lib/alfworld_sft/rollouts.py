@@ -26,12 +26,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import queue
+import pickle
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +170,15 @@ class GameRunner:
 
 
 def _worker_main(spec: CodecSpec, inbox: Any, outbox: Any, worker: int, parent: int) -> None:
-    """A worker process: build a runner, then answer messages until told to stop."""
+    """A worker process: build a runner, then answer messages until told to stop. `outbox` is the sending end of
+    this worker's own pipe to the main process."""
     engine.exit_with_parent(parent)
     try:
         runner = GameRunner(PromptCodec(spec))
     except Exception as error:  # noqa: BLE001 - told to the main process, which stops the run with it
-        outbox.put(("broken", worker, f"{type(error).__name__}: {error}"))
+        outbox.send(("broken", worker, f"{type(error).__name__}: {error}"))
         return
-    outbox.put(("ready", worker, None))
+    outbox.send(("ready", worker, None))
     while True:
         message = inbox.get()
         if message[0] == "stop":
@@ -185,7 +187,7 @@ def _worker_main(spec: CodecSpec, inbox: Any, outbox: Any, worker: int, parent: 
             event = runner.start(*message[1:])
         else:
             event = runner.reply(*message[1:])
-        outbox.put((*event[:2], event[2], worker))
+        outbox.send((*event[:2], event[2], worker))
 
 
 # ------------------------------------------------------------------------------------------- the transports
@@ -218,52 +220,75 @@ class InlineTransport:
 
 class ProcessTransport:
     """Games stepped by `count` worker processes; a game stays with the worker that started it. A worker that dies
-    fails its games (reported) and is replaced, so the run goes on."""
+    fails its games (reported) and is replaced, so the run goes on.
+
+    Each worker sends its events through a pipe of its own. A queue shared by the workers would not survive one of
+    them being killed while writing: the dead writer keeps the queue's lock, and every other worker, its
+    replacement included, then waits on it forever."""
 
     def __init__(self, spec: CodecSpec, count: int):
         # spawn: a clean interpreter per worker, no inherited engine state or locks (also works under Jupyter).
         self.context = multiprocessing.get_context("spawn")
         self.spec, self.count = spec, count
         self.jobs_started = 0  # job numbers given so far: they never repeat within a pool's life
-        self.outbox = self.context.Queue()
         self.workers: list[Any] = []
         self.inboxes: list[Any] = []
+        self.outboxes: list[Any] = []  # the receiving end of each worker's pipe; None once it is closed
         self.jobs: list[set[int]] = []
         self.pending: deque[tuple] = deque()  # events read while waiting for a worker to start
         for index in range(count):
             self._spawn(index)
         self._wait_ready(count)
 
+    def _read(self, timeout: float) -> list[tuple]:
+        """Every event the workers have sent so far, waiting up to `timeout` s for the first. A pipe whose worker
+        died (perhaps in the middle of a message) is closed; `_check_workers` fails that worker's games."""
+        readers = {reader: index for index, reader in enumerate(self.outboxes) if reader is not None}
+        events: list[tuple] = []
+        ready = connection.wait(list(readers), timeout)
+        while ready:
+            for reader in ready:
+                try:
+                    events.append(reader.recv())
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    reader.close()
+                    self.outboxes[readers.pop(reader)] = None
+            ready = connection.wait(list(readers), 0) if readers else []
+        return events
+
     def _wait_ready(self, count: int) -> None:
         """Wait until `count` workers said they are ready; keep other events for `receive`."""
         deadline = time.monotonic() + 600
         while count:
-            try:
-                event = self.outbox.get(timeout=max(1.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError("engine workers did not start within 10 minutes") from None
-            if event[0] == "broken":
-                self.close()
-                raise RuntimeError(f"engine worker {event[1]} could not start: {event[2]}")
-            if event[0] == "ready":
-                count -= 1
-            else:
-                self.pending.append(self._take(event))
+            if time.monotonic() > deadline:
+                raise RuntimeError("engine workers did not start within 10 minutes")
+            for event in self._read(1.0):
+                if event[0] == "broken":
+                    self.close()
+                    raise RuntimeError(f"engine worker {event[1]} could not start: {event[2]}")
+                if event[0] == "ready":
+                    count -= 1
+                else:
+                    self.pending.append(self._take(event))
 
     def _spawn(self, index: int) -> None:
         inbox = self.context.Queue()
+        reader, writer = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_main,
-            args=(self.spec, inbox, self.outbox, index, os.getpid()),
+            args=(self.spec, inbox, writer, index, os.getpid()),
             daemon=True,
             name=f"alfworld-engine-{index}",
         )
         process.start()
+        writer.close()  # the worker holds the only sending end: its death reads as the end of the pipe
         if index < len(self.workers):
-            self.workers[index], self.inboxes[index], self.jobs[index] = process, inbox, set()
+            self.workers[index], self.inboxes[index], self.outboxes[index] = process, inbox, reader
+            self.jobs[index] = set()
         else:
             self.workers.append(process)
             self.inboxes.append(inbox)
+            self.outboxes.append(reader)
             self.jobs.append(set())
 
     def start(self, job: int, gamefile: str, game_id: str, config: RolloutConfig) -> None:
@@ -280,13 +305,7 @@ class ProcessTransport:
     def receive(self, timeout: float) -> list[tuple]:
         events = list(self.pending)
         self.pending.clear()
-        try:
-            first = self.outbox.get(timeout=timeout) if timeout > 0 else self.outbox.get_nowait()
-            events.append(self._take(first))
-            while True:
-                events.append(self._take(self.outbox.get_nowait()))
-        except queue.Empty:
-            pass
+        events.extend(self._take(event) for event in self._read(timeout))
         self._check_workers()
         events.extend(self.pending)
         self.pending.clear()
@@ -303,10 +322,26 @@ class ProcessTransport:
         for index, process in enumerate(self.workers):
             if process.is_alive():
                 continue
+            # What it sent before it died still counts: a game it finished is not failed.
+            self.pending.extend(self._take(event) for event in self._drain(index))
             for job in sorted(self.jobs[index]):
                 self.pending.append(("failed", job, f"engine worker {index} died (exit code {process.exitcode})"))
             self._spawn(index)
             self._wait_ready(1)
+
+    def _drain(self, index: int) -> list[tuple]:
+        """The whole messages left in a dead worker's pipe; then the pipe is closed."""
+        reader, events = self.outboxes[index], []
+        if reader is None:
+            return events
+        try:
+            while reader.poll(0):
+                events.append(reader.recv())
+        except (EOFError, OSError, pickle.UnpicklingError):
+            pass
+        reader.close()
+        self.outboxes[index] = None
+        return events
 
     def close(self) -> None:
         for inbox in self.inboxes:
@@ -315,6 +350,9 @@ class ProcessTransport:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
+        for reader in self.outboxes:
+            if reader is not None:
+                reader.close()
 
 
 # ------------------------------------------------------------------------------------------------ the driver
