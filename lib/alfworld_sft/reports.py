@@ -426,8 +426,6 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    if len(args.results) < 2:
-        raise SystemExit(f"alfworld-sft compare: give two or more result files, got {len(args.results)}")
     comparison = compare_results(*args.results, plot=args.plot, agents=args.agents)
     print(comparison["markdown"])
     print(f"plot: {comparison['plot']}")
