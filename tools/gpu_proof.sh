@@ -21,11 +21,13 @@
 # BASE_MULTI_GAMES (the base model's games for reflexion and hierarchical: they play up to 3 trials of 50 steps, and
 # the base model never wins, so its runs are the costliest: 24 by default, a balanced sample; 0 = all 140; the
 # fine-tuned models play every agent on all 140), EVAL_ROWS (the evaluations' --batch-size: rows the model decodes
-# together, 64), DAGGER_ROUNDS (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (3, as the SFT recipe: each
-# round retrains from the base on the expert data and every round's labels so far; with 1, round 1 of 2026-12-02
-# lost 19 of 140 games against the 3-epoch SFT adapter). After training, the
-# stages eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter)
-# and self_imitation run one at a time (each uses every core for its engine workers), in the order STAGES names them.
+# together, 64), BASE_ROWS (the same for the base model, whose replies run to their token budget: 192), DAGGER_ROUNDS
+# (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on
+# the expert data and every round's labels so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the
+# 3-epoch SFT adapter). The base model's stage (eval_base) starts with training and runs beside everything after it:
+# its games wait on the model (every reply runs to its budget), not on the engine. After training, the stages
+# eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter) and
+# self_imitation run one at a time (each uses every core for its engine workers), in the order STAGES names them.
 # `report` brings back the evaluations' checkpoints too: the per-game records of a run the deadline cut short.
 set -uo pipefail
 
@@ -40,6 +42,7 @@ DAGGER_ROUNDS=${DAGGER_ROUNDS:-2}
 DAGGER_GAMES=${DAGGER_GAMES:-500}
 DAGGER_EPOCHS=${DAGGER_EPOCHS:-3}
 EVAL_ROWS=${EVAL_ROWS:-64}
+BASE_ROWS=${BASE_ROWS:-192}
 STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
@@ -82,9 +85,11 @@ evaluate() {  # label games "agents" extra-args...: one evaluate that uses the m
     alfworld-sft evaluate "${EVAL[@]}" --agents $agents --num-games "$games" --output "$PHASE3/$label.json" "$@"
 }
 
-eval_base() {  # the base model: it never wins, so every game plays its whole budget (the costliest runs)
-    evaluate base 0 "${SINGLE[*]}" && evaluate base_multi "$BASE_MULTI_GAMES" "${MULTI[*]}" &&
-        evaluate base_constrained 0 "zero_shot react" --actions constrained
+eval_base() {  # the base model: it never wins free, so every game plays its whole budget (the costliest runs)
+    local rows=(--batch-size "$BASE_ROWS")
+    evaluate base 0 "${SINGLE[*]}" "${rows[@]}" && evaluate base_multi "$BASE_MULTI_GAMES" "${MULTI[*]}" "${rows[@]}" &&
+        evaluate base_constrained 0 "${SINGLE[*]}" "${rows[@]}" --actions constrained &&
+        evaluate base_multi_constrained "$BASE_MULTI_GAMES" "${MULTI[*]}" "${rows[@]}" --actions constrained
 }
 
 eval_sft() {  # the command adapter: all five agents in one batch
@@ -92,7 +97,7 @@ eval_sft() {  # the command adapter: all five agents in one batch
 }
 
 eval_variants() {  # grounded commands, then the thought adapter
-    evaluate sft_constrained 0 "zero_shot react" --adapter "$WORK/sft_adapter" --actions constrained &&
+    evaluate sft_constrained 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter" --actions constrained &&
         evaluate thoughts_free 0 "zero_shot react reflexion" --adapter "$WORK/sft_thoughts" &&
         evaluate thoughts_constrained 0 "zero_shot react" --adapter "$WORK/sft_thoughts" --actions constrained
 }
@@ -131,10 +136,9 @@ log "proof: STAGES='$STAGES' DEADLINE=$DEADLINE on $CORES cores; $(nvidia-smi --
 wants train_speed && { stage train_speed 420 "" "$REPORT/train_speed.json" bash "$0" _run train_speed & }
 wants data && stage data 900 "" "$DATA" bash "$0" _run get_data
 wait
-# Training keeps the GPU busy and the CPUs free; the base model's games want the CPUs: side by side.
-wants train && { stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_both & }
-wants eval_base && stage eval_base 1200 "data" "$PHASE3" bash "$0" _run eval_base
-wait
+# The base model's games wait on its long replies, not on the engine: beside training and every stage after it.
+wants eval_base && { stage eval_base 1500 "data" "$PHASE3" bash "$0" _run eval_base & }
+wants train && stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_both
 # One at a time, in the order STAGES names them: side by side (2026-12-02) they were CPU-bound and none finished.
 for name in $STAGES; do
     case $name in
@@ -143,4 +147,5 @@ for name in $STAGES; do
         dagger | self_imitation) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds "$name" ;;
     esac
 done
+wait
 log "proof: finished in $((SECONDS - started)) s"
