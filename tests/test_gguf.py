@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,28 @@ def test_skipped_export_says_what_to_install() -> None:
     assert gguf.format_gguf_table(skipped, parameters=1).startswith("no GGUF files: GGUF export skipped")
     modelfile = ollama.write_modelfile_when_exported(skipped, Path("unused"), "alfworld-sft")
     assert modelfile["skipped"][0].startswith("Modelfile: no GGUF") and skipped["skipped"][0] in modelfile["skipped"]
+
+
+def test_a_check_that_memory_cannot_hold_is_refused_before_converting(
+    merged: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10_000_000))
+    config = gguf.ExportConfig(merged=merged[0], output=tmp_path / "gguf", quantize=None)
+    with pytest.raises(gguf.CheckMemoryError, match=r"float32 .* 0\.0 GB of memory free.*--verify-prompts 0"):
+        gguf.export_gguf(config)
+    assert not (tmp_path / "gguf").exists()
+
+
+@pytest.mark.slow
+def test_an_export_without_the_check_writes_the_file_and_says_so(merged: tuple[Path, dict], tmp_path: Path) -> None:
+    config = gguf.ExportConfig(merged=merged[0], output=tmp_path / "gguf", quantize=None, verify_prompts=0)
+    record = gguf.export_gguf(config)
+    assert record["verification"] == {}
+    assert "the check against the merged model (--verify-prompts 0)" in record["skipped"]
+    served = Path(record["served"])
+    assert served == tmp_path / "gguf" / "alfworld-sft-f16.gguf" and served.read_bytes()[:4] == b"GGUF"
 
 
 @pytest.mark.slow

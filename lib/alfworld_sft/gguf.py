@@ -6,8 +6,9 @@
   the converter cannot write (`--outtype q4_k_m` fails, field notes §3).
 * `export_gguf` does both, then checks every file in llama.cpp, the runtime Ollama uses: llama.cpp must tokenize
   each sample game prompt as transformers does, and greedy replies must match the merged model's (f16/bf16/q8_0;
-  Q4_K_M's agreement is reported). It copies the training record beside the GGUF files, so that whatever plays
-  them prompts the model as it was trained, and saves `gguf_record.json`.
+  Q4_K_M's agreement is reported). The check plays the merged model in float32: where memory is short the export
+  says so before converting, and `--verify-prompts 0` skips the check. It copies the training record beside the
+  GGUF files, so that whatever plays them prompts the model as it was trained, and saves `gguf_record.json`.
 
     alfworld-sft export-gguf --merged results/sft_merged --output results/gguf --outtype f16 --quantize q4_k_m
 
@@ -27,6 +28,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -61,6 +63,10 @@ class ToolMissingError(RuntimeError):
     """A llama.cpp tool that is not installed; the message says what to install."""
 
 
+class CheckMemoryError(RuntimeError):
+    """The check against the merged model needs more memory than this machine has free."""
+
+
 class GGUFVerificationError(RuntimeError):
     """A GGUF whose prompt tokens or greedy replies differ from the merged model's beyond rounding."""
 
@@ -72,7 +78,7 @@ class ExportConfig:
     outtype: str = "f16"  # converter output: f32, f16, bf16 or q8_0
     quantize: str | None = "q4_k_m"  # llama.cpp quantizer type applied to the converted file, or None
     name: str = "alfworld-sft"  # the GGUF file stem (and, on the command line, the Ollama model name)
-    verify_prompts: int = 3  # game prompts whose greedy replies are compared with the merged model
+    verify_prompts: int = 3  # game prompts whose greedy replies are compared with the merged model (0: no check)
     max_new_tokens: int = 16  # length of each compared greedy reply
 
 
@@ -416,10 +422,10 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
     """Convert, quantize, verify, and put the training record beside the files; returns (and saves as
     gguf_record.json) what was done, with file sizes, agreement with the merged model and the file to serve.
     Steps whose tools are missing are listed under `skipped` with the install advice instead of failing."""
-    import torch
-
     started = time.perf_counter()
     merged, output = resolve_repo_path(config.merged), resolve_repo_path(config.output)
+    if config.verify_prompts:
+        check_reference_fits(merged)  # before the conversion: an 8B model's takes many minutes
     output.mkdir(parents=True, exist_ok=True)
     for stale in files.remove_stale_partials(output):
         log(f"removed {stale}, left by an export that was killed")
@@ -442,6 +448,67 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
     # format); a record left from an earlier export of another model would say it wrong.
     if records.copy_training_record(merged, output) is None:
         (output / records.TRAINING_RECORD_FILE).unlink(missing_ok=True)
+
+    if config.verify_prompts:
+        verify_gguf_files(config, merged, gguf_files, training_record, record, has_llama_cpp, log)
+    else:
+        record["skipped"].append("the check against the merged model (--verify-prompts 0)")
+    if not has_llama_cpp:
+        record["skipped"].append(f"check in llama.cpp (the runtime Ollama uses): {missing}")
+    for message in record["skipped"]:
+        log(f"skipped: {message}")
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    try:
+        record["llama_cpp_python"] = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        record["llama_cpp_python"] = None
+    write_result(output / GGUF_RECORD, record)
+    failed = [
+        k
+        for k, v in record["verification"].items()
+        if (v["must_match"] and any(margin > NEAR_TIE_LOGITS for margin in v["divergence_margins"]))
+        or v["prompts_tokenized_identically"] not in (None, v["replies"])
+    ]
+    if failed:
+        raise GGUFVerificationError(
+            f"the {', '.join(failed)} GGUF's prompt tokens or greedy replies differ from the merged model's "
+            f"beyond near-ties (top-two logits within {NEAR_TIE_LOGITS}) (see {output / GGUF_RECORD}): "
+            "the conversion lost more than rounding"
+        )
+    return record
+
+
+def check_reference_fits(merged: Path) -> None:
+    """The check plays the merged model in float32 on the CPU beside llama.cpp: say so before converting when this
+    machine's free memory cannot hold it (an 8B model needs ~32 GB)."""
+    import psutil
+    from safetensors import safe_open
+
+    parameters = 0
+    for shard in sorted(merged.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as handle:
+            for name in handle.keys():
+                parameters += math.prod(handle.get_slice(name).get_shape())
+    needed, available = parameters * 4, psutil.virtual_memory().available
+    if needed > available:
+        raise CheckMemoryError(
+            f"the check against the merged model loads it in float32 on the CPU: {needed / 1e9:.1f} GB for "
+            f"{parameters / 1e9:.2f} B parameters, and this machine has {available / 1e9:.1f} GB of memory free. "
+            "Convert without the check (--verify-prompts 0), or export on a machine with more memory."
+        )
+
+
+def verify_gguf_files(
+    config: ExportConfig,
+    merged: Path,
+    gguf_files: Mapping[str, Path],
+    training_record: records.TrainingRecord | None,
+    record: dict[str, Any],
+    has_llama_cpp: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Greedy replies of every GGUF file on sample game prompts against the merged model's, into `record`."""
+    import torch
 
     tokenizer = models.load_tokenizer(str(merged))
     conversations = sample_conversations(config.verify_prompts, training_record)
@@ -475,29 +542,6 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
             f"logit margins where they part: {agreement['divergence_margins'] or 'none'}"
         )
     del model
-    if not has_llama_cpp:
-        record["skipped"].append(f"check in llama.cpp (the runtime Ollama uses): {missing}")
-    for message in record["skipped"]:
-        log(f"skipped: {message}")
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    try:
-        record["llama_cpp_python"] = metadata.version("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        record["llama_cpp_python"] = None
-    write_result(output / GGUF_RECORD, record)
-    failed = [
-        k
-        for k, v in record["verification"].items()
-        if (v["must_match"] and any(margin > NEAR_TIE_LOGITS for margin in v["divergence_margins"]))
-        or v["prompts_tokenized_identically"] not in (None, v["replies"])
-    ]
-    if failed:
-        raise GGUFVerificationError(
-            f"the {', '.join(failed)} GGUF's prompt tokens or greedy replies differ from the merged model's "
-            f"beyond near-ties (top-two logits within {NEAR_TIE_LOGITS}) (see {output / GGUF_RECORD}): "
-            "the conversion lost more than rounding"
-        )
-    return record
 
 
 def export_gguf_when_installed(config: ExportConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -572,6 +616,13 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"then quantize: {', '.join(QUANTIZE_FTYPES)} or none (default: %(default)s)",
     )
     export.add_argument("--name", default=ExportConfig.name, help="Ollama model name (default: %(default)s)")
+    export.add_argument(
+        "--verify-prompts",
+        type=int,
+        default=ExportConfig.verify_prompts,
+        help="game prompts whose greedy replies every file must reproduce; 0 skips the check, which loads the "
+        "merged model in float32 (default: %(default)s)",
+    )
     export.add_argument("--no-ollama", action="store_true", help="only print the `ollama create` command")
     export.set_defaults(func=_run_export)
 
@@ -584,6 +635,7 @@ def _run_export(args: argparse.Namespace) -> int:
         outtype=args.outtype.lower(),
         quantize=quantize,
         name=args.name,
+        verify_prompts=args.verify_prompts,
     )
     record = export_gguf(config)
     modelfile = ollama.write_modelfile(
