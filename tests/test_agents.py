@@ -155,5 +155,24 @@ def test_a_thoughts_model_is_prompted_in_its_format_and_constrained_after_action
     trial.turns.append(Turn(reply, "go to shelf 1", "exact", "You arrive at shelf 1.", ADMISSIBLE))
     messages = agent.act_messages(trial, [])
     assert messages[0]["content"] == prompts.THOUGHTS_SYSTEM_PROMPT and messages[2]["content"] == reply
+    assert agent.choice_after == "Action:"  # grounded after its thought
     with pytest.raises(ValueError, match="actions must be one of"):
         build_agent("zero_shot", codec, actions="grounded")
+
+
+@pytest.mark.parametrize("agent_name", ["zero_shot", "react", "reflexion", "hierarchical"])
+def test_a_model_trained_on_bare_commands_is_grounded_from_its_first_token(tmp_path, agent_name):
+    from alfworld_sft import prompts, records
+    from alfworld_sft.agents import build_agent
+    from alfworld_sft.backends import CodecSpec, PromptCodec
+
+    record = records.TrainingRecord(
+        base_model="smollm2-135m-instruct", prompt_format=prompts.PromptFormat(), max_seq_len=1024
+    )
+    records.write_training_record(tmp_path, record, seed=0)
+    finetuned = build_agent(agent_name, PromptCodec(CodecSpec(None, str(tmp_path))), actions="constrained")
+    base = build_agent(agent_name, PromptCodec(CodecSpec(None, None)), actions="constrained")
+    # It answers react and reflexion with a bare command: after "Action:", that command would pass for a thought.
+    assert finetuned.choice_after is None
+    # A base model is asked for a thought by the agents that think, and grounded after it.
+    assert base.choice_after == ("Action:" if base.writes_thoughts else None)

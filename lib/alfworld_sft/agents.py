@@ -178,6 +178,11 @@ class Agent:
         record = codec.training_record
         self.fmt = record.prompt_format if record else BASE_PROMPT_FORMAT
         self.thinks = self.writes_thoughts or codec.data_format == "thoughts"
+        # Grounded commands start after the thought, at "Action:", for a model that writes one. A model fine-tuned
+        # on bare commands answers react and reflexion with a bare command too: grounded after the marker, that
+        # command would pass for a thought and the forced "Action:" pick the step after it (react won 0 of 140 so).
+        replies_bare = record is not None and codec.data_format == "commands"
+        self.choice_after = "Action:" if self.thinks and not replies_bare else None
         if self.thinks and self.max_new_tokens < ReactAgent.max_new_tokens:
             self.max_new_tokens = ReactAgent.max_new_tokens  # a thought needs room before its command
         self.system_prompt = prompts.system_prompt("thoughts" if self.thinks else "commands")
@@ -399,7 +404,7 @@ class Episode:
             session=session_of(agent.name, self.game_id),
             prompt_ids=tuple(ids) if ids is not None else None,
             choices=self.state.admissible_commands if acting and agent.actions == "constrained" else None,
-            choice_after="Action:" if acting and agent.thinks else None,
+            choice_after=agent.choice_after if acting else None,
             temperature=agent.temperature,
             sample_seed=_seed_of(f"{self.seed}:{self.game_id}:{len(self.trials)}:{self.phase}:{step}"),
         )
