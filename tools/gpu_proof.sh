@@ -24,8 +24,9 @@
 # together, 64), BASE_ROWS (the same for the base model, whose replies run to their token budget: 192), DAGGER_ROUNDS
 # (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on
 # the expert data and every round's labels so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the
-# 3-epoch SFT adapter). The base model's stage (eval_base) starts with training and runs beside everything after it:
-# its games wait on the model (every reply runs to its budget), not on the engine. After training, the stages
+# 3-epoch SFT adapter). The base model's stage (eval_base) starts with training and runs beside everything after it;
+# both wait on the one GPU's forwards, so it slows them (2026-12-02, night: 674 grounded games in 1,186 s against
+# 700 in 408 s alone): give it a lease of its own, STAGES="data eval_base". After training, the stages
 # eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter) and
 # self_imitation run one at a time (each uses every core for its engine workers), in the order STAGES names them.
 # `report` brings back the evaluations' checkpoints too: the per-game records of a run the deadline cut short.
@@ -136,7 +137,7 @@ log "proof: STAGES='$STAGES' DEADLINE=$DEADLINE on $CORES cores; $(nvidia-smi --
 wants train_speed && { stage train_speed 420 "" "$REPORT/train_speed.json" bash "$0" _run train_speed & }
 wants data && stage data 900 "" "$DATA" bash "$0" _run get_data
 wait
-# The base model's games wait on its long replies, not on the engine: beside training and every stage after it.
+# The base model's games beside training and every stage after it (they slow the later stages: header).
 wants eval_base && { stage eval_base 1500 "data" "$PHASE3" bash "$0" _run eval_base & }
 wants train && stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_both
 # One at a time, in the order STAGES names them: side by side (2026-12-02) they were CPU-bound and none finished.
