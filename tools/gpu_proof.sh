@@ -24,7 +24,8 @@
 # together, 64), BASE_ROWS (the same for the base model, whose replies run to their token budget: 192), DAGGER_ROUNDS
 # (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on
 # the expert data and every round's labels so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the
-# 3-epoch SFT adapter). The base model's stage (eval_base) starts with training and runs beside everything after it;
+# 3-epoch SFT adapter), GROUNDED_AGENTS (eval_variants: the command adapter's agents with grounded commands, all five)
+# and THOUGHT_AGENTS (eval_variants: the thought adapter's agents, grounded then free: "zero_shot react"). The base model's stage (eval_base) starts with training and runs beside everything after it;
 # both wait on the one GPU's forwards, so it slows them (2026-12-02, night: 674 grounded games in 1,186 s against
 # 700 in 408 s alone): give it a lease of its own, STAGES="data eval_base". After training, the stages
 # eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter) and
@@ -44,6 +45,8 @@ DAGGER_GAMES=${DAGGER_GAMES:-500}
 DAGGER_EPOCHS=${DAGGER_EPOCHS:-3}
 EVAL_ROWS=${EVAL_ROWS:-64}
 BASE_ROWS=${BASE_ROWS:-192}
+GROUNDED_AGENTS=${GROUNDED_AGENTS:-"zero_shot few_shot react reflexion hierarchical"}
+THOUGHT_AGENTS=${THOUGHT_AGENTS:-"zero_shot react"}
 STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
@@ -97,10 +100,10 @@ eval_sft() {  # the command adapter: all five agents in one batch
     evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter"
 }
 
-eval_variants() {  # grounded commands, then the thought adapter
-    evaluate sft_constrained 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter" --actions constrained &&
-        evaluate thoughts_free 0 "zero_shot react reflexion" --adapter "$WORK/sft_thoughts" &&
-        evaluate thoughts_constrained 0 "zero_shot react" --adapter "$WORK/sft_thoughts" --actions constrained
+eval_variants() {  # grounded commands, then the thought adapter grounded and free
+    evaluate sft_constrained 0 "$GROUNDED_AGENTS" --adapter "$WORK/sft_adapter" --actions constrained &&
+        evaluate thoughts_constrained 0 "$THOUGHT_AGENTS" --adapter "$WORK/sft_thoughts" --actions constrained &&
+        evaluate thoughts_free 0 "$THOUGHT_AGENTS" --adapter "$WORK/sft_thoughts"
 }
 
 rounds() {  # method: DAgger or self-imitation rounds from the command adapter, with the same round budget
