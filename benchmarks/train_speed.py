@@ -28,6 +28,7 @@ of the arithmetic bound: LoRA with recomputation costs ~6 x 8e9 FLOPs a token, a
 ~16,500 tokens/s. The goal line checks the packed <= 16 GiB set-up against 3x naive at <= 16 GiB.
 
     python benchmarks/train_speed.py gpu --output $OUT/train_speed.json      # on the GPU machine
+    python benchmarks/train_speed.py gpu --setups naive packed unsloth --model-dir <8B folder>   # some rows only
     python benchmarks/train_speed.py cpu                 # the default model, small-mode data, time per epoch
     python benchmarks/train_speed.py lengths --data results/oracle/trajectories.jsonl   # refresh the lengths
 """
@@ -50,6 +51,7 @@ GIB = 1024**3
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ARITHMETIC_BOUND = 790e12 / (6 * 8.03e9)  # tokens/s: ~6 x 8B FLOPs a token at the H200's dense bf16 rate
 BUDGET_GIB = 16.0  # the memory goal of the packed set-up
+SETUPS = ("naive", "before_packing", "packed_by_sequences", "packed", "fastest", "unsloth")  # --setups, in run order
 EFFECTIVE_BATCH = 16  # sequences per optimizer step, as the course trains (batch 4 x grad-accum 4)
 PAD_ID = 128004  # Llama-3.1's <|finetune_right_pad_id|>
 LLAMA_31_8B = {
@@ -386,18 +388,19 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
     has_liger = importlib.util.find_spec("liger_kernel") is not None
     plain = {"upcast": False, "packed": False, "grouped": True, "checkpointing": True, "attention": "sdpa"}
     setups = [
-        ("naive", {**plain, "upcast": True, "grouped": False, "liger": False, "micro": 4}),
-        ("course before packing", {**plain, "liger": has_liger, "micro": 4}),
+        ("naive", "naive", {**plain, "upcast": True, "grouped": False, "liger": False, "micro": 4}),
+        ("before_packing", "course before packing", {**plain, "liger": has_liger, "micro": 4}),
     ]
     packed_plans = (
-        (f"packed <= {BUDGET_GIB:.0f} GiB by sequences", by_count),
-        (f"packed <= {BUDGET_GIB:.0f} GiB", small),
-        ("packed, fastest", large),
+        ("packed_by_sequences", f"packed <= {BUDGET_GIB:.0f} GiB by sequences", by_count),
+        ("packed", f"packed <= {BUDGET_GIB:.0f} GiB", small),
+        ("fastest", "packed, fastest", large),
     )
-    for label, plan in packed_plans:
+    for key, label, plan in packed_plans:
         options = {"upcast": False, "packed": True, "grouped": False, "liger": has_liger, "attention": varlen}
         options.update(micro=plan.micro_batch, tokens=plan.tokens_per_pass, checkpointing=plan.gradient_checkpointing)
-        setups.append((f"{label} (plan ~{plan.estimate_gib} GiB)", options))
+        setups.append((key, f"{label} (plan ~{plan.estimate_gib} GiB)", options))
+    setups = [(name, options) for key, name, options in setups if key in args.setups]
     if not has_liger:
         print("liger-kernel is not installed: the Liger set-ups run without it", flush=True)
     results = []
@@ -419,7 +422,7 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
     del model
     gc.collect()
     torch.cuda.empty_cache()
-    unsloth = run_unsloth_row(args)
+    unsloth = run_unsloth_row(args) if "unsloth" in args.setups else None
     if unsloth:
         results.append(unsloth)
     report(results)
@@ -501,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="tokenizer for lengths (default: the course's default model)")
     parser.add_argument("--model-dir", default=None, help="model folder for the Unsloth row (gpu)")
     parser.add_argument("--output", default=None, help="JSON file for the results (gpu)")
+    parser.add_argument(
+        "--setups", nargs="+", choices=SETUPS, default=list(SETUPS), help="which rows to run (gpu; default: all)"
+    )
     parser.add_argument("--batch", type=int, default=4, help="cpu mode")
     parser.add_argument("--grad-accum", type=int, default=4, help="cpu mode")
     parser.add_argument("--max-seq-len", type=int, default=2048)
