@@ -134,6 +134,52 @@ def test_a_session_computes_only_its_new_tokens_and_replies_as_from_scratch(mode
 
 
 @pytest.mark.slow
+def test_the_gpu_decode_setup_replies_as_generate_and_keeps_parked_rows_intact(eager_model):
+    """As on a GPU: prefill on SDPA, decode on the grouped attention with every row in each forward (idle and parked
+    rows with a throwaway token). Replies of different lengths leave rows idle mid-batch; a parked game then
+    continues from its cache."""
+    import torch
+
+    tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
+    model = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32, attn_implementation="sdpa").eval()
+    decoder = SlotDecoder(
+        model,
+        tokenizer,
+        stop_ids=models.stop_token_ids(tokenizer),
+        rows=4,
+        batch_prefill=True,
+        decode_attention=register_grouped_attention(),
+        decode_all_rows=True,
+    )
+    budgets = (12, 3, 7)
+    items = [(str(i), Request(p, n), encode(tokenizer, p), f"s{i}") for i, (p, n) in enumerate(zip(PROMPTS, budgets))]
+    texts = run(decoder, items)
+    assert [texts[str(i)] for i in range(3)] == [
+        reference(eager_model, tokenizer, p, n) for p, n in zip(PROMPTS, budgets)
+    ]
+    assert model.config._attn_implementation == "sdpa"  # switched for the decode forwards only
+
+    second = (
+        *PROMPTS[1],
+        {"role": "assistant", "content": texts["1"]},
+        {"role": "user", "content": "Observation: OK."},
+    )
+    before = decoder.stats.reused_tokens
+    texts = run(
+        decoder,
+        [
+            ("b", Request(second, 10), encode(tokenizer, second), "s1"),
+            ("c", Request(PROMPTS[0], 5), encode(tokenizer, PROMPTS[0]), "new"),
+        ],
+    )
+    assert decoder.stats.reused_tokens - before >= len(encode(tokenizer, PROMPTS[1])) - 1
+    assert texts == {
+        "b": reference(eager_model, tokenizer, second, 10),
+        "c": reference(eager_model, tokenizer, PROMPTS[0], 5),
+    }
+
+
+@pytest.mark.slow
 def test_more_sessions_than_rows_take_over_parked_rows(model_and_tokenizer, eager_model):
     model, tokenizer = model_and_tokenizer
     decoder = make_decoder(model, tokenizer, 1, False)

@@ -21,6 +21,11 @@ Rows live in one preallocated cache per layer, `[rows, kv_heads, width, head_dim
 runs its own attention over that cache through `SlotCache.update`, with a 4D mask built here: row `r` sees its
 columns `[0, length_r + j]` for its `j`-th new token. On a GPU that is SDPA; on a CPU it is `grouped_attention`
 (registered with transformers as `GROUPED_ATTENTION`), eager attention without its copies of the keys and values.
+On a GPU the decode forwards (one new token a row) also run `grouped_attention`, and every row takes part, a
+parked one with a throwaway token: measured on the H200 with 128 rows over 6,000 cached tokens
+(`benchmarks/decode_speed.py`), SDPA took 74 ms a forward (it copies each key/value head per query head when given a
+mask) against 31 ms, and decoding 7 of 8 rows cost twice all of them (the active rows' cache is gathered into a copy
+every layer). Prefill stays on SDPA.
 
     decoder = SlotDecoder(model, tokenizer, stop_ids=[...], rows=8)
     decoder.submit("game-1", request, prompt_ids)
@@ -196,7 +201,11 @@ class SlotDecoder:
         initial_width: int = 512,
         batch_prefill: bool | None = None,
         max_prefill_tokens: int = 16384,
+        decode_attention: str | None = None,
+        decode_all_rows: bool | None = None,
     ):
+        """`batch_prefill`, `decode_attention` (the attention implementation of decode forwards; None: the model's
+        own) and `decode_all_rows` default to what is fastest on the model's device (module docstring)."""
         import torch
 
         self.model = model
@@ -206,7 +215,7 @@ class SlotDecoder:
         self.stop_ids = set(int(i) for i in stop_ids)
         self.end_id = int(stop_ids[0])  # the end-of-turn token that closes a grounded reply
         self.device = next(model.parameters()).device
-        config = causal.config
+        config = self.config = causal.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.dtype = next(model.parameters()).dtype
@@ -215,7 +224,12 @@ class SlotDecoder:
         )
         self.rows = [Row() for _ in range(rows)]
         self.queue: OrderedDict[Hashable, tuple[Any, list[int], Hashable | None]] = OrderedDict()
-        self.batch_prefill = self.device.type == "cuda" if batch_prefill is None else batch_prefill
+        on_gpu = self.device.type == "cuda"
+        self.batch_prefill = on_gpu if batch_prefill is None else batch_prefill
+        if decode_attention is None and on_gpu:
+            decode_attention = register_grouped_attention()
+        self.decode_attention = decode_attention
+        self.decode_all_rows = on_gpu if decode_all_rows is None else decode_all_rows
         self.max_prefill_tokens = max_prefill_tokens
         self.stats = DecoderStats()
         self.prefix_reuse = True  # off: every prompt is computed from scratch (the benchmark's naive baseline)
@@ -303,9 +317,12 @@ class SlotDecoder:
 
     # ------------------------------------------------------------------------------------------ forwards
 
-    def _forward(self, rows: list[int], tokens: list[list[int]]) -> tuple[Any, list[int]]:
+    def _forward(
+        self, rows: list[int], tokens: list[list[int]], *, attention: str | None = None, keep: set[int] | None = None
+    ) -> tuple[Any, list[int]]:
         """Run the model on each row's new tokens (written after the row's cached tokens); return the float32 logits
-        of each row's last new token `[len(rows), vocab]` and their greedy choices."""
+        of each row's last new token `[len(rows), vocab]` and their greedy choices. Only the rows in `keep` (default:
+        all) count the new tokens as cached: the others' were throwaway, written past their end."""
         torch = self._torch
         device = self.device
         lengths = torch.tensor([len(self.rows[r].tokens) for r in rows])
@@ -328,18 +345,25 @@ class SlotDecoder:
         all_rows = rows == list(range(len(self.rows)))
         self.cache.rows = None if all_rows else torch.tensor(rows, device=device)
         self.cache.columns, self.cache.width = columns, width
-        with torch.no_grad():
-            out = self.decoder_model(
-                input_ids=ids.to(device),
-                position_ids=seen,
-                attention_mask=mask[:, None],
-                past_key_values=self.cache,
-                use_cache=True,
-            )
-            hidden = out.last_hidden_state[torch.arange(len(rows), device=device), counts - 1]
-            logits = self.head(hidden).float()
+        own_attention = self.config._attn_implementation
+        if attention is not None:
+            self.config._attn_implementation = attention  # the layers read it at every forward
+        try:
+            with torch.no_grad():
+                out = self.decoder_model(
+                    input_ids=ids.to(device),
+                    position_ids=seen,
+                    attention_mask=mask[:, None],
+                    past_key_values=self.cache,
+                    use_cache=True,
+                )
+                hidden = out.last_hidden_state[torch.arange(len(rows), device=device), counts - 1]
+                logits = self.head(hidden).float()
+        finally:
+            self.config._attn_implementation = own_attention
         for r, row_tokens in zip(rows, tokens):
-            self.rows[r].tokens.extend(row_tokens)
+            if keep is None or r in keep:
+                self.rows[r].tokens.extend(row_tokens)
         return logits, logits.argmax(-1).tolist()
 
     def _prefill(self, pending: list[int], finished: list[tuple[Hashable, list[int]]]) -> None:
@@ -368,10 +392,14 @@ class SlotDecoder:
 
     def _decode(self, decoding: list[int], finished: list[tuple[Hashable, list[int]]]) -> None:
         started = time.perf_counter()
-        logits, greedy = self._forward(decoding, [[self.rows[i].generated[-1]] for i in decoding])
+        rows = list(range(len(self.rows))) if self.decode_all_rows else decoding
+        active = set(decoding)
+        tokens = [[self.rows[i].generated[-1] if i in active else self.end_id] for i in rows]
+        logits, greedy = self._forward(rows, tokens, attention=self.decode_attention, keep=active)
         self.stats.decode_forwards += 1
-        for a, index in enumerate(decoding):
-            self._choose(index, logits[a], greedy[a], finished)
+        for a, index in enumerate(rows):
+            if index in active:
+                self._choose(index, logits[a], greedy[a], finished)
         self.stats.decode_s += time.perf_counter() - started
 
     # ------------------------------------------------------------------------------------------ choosing
