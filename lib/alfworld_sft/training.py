@@ -1,8 +1,10 @@
 """Stage 03: supervised fine-tuning of a LoRA adapter on the formatted trajectories, resumable.
 
-On CUDA the base model is loaded in 4 bits (QLoRA: nf4, double quantization, bf16 compute), through Unsloth
-when it imports and otherwise through PEFT + bitsandbytes; on CPU it is plain LoRA in fp32, so the course
-runs anywhere on the embedded default model. The trainer is TRL's `SFTTrainer`, given the dataset of stage 02
+On CUDA the base model is loaded in 4 bits (QLoRA: nf4, double quantization, bf16 compute) through PEFT +
+bitsandbytes, or through Unsloth with `--backend unsloth` (measured on an H200 with the 8B shape,
+`benchmarks/train_speed.py`: the packed PEFT set-up below 6,362 useful tokens/s within 16 GiB, Unsloth 5,541 at
+8.1 GiB, so `auto` takes PEFT); on CPU it is plain LoRA in fp32, so the course runs anywhere on the embedded
+default model. The trainer is TRL's `SFTTrainer`, given the dataset of stage 02
 already tokenized with its `labels` (loss on the assistant's commands and their end-of-turn token only): TRL
 keeps a ready `labels` column as it is (no re-tokenizing, no re-masking).
 
@@ -103,7 +105,7 @@ class TrainConfig:
     max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
     device: str = "auto"  # "auto" (CUDA if present), "cuda" or "cpu"
     quantization: str = "auto"  # "auto" (nf4 on CUDA, none on CPU), "nf4" or "none"
-    backend: str = "auto"  # "auto" (Unsloth if it imports, on CUDA), "unsloth" or "peft"
+    backend: str = "auto"  # "auto" (PEFT: packed, it out-ran Unsloth on an H200), "unsloth" or "peft"
     gradient_checkpointing: bool | None = None  # recompute activations; None: off on CPU, planned on CUDA
     group_by_length: bool = True  # padded batches of similar lengths (benchmark: padding 34% -> 14%); off when packing
     liger: bool | None = None  # Liger fused kernels (no full-vocabulary logits); None: on with CUDA if installed
@@ -510,7 +512,7 @@ def unsloth_imports() -> bool:
     try:
         import unsloth  # noqa: F401
     except Exception as error:  # an Unsloth that does not import here (versions, no GPU) is one that is not used
-        print(f"Unsloth is installed but does not import ({type(error).__name__}: {error}); using PEFT", flush=True)
+        print(f"Unsloth is installed but does not import ({type(error).__name__}: {error})", flush=True)
         return False
     return True
 
@@ -557,7 +559,7 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
             "QLoRA needs bitsandbytes: `pip install bitsandbytes==0.50.2`, or pass --quantization none "
             "(plain LoRA in bf16: about 4x the GPU memory for the base weights)"
         )
-    has_unsloth = device == "cuda" and quantization == "nf4" and config.backend != "peft" and unsloth_imports()
+    has_unsloth = device == "cuda" and quantization == "nf4" and config.backend == "unsloth" and unsloth_imports()
     if config.backend == "unsloth" and not has_unsloth:
         raise TrainingSetupError(
             "Unsloth was asked for but "
