@@ -96,14 +96,14 @@ eval_base() {  # the base model: it never wins free, so every game plays its who
         evaluate base_multi_constrained "$BASE_MULTI_GAMES" "${MULTI[*]}" "${rows[@]}" --actions constrained
 }
 
-eval_sft() {  # the command adapter: all five agents in one batch
-    evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter"
+eval_sft() {  # the command adapter: all five agents in one batch, free (evaluate's auto grounds a fine-tuned model)
+    evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter" --actions free
 }
 
 eval_variants() {  # grounded commands, then the thought adapter grounded and free
     evaluate sft_constrained 0 "$GROUNDED_AGENTS" --adapter "$WORK/sft_adapter" --actions constrained &&
         evaluate thoughts_constrained 0 "$THOUGHT_AGENTS" --adapter "$WORK/sft_thoughts" --actions constrained &&
-        evaluate thoughts_free 0 "$THOUGHT_AGENTS" --adapter "$WORK/sft_thoughts"
+        evaluate thoughts_free 0 "$THOUGHT_AGENTS" --adapter "$WORK/sft_thoughts" --actions free
 }
 
 rounds() {  # method: DAgger or self-imitation rounds from the command adapter, with the same round budget
