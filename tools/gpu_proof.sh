@@ -82,28 +82,31 @@ train_both() {  # the command and the thought formats side by side: a 135M model
     wait "$commands" && return "$thoughts"
 }
 
-evaluate() {  # label games "agents" extra-args...: one evaluate that uses the machine
-    local label=$1 games=$2 agents=$3
-    shift 3
+evaluate() {  # label games "agents" actions extra-args...: one evaluate that uses the machine
+    # actions is always named: evaluate's default (auto) grounds a fine-tuned model, so a run labelled free must say so
+    local label=$1 games=$2 agents=$3 actions=$4
+    shift 4
     # shellcheck disable=SC2086  # agents is a word list on purpose
-    alfworld-sft evaluate "${EVAL[@]}" --agents $agents --num-games "$games" --output "$PHASE3/$label.json" "$@"
+    alfworld-sft evaluate "${EVAL[@]}" --agents $agents --num-games "$games" --actions "$actions" \
+        --output "$PHASE3/$label.json" "$@"
 }
 
 eval_base() {  # the base model: it never wins free, so every game plays its whole budget (the costliest runs)
     local rows=(--batch-size "$BASE_ROWS")
-    evaluate base 0 "${SINGLE[*]}" "${rows[@]}" && evaluate base_multi "$BASE_MULTI_GAMES" "${MULTI[*]}" "${rows[@]}" &&
-        evaluate base_constrained 0 "${SINGLE[*]}" "${rows[@]}" --actions constrained &&
-        evaluate base_multi_constrained "$BASE_MULTI_GAMES" "${MULTI[*]}" "${rows[@]}" --actions constrained
+    evaluate base 0 "${SINGLE[*]}" free "${rows[@]}" &&
+        evaluate base_multi "$BASE_MULTI_GAMES" "${MULTI[*]}" free "${rows[@]}" &&
+        evaluate base_constrained 0 "${SINGLE[*]}" constrained "${rows[@]}" &&
+        evaluate base_multi_constrained "$BASE_MULTI_GAMES" "${MULTI[*]}" constrained "${rows[@]}"
 }
 
-eval_sft() {  # the command adapter: all five agents in one batch, free (evaluate's auto grounds a fine-tuned model)
-    evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" --adapter "$WORK/sft_adapter" --actions free
+eval_sft() {  # the command adapter: all five agents in one batch
+    evaluate sft_free 0 "${SINGLE[*]} ${MULTI[*]}" free --adapter "$WORK/sft_adapter"
 }
 
 eval_variants() {  # grounded commands, then the thought adapter grounded and free
-    evaluate sft_constrained 0 "$GROUNDED_AGENTS" --adapter "$WORK/sft_adapter" --actions constrained &&
-        evaluate thoughts_constrained 0 "$THOUGHT_AGENTS" --adapter "$WORK/sft_thoughts" --actions constrained &&
-        evaluate thoughts_free 0 "$THOUGHT_AGENTS" --adapter "$WORK/sft_thoughts" --actions free
+    evaluate sft_constrained 0 "$GROUNDED_AGENTS" constrained --adapter "$WORK/sft_adapter" &&
+        evaluate thoughts_constrained 0 "$THOUGHT_AGENTS" constrained --adapter "$WORK/sft_thoughts" &&
+        evaluate thoughts_free 0 "$THOUGHT_AGENTS" free --adapter "$WORK/sft_thoughts"
 }
 
 rounds() {  # method: DAgger or self-imitation rounds from the command adapter, with the same round budget
