@@ -24,12 +24,15 @@
 # together, 64), BASE_ROWS (the same for the base model, whose replies run to their token budget: 192), DAGGER_ROUNDS
 # (2), DAGGER_GAMES (games per round, 500), DAGGER_EPOCHS (3, as the SFT recipe: each round retrains from the base on
 # the expert data and every round's labels so far; with 1, round 1 of 2026-12-02 lost 19 of 140 games against the
-# 3-epoch SFT adapter), GROUNDED_AGENTS (eval_variants: the command adapter's agents with grounded commands, all five)
-# and THOUGHT_AGENTS (eval_variants: the thought adapter's agents, grounded then free: "zero_shot react"). The base model's stage (eval_base) starts with training and runs beside everything after it;
-# both wait on the one GPU's forwards, so it slows them (2026-12-02, night: 674 grounded games in 1,186 s against
-# 700 in 408 s alone): give it a lease of its own, STAGES="data eval_base". After training, the stages
-# eval_sft (the command adapter's five agents), dagger, eval_variants (grounded commands, the thought adapter) and
-# self_imitation run one at a time (each uses every core for its engine workers), in the order STAGES names them.
+# 3-epoch SFT adapter), GROUNDED_AGENTS (eval_variants: the command adapter's agents with grounded commands, all five),
+# THOUGHT_AGENTS (eval_variants: the thought adapter's agents, grounded then free: "zero_shot react") and FORMATS
+# (train: the adapters trained side by side, "commands thoughts"; eval_variants needs both). The base model's stage
+# (eval_base) starts with training and runs beside everything after it; both wait on the one GPU's forwards, so it
+# slows them (2026-12-02, night: 674 grounded games in 1,186 s against 700 in 408 s alone): give it a lease of its
+# own, STAGES="data eval_base". After training, the stages eval_sft (the command adapter's five agents), dagger,
+# eval_variants (grounded commands, the thought adapter), self_imitation and both (DAgger's labels and the won games
+# together; the three methods share round 0) run one at a time (each uses every core for its engine workers), in
+# the order STAGES names them.
 # `report` brings back the evaluations' checkpoints too: the per-game records of a run the deadline cut short.
 set -uo pipefail
 
@@ -47,7 +50,8 @@ EVAL_ROWS=${EVAL_ROWS:-64}
 BASE_ROWS=${BASE_ROWS:-192}
 GROUNDED_AGENTS=${GROUNDED_AGENTS:-"zero_shot few_shot react reflexion hierarchical"}
 THOUGHT_AGENTS=${THOUGHT_AGENTS:-"zero_shot react"}
-STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation"}
+FORMATS=${FORMATS:-"commands thoughts"}
+STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation both"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -71,15 +75,22 @@ get_data() {  # the carried collection, finished here (the collector skips every
     alfworld-sft collect --split train --output "$DATA" --max-steps 50 --workers "$CORES" "${sample[@]}"
 }
 
-train_both() {  # the command and the thought formats side by side: a 135M model leaves the GPU mostly idle
+train_formats() {  # every format of FORMATS side by side: a 135M model leaves the GPU mostly idle
     local recipe=(--epochs 3 --batch 8 --grad-accum 4 --lr 2e-4 --lora-r 64 --lora-alpha 128 --quantization none
                   --eval-steps 50 --save-steps 100 --logging-steps 10 --memory-budget-gib 40)
-    alfworld-sft train --data "$DATA" --output "$WORK/sft_adapter" "${recipe[@]}" > "$REPORT/train_commands.log" 2>&1 &
-    local commands=$!
-    alfworld-sft train --data "$DATA" --output "$WORK/sft_thoughts" --format thoughts "${recipe[@]}" \
-        > "$REPORT/train_thoughts.log" 2>&1
-    local thoughts=$?
-    wait "$commands" && return "$thoughts"
+    local format pids=() code=0
+    for format in $FORMATS; do
+        case $format in
+            commands) alfworld-sft train --data "$DATA" --output "$WORK/sft_adapter" "${recipe[@]}" \
+                          > "$REPORT/train_commands.log" 2>&1 & ;;
+            thoughts) alfworld-sft train --data "$DATA" --output "$WORK/sft_thoughts" --format thoughts "${recipe[@]}" \
+                          > "$REPORT/train_thoughts.log" 2>&1 & ;;
+            *) log "train: unknown format '$format' in FORMATS (commands, thoughts)"; return 2 ;;
+        esac
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || code=$?; done
+    return "$code"
 }
 
 evaluate() {  # label games "agents" actions extra-args...: one evaluate that uses the machine
@@ -109,7 +120,15 @@ eval_variants() {  # grounded commands, then the thought adapter grounded and fr
         evaluate thoughts_free 0 "$THOUGHT_AGENTS" free --adapter "$WORK/sft_thoughts"
 }
 
-rounds() {  # method: DAgger or self-imitation rounds from the command adapter, with the same round budget
+rounds() {  # method: DAgger, self-imitation or both, rounds from the command adapter, with the same round budget
+    # Round 0 is the same adapter evaluated the same way for every method: a checkpoint another method finished is
+    # reused (the evaluator checks its key: weights, split, actions, prompt) rather than played again.
+    local shared
+    for shared in "$WORK"/{dagger,self_imitation,both}/round_0/eval.ckpt.jsonl; do
+        if [ -f "$shared" ] && [ ! -f "$WORK/$1/round_0/eval.ckpt.jsonl" ]; then
+            mkdir -p "$WORK/$1/round_0" && cp "$shared" "$WORK/$1/round_0/"
+        fi
+    done
     alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method "$1" \
         --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --epochs "$DAGGER_EPOCHS" \
         --workers "$CORES" --batch-size 64 --eval-split eval_in_distribution --eval-games 0 --output "$WORK/$1"
@@ -124,7 +143,7 @@ case "${1:-}" in
         report_to "$2"
         tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="checkpoint-*" \
             --exclude="*.safetensors" --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" \
-            phase3 dagger self_imitation \
+            phase3 dagger self_imitation both \
             sft_adapter sft_thoughts 2>/dev/null
         tar -cJf "$2/oracle.tar.xz" -C "$WORK" oracle 2>/dev/null  # the whole collection: the next machine resumes
         exit 0
@@ -145,13 +164,13 @@ wants data && stage data 900 "" "$DATA" bash "$0" _run get_data
 wait
 # The base model's games beside training and every stage after it (they slow the later stages: header).
 wants eval_base && { stage eval_base 1500 "data" "$PHASE3" bash "$0" _run eval_base & }
-wants train && stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_both
+wants train && stage train 900 "data" "$WORK/sft_adapter" bash "$0" _run train_formats
 # One at a time, in the order STAGES names them: side by side (2026-12-02) they were CPU-bound and none finished.
 for name in $STAGES; do
     case $name in
         eval_sft) stage eval_sft 1200 "train" "$PHASE3/sft_free.json" bash "$0" _run eval_sft ;;
         eval_variants) stage eval_variants 1200 "train" "$PHASE3" bash "$0" _run eval_variants ;;
-        dagger | self_imitation) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds "$name" ;;
+        dagger | self_imitation | both) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds "$name" ;;
     esac
 done
 wait
