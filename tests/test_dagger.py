@@ -348,6 +348,7 @@ def test_a_round_with_the_expert_standing_in_for_the_model(sft_run, tmp_path, mo
     assert (folder / "adapter" / "adapter_config.json").exists() and not list((folder / "adapter").glob("checkpoint-*"))
     assert result.plot.stat().st_size > 0 and result.rows[0]["round"] == 1
     assert set(summary["seconds"]) == {"rollouts", "labelling", "training"}
+    assert dagger.read_run_rows(tmp_path / "dagger") == ("both", list(result.rows))
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished round must not train again")
@@ -496,3 +497,45 @@ def test_the_round_table_starts_with_the_starting_adapter(tmp_path):
     assert rows[0] == {**dict.fromkeys(rows[1]), "round": 0, "eval_success": 0.25}
     assert "| round | games | rollouts_won | states |" in reports.format_table(rows)
     assert reports.plot_rounds(rows, tmp_path / "rounds.png").stat().st_size > 0
+
+
+def write_round(folder, number: int, method: str, success: float) -> None:
+    """A round's summary as `make_round` writes it, with only what the round table reads."""
+    summary = {
+        "key": {"method": method, "agent": "zero_shot", "round": number},
+        "round": number,
+        "played": 3,
+        "rollouts_win_rate": 1.0,
+        "labels": dict.fromkeys(dagger.LABEL_COUNTS, 1),
+        "records_added": 1,
+        "data": {"expert_records": 4, "new_records": number},
+        "eval": {"success_rate": success},
+    }
+    (folder / f"round_{number}").mkdir(parents=True)
+    (folder / f"round_{number}" / dagger.SUMMARY).write_text(json.dumps(summary))
+
+
+def test_runs_cut_short_compare_round_by_round(tmp_path, capsys):
+    for number, success in ((2, 0.75), (1, 0.5)):  # written in reverse: rows follow round numbers
+        write_round(tmp_path / "self_imitation", number, "self_imitation", success)
+    write_round(tmp_path / "both", 1, "both", 0.75)
+    (tmp_path / "both" / "round_0").mkdir()
+    (tmp_path / "both" / "round_0" / dagger.EVAL).write_text(
+        json.dumps({"agents": {"zero_shot": {"success_rate": 0.25}}})
+    )
+    method, rows = dagger.read_run_rows(tmp_path / "self_imitation")
+    assert method == "self_imitation" and [(r["round"], r["eval_success"]) for r in rows] == [(1, 0.5), (2, 0.75)]
+    plot = tmp_path / "methods.png"
+    assert (
+        cli.main(["dagger-compare", str(tmp_path / "self_imitation"), str(tmp_path / "both"), "--output", str(plot)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "self_imitation (self_imitation)" in printed and "both (both)" in printed and plot.stat().st_size > 0
+    assert [r["eval_success"] for r in dagger.read_run_rows(tmp_path / "both")[1]] == [0.25, 0.75]
+
+
+def test_comparing_a_folder_without_a_finished_round_says_what_to_name(tmp_path, capsys):
+    (tmp_path / "dagger" / "round_1").mkdir(parents=True)
+    assert cli.main(["dagger-compare", str(tmp_path / "dagger"), "--output", str(tmp_path / "m.png")]) == 2
+    assert "holds no finished round" in capsys.readouterr().err

@@ -30,9 +30,9 @@
 # (eval_base) starts with training and runs beside everything after it; both wait on the one GPU's forwards, so it
 # slows them (2026-12-02, night: 674 grounded games in 1,186 s against 700 in 408 s alone): give it a lease of its
 # own, STAGES="data eval_base". After training, the stages eval_sft (the command adapter's five agents), dagger,
-# eval_variants (grounded commands, the thought adapter), self_imitation and both (DAgger's labels and the won games
-# together; the three methods share round 0) run one at a time (each uses every core for its engine workers), in
-# the order STAGES names them.
+# eval_variants (grounded commands, the thought adapter), self_imitation, both (DAgger's labels and the won games
+# together; the three methods share round 0) and dagger_thoughts (DAgger from the thought adapter) run one at a
+# time (each uses every core for its engine workers), in the order STAGES names them.
 # `report` brings back the evaluations' checkpoints too: the per-game records of a run the deadline cut short.
 set -uo pipefail
 
@@ -51,7 +51,7 @@ BASE_ROWS=${BASE_ROWS:-192}
 GROUNDED_AGENTS=${GROUNDED_AGENTS:-"zero_shot few_shot react reflexion hierarchical"}
 THOUGHT_AGENTS=${THOUGHT_AGENTS:-"zero_shot react"}
 FORMATS=${FORMATS:-"commands thoughts"}
-STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation both"}
+STAGES=${STAGES:-"train_speed data train eval_base eval_sft dagger eval_variants self_imitation both dagger_thoughts"}
 NAME=proof
 SUMMARY_FILES="sft_record=sft_adapter/training_record.json thoughts_record=sft_thoughts/training_record.json"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -120,18 +120,18 @@ eval_variants() {  # grounded commands, then the thought adapter grounded and fr
         evaluate thoughts_free 0 "$THOUGHT_AGENTS" free --adapter "$WORK/sft_thoughts"
 }
 
-rounds() {  # method: DAgger, self-imitation or both, rounds from the command adapter, with the same round budget
+rounds() {  # method [adapter output]: DAgger, self-imitation or both, rounds from an adapter (the command adapter)
+    local method=$1 adapter=${2:-sft_adapter} output=${3:-$1} shared
     # Round 0 is the same adapter evaluated the same way for every method: a checkpoint another method finished is
     # reused (the evaluator checks its key: weights, split, actions, prompt) rather than played again.
-    local shared
     for shared in "$WORK"/{dagger,self_imitation,both}/round_0/eval.ckpt.jsonl; do
-        if [ -f "$shared" ] && [ ! -f "$WORK/$1/round_0/eval.ckpt.jsonl" ]; then
-            mkdir -p "$WORK/$1/round_0" && cp "$shared" "$WORK/$1/round_0/"
+        if [ "$adapter" = sft_adapter ] && [ -f "$shared" ] && [ ! -f "$WORK/$output/round_0/eval.ckpt.jsonl" ]; then
+            mkdir -p "$WORK/$output/round_0" && cp "$shared" "$WORK/$output/round_0/"
         fi
     done
-    alfworld-sft dagger --adapter "$WORK/sft_adapter" --expert-data "$DATA" --method "$1" \
+    alfworld-sft dagger --adapter "$WORK/$adapter" --expert-data "$DATA" --method "$method" \
         --rounds "$DAGGER_ROUNDS" --games-per-round "$DAGGER_GAMES" --epochs "$DAGGER_EPOCHS" \
-        --workers "$CORES" --batch-size 64 --eval-split eval_in_distribution --eval-games 0 --output "$WORK/$1"
+        --workers "$CORES" --batch-size 64 --eval-split eval_in_distribution --eval-games 0 --output "$WORK/$output"
 }
 
 train_speed() {  # the 8B shape's QLoRA set-ups on the GPU alone (benchmarks/train_speed.py)
@@ -143,7 +143,7 @@ case "${1:-}" in
         report_to "$2"
         tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="checkpoint-*" \
             --exclude="*.safetensors" --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" \
-            phase3 dagger self_imitation both \
+            phase3 dagger self_imitation both dagger_thoughts \
             sft_adapter sft_thoughts 2>/dev/null
         tar -cJf "$2/oracle.tar.xz" -C "$WORK" oracle 2>/dev/null  # the whole collection: the next machine resumes
         exit 0
@@ -171,6 +171,7 @@ for name in $STAGES; do
         eval_sft) stage eval_sft 1200 "train" "$PHASE3/sft_free.json" bash "$0" _run eval_sft ;;
         eval_variants) stage eval_variants 1200 "train" "$PHASE3" bash "$0" _run eval_variants ;;
         dagger | self_imitation | both) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds "$name" ;;
+        dagger_thoughts) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds dagger sft_thoughts "$name" ;;
     esac
 done
 wait

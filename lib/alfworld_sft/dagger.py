@@ -20,6 +20,7 @@ it loops. A round fixes some of that:
 
     alfworld-sft dagger --adapter results/sft_adapter --expert-data results/oracle/trajectories.jsonl \\
         --method dagger --rounds 2 --games-per-round 500 --output results/dagger --workers 16 --batch-size 64
+    alfworld-sft dagger-compare results/dagger results/self_imitation results/both   # tables, one plot per round
 
     from alfworld_sft import dagger
     result = dagger.run_dagger(dagger.course_config(small=True, seed=0))   # result.rows: the per-round table
@@ -665,6 +666,42 @@ def round_rows(summaries: Sequence[Mapping[str, Any]], start_eval: Mapping[str, 
     return rows
 
 
+def read_run_rows(folder: str | os.PathLike[str]) -> tuple[str, list[dict[str, Any]]]:
+    """The method and the per-round rows (`round_rows`) of the run in `folder`, a run cut short included: every
+    round whose summary was written, and round 0 when the starting adapter's evaluation finished."""
+    folder = paths.resolve_repo_path(folder)
+    found = sorted(folder.glob(f"round_*/{SUMMARY}"), key=lambda path: int(path.parent.name.split("_")[1]))
+    summaries = [
+        files.read_json_object(path, "delete it to redo the round", required_keys=("key", "round", "labels", "data"))
+        for path in found
+    ]
+    if not summaries:
+        raise FileNotFoundError(
+            f"{folder} holds no finished round (round_N/{SUMMARY}): name the --output folder of an "
+            "`alfworld-sft dagger` run whose first round finished"
+        )
+    start = folder / "round_0" / EVAL
+    start_eval = None
+    if start.exists():
+        blocks = files.read_json_object(start, "rerun the dagger command to rebuild it", required_keys=("agents",))
+        start_eval = blocks["agents"].get(summaries[0]["key"]["agent"])
+    return summaries[0]["key"]["method"], round_rows(summaries, start_eval)
+
+
+def compare_runs(folders: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> tuple[dict, Path]:
+    """Rounds of several runs (DAgger, self-imitation, both; or one method with other settings) side by side: the
+    rows of each, by its folder's name, and one plot of success per round (`reports.plot_methods`)."""
+    runs = {}
+    for folder in folders:
+        name = Path(folder).name
+        if name in runs:
+            raise ValueError(f"two runs are named {name!r}: give each run its own folder name")
+        method, rows = read_run_rows(folder)
+        runs[name] = {"method": method, "rows": rows}
+    plot = reports.plot_methods({name: run["rows"] for name, run in runs.items()}, paths.resolve_repo_path(output))
+    return runs, plot
+
+
 # -------------------------------------------------------------------------------------------- the notebook
 
 
@@ -805,6 +842,12 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         "--train-max-steps", type=int, default=None, help="optimizer steps per round (default: the adapter's)"
     )
     parser.set_defaults(func=_run_dagger)
+    compare = subparsers.add_parser(
+        "dagger-compare", help="06: rounds of several dagger runs side by side (a table each, one plot)"
+    )
+    compare.add_argument("folders", nargs="+", help="the --output folders of `alfworld-sft dagger` runs")
+    compare.add_argument("--output", default="results/dagger/methods.png", help="the plot of success per round")
+    compare.set_defaults(func=_compare_runs)
 
 
 def _run_dagger(args: argparse.Namespace) -> int:
@@ -826,4 +869,12 @@ def _run_dagger(args: argparse.Namespace) -> int:
     result = run_dagger(config)
     print(reports.format_table(result.rows))
     print(f"adapter: {result.adapter}\nplot: {result.plot} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def _compare_runs(args: argparse.Namespace) -> int:
+    runs, plot = compare_runs(args.folders, args.output)
+    for name, run in runs.items():
+        print(f"{name} ({run['method']})\n{reports.format_table(run['rows'])}\n")
+    print(f"plot: {plot}")
     return 0

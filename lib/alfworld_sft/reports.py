@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +341,26 @@ def plot_rounds(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], ti
         axis.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_methods(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike[str]) -> Path:
+    """Several DAgger / self-imitation runs (`dagger.read_run_rows`) on one axis: the held-out success of each
+    round's adapter, one line per run, round 0 being the adapter they start from."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    rounds = set()
+    for name, rows in runs.items():
+        evaluated = [row for row in rows if row.get("eval_success") is not None]
+        rounds |= {row["round"] for row in evaluated}
+        axis.plot([r["round"] for r in evaluated], [r["eval_success"] for r in evaluated], marker="o", label=name)
+    axis.set_xticks(sorted(rounds))
+    axis.set_xlabel("round")
+    axis.set_ylabel("success rate (held-out games)")
+    axis.set_title("success per round")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     return save_figure(figure, path)
 
