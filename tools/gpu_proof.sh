@@ -122,11 +122,16 @@ eval_variants() {  # grounded commands, then the thought adapter grounded and fr
 
 rounds() {  # method [adapter output]: DAgger, self-imitation or both, rounds from an adapter (the command adapter)
     local method=$1 adapter=${2:-sft_adapter} output=${3:-$1} shared
-    # Round 0 is the same adapter evaluated the same way for every method: a checkpoint another method finished is
-    # reused (the evaluator checks its key: weights, split, actions, prompt) rather than played again.
-    for shared in "$WORK"/{dagger,self_imitation,both}/round_0/eval.ckpt.jsonl; do
-        if [ "$adapter" = sft_adapter ] && [ -f "$shared" ] && [ ! -f "$WORK/$output/round_0/eval.ckpt.jsonl" ]; then
-            mkdir -p "$WORK/$output/round_0" && cp "$shared" "$WORK/$output/round_0/"
+    local own="$WORK/$output/round_0"
+    if [ ! -d "$WORK/$adapter" ]; then
+        log "$output: no adapter $WORK/$adapter: train it first (FORMATS names the adapters the train stage makes)"
+        return 2
+    fi
+    # Round 0 is the same adapter evaluated the same way for every method: an evaluation another method finished is
+    # reused (the evaluator checks its checkpoint's key: weights, split, actions, prompt) rather than played again.
+    for shared in "$WORK"/{dagger,self_imitation,both}/round_0; do
+        if [ "$adapter" = sft_adapter ] && [ -f "$shared/eval.json" ] && [ ! -f "$own/eval.ckpt.jsonl" ]; then
+            mkdir -p "$own" && cp "$shared/eval.ckpt.jsonl" "$own/"
         fi
     done
     alfworld-sft dagger --adapter "$WORK/$adapter" --expert-data "$DATA" --method "$method" \
@@ -140,7 +145,7 @@ train_speed() {  # the 8B shape's QLoRA set-ups on the GPU alone (benchmarks/tra
 
 case "${1:-}" in
     report)
-        report_to "$2"
+        report_to "${2:?usage: gpu_proof.sh report FOLDER}"
         tar -cJf "$2/phase3.tar.xz" -C "$WORK" --exclude="checkpoint-*" \
             --exclude="*.safetensors" --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" \
             phase3 dagger self_imitation both dagger_thoughts \
@@ -172,6 +177,8 @@ for name in $STAGES; do
         eval_variants) stage eval_variants 1200 "train" "$PHASE3" bash "$0" _run eval_variants ;;
         dagger | self_imitation | both) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds "$name" ;;
         dagger_thoughts) stage "$name" 1500 "train" "$WORK/$name" bash "$0" _run rounds dagger sft_thoughts "$name" ;;
+        train_speed | data | train | eval_base) ;;  # started above
+        *) log "$name: unknown stage (the header lists them)" ;;
     esac
 done
 wait

@@ -20,7 +20,7 @@ it loops. A round fixes some of that:
 
     alfworld-sft dagger --adapter results/sft_adapter --expert-data results/oracle/trajectories.jsonl \\
         --method dagger --rounds 2 --games-per-round 500 --output results/dagger --workers 16 --batch-size 64
-    alfworld-sft dagger-compare results/dagger results/self_imitation results/both   # tables, one plot per round
+    alfworld-sft dagger-compare results/dagger results/self_imitation results/both   # a table each, one plot
 
     from alfworld_sft import dagger
     result = dagger.run_dagger(dagger.course_config(small=True, seed=0))   # result.rows: the per-round table
@@ -666,36 +666,77 @@ def round_rows(summaries: Sequence[Mapping[str, Any]], start_eval: Mapping[str, 
     return rows
 
 
+# What `round_rows` reads of a round's summary, and of its key.
+ROW_KEYS = ("key", "round", "played", "rollouts_win_rate", "labels", "records_added", "data", "eval")
+ROW_KEY_FIELDS = ("method", "agent", "start_weights")
+
+
 def read_run_rows(folder: str | os.PathLike[str]) -> tuple[str, list[dict[str, Any]]]:
     """The method and the per-round rows (`round_rows`) of the run in `folder`, a run cut short included: every
-    round whose summary was written, and round 0 when the starting adapter's evaluation finished."""
+    round whose summary was written, and round 0 when the starting adapter's evaluation finished. Rounds of
+    another run (their settings differ) are refused, not mixed."""
     folder = paths.resolve_repo_path(folder)
-    found = sorted(folder.glob(f"round_*/{SUMMARY}"), key=lambda path: int(path.parent.name.split("_")[1]))
-    summaries = [
-        files.read_json_object(path, "delete it to redo the round", required_keys=("key", "round", "labels", "data"))
-        for path in found
-    ]
-    if not summaries:
+    numbered = {}
+    for path in folder.glob(f"round_*/{SUMMARY}"):
+        match = re.fullmatch(r"round_(\d+)", path.parent.name)
+        if match and int(match.group(1)) > 0:
+            numbered[int(match.group(1))] = path
+    if not numbered:
         raise FileNotFoundError(
             f"{folder} holds no finished round (round_N/{SUMMARY}): name the --output folder of an "
             "`alfworld-sft dagger` run whose first round finished"
         )
+    remedy = "delete the round's folder and rerun the dagger command to redo it"
+    summaries = []
+    for number in sorted(numbered):
+        summary = files.read_json_object(numbered[number], remedy, required_keys=ROW_KEYS)
+        missing = [name for name in ROW_KEY_FIELDS if name not in summary["key"]]
+        if missing or summary["round"] != number:
+            raise files.CorruptFileError(
+                f"{numbered[number]} is not round {number}'s summary (its key lacks {', '.join(missing) or 'nothing'}, "
+                f"its round is {summary['round']}): {remedy}"
+            )
+        first = summaries[0]["key"] if summaries else summary["key"]
+        differs = sorted(
+            k for k in set(first) | set(summary["key"]) if k != "round" and first.get(k) != summary["key"].get(k)
+        )
+        if differs:
+            raise ValueError(
+                f"{numbered[number]} belongs to another run than round {summaries[0]['round']} of {folder} (they "
+                f"differ in {', '.join(differs)}): keep each run in its own --output folder"
+            )
+        summaries.append(summary)
+    key = summaries[0]["key"]
     start = folder / "round_0" / EVAL
     start_eval = None
     if start.exists():
-        blocks = files.read_json_object(start, "rerun the dagger command to rebuild it", required_keys=("agents",))
-        start_eval = blocks["agents"].get(summaries[0]["key"]["agent"])
-    return summaries[0]["key"]["method"], round_rows(summaries, start_eval)
+        evaluated = files.read_json_object(
+            start, "delete it and rerun the dagger command", required_keys=("agents", "run")
+        )
+        if evaluated["run"].get("weights") != key["start_weights"]:
+            raise ValueError(
+                f"{start} evaluated other weights ({evaluated['run'].get('weights')}) than the run started from "
+                f"({key['start_weights']}): delete it and rerun the dagger command to evaluate the starting adapter"
+            )
+        start_eval = evaluated["agents"].get(key["agent"]) if isinstance(evaluated["agents"], dict) else None
+        if start_eval is None:
+            raise files.CorruptFileError(
+                f"{start} holds no results of {key['agent']}: delete it and rerun the dagger command"
+            )
+    return key["method"], round_rows(summaries, start_eval)
 
 
 def compare_runs(folders: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> tuple[dict, Path]:
     """Rounds of several runs (DAgger, self-imitation, both; or one method with other settings) side by side: the
-    rows of each, by its folder's name, and one plot of success per round (`reports.plot_methods`)."""
+    rows of each, named by its folder (with the folder above it where two names collide), and one plot of success
+    per round (`reports.plot_methods`)."""
+    resolved = [paths.resolve_repo_path(folder) for folder in folders]
+    names = [folder.name for folder in resolved]
+    names = [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in resolved]
+    if len(set(names)) < len(names):
+        raise ValueError(f"the runs {names} cannot be told apart by their folders: name each one once")
     runs = {}
-    for folder in folders:
-        name = Path(folder).name
-        if name in runs:
-            raise ValueError(f"two runs are named {name!r}: give each run its own folder name")
+    for name, folder in zip(names, resolved):
         method, rows = read_run_rows(folder)
         runs[name] = {"method": method, "rows": rows}
     plot = reports.plot_methods({name: run["rows"] for name, run in runs.items()}, paths.resolve_repo_path(output))
@@ -846,7 +887,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         "dagger-compare", help="06: rounds of several dagger runs side by side (a table each, one plot)"
     )
     compare.add_argument("folders", nargs="+", help="the --output folders of `alfworld-sft dagger` runs")
-    compare.add_argument("--output", default="results/dagger/methods.png", help="the plot of success per round")
+    compare.add_argument("--output", default="results/dagger_compare.png", help="the plot of success per round")
     compare.set_defaults(func=_compare_runs)
 
 

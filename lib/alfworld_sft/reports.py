@@ -348,14 +348,17 @@ def plot_rounds(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], ti
 def plot_methods(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike[str]) -> Path:
     """Several DAgger / self-imitation runs (`dagger.read_run_rows`) on one axis: the held-out success of each
     round's adapter, one line per run, round 0 being the adapter they start from."""
+    evaluated = {name: [row for row in rows if row.get("eval_success") is not None] for name, rows in runs.items()}
+    if not any(evaluated.values()):
+        raise ValueError("no round of these runs was evaluated: run `alfworld-sft dagger` with --eval-split")
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
-    rounds = set()
-    for name, rows in runs.items():
-        evaluated = [row for row in rows if row.get("eval_success") is not None]
-        rounds |= {row["round"] for row in evaluated}
-        axis.plot([r["round"] for r in evaluated], [r["eval_success"] for r in evaluated], marker="o", label=name)
-    axis.set_xticks(sorted(rounds))
+    for name, rows in evaluated.items():
+        axis.plot([r["round"] for r in rows], [r["eval_success"] for r in rows], marker="o", label=name)
+    axis.set_xticks(sorted({row["round"] for rows in evaluated.values() for row in rows}))
+    # At least 10 points of height: runs a game or two apart should not look far apart.
+    lowest = min(row["eval_success"] for rows in evaluated.values() for row in rows)
+    axis.set_ylim(max(0.0, min(lowest - 0.02, 0.9)), 1.0)
     axis.set_xlabel("round")
     axis.set_ylabel("success rate (held-out games)")
     axis.set_title("success per round")
