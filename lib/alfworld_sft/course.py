@@ -3,9 +3,11 @@
     alfworld-sft course                  # small mode: every notebook for real, in minutes (CI, first try)
     alfworld-sft course --mode full      # everything: the whole train split, the seed's training, 134 games
     alfworld-sft course --only 00 01     # a subset, by number
+    alfworld-sft course --mode full --split eval_in_distribution   # where the 134 out-of-distribution games are absent
 
 Each notebook runs with the kernel named `python3`, which is the Python that runs this command (the venv's),
-in the notebooks folder, with the shared parameters `small` and `seed`. Executed copies go to
+in the notebooks folder, with the shared parameters `small` and `seed`, and `split` (the games notebooks 05 and
+06 play) for the notebooks that take it. Executed copies go to
 results/executed/<mode>/ (git-ignored). The run stops at the first failing notebook and names it and the
 failing cell; it ends with a table of notebook, status and seconds, also written to `run_dir/course.json`,
 and with `run_dir/summary.md`: the headline figures of every stage and links to its plots.
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from alfworld_sft.files import read_json, write_text
+from alfworld_sft.games import SPLITS
 from alfworld_sft.paths import EXECUTED_DIR, NOTEBOOKS_DIR, run_dir
 from alfworld_sft.reports import format_table
 from alfworld_sft.results import write_result
@@ -30,12 +33,15 @@ class CourseConfig:
     mode: str = "small"  # "small" runs every notebook on a few games in minutes; "full" runs everything
     seed: int = 0  # passed to every notebook
     only: tuple[str, ...] = ()  # notebook numbers to run ("00", "03"); empty runs all
+    split: str = ""  # the evaluation split of the notebooks with a `split` parameter; "": each notebook's default
     notebooks_dir: Path = NOTEBOOKS_DIR  # where the numbered notebooks live
     kernel: str = "python3"  # the kernel name notebooks are saved with
 
     def __post_init__(self) -> None:
         if self.mode not in ("small", "full"):
             raise ValueError(f"mode must be 'small' or 'full', not {self.mode!r}")
+        if self.split and self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
 
 
 @dataclass
@@ -83,12 +89,14 @@ def run_course(config: CourseConfig = CourseConfig()) -> CourseResult:
     notebooks = list_notebooks(config.notebooks_dir, config.only)
     out_dir = EXECUTED_DIR / config.mode
     out_dir.mkdir(parents=True, exist_ok=True)
-    parameters = {"small": config.mode == "small", "seed": config.seed}
+    shared = {"small": config.mode == "small", "seed": config.seed, **({"split": config.split} if config.split else {})}
     result = CourseResult(config.mode, [NotebookRun(nb.name, "not run") for nb in notebooks])
     for index, (notebook, run) in enumerate(zip(notebooks, result.runs), start=1):
         print(f"[{index}/{len(notebooks)}] {notebook.name} ({config.mode} mode)", flush=True)
         run.executed = str(out_dir / notebook.name)
         started = time.perf_counter()
+        declared = papermill.inspect_notebook(str(notebook))
+        parameters = {name: value for name, value in shared.items() if name in declared}
         try:
             papermill.execute_notebook(
                 str(notebook),
@@ -109,7 +117,7 @@ def run_course(config: CourseConfig = CourseConfig()) -> CourseResult:
             break
     write_result(
         run_dir(config.mode == "small") / "course.json",
-        {"mode": config.mode, "ok": result.ok, "runs": [asdict(r) for r in result.runs]},
+        {"mode": config.mode, "split": config.split, "ok": result.ok, "runs": [asdict(r) for r in result.runs]},
         seed=config.seed,
     )
     write_course_summary(run_dir(config.mode == "small"))
@@ -205,10 +213,17 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed passed to every notebook")
     parser.add_argument("--only", nargs="*", default=(), metavar="NN", help="run only these notebook numbers")
+    parser.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        default="",
+        help="the games notebooks 05 and 06 play (default: small mode eval_in_distribution, full mode "
+        "eval_out_of_distribution)",
+    )
     parser.set_defaults(func=_run_course_cli)
 
 
 def _run_course_cli(args: argparse.Namespace) -> int:
-    result = run_course(CourseConfig(mode=args.mode, seed=args.seed, only=tuple(args.only)))
+    result = run_course(CourseConfig(mode=args.mode, seed=args.seed, only=tuple(args.only), split=args.split))
     print("\n" + result.table())
     return 0 if result.ok else 1

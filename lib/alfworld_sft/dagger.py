@@ -41,6 +41,7 @@ import json
 import os
 import random
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -112,6 +113,10 @@ class DaggerConfig:
     # are chosen by it; the out-of-distribution games stay for the final measurement only.
     eval_split: str | None = "eval_in_distribution"
     eval_games: int = 0  # games of the eval split (balanced, seeded); 0: all of them
+    # An evaluation checkpoint of the starting adapter played the way round 0 is evaluated (notebook 05's free
+    # zero_shot run): round 0 takes its finished games instead of playing them again. The evaluator's run key (weights,
+    # split, steps, seed, actions, prompt) decides: a checkpoint of another run is set aside and the games played.
+    start_evaluation: str | None = None
     seed: int = 0  # seeds each round's game sample and rollouts, and the expert sample of the aggregation
     progress: bool = True  # tqdm bars
 
@@ -501,6 +506,11 @@ def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Bac
     if config.eval_split is None:
         return None
     started = time.perf_counter()
+    checkpoint = (folder / EVAL).with_suffix(".ckpt.jsonl")  # the evaluator's default checkpoint beside its output
+    start = paths.resolve_repo_path(config.start_evaluation) if config.start_evaluation else None
+    if folder == round_folder(plan, 0) and start is not None and start.is_file() and not checkpoint.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(start, checkpoint)
     eval_config = evaluation.EvalConfig(
         agents=(config.agent,),
         num_games=config.eval_games,
@@ -745,12 +755,18 @@ def compare_runs(folders: Sequence[str | os.PathLike[str]], output: str | os.Pat
 
 # -------------------------------------------------------------------------------------------- the notebook
 
+# Full mode's round: 100 rollouts take ~1 minute on one H200 and label ~1,000 states; a round of 300 (results/README:
+# one round took zero_shot from 132 to 136 of 140) costs two more minutes of the course's one sitting.
+FULL_ROUND_GAMES = 100
 
-def course_config(small: bool, seed: int, method: str = "dagger") -> DaggerConfig:
+
+def course_config(small: bool, seed: int, method: str = "dagger", split: str = "") -> DaggerConfig:
     """Notebook 06's run: from notebook 03's adapter and notebook 01's trajectories into `run_dir(small)/dagger`.
 
     Small mode (CPU, a few minutes): one round on 3 games of 5 steps, 2 training steps of notebook 03's recipe, no
-    evaluation. Full mode: the defaults, retraining each round with the SFT adapter's own recipe.
+    evaluation. Full mode (one GPU, ~6 minutes): one round of `FULL_ROUND_GAMES` sampled train games on every CPU,
+    retrained with the SFT adapter's recipe (its training record) and evaluated on every game of `split` (default
+    `evaluation.course_split`); round 0's evaluation is notebook 05's free zero_shot run, not played again.
     """
     folder = paths.run_dir(small)
     places = {
@@ -760,7 +776,16 @@ def course_config(small: bool, seed: int, method: str = "dagger") -> DaggerConfi
         "method": method,
     }
     if not small:
-        return DaggerConfig(**places, seed=seed)
+        return DaggerConfig(
+            **places,
+            rounds=1,
+            games_per_round=FULL_ROUND_GAMES,
+            workers=os.cpu_count() or 1,
+            batch_size=evaluation.FULL_BATCH_SIZE,
+            eval_split=evaluation.course_split(small, split),
+            start_evaluation=str(folder / "eval" / "finetuned_free.ckpt.jsonl"),
+            seed=seed,
+        )
     return DaggerConfig(
         **places,
         rounds=1,

@@ -365,10 +365,28 @@ def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[
 
 
 # --- the course (notebook 05) --------------------------------------------------------------------------------
-def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> EvalConfig:
-    """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 eval_in_distribution games of 3 steps,
-    in this process, all ten games in one batch (the multi-trial agents' chains of 3 trials and 2 reflections set
-    the wall time). Full: all 134 out-of-distribution games, 50 steps, every CPU an engine worker, 32 rows."""
+# Full mode's sizes, for one sitting on one GPU: the fine-tuned model plays every game of the split with every agent
+# and grounded commands (the course's default for it), and zero_shot free (the seed's setting); the base model, which
+# wins none (0 of 140 per agent, 2026-12-02: it answers in prose), plays a balanced sample with the single-trial
+# agents (reflexion and hierarchical only retry a lost first trial, twice).
+FULL_BASE_GAMES = 12
+FULL_BASE_AGENTS = ("zero_shot", "few_shot", "react")
+FULL_FREE_AGENTS = ("zero_shot",)
+FULL_BATCH_SIZE = 128  # decoding rows: every game of a single-trial agent in one batch
+
+
+def course_split(small: bool, split: str = "") -> str:
+    """The split notebooks 05 and 06 play: `split` when given, else eval_in_distribution in small mode and the seed's
+    134 out-of-distribution games in full mode (a split that is not there is an error, never replaced)."""
+    if split and split not in games.SPLITS:
+        raise ValueError(f"split must be one of {', '.join(games.SPLITS)} (or empty for the mode's), got {split!r}")
+    return split or ("eval_in_distribution" if small else "eval_out_of_distribution")
+
+
+def course_config(small: bool, seed: int, model: str = EvalConfig.model, split: str = "") -> EvalConfig:
+    """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 games of 3 steps, in this process, all ten
+    games in one batch (the multi-trial agents' chains of 3 trials and 2 reflections set the wall time). Full: the
+    single-trial agents on `FULL_BASE_GAMES` games of 50 steps, every CPU an engine worker."""
     from alfworld_sft.paths import run_dir
 
     out = run_dir(small) / "eval"
@@ -376,27 +394,37 @@ def course_config(small: bool, seed: int, model: str = EvalConfig.model) -> Eval
     common = {
         "model": model,
         "seed": seed,
+        "split": course_split(small, split),
         "output": str(out / "base.json"),
         "trajectories": str(demos) if demos.exists() else None,
     }
     if small:
-        return EvalConfig(**common, num_games=2, max_steps=3, split="eval_in_distribution", batch_size=10, workers=0)
+        return EvalConfig(**common, num_games=2, max_steps=3, batch_size=10, workers=0)
     return EvalConfig(
         **common,
-        num_games=0,
+        agents=FULL_BASE_AGENTS,
+        num_games=FULL_BASE_GAMES,
         max_steps=50,
-        split="eval_out_of_distribution",
-        batch_size=32,
+        batch_size=FULL_BATCH_SIZE,
         workers=os.cpu_count() or 1,
     )
 
 
 def finetuned_config(base: EvalConfig, adapter: str | Path, *, actions: str, agents: Sequence[str]) -> EvalConfig:
-    """The same games and settings for a fine-tuned adapter (its base from its training record)."""
+    """The same split and settings for a fine-tuned adapter (its base from its training record)."""
     output = Path(base.output).with_name(f"finetuned_{actions}.json")
     return replace(
         base, model="", adapter=str(adapter), actions=actions, agents=tuple(agents), output=str(output), checkpoint=None
     )
+
+
+def course_finetuned_config(base: EvalConfig, adapter: str | Path, actions: str, small: bool) -> EvalConfig:
+    """Notebook 05's run of the fine-tuned adapter with `actions`: small mode zero_shot on the base run's games;
+    full mode every game of the split, all agents grounded and zero_shot free."""
+    if small:
+        return finetuned_config(base, adapter, actions=actions, agents=("zero_shot",))
+    agents = FULL_FREE_AGENTS if actions == "free" else DEFAULT_AGENTS
+    return replace(finetuned_config(base, adapter, actions=actions, agents=agents), num_games=0)
 
 
 def prepare_games(config: EvalConfig) -> list[Path]:

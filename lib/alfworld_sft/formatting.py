@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, models, prompts, records, results
+from alfworld_sft import files, models, prompts, recipes, records, results
 from alfworld_sft.files import MalformedRecordError
 from alfworld_sft.paths import resolve_repo_path
 
@@ -69,7 +69,8 @@ SMALL_EVAL_FRACTION = 0.2
 def course_format_config(
     small: bool, seed: int, model: str = models.DEFAULT_MODEL, data_format: str = "commands"
 ) -> FormatConfig:
-    """The formatting settings notebook 02 uses (and notebook 03 expects) in small or full mode."""
+    """The formatting settings notebook 02 uses (and notebook 03 expects) in small or full mode: in full mode the
+    window and eval share of the model's training recipe."""
     if small:
         return FormatConfig(
             model=model,
@@ -78,7 +79,14 @@ def course_format_config(
             seed=seed,
             data_format=data_format,
         )
-    return FormatConfig(model=model, seed=seed, data_format=data_format)
+    recipe = recipes.recipe_for(model).values
+    return FormatConfig(
+        model=model,
+        max_seq_len=recipe["max_seq_len"],
+        eval_fraction=recipe["eval_fraction"],
+        seed=seed,
+        data_format=data_format,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, formatting, models, prompts, records
+from alfworld_sft import files, formatting, models, prompts, recipes, records
 from alfworld_sft.paths import resolve_repo_path
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -78,33 +78,35 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run; defaults are the seed guide's values, except the base model (see `DEFAULT_BASE_NOTE`)."""
+    """One training run. The fields left at None take the values of the base model's recipe (`recipes`); any value
+    given wins and is recorded as an override. The default base is the embedded model (see `DEFAULT_BASE_NOTE`)."""
 
     data: str = "results/oracle/trajectories.jsonl"  # trajectories JSONL, or a folder from `alfworld-sft format`
     output: str = "results/sft_adapter"  # adapter, tokenizer, checkpoints, log, plot, training_record.json
     base: str = models.DEFAULT_MODEL  # model id, local folder or the embedded default's name
     data_format: str = "commands"  # what an assistant turn holds: "commands" or "thoughts" (prompts.DATA_FORMATS)
-    epochs: float = 3.0  # passes over the training split
-    batch: int = 4  # sequences per forward pass on CPU; everywhere, batch x grad_accum x GPUs is the effective batch
-    lr: float = 2e-4  # peak learning rate
-    max_seq_len: int = 2048  # tokens per example; longer games lose their oldest middle turns
-    grad_accum: int = 4  # passes accumulated per optimizer update (on CUDA re-split by the plan, same effective batch)
-    lora_r: int = 16  # LoRA rank
-    lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA path
+    recipe: str = "auto"  # recipes.RECIPES: the values of every field below left at None; auto: by the base's size
+    epochs: float | None = None  # passes over the training split
+    batch: int | None = None  # sequences per pass on CPU; everywhere batch x grad_accum x GPUs is the effective batch
+    lr: float | None = None  # peak learning rate
+    max_seq_len: int | None = None  # tokens per example; longer games lose their oldest middle turns
+    grad_accum: int | None = None  # passes per optimizer update (on CUDA re-split by the plan, same effective batch)
+    lora_r: int | None = None  # LoRA rank
+    lora_alpha: int | None = None  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float | None = None  # dropout on the LoRA path
     target_modules: tuple[str, ...] = LORA_TARGET_MODULES  # linear layers that get adapters
     lr_scheduler: str = "cosine"  # learning-rate schedule after warm-up
-    warmup_ratio: float = 0.05  # share of all optimizer steps spent warming up
-    logging_steps: int = 10  # optimizer steps between train-loss log lines
-    eval_steps: int = 100  # optimizer steps between evaluations of the held-out games
-    save_steps: int = 200  # optimizer steps between checkpoints (a multiple of eval_steps, to keep the best)
+    warmup_ratio: float | None = None  # share of all optimizer steps spent warming up
+    logging_steps: int | None = None  # optimizer steps between train-loss log lines
+    eval_steps: int | None = None  # optimizer steps between evaluations of the held-out games
+    save_steps: int | None = None  # optimizer steps between checkpoints (a multiple of eval_steps, to keep the best)
     save_total_limit: int = 2  # checkpoints kept (the best one is never deleted)
     load_best: bool = True  # end with the checkpoint of lowest eval loss
-    eval_fraction: float = 0.05  # share of games held out for eval loss
+    eval_fraction: float | None = None  # share of games held out for eval loss
     seed: int = 42  # split, LoRA init and data order
     max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
     device: str = "auto"  # "auto" (CUDA if present), "cuda" or "cpu"
-    quantization: str = "auto"  # "auto" (nf4 on CUDA, none on CPU), "nf4" or "none"
+    quantization: str | None = None  # "auto" (nf4 on CUDA, none on CPU), "nf4" or "none"
     backend: str = "auto"  # "auto" (PEFT: packed, it out-ran Unsloth on an H200), "unsloth" or "peft"
     gradient_checkpointing: bool | None = None  # recompute activations; None: off on CPU, planned on CUDA
     group_by_length: bool = True  # padded batches of similar lengths (benchmark: padding 34% -> 14%); off when packing
@@ -125,9 +127,11 @@ DEFAULT_BASE_NOTE = (
 )
 
 # Fields that change how fast a run goes, not what it trains: a rerun may change them and still resume (or find
-# the run finished). Everything else must match the run in the folder.
+# the run finished). Everything else must match the run in the folder. The recipe's name is here too: the values it
+# gave are compared field by field.
 _SPEED_FIELDS = (
     "output",
+    "recipe",
     "gradient_checkpointing",
     "liger",
     "packing",
@@ -199,6 +203,7 @@ class TrainingFileError(files.CorruptFileError):
 
 def check_config(config: TrainConfig) -> None:
     """Refuse values out of range, naming the flag (a ValueError the CLI shows without a traceback)."""
+    config = recipes.resolve_recipe(config)
 
     def refuse(name: str, rule: str) -> None:
         raise ValueError(f"{flag_of(name)} must be {rule}, got {getattr(config, name)!r}")
@@ -544,6 +549,7 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
     card's free memory on CUDA); clear errors when it cannot."""
     import torch
 
+    config = recipes.resolve_recipe(config)
     check_config(config)
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
@@ -1254,7 +1260,10 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         if is_main_process():
             print(message, flush=True)
 
+    config = recipes.resolve_recipe(config)
     check_config(config)
+    recipe = recipes.describe_recipe(config)
+    say(recipes.format_recipe(recipe))
     output = resolve_repo_path(config.output)
     source = identify_data(config)
     finished = find_finished_run(output, config, source.sha256)
@@ -1342,6 +1351,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
                 "data_file": data_facts["data_file"],
                 "data_sha256": data_facts["data_sha256"],
                 "config": json.loads(json.dumps(asdict(config))),
+                "recipe": recipe,
                 "setup": asdict(setup),
                 "data_stats": data_facts["stats"],
                 "global_step": trainer.state.global_step,
@@ -1378,27 +1388,30 @@ def course_config(
 ) -> TrainConfig:
     """Notebook 03's run: the data notebook 02 formatted (in `data_format`), into `run_dir(small)/sft_adapter`.
 
-    Full mode: the seed guide's values. Small mode (CPU, a few minutes): one epoch, batch 2 without
-    accumulation, a higher learning rate so that a handful of steps show a falling loss, frequent evals.
+    Full mode: the base model's recipe, as measured (`recipes`). Small mode (CPU, a few minutes): the recipe with one
+    epoch, batch 2 without accumulation, a higher learning rate so that a handful of steps show a falling loss,
+    frequent evals, and notebook 02's shorter window and larger eval share (all recorded as overrides).
     """
     from alfworld_sft.paths import run_dir
 
     paths = {"data": str(run_dir(small) / "sft_data"), "output": str(run_dir(small) / "sft_adapter")}
-    fmt = formatting.course_format_config(small, seed, base, data_format)
-    common = {"base": base, "seed": seed, "data_format": data_format, "max_seq_len": fmt.max_seq_len}
+    common = {**paths, "base": base, "seed": seed, "data_format": data_format}
     if not small:
-        return TrainConfig(**paths, **common, eval_fraction=fmt.eval_fraction)
-    return TrainConfig(
-        **paths,
-        **common,
-        eval_fraction=fmt.eval_fraction,
-        epochs=1,
-        batch=2,
-        grad_accum=1,
-        lr=5e-4,
-        logging_steps=1,
-        eval_steps=2,
-        save_steps=2,
+        return recipes.resolve_recipe(TrainConfig(**common))
+    fmt = formatting.course_format_config(small, seed, base, data_format)
+    return recipes.resolve_recipe(
+        TrainConfig(
+            **common,
+            max_seq_len=fmt.max_seq_len,
+            eval_fraction=fmt.eval_fraction,
+            epochs=1,
+            batch=2,
+            grad_accum=1,
+            lr=5e-4,
+            logging_steps=1,
+            eval_steps=2,
+            save_steps=2,
+        )
     )
 
 
@@ -1458,31 +1471,39 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.data_format,
         help="assistant turns: bare commands, or a thought and the command (a JSONL is formatted so)",
     )
-    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument(
+        "--recipe",
+        choices=recipes.RECIPE_CHOICES,
+        default=defaults.recipe,
+        help="the recipe the flags below default to (auto: bf16 LoRA below 3B parameters, QLoRA nf4 from 3B on)",
+    )
+    recipe_flag = {"default": None, "help": "default: the recipe's"}
+    parser.add_argument("--epochs", type=float, **recipe_flag)
     parser.add_argument(
         "--batch",
         type=int,
-        default=defaults.batch,
-        help="with --grad-accum, the sequences of an optimizer step per device (the micro-batch on CPU)",
+        default=None,
+        help="with --grad-accum, the sequences of an optimizer step per device (the micro-batch on CPU); "
+        "default: the recipe's",
     )
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
-    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
-    parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
-    parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
-    parser.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
-    parser.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio)
-    parser.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
-    parser.add_argument("--eval-steps", type=int, default=defaults.eval_steps)
-    parser.add_argument("--save-steps", type=int, default=defaults.save_steps)
+    parser.add_argument("--lr", type=float, **recipe_flag)
+    parser.add_argument("--max-seq-len", type=int, **recipe_flag)
+    parser.add_argument("--grad-accum", type=int, **recipe_flag)
+    parser.add_argument("--lora-r", type=int, **recipe_flag)
+    parser.add_argument("--lora-alpha", type=int, **recipe_flag)
+    parser.add_argument("--lora-dropout", type=float, **recipe_flag)
+    parser.add_argument("--warmup-ratio", type=float, **recipe_flag)
+    parser.add_argument("--logging-steps", type=int, **recipe_flag)
+    parser.add_argument("--eval-steps", type=int, **recipe_flag)
+    parser.add_argument("--save-steps", type=int, **recipe_flag)
     parser.add_argument("--save-total-limit", type=int, default=defaults.save_total_limit)
-    parser.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction)
+    parser.add_argument("--eval-fraction", type=float, **recipe_flag)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
         "--max-steps", type=int, default=defaults.max_steps, help="optimizer steps (default -1: all --epochs)"
     )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default=defaults.device)
-    parser.add_argument("--quantization", choices=("auto", "nf4", "none"), default=defaults.quantization)
+    parser.add_argument("--quantization", choices=("auto", "nf4", "none"), **recipe_flag)
     parser.add_argument("--backend", choices=("auto", "unsloth", "peft"), default=defaults.backend)
     parser.add_argument(
         "--gradient-checkpointing",

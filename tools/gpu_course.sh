@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The course on the lent GPU machine, as a learner runs it: `alfworld-sft course --mode full` (papermill, every
+# notebook in order, executed copies written), nothing else. The kit (tools/gpu_kit.sh) must be installed first.
+#
+#     . tools/gpu_setup.sh || exit 1
+#     setsid nohup bash tools/gpu_course.sh > /root/course.out 2>&1 < /dev/null &
+#     bash tools/gpu_course.sh report $OUT        # later calls: what has finished so far, as one archive
+#
+# SPLIT (default eval_in_distribution: the machines of this repository have no eval_out_of_distribution) is passed
+# to the notebooks that play an evaluation split. Rerunning on the same machine resumes: every notebook's stage
+# resumes inside itself (collection, training, evaluation and DAgger checkpoint).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+SPLIT=${SPLIT:-eval_in_distribution}
+LOG=results/course_full.log
+
+case "${1:-}" in
+    report)
+        out=${2:?usage: gpu_course.sh report FOLDER}
+        # The executed notebooks, every summary and plot, the records of training and evaluation; not the weights,
+        # the trajectories, the formatted data or the merged model (tens of MB each, made again by the course).
+        tar -cJf "$out/course.tar.xz" --exclude="checkpoint-*" --exclude="*.safetensors" --exclude="sft_data" \
+            --exclude="sft_merged" --exclude="gguf" --exclude="trajectories.jsonl" --exclude="*.attempts.jsonl" \
+            --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" --exclude="tokenizer*" \
+            --exclude="small" results 2>/dev/null
+        tail -c 3000 "$LOG" 2>/dev/null
+        nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
+        ;;
+    *)
+        export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+        mkdir -p results
+        { date -u +"start %FT%TZ"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+          echo "cores $(getconf _NPROCESSORS_ONLN)"; } > "$LOG"
+        alfworld-sft course --mode full --split "$SPLIT" >> "$LOG" 2>&1
+        echo "course exit $? at $(date -u +%FT%TZ)" >> "$LOG"
+        ;;
+esac
