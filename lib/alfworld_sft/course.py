@@ -124,6 +124,9 @@ def run_course(config: CourseConfig = CourseConfig()) -> CourseResult:
     return result
 
 
+EVALUATION_RUNS = ("base", "finetuned", "finetuned_constrained")  # notebook 05's summary: a results table each
+
+
 def _stage_rows(stage: str, summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """The headline figures of one notebook's summary JSON: (stage, figure, value)."""
     rows: list[tuple[str, str, Any]] = []
@@ -166,15 +169,10 @@ def _stage_rows(stage: str, summary: dict[str, Any]) -> list[tuple[str, str, Any
         if summary.get("skipped"):
             add("GGUF export", f"skipped: {summary['skipped']}")
     elif stage.startswith("05"):
-        finetuned = {row["agent"]: row for row in summary.get("finetuned") or []}
-        grounded = {row["agent"]: row for row in summary.get("finetuned_constrained") or []}
-        for row in summary.get("base") or []:
-            tuned = finetuned.get(row["agent"], {}).get("success_rate")
-            constrained = grounded.get(row["agent"], {}).get("success_rate")
-            add(
-                f"success {row['agent']} (base / fine-tuned / fine-tuned, grounded)",
-                f"{row.get('success_rate')} / {tuned} / {constrained}",
-            )
+        runs = [{row["agent"]: row for row in summary.get(name) or []} for name in EVALUATION_RUNS]
+        for agent in dict.fromkeys(agent for run in runs for agent in run):  # every agent any run played, in order
+            rates = " / ".join(str(run.get(agent, {}).get("success_rate", "-")) for run in runs)
+            add(f"success {agent} (base / fine-tuned / fine-tuned, grounded)", rates)
     elif stage.startswith("06"):
         for row in summary.get("rounds") or []:
             if row.get("games") is None:
