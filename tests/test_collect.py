@@ -73,12 +73,12 @@ def test_records_follow_the_contract(reference):
 
 @pytest.mark.slow
 def test_records_do_not_depend_on_worker_count(reference, tmp_path):
-    output = tmp_path / "two_workers.jsonl"
-    summary = collect_trajectories(_config(output, workers=2))
-    assert summary.workers == 2 and summary.won == 4
+    output = tmp_path / "every_cpu.jsonl"
+    summary = collect_trajectories(_config(output, workers=0))  # 0: one worker per CPU (2 on the course's machine)
+    assert summary.workers == (os.cpu_count() or 1) and summary.won == 4
     assert _records(output) == reference
     payload = json.loads(summary.summary_json.read_text())
-    assert payload["attempted"] == 4 and payload["this_run"]["workers"] == 2
+    assert payload["attempted"] == 4 and payload["this_run"]["workers"] == summary.workers
     assert payload["meta"]["seed"] == 0
     assert summary.plot.stat().st_size > 10_000
     assert collect.verify_trajectories(output)["records"] == 4

@@ -479,8 +479,13 @@ def test_the_notebooks_small_run_is_small():
     small, full = dagger.course_config(True, 0), dagger.course_config(False, 0)
     assert small.rounds == 1 and small.games_per_round <= 4 and small.max_steps <= 5 and small.eval_split is None
     assert small.train.max_steps == 2 and small.output.endswith("small/dagger")
-    assert full.train is None and full.games_per_round == 500
-    assert full.eval_split == "eval_in_distribution" and full.eval_games == 0  # the rounds are chosen in distribution
+    assert full.train is None and full.games_per_round == dagger.FULL_ROUND_GAMES and full.workers == os.cpu_count()
+    # Evaluated on notebook 05's split and games, whose free zero_shot run is round 0's evaluation.
+    assert full.eval_split == "eval_out_of_distribution" and full.eval_games == 0
+    assert full.start_evaluation.endswith("eval/finetuned_free.ckpt.jsonl")
+    chosen = dagger.course_config(False, 0, split="eval_in_distribution", games_per_round=2, eval_games=2)
+    assert (chosen.eval_split, chosen.games_per_round, chosen.eval_games) == ("eval_in_distribution", 2, 2)
+    assert DaggerConfig().eval_split == "eval_in_distribution"  # the command's rounds are chosen in distribution
 
 
 def test_the_round_table_starts_with_the_starting_adapter(tmp_path):

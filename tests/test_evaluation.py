@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from alfworld_sft import cli, files, games
+from alfworld_sft import cli, evaluation, files, games
 from alfworld_sft.backends import ExpertBackend
 from alfworld_sft.evaluation import EvalConfig, read_checkpoint, run_evaluation, select_games
 from alfworld_sft.reports import compare_results
@@ -292,3 +292,23 @@ def test_out_of_range_numbers_are_refused_before_anything_runs(flags, message, t
     code = cli.main(["evaluate", "--model", "expert", "--output", str(tmp_path / "r.json"), *flags])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_course_plays_the_split_it_is_given_and_never_another(tmp_path, monkeypatch):
+    """Notebook 05's split: the mode's default, or the one passed; a split that is not installed is an error that
+    names it, never a silent substitution (the machines of this repository have no eval_out_of_distribution)."""
+    assert evaluation.course_config(True, 0).split == "eval_in_distribution"
+    full = evaluation.course_config(False, 0)
+    assert full.split == "eval_out_of_distribution" and full.num_games == evaluation.FULL_BASE_GAMES
+    chosen = evaluation.course_config(False, 0, split="eval_in_distribution", games=4)
+    grounded = evaluation.course_finetuned_config(chosen, tmp_path, "constrained", small=False, games=4)
+    free = evaluation.course_finetuned_config(chosen, tmp_path, "free", small=False)
+    assert (chosen.split, chosen.num_games, grounded.split, grounded.num_games) == ("eval_in_distribution", 4) * 2
+    assert grounded.agents == evaluation.DEFAULT_AGENTS and free.agents == ("zero_shot",) and free.num_games == 0
+    with pytest.raises(ValueError, match="split must be one of"):
+        evaluation.course_config(False, 0, split="valid_unseen")
+    data = tmp_path / "alfworld"
+    (data / "json_2.1.1" / "valid_seen").mkdir(parents=True)
+    monkeypatch.setenv("ALFWORLD_DATA", str(data))
+    with pytest.raises(games.MissingSplitError, match="valid_unseen"):
+        evaluation.prepare_games(full)

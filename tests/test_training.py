@@ -142,6 +142,13 @@ def test_interrupted_training_resumes_eval_loss_falls_and_adapter_changes_output
     assert details["seed"] == 0 and details["config"]["lr"] == 1e-3 and details["resumed_from"] == result.resumed_from
     assert details["data_sha256"] == formatting.sha256_file(records_path)
     assert details["setup"]["device"] == "cpu" and details["meta"]["versions"]["trl"]
+    # The recipe it trained against, and what tiny_config changed of it: every value the record holds is the one used.
+    assert details["recipe"]["name"] == "lora-bf16" and details["recipe"]["values"]["lora_r"] == 64
+    assert details["recipe"]["overrides"] == {
+        "batch": 2, "grad_accum": 1, "lr": 1e-3, "max_seq_len": 768, "logging_steps": 1, "eval_steps": 2,
+        "save_steps": 2, "eval_fraction": 0.25,
+    }  # fmt: skip
+    assert details["config"]["lora_r"] == 64 and details["config"]["epochs"] == 3.0
     log = json.loads((output / training.TRAINING_LOG).read_text())
     assert {e["step"] for e in log if "eval_loss" in e} >= {0, 2, 4}
     # The reported loss is the mean of all four steps (two before the interruption, two after), not this call's

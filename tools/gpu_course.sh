@@ -2,9 +2,12 @@
 # The course on the lent GPU machine, as a learner runs it: `alfworld-sft course --mode full` (papermill, every
 # notebook in order, executed copies written), nothing else. The kit (tools/gpu_kit.sh) must be installed first.
 #
-#     . tools/gpu_setup.sh || exit 1
 #     setsid nohup bash tools/gpu_course.sh > /root/course.out 2>&1 < /dev/null &
+#     sleep 90; bash tools/gpu_course.sh report $OUT   # at once: a notebook that fails early shows here
 #     bash tools/gpu_course.sh report $OUT        # later calls: what has finished so far, as one archive
+#
+# It installs the carried kit itself (tools/gpu_setup.sh, which exports ALFWORLD_DATA) and stops when the ALFWorld
+# archives were not carried: without them the course would generate its own 1,800 train games, for an hour.
 #
 # SPLIT (default eval_in_distribution: the machines of this repository have no eval_out_of_distribution) is passed
 # to the notebooks that play an evaluation split. Rerunning on the same machine resumes: every notebook's stage
@@ -26,9 +29,16 @@ case "${1:-}" in
             --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" --exclude="tokenizer*" \
             --exclude="small" results 2>/dev/null
         tail -c 3000 "$LOG" 2>/dev/null
+        grep -E "failed at|course exit" "$LOG" 2>/dev/null
         nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
         ;;
     *)
+        # shellcheck source=tools/gpu_setup.sh
+        . tools/gpu_setup.sh || exit 1
+        if [ ! -d "$ALFWORLD_DATA/json_2.1.1/train" ]; then
+            echo "gpu_course: no train split under ALFWORLD_DATA=$ALFWORLD_DATA: carry .carry/data" >&2
+            exit 2
+        fi
         export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
         mkdir -p results
         { date -u +"start %FT%TZ"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -16,6 +16,7 @@ and with `run_dir/summary.md`: the headline figures of every stage and links to 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 from alfworld_sft.files import read_json, write_text
 from alfworld_sft.games import SPLITS
-from alfworld_sft.paths import EXECUTED_DIR, NOTEBOOKS_DIR, run_dir
+from alfworld_sft.paths import EXECUTED_DIR, NOTEBOOKS_DIR, REPO_ROOT, run_dir
 from alfworld_sft.reports import format_table
 from alfworld_sft.results import write_result
 
@@ -204,6 +205,80 @@ def write_course_summary(folder: Path) -> Path:
     return write_text(folder / "summary.md", "\n".join(lines) + "\n")
 
 
+# ---------------------------------------------------------------------------------------- the reference run
+
+REFERENCE_RUN = REPO_ROOT / "docs" / "reference-run"  # the published full-mode run: executed notebooks, summaries
+README_MARKERS = ("<!-- reference-run:start -->", "<!-- reference-run:end -->")
+
+
+def publish_run(mode: str = "full", target: Path = REFERENCE_RUN, readme: Path = REPO_ROOT / "README.md") -> Path:
+    """Copy a finished run (its executed notebooks, outputs and plots included, and every summary JSON) into
+    `target`, replacing what was there, then rewrite README's results block from it."""
+    from alfworld_sft.environment import ENVIRONMENT_JSON
+
+    source = run_dir(mode == "small")
+    course = read_json(source / "course.json")
+    if not course.get("ok"):
+        raise ValueError(
+            f"{source / 'course.json'} records a run that did not finish: publish only a run whose notebooks all passed"
+        )
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for path in [*sorted((EXECUTED_DIR / mode).glob("[0-9][0-9]_*.ipynb")), *sorted(source.glob("[0-9][0-9]_*.json"))]:
+        shutil.copy2(path, target / path.name)
+    for path in (source / "course.json", source / "summary.md", ENVIRONMENT_JSON):
+        shutil.copy2(path, target / path.name)
+    write_readme_results(target, readme)
+    return target
+
+
+def render_results(folder: Path = REFERENCE_RUN) -> str:
+    """README's results block: where the reference run came from, each notebook's time, and what each agent won, all
+    read from the run's summary JSONs (nothing typed by hand). Without a published run, a line that says so."""
+    if not (folder / "course.json").exists():
+        return "No full-mode reference run is published yet (`alfworld-sft course --publish`, tools/README.md)."
+    course = read_json(folder / "course.json")
+    banner = read_json(folder / "environment.json")["banner"] if (folder / "environment.json").exists() else {}
+    machine = ", ".join(str(banner[key]) for key in ("gpu", "cpu_cores") if banner.get(key))
+    meta = course.get("meta") or {}
+    runs = [(r["notebook"], r["status"], f"{r['seconds']:.0f}") for r in course["runs"]]
+    runs.append(("total", "ok" if course["ok"] else "failed", f"{sum(r['seconds'] for r in course['runs']):.0f}"))
+    command = f"alfworld-sft course --mode {course['mode']}" + (
+        f" --split {course['split']}" if course.get("split") else ""
+    )
+    where = folder.relative_to(REPO_ROOT) if folder.is_relative_to(REPO_ROOT) else folder
+    lines = [
+        f"`{command}` at commit {str(meta.get('git_commit'))[:7]}, {meta.get('created', '')[:10]}"
+        + (f", on {machine} cores" if machine else "")
+        + f"; the executed notebooks, outputs included: [`{where}`]({where}).",
+        "",
+        format_table(runs, ("notebook", "status", "seconds")),
+    ]
+    evaluation = folder / "05_evaluation.json"
+    if evaluation.exists():
+        summary = read_json(evaluation)
+        tables = [{row["agent"]: row for row in summary.get(name) or []} for name in EVALUATION_RUNS]
+        rows = []
+        for agent in dict.fromkeys(agent for table in tables for agent in table):
+            cells = [table.get(agent) for table in tables]
+            rows.append((agent, *(f"{c['won']}/{c['games']}" if c else "-" for c in cells)))
+        lines += ["", f"Games won on `{summary['split']}` ({summary['max_steps']} steps):", ""]
+        lines.append(format_table(rows, ("agent", "base model", "fine-tuned, free", "fine-tuned, grounded")))
+    return "\n".join(lines)
+
+
+def write_readme_results(folder: Path = REFERENCE_RUN, readme: Path = REPO_ROOT / "README.md") -> Path:
+    """Put `render_results(folder)` between README's markers."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} lacks the markers {start} and {end} around its results block")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    return write_text(readme, f"{head}{start}\n{render_results(folder)}\n{end}{tail}")
+
+
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("course", help="run the numbered notebooks headless with papermill")
     parser.add_argument(
@@ -218,10 +293,20 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the games notebooks 05 and 06 play (default: small mode eval_in_distribution, full mode "
         "eval_out_of_distribution)",
     )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="instead of running: copy the last finished run of --mode into "
+        f"{REFERENCE_RUN.relative_to(REPO_ROOT)} and rewrite README's results block from it",
+    )
     parser.set_defaults(func=_run_course_cli)
 
 
 def _run_course_cli(args: argparse.Namespace) -> int:
+    if args.publish:
+        target = publish_run(args.mode)
+        print(f"published {target}; README.md's results block:\n\n{render_results(target)}")
+        return 0
     result = run_course(CourseConfig(mode=args.mode, seed=args.seed, only=tuple(args.only), split=args.split))
     print("\n" + result.table())
     return 0 if result.ok else 1

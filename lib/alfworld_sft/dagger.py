@@ -760,13 +760,21 @@ def compare_runs(folders: Sequence[str | os.PathLike[str]], output: str | os.Pat
 FULL_ROUND_GAMES = 100
 
 
-def course_config(small: bool, seed: int, method: str = "dagger", split: str = "") -> DaggerConfig:
+def course_config(
+    small: bool,
+    seed: int,
+    method: str = "dagger",
+    split: str = "",
+    games_per_round: int = FULL_ROUND_GAMES,
+    eval_games: int = 0,
+) -> DaggerConfig:
     """Notebook 06's run: from notebook 03's adapter and notebook 01's trajectories into `run_dir(small)/dagger`.
 
     Small mode (CPU, a few minutes): one round on 3 games of 5 steps, 2 training steps of notebook 03's recipe, no
-    evaluation. Full mode (one GPU, ~6 minutes): one round of `FULL_ROUND_GAMES` sampled train games on every CPU,
-    retrained with the SFT adapter's recipe (its training record) and evaluated on every game of `split` (default
-    `evaluation.course_split`); round 0's evaluation is notebook 05's free zero_shot run, not played again.
+    evaluation. Full mode (one GPU, ~6 minutes): one round of `games_per_round` sampled train games on every CPU,
+    retrained with the SFT adapter's recipe (its training record) and evaluated on `eval_games` games of `split` (0:
+    every game; the split as `evaluation.course_split` picks it); round 0's evaluation is notebook 05's free
+    zero_shot run on the same games, not played again.
     """
     folder = paths.run_dir(small)
     places = {
@@ -779,7 +787,8 @@ def course_config(small: bool, seed: int, method: str = "dagger", split: str = "
         return DaggerConfig(
             **places,
             rounds=1,
-            games_per_round=FULL_ROUND_GAMES,
+            games_per_round=games_per_round,
+            eval_games=eval_games,
             workers=os.cpu_count() or 1,
             batch_size=evaluation.FULL_BATCH_SIZE,
             eval_split=evaluation.course_split(small, split),

@@ -383,10 +383,13 @@ def course_split(small: bool, split: str = "") -> str:
     return split or ("eval_in_distribution" if small else "eval_out_of_distribution")
 
 
-def course_config(small: bool, seed: int, model: str = EvalConfig.model, split: str = "") -> EvalConfig:
+def course_config(
+    small: bool, seed: int, model: str = EvalConfig.model, split: str = "", games: int = 0
+) -> EvalConfig:
     """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 games of 3 steps, in this process, all ten
     games in one batch (the multi-trial agents' chains of 3 trials and 2 reflections set the wall time). Full: the
-    single-trial agents on `FULL_BASE_GAMES` games of 50 steps, every CPU an engine worker."""
+    single-trial agents on `FULL_BASE_GAMES` games (fewer when `games`, the fine-tuned runs' count, is smaller) of 50
+    steps, every CPU an engine worker."""
     from alfworld_sft.paths import run_dir
 
     out = run_dir(small) / "eval"
@@ -403,7 +406,7 @@ def course_config(small: bool, seed: int, model: str = EvalConfig.model, split: 
     return EvalConfig(
         **common,
         agents=FULL_BASE_AGENTS,
-        num_games=FULL_BASE_GAMES,
+        num_games=min(games, FULL_BASE_GAMES) if games else FULL_BASE_GAMES,
         max_steps=50,
         batch_size=FULL_BATCH_SIZE,
         workers=os.cpu_count() or 1,
@@ -418,13 +421,15 @@ def finetuned_config(base: EvalConfig, adapter: str | Path, *, actions: str, age
     )
 
 
-def course_finetuned_config(base: EvalConfig, adapter: str | Path, actions: str, small: bool) -> EvalConfig:
+def course_finetuned_config(
+    base: EvalConfig, adapter: str | Path, actions: str, small: bool, games: int = 0
+) -> EvalConfig:
     """Notebook 05's run of the fine-tuned adapter with `actions`: small mode zero_shot on the base run's games;
-    full mode every game of the split, all agents grounded and zero_shot free."""
+    full mode `games` games of the split (0: every game), all agents grounded and zero_shot free."""
     if small:
         return finetuned_config(base, adapter, actions=actions, agents=("zero_shot",))
     agents = FULL_FREE_AGENTS if actions == "free" else DEFAULT_AGENTS
-    return replace(finetuned_config(base, adapter, actions=actions, agents=agents), num_games=0)
+    return replace(finetuned_config(base, adapter, actions=actions, agents=agents), num_games=games)
 
 
 def prepare_games(config: EvalConfig) -> list[Path]:
