@@ -73,7 +73,7 @@ def test_require_ready_names_the_failed_check_and_fix():
 
 @pytest.mark.parametrize(("version", "status"), [((3, 11), "ok"), ((3, 12), "warn"), ((3, 10), "fail")])
 def test_python_312_runs_the_course_with_a_warning(version, status, monkeypatch):
-    """The GPU machine and Colab run Python 3.12: the course ran there, so it is not a failure that stops notebook 00."""
+    """The GPU machine and Colab run Python 3.12: the course ran there, so it is no failure that stops notebook 00."""
     monkeypatch.setattr(environment.sys, "version_info", (*version, 0, "final", 0))
     check = environment.check_python()
     assert check.status == status and "3.11" in check.fix

@@ -659,3 +659,32 @@ def test_an_adapter_is_continued_only_on_its_own_base(tmp_path):
     config = training.TrainConfig(init_adapter=str(adapter), device="cpu")
     with pytest.raises(ValueError, match="--init-adapter .* was trained on 'some/other-model'"):
         training.check_config(config)
+
+
+def test_a_gpu_without_bfloat16_trains_in_float16(monkeypatch):
+    """A T4 (Colab's GPU) has no bfloat16: `auto` takes float16 there, bfloat16 asked for is refused with the fix,
+    and the CPU always trains in float32."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "Tesla T4")
+    assert training.choose_dtype("auto", "cuda") == "float16" and training.choose_dtype("float16", "cuda") == "float16"
+    with pytest.raises(training.TrainingSetupError, match="Tesla T4 has no bfloat16: pass --dtype float16"):
+        training.choose_dtype("bfloat16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert training.choose_dtype("auto", "cuda") == "bfloat16"
+    assert training.choose_dtype("auto", "cpu") == "float32"
+    with pytest.raises(training.TrainingSetupError, match="the CPU trains in float32"):
+        training.choose_dtype("float16", "cpu")
+    setup = training.resolve_setup(training.TrainConfig(device="cpu"))
+    assert setup.dtype == "float32" and " in float32" in training.describe_setup(setup)
+
+
+def test_a_15_gib_card_plans_both_recipes_and_a_small_one_says_what_does_not_fit():
+    """Notebook 00's report on a T4: the default model's recipe and an 8B QLoRA, each as `train` would plan it."""
+    t4 = training.plan_gpu_setups(14 * training.GIB, liger=True)
+    assert t4[models.DEFAULT_MODEL].startswith("lora-bf16, passes of")
+    assert t4["Llama-3.1-8B"].startswith("qlora-nf4, passes of") and "with recomputation" in t4["Llama-3.1-8B"]
+    small = training.plan_gpu_setups(6 * training.GIB, liger=True)
+    assert small["Llama-3.1-8B"].startswith("qlora-nf4 does not fit: a pass of 2048 tokens")
+    assert "does not fit" not in small[models.DEFAULT_MODEL]

@@ -12,6 +12,7 @@ it: the seed guide's troubleshooting section turned into checks.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import shutil
@@ -338,6 +339,33 @@ def check_python() -> Check:
     )
 
 
+def check_training_setup() -> Check:
+    """What full mode trains on this GPU (dtype, attention, the memory plan of the default model's recipe and of an 8B
+    QLoRA), as `train` will choose it; on a CPU, that small mode trains here and full mode wants a GPU."""
+    import torch
+
+    from alfworld_sft import training
+
+    if not torch.cuda.is_available():
+        detail = "no GPU: small mode trains LoRA in float32 here; full mode (notebooks 03, 05, 06) wants a GPU"
+        return Check("training set-up", "ok", detail, "", required=False)
+    dtype = training.choose_dtype("auto", "cuda")
+    attention = training.choose_attention("auto", "cuda", packing=True, dtype=dtype)
+    total = torch.cuda.get_device_properties(0).total_memory
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    plans = training.plan_gpu_setups(total - GIB, liger=liger)
+    detail = f"{dtype}, {attention} attention, Liger {'on' if liger else 'off'}; " + "; ".join(
+        f"{model}: {plan}" for model, plan in plans.items()
+    )
+    return Check(
+        "training set-up",
+        "warn" if any("does not fit" in plan for plan in plans.values()) else "ok",
+        detail,
+        "train a smaller model, or QLoRA with --max-seq-len 1024 (notebook 03's parameters)",
+        required=False,
+    )
+
+
 def check_disk(banner: dict[str, Any]) -> Check:
     free = banner["disk_free_gib"]
     return Check(
@@ -386,7 +414,7 @@ def check_environment() -> EnvironmentReport:
             required=False,
         )
     )
-    checks += [check_default_model(), check_hub_access(), check_disk(banner)]
+    checks += [check_training_setup(), check_default_model(), check_hub_access(), check_disk(banner)]
     return EnvironmentReport(banner, packages, checks)
 
 

@@ -383,9 +383,7 @@ def course_split(small: bool, split: str = "") -> str:
     return split or ("eval_in_distribution" if small else "eval_out_of_distribution")
 
 
-def course_config(
-    small: bool, seed: int, model: str = EvalConfig.model, split: str = "", games: int = 0
-) -> EvalConfig:
+def course_config(small: bool, seed: int, model: str = EvalConfig.model, split: str = "", games: int = 0) -> EvalConfig:
     """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 games of 3 steps, in this process, all ten
     games in one batch (the multi-trial agents' chains of 3 trials and 2 reflections set the wall time). Full: the
     single-trial agents on `FULL_BASE_GAMES` games (fewer when `games`, the fine-tuned runs' count, is smaller) of 50

@@ -115,6 +115,7 @@ class TrainConfig:
     micro_batch: int | None = None  # sequences per forward pass; None: --batch on CPU, planned from memory on CUDA
     tokens_per_pass: int | None = None  # packed: forward passes of at most this many tokens; None: planned on CUDA
     attention: str = "auto"  # "auto", "sdpa", "flash_attention_2" or "varlen" (PyTorch's flash kernel, packing only)
+    dtype: str = "auto"  # CUDA compute dtype: auto (bfloat16, float16 on a GPU without it: a T4), bfloat16, float16
     memory_budget_gib: float | None = None  # GPU memory the plan may fill; None: what the card has free now
     init_adapter: str | None = None  # start from this adapter's weights (DAgger's "continue"); None: fresh LoRA
 
@@ -132,6 +133,7 @@ DEFAULT_BASE_NOTE = (
 _SPEED_FIELDS = (
     "output",
     "recipe",
+    "dtype",
     "gradient_checkpointing",
     "liger",
     "packing",
@@ -165,6 +167,7 @@ class TrainSetup:
     gradient_checkpointing: bool  # recompute activations in the backward pass (less memory, ~1.5x the compute)
     plan: str = ""  # how the layout and gradient checkpointing were chosen (empty: as configured)
     tokens_per_pass: int | None = None  # packed: the step's sequences cut into passes of at most this many tokens
+    dtype: str = "float32"  # the base weights' and the computation's dtype: float32 on CPU, bfloat16 or float16 on CUDA
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,7 @@ def check_config(config: TrainConfig) -> None:
         "quantization": ("auto", "nf4", "none"),
         "backend": ("auto", "unsloth", "peft"),
         "attention": ATTENTIONS,
+        "dtype": TRAIN_DTYPES,
         "lr_scheduler": tuple(kind.value for kind in SchedulerType),
     }
     for name, allowed in choices.items():
@@ -464,6 +468,46 @@ def plan_memory(
     )
 
 
+# The bases the recipes were measured on, so that a machine's plan can be said before any weights are on it.
+SMOLLM2_135M = ModelShape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152,
+                          tied_embeddings=True)  # fmt: skip
+LLAMA_3_1_8B = ModelShape(layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128,
+                          vocab=128256, tied_embeddings=False)  # fmt: skip
+
+
+def plan_gpu_setups(budget_bytes: float, *, liger: bool) -> dict[str, str]:
+    """What full mode trains on a GPU with this much memory, for the default model's recipe and an 8B's (QLoRA):
+    packed passes of how many tokens, with or without recomputation, or why it does not fit (notebook 00)."""
+    plans = {}
+    for name, shape, recipe in (
+        (models.DEFAULT_MODEL, SMOLLM2_135M, recipes.LORA_BF16),
+        ("Llama-3.1-8B", LLAMA_3_1_8B, recipes.QLORA_NF4),
+    ):
+        values = recipe.values
+        quantization = "nf4" if values["quantization"] == "auto" else values["quantization"]
+        try:
+            plan = plan_memory(
+                shape,
+                effective_batch=values["batch"] * values["grad_accum"],
+                max_seq_len=values["max_seq_len"],
+                budget_bytes=budget_bytes,
+                quantization=quantization,
+                liger=liger,
+                lora_r=values["lora_r"],
+                targets=LORA_TARGET_MODULES,
+                packing=True,
+            )
+        except TrainingOutOfMemoryError as error:
+            plans[name] = f"{recipe.name} does not fit: {error}"
+            continue
+        recompute = "with" if plan.gradient_checkpointing else "without"
+        plans[name] = (
+            f"{recipe.name}, passes of {plan.tokens_per_pass:,} tokens {recompute} recomputation "
+            f"(~{plan.estimate_gib} of {plan.budget_gib} GiB)"
+        )
+    return plans
+
+
 def cut_by_tokens(lengths: Sequence[int], budget: int) -> list[range]:
     """Consecutive runs of sequences (indices into `lengths`) whose lengths add up to at most `budget` tokens;
     a sequence longer than the budget is a run of its own (the plan keeps the budget >= --max-seq-len)."""
@@ -522,7 +566,25 @@ def unsloth_imports() -> bool:
     return True
 
 
-def choose_attention(asked: str, device: str, packing: bool) -> str:
+TRAIN_DTYPES = ("auto", "bfloat16", "float16")  # --dtype choices
+
+
+def choose_dtype(asked: str, device: str) -> str:
+    """The dtype training computes in: float32 on CPU; on CUDA bfloat16 where the GPU has it, else float16 (a T4:
+    fp16 with loss scaling, the LoRA weights kept in float32)."""
+    import torch
+
+    if device != "cuda":
+        if asked != "auto":
+            raise TrainingSetupError(f"--dtype {asked} is for CUDA: the CPU trains in float32 (drop --dtype)")
+        return "float32"
+    has_bf16 = torch.cuda.is_bf16_supported()
+    if asked == "bfloat16" and not has_bf16:
+        raise TrainingSetupError(f"{torch.cuda.get_device_name()} has no bfloat16: pass --dtype float16 (or auto)")
+    return asked if asked != "auto" else "bfloat16" if has_bf16 else "float16"
+
+
+def choose_attention(asked: str, device: str, packing: bool, dtype: str = "bfloat16") -> str:
     """The transformers attention implementation for `asked` (ATTENTIONS) on `device`."""
     has_flash = importlib.util.find_spec("flash_attn") is not None
     if asked == "flash_attention_2":
@@ -532,7 +594,7 @@ def choose_attention(asked: str, device: str, packing: bool) -> str:
     if asked == "varlen":
         if not packing:
             raise TrainingSetupError("--attention varlen needs packing (--packing)")
-        if device == "cuda" and not packed_attention_works():
+        if device == "cuda" and not packed_attention_works(dtype):
             raise TrainingSetupError(
                 "PyTorch's varlen flash kernel does not work here (see above): use --attention sdpa"
             )
@@ -541,7 +603,7 @@ def choose_attention(asked: str, device: str, packing: bool) -> str:
         return "sdpa"  # with packing, transformers masks sdpa per packed sequence (from the position ids)
     if has_flash:
         return "flash_attention_2"
-    return VARLEN_ATTENTION if packing and packed_attention_works() else "sdpa"
+    return VARLEN_ATTENTION if packing and packed_attention_works(dtype) else "sdpa"
 
 
 def resolve_setup(config: TrainConfig) -> TrainSetup:
@@ -586,7 +648,8 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
     # Packing is proven here to keep sequences apart with the attentions PEFT loads (tests/test_training.py); under
     # Unsloth's own attention it is not, so there it is only on when asked for.
     packing = config.packing if config.packing is not None else device == "cuda" and backend == "peft"
-    attention = choose_attention(config.attention, device, packing)
+    dtype = choose_dtype(config.dtype, device)
+    attention = choose_attention(config.attention, device, packing, dtype)
     if config.tokens_per_pass is not None and not packing:
         raise TrainingSetupError("--tokens-per-pass cuts packed steps: add --packing, or give --micro-batch instead")
     # Under `accelerate launch` every process must make as many forward passes a step as the others (TRL gathers
@@ -611,6 +674,7 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
             effective // micro,
             checkpointing,
             tokens_per_pass=config.tokens_per_pass,
+            dtype=dtype,
         )
     from transformers import AutoConfig
 
@@ -652,6 +716,7 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
         plan.gradient_checkpointing,
         why,
         plan.tokens_per_pass,
+        dtype,
     )
 
 
@@ -660,7 +725,7 @@ def describe_setup(setup: TrainSetup) -> str:
     method = "QLoRA nf4" if setup.quantization == "nf4" else "LoRA"
     attention = "PyTorch varlen flash" if setup.attention == VARLEN_ATTENTION else setup.attention
     parts = [
-        f"{setup.device}, {method} via {setup.backend}",
+        f"{setup.device}, {method} via {setup.backend} in {setup.dtype}",
         "Liger kernels" if setup.liger else "no Liger",
         f"packing ({attention} attention)" if setup.packing else f"padded batches ({attention} attention)",
         f"{setup.micro_batch} sequences a step in passes of at most {setup.tokens_per_pass:,} tokens"
@@ -740,7 +805,7 @@ def reference_packed_attention(query: Any, key: Any, value: Any, cu: Any, scale:
 
 
 @functools.cache
-def packed_attention_works() -> bool:
+def packed_attention_works(dtype: str = "bfloat16") -> bool:
     """Whether PyTorch's varlen flash kernel (torch.nn.attention.varlen: Ampere or newer) runs on this GPU, forward
     and backward, and agrees with sdpa run one sequence at a time: checked once per process on small sequences with
     grouped heads, so that a torch without the kernel, or with one that computes otherwise, falls back to sdpa."""
@@ -753,7 +818,7 @@ def packed_attention_works() -> bool:
         lengths = [5, 17, 9]
         tensors = [  # query, key, value: 4 query heads sharing 2 key-value heads
             torch.randn(
-                1, heads, sum(lengths), 64, device="cuda", dtype=torch.bfloat16, generator=generator
+                1, heads, sum(lengths), 64, device="cuda", dtype=getattr(torch, dtype), generator=generator
             ).requires_grad_()
             for heads in (4, 2, 2)
         ]
@@ -856,9 +921,7 @@ def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
 
         # One full copy per process under `accelerate launch`: data parallel, each on its own GPU.
         kwargs["device_map"] = {"": PartialState().local_process_index}
-        kwargs["dtype"] = torch.bfloat16
-    else:
-        kwargs["dtype"] = torch.float32
+    kwargs["dtype"] = getattr(torch, setup.dtype)
     if setup.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
@@ -866,7 +929,7 @@ def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=getattr(torch, setup.dtype),
         )
     model = models.load_model(config.base, flag="--base", **kwargs)
     # No KV cache in training; it also matters for packing: with a cache transformers never derives the packed
@@ -1181,7 +1244,8 @@ def build_sft_config(config: TrainConfig, setup: TrainSetup, has_eval: bool) -> 
         load_best_model_at_end=config.load_best and has_eval,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        bf16=cuda,
+        bf16=setup.dtype == "bfloat16",
+        fp16=setup.dtype == "float16",
         use_cpu=not cuda,
         gradient_checkpointing=setup.gradient_checkpointing and setup.backend != "unsloth",
         gradient_checkpointing_kwargs={"use_reentrant": False},
@@ -1384,18 +1448,31 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
 
 
 def course_config(
-    small: bool, seed: int, base: str = models.DEFAULT_MODEL, data_format: str = "commands"
+    small: bool,
+    seed: int,
+    base: str = models.DEFAULT_MODEL,
+    data_format: str = "commands",
+    dtype: str = "auto",
+    memory_budget_gib: float | None = None,
 ) -> TrainConfig:
     """Notebook 03's run: the data notebook 02 formatted (in `data_format`), into `run_dir(small)/sft_adapter`.
 
     Full mode: the base model's recipe, as measured (`recipes`). Small mode (CPU, a few minutes): the recipe with one
     epoch, batch 2 without accumulation, a higher learning rate so that a handful of steps show a falling loss,
-    frequent evals, and notebook 02's shorter window and larger eval share (all recorded as overrides).
+    frequent evals, and notebook 02's shorter window and larger eval share (all recorded as overrides). `dtype` and
+    `memory_budget_gib` choose how a GPU computes (a T4: float16 within 15 GiB), not what is trained.
     """
     from alfworld_sft.paths import run_dir
 
     paths = {"data": str(run_dir(small) / "sft_data"), "output": str(run_dir(small) / "sft_adapter")}
-    common = {**paths, "base": base, "seed": seed, "data_format": data_format}
+    common = {
+        **paths,
+        "base": base,
+        "seed": seed,
+        "data_format": data_format,
+        "dtype": dtype,
+        "memory_budget_gib": memory_budget_gib,
+    }
     if not small:
         return recipes.resolve_recipe(TrainConfig(**common))
     fmt = formatting.course_format_config(small, seed, base, data_format)
@@ -1539,6 +1616,12 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-seq-len (default on CUDA: the most that fit)",
     )
     parser.add_argument("--attention", choices=ATTENTIONS, default=defaults.attention)
+    parser.add_argument(
+        "--dtype",
+        choices=TRAIN_DTYPES,
+        default=defaults.dtype,
+        help="CUDA compute dtype (default: bfloat16 where the GPU has it, else float16, as on a T4)",
+    )
     parser.add_argument(
         "--memory-budget-gib",
         type=float,
