@@ -312,3 +312,19 @@ def test_the_course_plays_the_split_it_is_given_and_never_another(tmp_path, monk
     monkeypatch.setenv("ALFWORLD_DATA", str(data))
     with pytest.raises(games.MissingSplitError, match="valid_unseen"):
         evaluation.prepare_games(full)
+
+
+def test_a_checkpoint_path_that_holds_another_kind_of_file_is_refused_untouched(eval_games, tmp_path, capsys):
+    """`--checkpoint` pointed at the user's trajectories by mistake: refused with the file's name, and not one of its
+    lines moved or rewritten (before, every line went to `.malformed` and the file filled with evaluation lines)."""
+    trajectories = tmp_path / "trajectories.jsonl"
+    trajectories.write_text("".join(json.dumps({"game_id": f"g{i}", "conversations": []}) + "\n" for i in range(3)))
+    before = trajectories.read_bytes()
+    code = cli.main(
+        ["evaluate", "--model", "expert", "--agents", "zero_shot", "--num-games", "1", "--max-steps", "2",
+         "--split", "eval_in_distribution", "--checkpoint", str(trajectories), "--output", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2 and f"{trajectories} is not a checkpoint file" in error and "left untouched" in error
+    assert trajectories.read_bytes() == before and not list(tmp_path.glob("*.malformed"))
+    assert not (tmp_path / "r.json").exists()

@@ -1,6 +1,8 @@
 import json
+import os
 
 import pytest
+from alfworld_sft import files
 from alfworld_sft.files import MalformedRecordError, append_jsonl, read_jsonl, repair_jsonl_tail, write_json
 
 
@@ -83,3 +85,38 @@ def test_corrupt_json_object_names_file_and_remedy(tmp_path, text, problem):
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(CorruptFileError, match=f"adapter_config.json .*{problem}.*: train again"):
         read_json_object(path, "train again", required_keys=("peft_type",))
+
+
+def test_two_processes_never_write_one_output(tmp_path):
+    """The second `evaluate`/`collect`/`dagger` on an output in use is refused at once and names the holder; once the
+    holder is gone (killed, too: the kernel drops its lock), the output is free again."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "eval" / "results.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom alfworld_sft import files\n"
+         f"with files.hold_output({str(output)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(files.OutputInUseError, match=rf"{output} is being written by process {holder.pid} "):
+            with files.hold_output(output):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with files.hold_output(output):  # a killed holder leaves no lock behind
+        assert f"process {os.getpid()}" in output.with_name("results.json.lock").read_text()
+
+
+def test_an_evaluation_on_an_output_in_use_is_refused_before_it_plays(tmp_path, capsys):
+    from alfworld_sft import cli
+
+    output = tmp_path / "r.json"
+    with files.hold_output(output):
+        code = cli.main(["evaluate", "--model", "expert", "--num-games", "1", "--max-steps", "2",
+                         "--split", "eval_in_distribution", "--output", str(output)])  # fmt: skip
+    assert code == 2 and "is being written by process" in capsys.readouterr().err
+    assert not output.exists() and not output.with_suffix(".ckpt.jsonl").exists()

@@ -296,114 +296,115 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
     if config.workers == 0:
         config = replace(config, workers=os.cpu_count() or 1)
     output = paths.resolve_repo_path(config.output)
-    ledger = ledger_path(output)
-    summary_json, plot = summary_paths(output)
-    start = time.perf_counter()
+    with files.hold_output(output):
+        ledger = ledger_path(output)
+        summary_json, plot = summary_paths(output)
+        start = time.perf_counter()
 
-    kept = files.load_jsonl_log(output, required={"game_id": str}, label="trajectory")
-    attempts = files.load_jsonl_log(ledger, required={"game_id": str}, label="ledger")
-    _check_compatible(kept, config, output)
-    _check_compatible(attempts, config, ledger)
-    record_ids = {record["game_id"] for record in kept}
-    # The latest ledger line of a game counts; a won game whose record is gone (a malformed line moved aside)
-    # is played again.
-    latest = {row["game_id"]: row for row in attempts}
-    attempts = [row for row in latest.values() if not row.get("won") or row["game_id"] in record_ids]
-    attempted_ids = {row["game_id"] for row in attempts}
-    # A run killed between writing a record and its ledger line: the record is the truth.
-    orphans = [record for record in kept if record["game_id"] not in attempted_ids]
-    if orphans:
-        repaired = [
-            _ledger_line(
-                GameOutcome(r["game_id"], r["gamefile"], r["task_type"], r["won"], r["steps"], None, None, 0.0),
-                config,
-            )
-            for r in orphans
-        ]
-        files.append_jsonl(ledger, repaired)
-        attempts.extend(repaired)
-        attempted_ids.update(record["game_id"] for record in orphans)
+        kept = files.load_jsonl_log(output, required={"game_id": str}, label="trajectory")
+        attempts = files.load_jsonl_log(ledger, required={"game_id": str}, label="ledger")
+        _check_compatible(kept, config, output)
+        _check_compatible(attempts, config, ledger)
+        record_ids = {record["game_id"] for record in kept}
+        # The latest ledger line of a game counts; a won game whose record is gone (a malformed line moved aside)
+        # is played again.
+        latest = {row["game_id"]: row for row in attempts}
+        attempts = [row for row in latest.values() if not row.get("won") or row["game_id"] in record_ids]
+        attempted_ids = {row["game_id"] for row in attempts}
+        # A run killed between writing a record and its ledger line: the record is the truth.
+        orphans = [record for record in kept if record["game_id"] not in attempted_ids]
+        if orphans:
+            repaired = [
+                _ledger_line(
+                    GameOutcome(r["game_id"], r["gamefile"], r["task_type"], r["won"], r["steps"], None, None, 0.0),
+                    config,
+                )
+                for r in orphans
+            ]
+            files.append_jsonl(ledger, repaired)
+            attempts.extend(repaired)
+            attempted_ids.update(record["game_id"] for record in orphans)
 
-    selected = select_games(config)
-    tasks, seen = [], set()
-    for gamefile in selected:
-        identifier = games.game_id(gamefile)
-        if identifier not in attempted_ids and identifier not in seen:
-            seen.add(identifier)
-            tasks.append((str(gamefile), identifier, config))
-    skipped = len(selected) - len(tasks)
+        selected = select_games(config)
+        tasks, seen = [], set()
+        for gamefile in selected:
+            identifier = games.game_id(gamefile)
+            if identifier not in attempted_ids and identifier not in seen:
+                seen.add(identifier)
+                tasks.append((str(gamefile), identifier, config))
+        skipped = len(selected) - len(tasks)
 
-    failed_now: list[str] = []
-    bar = tqdm(
-        total=len(tasks),
-        unit="game",
-        desc=f"collect {config.split}",
-        disable=not config.progress,
-        dynamic_ncols=True,
-    )
-    won_now = 0
-    try:
-        for outcome in _outcomes(tasks, min(config.workers, max(1, len(tasks)))):
-            if outcome.won and outcome.record is not None:
-                files.append_jsonl(output, [outcome.record])
-                won_now += 1
-            line = _ledger_line(outcome, config)
-            files.append_jsonl(ledger, [line])
-            attempts.append(line)
-            if outcome.error:
-                failed_now.append(f"{outcome.gamefile}: {outcome.error}")
-                bar.write(f"skipped {outcome.gamefile}: the engine could not play it ({outcome.error})")
-            bar.update(1)
-            bar.set_postfix(won=won_now)
-    finally:
-        bar.close()
-    wall = time.perf_counter() - start
+        failed_now: list[str] = []
+        bar = tqdm(
+            total=len(tasks),
+            unit="game",
+            desc=f"collect {config.split}",
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        won_now = 0
+        try:
+            for outcome in _outcomes(tasks, min(config.workers, max(1, len(tasks)))):
+                if outcome.won and outcome.record is not None:
+                    files.append_jsonl(output, [outcome.record])
+                    won_now += 1
+                line = _ledger_line(outcome, config)
+                files.append_jsonl(ledger, [line])
+                attempts.append(line)
+                if outcome.error:
+                    failed_now.append(f"{outcome.gamefile}: {outcome.error}")
+                    bar.write(f"skipped {outcome.gamefile}: the engine could not play it ({outcome.error})")
+                bar.update(1)
+                bar.set_postfix(won=won_now)
+        finally:
+            bar.close()
+        wall = time.perf_counter() - start
 
-    per_type = summarize_attempts(attempts)
-    failed = tuple(f"{row['gamefile']}: {row['error']}" for row in attempts if row.get("error"))
-    won_total = sum(1 for row in attempts if row.get("won"))
-    payload = {
-        "output": str(output),
-        "split": config.split,
-        "max_steps": config.max_steps,
-        "prompt_format": dataclasses.asdict(config.prompt_format),
-        "attempted": len(attempts),
-        "won": won_total,
-        "won_rate": round(won_total / len(attempts), 4) if attempts else 0.0,
-        "per_task_type": per_type,
-        "failed": list(failed),
-        "this_run": {
-            "played": len(tasks),
-            "won": won_now,
-            "skipped_done": skipped,
-            "failed": len(failed_now),
-            "wall_time_s": round(wall, 2),
-            "workers": config.workers,
-            "games_per_s": round(len(tasks) / wall, 3) if wall > 0 else 0.0,
-            "translate_once": config.translate_once,
-        },
-    }
-    write_result(summary_json, payload, seed=config.seed)
-    reports.plot_expert_summary(
-        per_type,
-        plot,
-        f"oracle collection: {won_total}/{len(attempts)} games won, max {config.max_steps} steps ({config.split})",
-        config.max_steps,
-    )
-    return CollectSummary(
-        output=output,
-        ledger=ledger,
-        summary_json=summary_json,
-        plot=plot,
-        attempted=len(attempts),
-        won=won_total,
-        played_now=len(tasks),
-        skipped=skipped,
-        failed=failed,
-        per_task_type=per_type,
-        wall_time_s=wall,
-        workers=config.workers,
-    )
+        per_type = summarize_attempts(attempts)
+        failed = tuple(f"{row['gamefile']}: {row['error']}" for row in attempts if row.get("error"))
+        won_total = sum(1 for row in attempts if row.get("won"))
+        payload = {
+            "output": str(output),
+            "split": config.split,
+            "max_steps": config.max_steps,
+            "prompt_format": dataclasses.asdict(config.prompt_format),
+            "attempted": len(attempts),
+            "won": won_total,
+            "won_rate": round(won_total / len(attempts), 4) if attempts else 0.0,
+            "per_task_type": per_type,
+            "failed": list(failed),
+            "this_run": {
+                "played": len(tasks),
+                "won": won_now,
+                "skipped_done": skipped,
+                "failed": len(failed_now),
+                "wall_time_s": round(wall, 2),
+                "workers": config.workers,
+                "games_per_s": round(len(tasks) / wall, 3) if wall > 0 else 0.0,
+                "translate_once": config.translate_once,
+            },
+        }
+        write_result(summary_json, payload, seed=config.seed)
+        reports.plot_expert_summary(
+            per_type,
+            plot,
+            f"oracle collection: {won_total}/{len(attempts)} games won, max {config.max_steps} steps ({config.split})",
+            config.max_steps,
+        )
+        return CollectSummary(
+            output=output,
+            ledger=ledger,
+            summary_json=summary_json,
+            plot=plot,
+            attempted=len(attempts),
+            won=won_total,
+            played_now=len(tasks),
+            skipped=skipped,
+            failed=failed,
+            per_task_type=per_type,
+            wall_time_s=wall,
+            workers=config.workers,
+        )
 
 
 def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:

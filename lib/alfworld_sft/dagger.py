@@ -640,16 +640,18 @@ class DaggerResult:
 def run_dagger(config: DaggerConfig, *, backend: Backend | None = None) -> DaggerResult:
     """Every round of `config` (finished ones skipped), then `rounds.json` and `rounds.png` in the output folder.
     `backend` plays every rollout instead of the rounds' adapters (the expert backend checks the pipeline)."""
-    plan = plan_run(config, backend)
-    start_eval = evaluate_adapter(plan, plan.output / "round_0", plan.adapter, backend)
-    summaries, player = [], plan.adapter
-    for number in range(1, config.rounds + 1):
-        summaries.append(run_round(plan, number, player, backend))
-        player = Path(summaries[-1]["adapter"])
-    rows = round_rows(summaries, start_eval)
-    write_result(plan.output / "rounds.json", {"rounds": rows, "adapter": str(player)}, seed=config.seed)
-    plot = reports.plot_rounds(rows, plan.output / "rounds.png", title=f"{config.method}, {config.rounds} round(s)")
-    return DaggerResult(tuple(summaries), tuple(rows), player, plot)
+    with files.hold_output(paths.resolve_repo_path(config.output)):
+        plan = plan_run(config, backend)
+        start_eval = evaluate_adapter(plan, plan.output / "round_0", plan.adapter, backend)
+        summaries, player = [], plan.adapter
+        for number in range(1, config.rounds + 1):
+            summaries.append(run_round(plan, number, player, backend))
+            player = Path(summaries[-1]["adapter"])
+        rows = round_rows(summaries, start_eval)
+        write_result(plan.output / "rounds.json", {"rounds": rows, "adapter": str(player)}, seed=config.seed)
+        title = f"{config.method}, {config.rounds} round(s)"
+        plot = reports.plot_rounds(rows, plan.output / "rounds.png", title=title)
+        return DaggerResult(tuple(summaries), tuple(rows), player, plot)
 
 
 def round_rows(summaries: Sequence[Mapping[str, Any]], start_eval: Mapping[str, Any] | None = None) -> list[dict]:

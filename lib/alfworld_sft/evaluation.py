@@ -248,67 +248,70 @@ def run_evaluation(
     check_config(config)
     output = paths.resolve_repo_path(config.output)
     checkpoint = paths.resolve_repo_path(config.checkpoint) if config.checkpoint else output.with_suffix(".ckpt.jsonl")
-    gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
-    own_backend = backend is None
-    if own_backend:
-        choice = choose_backend(
-            config.model, adapter=config.adapter, backend=config.backend, record_folder=config.record
-        )
-        name, fingerprint, record = choice.name, weights_fingerprint(choice), choice.training_record()
-    else:
-        name, fingerprint, record = backend.name, "", backend.codec.training_record
-    grounds = choice.grounds_choices if own_backend else backend.grounds_choices
-    config = dataclasses.replace(config, actions=resolve_actions(config.actions, record is not None, grounds))
-    prompt = {"data_format": "commands", "base": True}
-    if record is not None:
-        prompt = {
-            "data_format": record.data_format,
-            "max_seq_len": record.max_seq_len,
-            **dataclasses.asdict(record.prompt_format),
-        }
-    key = run_key(config, name, fingerprint, prompt)
-    done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
-    todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
-    profile: dict[str, Any] = {}
-    if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
-        backend = load_backend(
-            config.model,
+    with files.hold_output(output):
+        gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
+        own_backend = backend is None
+        if own_backend:
+            choice = choose_backend(
+                config.model, adapter=config.adapter, backend=config.backend, record_folder=config.record
+            )
+            name, fingerprint, record = choice.name, weights_fingerprint(choice), choice.training_record()
+        else:
+            name, fingerprint, record = backend.name, "", backend.codec.training_record
+        grounds = choice.grounds_choices if own_backend else backend.grounds_choices
+        config = dataclasses.replace(config, actions=resolve_actions(config.actions, record is not None, grounds))
+        prompt = {"data_format": "commands", "base": True}
+        if record is not None:
+            prompt = {
+                "data_format": record.data_format,
+                "max_seq_len": record.max_seq_len,
+                **dataclasses.asdict(record.prompt_format),
+            }
+        key = run_key(config, name, fingerprint, prompt)
+        done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
+        todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
+        profile: dict[str, Any] = {}
+        if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
+            backend = load_backend(
+                config.model,
+                adapter=config.adapter,
+                backend=config.backend,
+                ollama_url=config.ollama_url,
+                dtype=config.dtype,
+                threads=config.threads,
+                device=config.device,
+                batch_size=config.batch_size,
+                record_folder=config.record,
+            )
+        startup_s = 0.0
+        try:
+            if any(todo.values()):
+                started = time.perf_counter()
+                with open_engine(backend, config.workers) as engine_pool:  # one start-up for every agent
+                    startup_s = time.perf_counter() - started
+                    profile = play_agents(
+                        config, backend, gamefiles, todo, checkpoint, key, demonstrations, engine_pool
+                    )
+        finally:
+            if own_backend and backend is not None:
+                backend.close()
+        records = read_checkpoint(checkpoint, key)
+        results = reports.summarize_run(
+            records,
+            config.agents,
+            [games.game_id(g) for g in gamefiles],
+            model=name,
             adapter=config.adapter,
-            backend=config.backend,
-            ollama_url=config.ollama_url,
-            dtype=config.dtype,
-            threads=config.threads,
-            device=config.device,
-            batch_size=config.batch_size,
-            record_folder=config.record,
+            split=config.split,
+            max_steps=config.max_steps,
+            actions=config.actions,
+            run=key,
+            config={**asdict(config), "checkpoint": str(checkpoint)},
+            profile=profile,
+            engine_startup_s=round(startup_s, 2),
         )
-    startup_s = 0.0
-    try:
-        if any(todo.values()):
-            started = time.perf_counter()
-            with open_engine(backend, config.workers) as engine_pool:  # one start-up for every agent
-                startup_s = time.perf_counter() - started
-                profile = play_agents(config, backend, gamefiles, todo, checkpoint, key, demonstrations, engine_pool)
-    finally:
-        if own_backend and backend is not None:
-            backend.close()
-    records = read_checkpoint(checkpoint, key)
-    results = reports.summarize_run(
-        records,
-        config.agents,
-        [games.game_id(g) for g in gamefiles],
-        model=name,
-        adapter=config.adapter,
-        split=config.split,
-        max_steps=config.max_steps,
-        actions=config.actions,
-        run=key,
-        config={**asdict(config), "checkpoint": str(checkpoint)},
-        profile=profile,
-        engine_startup_s=round(startup_s, 2),
-    )
-    reports.write_results(output, results, seed=config.seed)
-    return results
+        reports.write_results(output, results, seed=config.seed)
+        return results
 
 
 def play_agents(

@@ -10,10 +10,13 @@ Large outputs (a model folder, a GGUF file) are built at `partial_path(target)` 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -42,6 +45,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+class WrongFileKindError(ValueError):
+    """A file that holds no line of the kind a command reads and writes: refused, never rewritten."""
+
+
+class OutputInUseError(RuntimeError):
+    """Another live process writes the same output."""
 
 
 class CorruptFileError(ValueError):
@@ -195,18 +206,27 @@ def load_jsonl_log(path: str | os.PathLike[str], *, required: dict[str, type], l
                 if wrong:
                     raise TypeError(f"keys {wrong} missing or of the wrong type")
             except (ValueError, TypeError) as error:
-                warnings.warn(
-                    f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
-                    "its work will be redone",
-                    stacklevel=2,
-                )
-                bad.append(raw)
+                bad.append((number, raw, error))
                 continue
             found.append(record)
             keep.append(raw)
+    if bad and not found:
+        # Not one line of this kind: the file is another one (the trajectories given as a checkpoint, say). It is
+        # the user's data, so it is left as it is rather than emptied into `.malformed`.
+        number, _, error = bad[0]
+        raise WrongFileKindError(
+            f"{path} is not a {label} file: none of its {len(bad)} lines is one (line {number}: {error}); it was "
+            "left untouched: give the path of a file this command wrote, or a new path"
+        )
+    for number, _, error in bad:
+        warnings.warn(
+            f"{path}:{number}: malformed {label} line ({error}): moved to {path.name}.malformed, "
+            "its work will be redone",
+            stacklevel=2,
+        )
     if bad:
         with open(path.with_name(f"{path.name}.malformed"), "ab") as handle:
-            handle.writelines(line if line.endswith(b"\n") else line + b"\n" for line in bad)
+            handle.writelines(line if line.endswith(b"\n") else line + b"\n" for _, line, _ in bad)
         write_bytes(path, b"".join(keep))
     return found
 
@@ -229,3 +249,29 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def hold_output(path: str | os.PathLike[str], flag: str = "--output") -> Iterator[None]:
+    """One process at a time writes an output: an exclusive `flock` on `<path>.lock` (the kernel drops it when its
+    holder dies, so a killed run never blocks the next one), which names the holder. A second process is refused at
+    once, before it reads or moves anything (two evaluations on one output used to split its games between them)."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputInUseError(
+                f"{path} is being written by {holder}: wait for it to finish, or pass another {flag}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} (`{' '.join(sys.argv)[:300]}`)")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
