@@ -61,7 +61,7 @@ def test_select_games_is_balanced_and_seeded(eval_games):
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, tmp_path):
+def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, tmp_path, capsys):
     config = expert_config(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(config, backend=CrashingExpert(steps=14))
@@ -70,8 +70,11 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, 
     assert 0 < len(before) < 8, "the crash should land in the middle of the run"
     with open(checkpoint, "a") as handle:  # a torn line, as a killed writer leaves it
         handle.write('{"agent": "zero_shot", "game_')
+    capsys.readouterr()
     with pytest.warns(UserWarning, match="torn last line"):
         results = run_evaluation(config, backend=ExpertBackend())
+    said = f"resuming from {checkpoint}: {len(before)} games already played, {8 - len(before)} to play"
+    assert said in capsys.readouterr().out  # a resumed run says so
     after = list(files.read_jsonl(checkpoint))
     assert after[: len(before)] == before  # finished games were kept, not replayed
     pairs = [(r["agent"], r["game_id"]) for r in after]
@@ -328,3 +331,11 @@ def test_a_checkpoint_path_that_holds_another_kind_of_file_is_refused_untouched(
     assert code == 2 and f"{trajectories} is not a checkpoint file" in error and "left untouched" in error
     assert trajectories.read_bytes() == before and not list(tmp_path.glob("*.malformed"))
     assert not (tmp_path / "r.json").exists()
+
+
+def test_more_games_than_the_split_holds_plays_them_all_and_says_so(eval_games, capsys):
+    every = select_games("eval_in_distribution", 0, 0)
+    capsys.readouterr()
+    assert sorted(select_games("eval_in_distribution", 100_000, 0)) == sorted(every)
+    said = f"--num-games 100000 is more than the {len(every)} games of eval_in_distribution: playing all {len(every)}"
+    assert said in capsys.readouterr().out

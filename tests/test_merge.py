@@ -124,3 +124,13 @@ def test_sample_conversations_are_rendered_as_trained() -> None:
     plain = merge.sample_conversations(2)[1]
     assert plain[0]["content"] == prompts.SYSTEM_PROMPT and plain[2]["content"] == "go to desk 1"
     assert prompts.ADMISSIBLE_PREFIX not in plain[1]["content"]
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_no_verification_prompt_is_refused_before_anything_loads(count: str, tmp_path: Path, capsys) -> None:
+    """`--verify-prompts 0` used to fail after loading everything ("max() arg is an empty sequence")."""
+    code = cli.main(
+        ["merge", "--adapter", str(tmp_path / "none"), "--output", str(tmp_path / "m"), "--verify-prompts", count]
+    )
+    assert code == 2 and "--verify-prompts must be a whole number of at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

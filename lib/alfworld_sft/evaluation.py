@@ -124,8 +124,12 @@ def check_config(config: EvalConfig) -> None:
 
 # --- games ---------------------------------------------------------------------------------------------------
 def select_games(split: str, num_games: int, seed: int) -> list[Path]:
-    """`num_games` game files of a split, balanced over task types and seeded (0: all of them)."""
-    return games.list_games(split, limit=num_games or None, seed=seed)
+    """`num_games` game files of a split, balanced over task types and seeded (0: all of them); asking for more
+    games than the split holds plays all of them, and says so."""
+    chosen = games.list_games(split, limit=num_games or None, seed=seed)
+    if num_games > len(chosen):
+        print(f"--num-games {num_games} is more than the {len(chosen)} games of {split}: playing all {len(chosen)}")
+    return chosen
 
 
 def shard_games(gamefiles: Sequence[Path], shard: str | None) -> list[Path]:
@@ -270,6 +274,10 @@ def run_evaluation(
         key = run_key(config, name, fingerprint, prompt)
         done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
         todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
+        finished = len(gamefiles) * len(config.agents) - sum(len(t) for t in todo.values())
+        if finished:
+            left = sum(len(t) for t in todo.values())
+            print(f"resuming from {checkpoint}: {finished} games already played, {left} to play")
         profile: dict[str, Any] = {}
         if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
             backend = load_backend(

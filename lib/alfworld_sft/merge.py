@@ -190,6 +190,15 @@ def merge_adapter(config: MergeConfig, log: Callable[[str], None] = print) -> di
     import torch
     from peft import PeftModel
 
+    if (
+        isinstance(config.verify_prompts, bool)
+        or not isinstance(config.verify_prompts, int)
+        or config.verify_prompts < 1
+    ):
+        raise ValueError(
+            f"--verify-prompts must be a whole number of at least 1 (the merged model is checked against base + "
+            f"adapter on that many game prompts before it is kept), got {config.verify_prompts!r}"
+        )
     started = time.perf_counter()
     adapter_dir, output = resolve_repo_path(config.adapter), resolve_repo_path(config.output)
     for stale in files.remove_stale_partials(output.parent):
