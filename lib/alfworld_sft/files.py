@@ -275,3 +275,18 @@ def hold_output(path: str | os.PathLike[str], flag: str = "--output") -> Iterato
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create `folder` for a command's outputs; if the command fails before anything was written there, remove the
+    folder it created, so that a failed run leaves no empty output behind."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise

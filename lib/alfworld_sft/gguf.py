@@ -426,56 +426,56 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
     merged, output = resolve_repo_path(config.merged), resolve_repo_path(config.output)
     if config.verify_prompts:
         check_reference_fits(merged)  # before the conversion: an 8B model's takes many minutes
-    output.mkdir(parents=True, exist_ok=True)
-    for stale in files.remove_stale_partials(output):
-        log(f"removed {stale}, left by an export that was killed")
-    training_record = records.read_training_record(merged, required=False)
-    record: dict[str, Any] = {"merged": str(merged), "files": {}, "verification": {}, "skipped": []}
-    converted = convert_to_gguf(merged, output / f"{config.name}-{config.outtype}.gguf", config.outtype, log)
-    gguf_files = {config.outtype: converted}
-    missing = llama_cpp_missing()
-    has_llama_cpp = missing is None
-    if config.quantize and has_llama_cpp:
-        log(f"quantizing {converted.name} -> {config.quantize}")
-        gguf_files[config.quantize] = quantize_gguf(
-            converted, output / f"{config.name}-{config.quantize}.gguf", config.quantize, log=log
-        )
-    elif config.quantize:
-        record["skipped"].append(f"quantize to {config.quantize}: {missing}")
-    record["files"] = {kind: {"path": str(p), "size_mb": file_size_mb(p)} for kind, p in gguf_files.items()}
-    record["served"] = str(gguf_files.get(config.quantize or "", converted))
-    # The files are played as the model was trained only if their folder says how (prompt format, window, data
-    # format); a record left from an earlier export of another model would say it wrong.
-    if records.copy_training_record(merged, output) is None:
-        (output / records.TRAINING_RECORD_FILE).unlink(missing_ok=True)
+    with files.output_folder(output):
+        for stale in files.remove_stale_partials(output):
+            log(f"removed {stale}, left by an export that was killed")
+        training_record = records.read_training_record(merged, required=False)
+        record: dict[str, Any] = {"merged": str(merged), "files": {}, "verification": {}, "skipped": []}
+        converted = convert_to_gguf(merged, output / f"{config.name}-{config.outtype}.gguf", config.outtype, log)
+        gguf_files = {config.outtype: converted}
+        missing = llama_cpp_missing()
+        has_llama_cpp = missing is None
+        if config.quantize and has_llama_cpp:
+            log(f"quantizing {converted.name} -> {config.quantize}")
+            gguf_files[config.quantize] = quantize_gguf(
+                converted, output / f"{config.name}-{config.quantize}.gguf", config.quantize, log=log
+            )
+        elif config.quantize:
+            record["skipped"].append(f"quantize to {config.quantize}: {missing}")
+        record["files"] = {kind: {"path": str(p), "size_mb": file_size_mb(p)} for kind, p in gguf_files.items()}
+        record["served"] = str(gguf_files.get(config.quantize or "", converted))
+        # The files are played as the model was trained only if their folder says how (prompt format, window, data
+        # format); a record left from an earlier export of another model would say it wrong.
+        if records.copy_training_record(merged, output) is None:
+            (output / records.TRAINING_RECORD_FILE).unlink(missing_ok=True)
 
-    if config.verify_prompts:
-        verify_gguf_files(config, merged, gguf_files, training_record, record, has_llama_cpp, log)
-    else:
-        record["skipped"].append("the check against the merged model (--verify-prompts 0)")
-    if not has_llama_cpp:
-        record["skipped"].append(f"check in llama.cpp (the runtime Ollama uses): {missing}")
-    for message in record["skipped"]:
-        log(f"skipped: {message}")
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    try:
-        record["llama_cpp_python"] = metadata.version("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        record["llama_cpp_python"] = None
-    write_result(output / GGUF_RECORD, record)
-    failed = [
-        k
-        for k, v in record["verification"].items()
-        if (v["must_match"] and any(margin > NEAR_TIE_LOGITS for margin in v["divergence_margins"]))
-        or v["prompts_tokenized_identically"] not in (None, v["replies"])
-    ]
-    if failed:
-        raise GGUFVerificationError(
-            f"the {', '.join(failed)} GGUF's prompt tokens or greedy replies differ from the merged model's "
-            f"beyond near-ties (top-two logits within {NEAR_TIE_LOGITS}) (see {output / GGUF_RECORD}): "
-            "the conversion lost more than rounding"
-        )
-    return record
+        if config.verify_prompts:
+            verify_gguf_files(config, merged, gguf_files, training_record, record, has_llama_cpp, log)
+        else:
+            record["skipped"].append("the check against the merged model (--verify-prompts 0)")
+        if not has_llama_cpp:
+            record["skipped"].append(f"check in llama.cpp (the runtime Ollama uses): {missing}")
+        for message in record["skipped"]:
+            log(f"skipped: {message}")
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        try:
+            record["llama_cpp_python"] = metadata.version("llama-cpp-python")
+        except metadata.PackageNotFoundError:
+            record["llama_cpp_python"] = None
+        write_result(output / GGUF_RECORD, record)
+        failed = [
+            k
+            for k, v in record["verification"].items()
+            if (v["must_match"] and any(margin > NEAR_TIE_LOGITS for margin in v["divergence_margins"]))
+            or v["prompts_tokenized_identically"] not in (None, v["replies"])
+        ]
+        if failed:
+            raise GGUFVerificationError(
+                f"the {', '.join(failed)} GGUF's prompt tokens or greedy replies differ from the merged model's "
+                f"beyond near-ties (top-two logits within {NEAR_TIE_LOGITS}) (see {output / GGUF_RECORD}): "
+                "the conversion lost more than rounding"
+            )
+        return record
 
 
 def check_reference_fits(merged: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -217,6 +218,26 @@ def resolve_model(model: str, *, flag: str = "--model") -> str:
         raise ModelUnavailableError(f"model folder {model} does not exist: check {flag}")
     check_hub_model_available(model, flag=flag)
     return model
+
+
+def identify_model(model: str) -> dict[str, Any]:
+    """What identifies a model on any machine (for records that travel): the default model's package and file, a
+    hub id's revision in the local cache, a folder's name and the sha256 of its config.json; never a machine's path."""
+    from importlib import metadata
+
+    if model == DEFAULT_MODEL:
+        package = DEFAULT_MODEL_PACKAGE.replace("_", "-")
+        return {"name": model, "package": f"{package}=={metadata.version(package)}", "file": DEFAULT_MODEL_GGUF}
+    path = Path(model).expanduser()
+    if path.exists():
+        config = path / "config.json"
+        digest = hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None
+        return {"name": path.resolve().name, "config_sha256": digest}
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    revision = Path(cached).parent.name if isinstance(cached, str) else None
+    return {"name": model, "revision": revision}
 
 
 def hub_endpoint() -> str:

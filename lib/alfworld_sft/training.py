@@ -1410,7 +1410,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             end_of_turn=models.end_of_turn_marker(tokenizer),
             data_format=data_facts["data_format"],
             details={
-                "base_model_resolved": models.resolve_model(config.base, flag="--base"),
+                "base_model_identity": models.identify_model(config.base),
                 "seed": config.seed,
                 "data_file": data_facts["data_file"],
                 "data_sha256": data_facts["data_sha256"],
