@@ -107,8 +107,9 @@ def test_two_processes_never_write_one_output(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    with files.hold_output(output):  # a killed holder leaves no lock behind
+    with files.hold_output(output):  # a killed holder blocks nothing
         assert f"process {os.getpid()}" in output.with_name("results.json.lock").read_text()
+    assert not output.with_name("results.json.lock").exists()  # and a finished one leaves no lock file
 
 
 def test_an_evaluation_on_an_output_in_use_is_refused_before_it_plays(tmp_path, capsys):

@@ -53,6 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         # Errors the course raises carry their own advice; show it without a traceback.
         print(f"alfworld-sft {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the file system refused a path the user gave: name it and say what to do
+        print(f"alfworld-sft {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(error: OSError) -> str:
+    """What a file-system error means for a path given on the command line, and what to do about it."""
+    path = error.filename or "a path"
+    if isinstance(error, IsADirectoryError):
+        return f"{path} is a folder where a file is expected: give the file's path"
+    if isinstance(error, NotADirectoryError | FileExistsError):
+        return f"{path}: part of this path is a file where a folder is expected: give a folder, or another path"
+    if isinstance(error, PermissionError):
+        return f"{path} cannot be used here (permission denied): choose a path you can write, or fix its permissions"
+    return f"{path}: {error.strerror or error}"
 
 
 if __name__ == "__main__":

@@ -253,40 +253,57 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 @contextlib.contextmanager
 def hold_output(path: str | os.PathLike[str], flag: str = "--output") -> Iterator[None]:
-    """One process at a time writes an output: an exclusive `flock` on `<path>.lock` (the kernel drops it when its
-    holder dies, so a killed run never blocks the next one), which names the holder. A second process is refused at
-    once, before it reads or moves anything (two evaluations on one output used to split its games between them)."""
+    """One process at a time writes an output: an exclusive `flock` on `<path>.lock`, which names the holder (the
+    kernel drops the lock when its holder dies, so a killed run never blocks the next one). A second process is
+    refused at once, before it reads or moves anything (two evaluations on one output used to split its games
+    between them). The lock file is removed by its holder, while still held, so none is left behind."""
     lock = Path(f"{path}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+", encoding="utf-8") as handle:
+    with output_folder(lock.parent):  # a run that fails leaves no folder it made for its output
+        with _locked(lock, path, flag):
+            yield
+
+
+@contextlib.contextmanager
+def _locked(lock: Path, path: str | os.PathLike[str], flag: str) -> Iterator[None]:
+    while True:
+        handle = open(lock, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise OutputInUseError(
                 f"{path} is being written by {holder}: wait for it to finish, or pass another {flag}"
             ) from None
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino:
+                break  # the lock file on disk is the one this process holds
+        except FileNotFoundError:
+            pass  # its last holder removed it between our open and our lock: take the new one
+        handle.close()
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} (`{' '.join(sys.argv)[:300]}`)")
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
 
 
 @contextlib.contextmanager
 def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
-    """Create `folder` for a command's outputs; if the command fails before anything was written there, remove the
-    folder it created, so that a failed run leaves no empty output behind."""
+    """Create `folder` (and its missing parents) for a command's outputs; if the command fails before anything was
+    written there, remove the folders it created, so that a failed run leaves no empty output behind."""
     folder = Path(folder)
-    created = not folder.exists()
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
     except BaseException:
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        for path in created:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         raise

@@ -254,7 +254,10 @@ def compare_results(
             item = Path(item)
             if not item.exists():
                 raise FileNotFoundError(f"result file {item} does not exist: run `alfworld-sft evaluate` first")
-            runs.append(files.read_json(item))
+            run = files.read_json_object(item, "give a results JSON that `alfworld-sft evaluate` wrote", ("agents",))
+            if not isinstance(run["agents"], dict):
+                raise files.CorruptFileError(f"{item} is not an evaluation results file: its 'agents' is no object")
+            runs.append(run)
             labels.append(item.stem)
     if len(set(labels)) < len(labels):
         labels = [f"{chr(ord('A') + i)}:{label}" for i, label in enumerate(labels)]
