@@ -113,6 +113,7 @@ def test_interrupted_training_resumes_eval_loss_falls_and_adapter_changes_output
     with pytest.raises(KeyboardInterrupt):
         training.train(config, callbacks=[interrupt_after_first_save()])
     assert (output / "checkpoint-2").is_dir() and not (output / records.TRAINING_RECORD_FILE).exists()
+    assert training.why_incomplete(output / "checkpoint-2") is None  # its manifest lists every file at its size
 
     with pytest.raises(training.ResumeMismatchError, match="lr: 0.001 -> 0.002"):
         training.train(replace(config, lr=2e-3))
@@ -478,6 +479,7 @@ def test_unreadable_run_files_are_named(data_file, tmp_path, content):
     output = tmp_path / "out"
     (output / "checkpoint-2").mkdir(parents=True)
     (output / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "max_steps": 4}')
+    training.write_checkpoint_manifest(output / "checkpoint-2")  # a complete checkpoint: the run config is read
     (output / training.RUN_CONFIG).write_bytes(content)
     config = training.TrainConfig(data=str(data_file), output=str(output), device="cpu")
     with pytest.raises(files.CorruptFileError, match=f"{training.RUN_CONFIG}.*(start over|restore)"):
@@ -692,3 +694,22 @@ def test_a_15_gib_card_plans_both_recipes_and_a_small_one_says_what_does_not_fit
     small = training.plan_gpu_setups(6 * training.GIB, liger=True)
     assert small["Llama-3.1-8B"].startswith("qlora-nf4 does not fit: a pass of 2048 tokens")
     assert "does not fit" not in small[models.DEFAULT_MODEL]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_a_torn_file_is_skipped_with_a_message(records_path, tmp_path, capsys):
+    """A kill while the trainer writes the adapter weights or the optimizer state leaves a short file under a valid
+    trainer_state.json: resuming from it failed with a library traceback that named no file."""
+    output = tmp_path / "adapter"
+    config = tiny_config(records_path, output)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config, callbacks=[interrupt_after_first_save()])
+    weights = output / "checkpoint-2" / "adapter_model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])
+    capsys.readouterr()
+
+    result = training.train(config)
+
+    said = f"checkpoint-2 is incomplete (adapter_model.safetensors is {size // 2:,} bytes, its manifest says {size:,}"
+    assert said in capsys.readouterr().out and result.resumed_from is None and result.global_step == 4

@@ -70,6 +70,7 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 TRAINING_LOG = "training_log.json"
 LOSS_PLOT = "loss_curve.png"
 RUN_CONFIG = "run_config.json"  # written when a run starts: a rerun resumes only with the same one
+CHECKPOINT_MANIFEST = "manifest.json"  # written last into a checkpoint: its files' sizes (without it: incomplete)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what a finished run has saved
 VARLEN_ATTENTION = "alfworld_sft_varlen"  # the name `attend_packed` is registered under in transformers
 ATTENTIONS = ("auto", "sdpa", "flash_attention_2", "varlen")  # --attention choices
@@ -1075,21 +1076,59 @@ def list_checkpoints(output: Path) -> list[Path]:
     return sorted(numbered, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True)
 
 
+def write_checkpoint_manifest(checkpoint: Path) -> None:
+    """Every file of a saved checkpoint with its size, written last (atomically): the mark of a complete one."""
+    sizes = {
+        path.relative_to(checkpoint).as_posix(): path.stat().st_size
+        for path in sorted(checkpoint.rglob("*"))
+        if path.is_file() and path.name != CHECKPOINT_MANIFEST
+    }
+    files.write_json(checkpoint / CHECKPOINT_MANIFEST, sizes)
+
+
+def manifest_callback() -> Any:
+    """A trainer callback that writes each checkpoint's manifest once the trainer has saved all of it."""
+    from transformers import TrainerCallback
+
+    class WriteManifest(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                write_checkpoint_manifest(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return WriteManifest()
+
+
+def why_incomplete(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a run killed while saving it leaves any of its files torn), or None
+    when every file its manifest lists is there at its size."""
+    if read_checkpoint_state(checkpoint) is None:
+        return "no readable trainer_state.json"
+    try:
+        sizes = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no readable {CHECKPOINT_MANIFEST}, written when all its files are saved"
+    for name, size in sizes.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size:,} bytes, its manifest says {size:,}"
+    return None
+
+
 def find_resume_checkpoint(output: Path, config: TrainConfig, data_sha256: str) -> tuple[str | None, list[str]]:
     """(the last complete checkpoint to resume from, after checking it was made by this configuration on this
-    data; what was noticed on the way). A checkpoint without a readable trainer_state.json was cut short while
-    being saved: it is removed and the one before it is used."""
+    data; what was noticed on the way). A checkpoint with a file missing or torn (`why_incomplete`) was cut short
+    while being saved: it is removed and the one before it is used."""
     notes: list[str] = []
     last = None
     for checkpoint in list_checkpoints(output) if output.exists() else []:
-        if read_checkpoint_state(checkpoint) is not None:
+        reason = why_incomplete(checkpoint)
+        if reason is None:
             last = checkpoint
             break
         shutil.rmtree(checkpoint)
-        notes.append(
-            f"{checkpoint.name} is incomplete (no readable trainer_state.json: the run was stopped while saving it); "
-            "removed it"
-        )
+        notes.append(f"{checkpoint.name} is incomplete ({reason}: the run was stopped while saving it); removed it")
     if last is None:
         if notes:
             notes.append("no complete checkpoint left: training starts from the beginning")
@@ -1373,7 +1412,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[manifest_callback(), *callbacks],
     )
     if trainer.is_world_process_zero():
         output.mkdir(parents=True, exist_ok=True)
