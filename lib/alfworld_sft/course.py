@@ -1,9 +1,10 @@
 """The headless runner: execute the numbered notebooks in order with papermill, like a learner would.
 
     alfworld-sft course                  # small mode: every notebook for real, in minutes (CI, first try)
-    alfworld-sft course --mode full      # everything: the whole train split, the seed's training, 134 games
+    alfworld-sft course --mode full      # full size on one GPU, in one sitting (each notebook says what it plays)
     alfworld-sft course --only 00 01     # a subset, by number
-    alfworld-sft course --mode full --split eval_in_distribution   # where the 134 out-of-distribution games are absent
+    alfworld-sft course --mode full --split eval_in_distribution   # without the 134 out-of-distribution games
+    alfworld-sft course --mode full --publish   # the finished run -> docs/reference-run/, README's results block
 
 Each notebook runs with the kernel named `python3`, which is the Python that runs this command (the venv's),
 in the notebooks folder, with the shared parameters `small` and `seed`, and `split` (the games notebooks 05 and
