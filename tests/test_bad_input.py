@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 # (command line with {dir} = an existing folder, {file} = a JSON file of another kind, {torn} = a torn JSON, {out} = a
-# path that does not exist yet; the path the message must name)
+# path that does not exist yet, {torn_adapter} / {weightless} / {torn_weights} = adapter folders with a torn config,
+# no weights, torn weights, {not_utf8} = a JSONL that is not UTF-8; the path or flag the message must name)
 CASES = [
     (["collect", "--split", "train", "--limit", "1", "--output", "{dir}"], "{dir}"),
     (["collect", "--split", "train", "--limit", "1", "--output", "{file}/x.jsonl"], "{file}"),
@@ -27,6 +28,15 @@ CASES = [
     (["merge", "--adapter", "{file}", "--output", "{out}/m"], "{file}"),
     (["export-gguf", "--merged", "{file}", "--output", "{out}/g"], "{file}"),
     (["merge", "--adapter", "{dir}", "--output", "{out}/m", "--verify-prompts", "0"], "--verify-prompts"),
+    (["evaluate", "--adapter", "{torn_adapter}", "--num-games", "1", "--split", "eval_in_distribution", "--output",
+      "{out}/r.json"], "{torn_adapter}/adapter_config.json"),
+    (["evaluate", "--adapter", "{weightless}", "--num-games", "1", "--split", "eval_in_distribution", "--output",
+      "{out}/r.json"], "{weightless}"),
+    (["evaluate", "--adapter", "{torn_weights}", "--num-games", "1", "--split", "eval_in_distribution", "--output",
+      "{out}/r.json"], "{torn_weights}/adapter_model.safetensors"),
+    (["merge", "--adapter", "{torn_weights}", "--output", "{out}/m"], "{torn_weights}/adapter_model.safetensors"),
+    (["format", "--data", "{not_utf8}", "--output", "{out}/f"], "{not_utf8}:1"),
+    (["train", "--data", "{not_utf8}", "--output", "{out}/t", "--base", "ollama:llama3"], "--base ollama:llama3"),
 ]  # fmt: skip
 
 
@@ -38,11 +48,20 @@ def snapshot(root):
 def test_a_bad_path_is_named_and_nothing_is_written(argv, named, tmp_path):
     folder, data, torn = tmp_path / "a_folder", tmp_path / "a_file.json", tmp_path / "torn.json"
     torn.write_text('{"agents": {"zero_sh')
+    adapters = {name: tmp_path / name for name in ("torn_adapter", "weightless", "torn_weights")}
+    for folder_of_adapter in adapters.values():
+        folder_of_adapter.mkdir()
+        (folder_of_adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    adapters["torn_adapter"].joinpath("adapter_config.json").write_text('{"peft_type": ')
+    adapters["torn_weights"].joinpath("adapter_model.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{")
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"game_id": "caf\xe9"}\n')
     folder.mkdir()
     (folder / "inside.txt").write_text("kept\n")
     data.write_text('{"not": "what the command reads"}\n')
     out = tmp_path / "out"
-    fill = {"dir": str(folder), "file": str(data), "torn": str(torn), "out": str(out)}
+    fill = {"dir": str(folder), "file": str(data), "torn": str(torn), "out": str(out), "not_utf8": str(not_utf8)}
+    fill.update({name: str(path) for name, path in adapters.items()})
     before = snapshot(tmp_path)
     result = subprocess.run(
         ["alfworld-sft", *(part.format(**fill) for part in argv)],

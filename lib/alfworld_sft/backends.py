@@ -448,11 +448,9 @@ def choose_backend(
     adapter trained on another base is refused."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if adapter is not None and not Path(adapter).expanduser().is_dir():
-        raise FileNotFoundError(f"adapter folder {adapter} does not exist: pass the folder training wrote")
     adapter_path = None if adapter is None else Path(adapter).expanduser()
-    if adapter_path is not None and not (adapter_path / "adapter_config.json").exists():
-        raise BackendError(f"{adapter_path} holds no adapter_config.json: is it a LoRA adapter folder?")
+    if adapter_path is not None:
+        records.check_adapter(adapter_path)
     record = records.read_training_record(adapter_path, required=False)
     if not model:
         if record is None:

@@ -102,7 +102,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def _record_line_numbers(path: Path) -> list[int]:
     # files.read_jsonl skips blank lines; the k-th record it yields sits on the k-th non-blank line.
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is reported by files.read_jsonl, by number
         return [number for number, line in enumerate(handle, start=1) if line.strip()]
 
 

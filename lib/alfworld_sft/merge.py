@@ -30,7 +30,7 @@ from alfworld_sft.paths import resolve_repo_path
 from alfworld_sft.results import write_result
 
 MERGE_RECORD = "merge_record.json"
-ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_CONFIG = records.ADAPTER_CONFIG
 # Merged vs base+adapter logits: fp32 differ only by summation order; bf16 rounds W + BA to 8 mantissa bits.
 # (absolute, relative to the largest logit): bf16 rounds W + BA to 8 mantissa bits, an error that grows with the
 # logits' scale (an 8B model's random-weight logits reach ~60: 0.6 there is rounding, not a wrong merge).
@@ -120,21 +120,7 @@ def sample_conversations(count: int = 3, record: records.TrainingRecord | None =
 def read_adapter(adapter: Path) -> Adapter:
     """The adapter in `adapter` and the base it was trained on. A missing folder raises FileNotFoundError; a torn
     or incomplete adapter_config.json or training_record.json a ValueError naming the file and what to do."""
-    if not adapter.exists():
-        raise FileNotFoundError(
-            f"no adapter at {adapter}: run notebook 03 (training) first, which saves it there, "
-            "or pass the adapter folder with --adapter"
-        )
-    if not (adapter / ADAPTER_CONFIG).exists():
-        raise FileNotFoundError(
-            f"{adapter} holds no {ADAPTER_CONFIG}: it is not a LoRA adapter folder. Train one first "
-            "(notebook 03 or `alfworld-sft train`), then pass its folder with --adapter"
-        )
-    config = files.read_json_object(
-        adapter / ADAPTER_CONFIG,
-        "the adapter is damaged (a save cut short?): train it again (notebook 03 or `alfworld-sft train`)",
-        required_keys=("peft_type",),
-    )
+    config = records.check_adapter(adapter)
     record = records.read_training_record(adapter, required=False)
     config_base = config.get("base_model_name_or_path") or None
     base = record.base_model if record else config_base

@@ -260,9 +260,17 @@ def is_hub_reachable(timeout: float = 3.0) -> bool:
 def check_hub_model_available(model: str, *, flag: str = "--model") -> None:
     """Fail fast, with advice, for a hub id that is neither cached locally nor reachable."""
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    if isinstance(try_to_load_from_cache(model, "config.json"), str):
-        return
+    try:
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return
+    except HFValidationError as error:  # e.g. `ollama:llama3` where only transformers models are taken
+        raise ModelUnavailableError(
+            f"{flag} {model}: not a local model folder, nor a hub id ({error}). Pass a folder, a hub id such as "
+            f"meta-llama/Llama-3.1-8B-Instruct, or the embedded default {DEFAULT_MODEL}"
+            + (" (Ollama models play in `evaluate` only)" if model.startswith("ollama:") else "")
+        ) from None
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not is_hub_reachable():
         raise explain_load_error(model, ConnectionError(f"{hub_endpoint()} is not reachable"), flag=flag)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import prompts
+from alfworld_sft import files, prompts
 
 # --------------------------------------------------------------------------------------- trajectory record
 
@@ -237,3 +237,39 @@ def copy_training_record(source: str | os.PathLike[str], target: str | os.PathLi
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(source) / TRAINING_RECORD_FILE, Path(target) / TRAINING_RECORD_FILE)
     return record
+
+
+# ---------------------------------------------------------------------------------------------- the adapter
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT saves, in the order it prefers
+RETRAIN = "the adapter is damaged (a save cut short?): train it again (notebook 03 or `alfworld-sft train`)"
+
+
+def check_adapter(folder: Path, flag: str = "--adapter") -> dict[str, Any]:
+    """The adapter configuration of a LoRA adapter folder that every stage can load: the folder, a whole
+    adapter_config.json and weights whose safetensors header and sizes hold. Otherwise an error that names the
+    file and what to do, before any model is loaded."""
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no adapter at {folder}: run notebook 03 (training) first, which saves it there, "
+            f"or pass the adapter folder with {flag}"
+        )
+    if not (folder / ADAPTER_CONFIG).exists():
+        raise FileNotFoundError(
+            f"{folder} holds no {ADAPTER_CONFIG}: it is not a LoRA adapter folder. Train one first "
+            f"(notebook 03 or `alfworld-sft train`), then pass its folder with {flag}"
+        )
+    config = files.read_json_object(folder / ADAPTER_CONFIG, RETRAIN, required_keys=("peft_type",))
+    weights = next((folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{folder} holds no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}): {RETRAIN}")
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError for a torn header or buffer
+            raise files.CorruptFileError(f"{weights} is damaged ({error}): {RETRAIN}") from None
+    return config
