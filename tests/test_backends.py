@@ -158,10 +158,19 @@ def test_training_record_is_read_and_a_broken_one_is_named(tmp_path):
         records.read_training_record(tmp_path)
 
 
+def write_adapter_files(folder, fill: float) -> None:
+    """An adapter's two files as PEFT writes them (a config, weights in safetensors), with no model behind them."""
+    import torch
+    from safetensors.torch import save_file
+
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    save_file({"lora_A.weight": torch.full((2, 2), fill)}, str(folder / "adapter_model.safetensors"))
+
+
 def test_an_adapter_on_another_base_is_refused(tmp_path):
     from alfworld_sft import prompts
 
-    (tmp_path / "adapter_config.json").write_text("{}")
+    write_adapter_files(tmp_path, fill=0.0)
     record = records.TrainingRecord(
         base_model="smollm2-135m-instruct", prompt_format=prompts.PromptFormat(), max_seq_len=512
     )
@@ -184,15 +193,14 @@ def test_the_weights_fingerprint_changes_when_an_adapter_is_retrained_in_place(t
     from alfworld_sft import prompts
     from alfworld_sft.backends import weights_fingerprint
 
-    (tmp_path / "adapter_config.json").write_text("{}")
     record = records.TrainingRecord(
         base_model="smollm2-135m-instruct", prompt_format=prompts.PromptFormat(), max_seq_len=512
     )
     records.write_training_record(tmp_path, record, seed=0)
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"first weights")
+    write_adapter_files(tmp_path, fill=0.0)  # first weights
     choice = choose_backend("", adapter=tmp_path, backend="transformers")
     first = weights_fingerprint(choice)
     assert weights_fingerprint(choice) == first  # the same weights, the same key
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"retrained weights")
+    write_adapter_files(tmp_path, fill=1.0)  # retrained weights
     assert weights_fingerprint(choice) != first
     assert choice.name == f"smollm2-135m-instruct+{tmp_path.name}"  # the label alone would not have told
