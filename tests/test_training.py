@@ -599,17 +599,17 @@ def test_cpu_defaults_and_clear_setup_errors(monkeypatch):
         liger=False,
         packing=False,
         attention="sdpa",
-        micro_batch=4,
-        grad_accum=4,
+        micro_batch=training.CPU_MICRO_BATCH,  # the recipe's 8 x 4, in CPU passes of 4 sequences
+        grad_accum=8,
         gradient_checkpointing=False,
     )
     line = training.describe_setup(setup)
-    assert "padded batches" in line and "micro-batch 4 x 4 accumulation" in line
+    assert "padded batches" in line and "micro-batch 4 x 8 accumulation" in line
     packed = training.resolve_setup(training.TrainConfig(device="cpu", packing=True, micro_batch=8))
-    assert (packed.packing, packed.micro_batch, packed.grad_accum) == (True, 8, 2)
+    assert (packed.packing, packed.micro_batch, packed.grad_accum) == (True, 8, 4)
     budgeted = training.resolve_setup(training.TrainConfig(device="cpu", packing=True, tokens_per_pass=4096))
-    assert (budgeted.micro_batch, budgeted.grad_accum, budgeted.tokens_per_pass) == (16, 1, 4096)
-    assert "16 sequences a step in passes of at most 4,096 tokens" in training.describe_setup(budgeted)
+    assert (budgeted.micro_batch, budgeted.grad_accum, budgeted.tokens_per_pass) == (32, 1, 4096)
+    assert "32 sequences a step in passes of at most 4,096 tokens" in training.describe_setup(budgeted)
     with pytest.raises(ValueError, match="--tokens-per-pass must be a whole number of at least --max-seq-len"):
         training.resolve_setup(training.TrainConfig(device="cpu", packing=True, tokens_per_pass=1024))
     with pytest.raises(ValueError, match="give one of them"):
@@ -644,16 +644,18 @@ def test_cli_train_reports_a_missing_data_file(tmp_path, capsys):
     assert "none.jsonl does not exist" in capsys.readouterr().err
 
 
-def test_the_course_trains_with_the_seed_guides_values_in_full_mode():
+def test_the_course_trains_the_measured_recipe_in_full_mode():
+    """Notebook 03's full mode trains what the README reports (recipes.LORA_BF16), not TrainConfig's own guesses."""
     full = training.course_config(False, 0)
-    assert (full.epochs, full.batch, full.lr, full.max_seq_len, full.grad_accum) == (3, 4, 2e-4, 2048, 4)
+    assert (full.epochs, full.batch, full.lr, full.max_seq_len, full.grad_accum) == (3, 8, 2e-4, 2048, 4)
     assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.warmup_ratio, full.save_total_limit) == (
-        16,
-        16,
+        64,
+        128,
         0,
         0.05,
         2,
     )
+    assert full.quantization == "none"
 
 
 def test_an_adapter_is_continued_only_on_its_own_base(tmp_path):

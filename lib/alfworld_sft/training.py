@@ -568,6 +568,9 @@ def unsloth_imports() -> bool:
 
 
 TRAIN_DTYPES = ("auto", "bfloat16", "float16")  # --dtype choices
+# Sequences in one CPU forward pass at most: 8 of 2,048 tokens in float32 (the recipe's batch) filled 24 GB with the
+# 49k-vocabulary logits and their gradients, and the kernel was killed (notebook 06's retraining, 2026-12-04).
+CPU_MICRO_BATCH = 4
 
 
 def choose_dtype(asked: str, device: str) -> str:
@@ -662,8 +665,10 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
     pinned = config.micro_batch is not None or config.tokens_per_pass is not None
     if device != "cuda" or (pinned and config.gradient_checkpointing is not None):
         checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
-        # Token-budgeted: the trainer gets the whole step and cuts it into passes itself.
-        micro = effective if config.tokens_per_pass else config.micro_batch or config.batch
+        # Token-budgeted: the trainer gets the whole step and cuts it into passes itself. On the CPU nothing is
+        # planned from memory, so a pass holds at most CPU_MICRO_BATCH sequences (the effective batch kept).
+        cpu_micro = max(m for m in range(1, min(config.batch, CPU_MICRO_BATCH) + 1) if effective % m == 0)
+        micro = effective if config.tokens_per_pass else config.micro_batch or cpu_micro
         return TrainSetup(
             device,
             quantization,
@@ -890,6 +895,7 @@ class _PackedAttentionWarning(logging.Filter):
 
 def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
     """The base model with fresh LoRA adapters, as `setup` says (Unsloth, PEFT + bitsandbytes, or plain)."""
+    config = recipes.resolve_recipe(config)
     import torch
 
     resolved = models.resolve_model(config.base, flag="--base")
@@ -971,6 +977,7 @@ class DataSource:
 def identify_data(config: TrainConfig) -> DataSource:
     """Where the data is and its sha256; a formatted folder is checked against `config` (model, window, data
     format) here, before any model is loaded."""
+    config = recipes.resolve_recipe(config)
     path = resolve_repo_path(config.data)
     if not path.is_dir():
         if not path.exists():
@@ -1003,6 +1010,7 @@ def identify_data(config: TrainConfig) -> DataSource:
 
 def build_format_config(config: TrainConfig) -> formatting.FormatConfig:
     """How a JSONL given to `train` is formatted: as `alfworld-sft format` would with the same settings."""
+    config = recipes.resolve_recipe(config)
     return formatting.FormatConfig(
         model=config.base,
         max_seq_len=config.max_seq_len,
@@ -1257,6 +1265,7 @@ def _explain_oom(config: TrainConfig, setup: TrainSetup) -> TrainingOutOfMemoryE
 
 
 def build_sft_config(config: TrainConfig, setup: TrainSetup, has_eval: bool) -> Any:
+    config = recipes.resolve_recipe(config)
     from trl import SFTConfig
 
     cuda = setup.device == "cuda"
