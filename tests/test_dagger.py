@@ -470,7 +470,7 @@ def test_continuing_trains_the_last_rounds_adapter_further(tmp_path):
 
 def test_a_missing_adapter_is_named(tmp_path, capsys):
     code = cli.main(["dagger", "--adapter", str(tmp_path / "sft_adapter"), "--output", str(tmp_path / "out")])
-    assert code == 2 and "sft_adapter does not exist" in capsys.readouterr().err
+    assert code == 2 and f"no adapter at {tmp_path / 'sft_adapter'}: run notebook 03" in capsys.readouterr().err
     config = dataclasses.replace(dagger.course_config(True, 0), adapter=str(tmp_path / "sft_adapter"))
     assert dagger.run_dagger_when_present(config) is None
     assert "run notebook 03 first" in capsys.readouterr().out
