@@ -274,10 +274,10 @@ def run_evaluation(
         key = run_key(config, name, fingerprint, prompt)
         done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
         todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
-        finished = len(gamefiles) * len(config.agents) - sum(len(t) for t in todo.values())
-        if finished:
-            left = sum(len(t) for t in todo.values())
-            print(f"resuming from {checkpoint}: {finished} games already played, {left} to play")
+        left = sum(len(t) for t in todo.values())
+        if left < len(gamefiles) * len(config.agents):
+            played = len(gamefiles) * len(config.agents) - left
+            print(f"resuming from {checkpoint}: {played} games already played, {left} to play")
         profile: dict[str, Any] = {}
         if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
             backend = load_backend(
