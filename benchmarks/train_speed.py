@@ -16,7 +16,7 @@ trajectories JSONL); every set-up sees the same steps, in one run, on the same q
   one row with restarting position ids (no padding), the course's varlen attention (PyTorch's flash kernel, never
   across sequences), Liger, a micro-batch of as many sequences as fit in 16 GiB if each were 2048 tokens long;
 * packed <= 16 GiB: what `alfworld-sft train --memory-budget-gib 16` runs: the same, each step's sequences cut
-  into passes of at most the tokens that `training.plan_memory` finds fit in 16 GiB (`training.cut_by_tokens`),
+  into passes of at most the tokens that `train_setup.plan_memory` finds fit in 16 GiB (`packing.cut_by_tokens`),
   with the gradient checkpointing it picks;
 * packed, fastest: the same with the plan for all the memory the card has (no recomputation if it fits);
 * unsloth (only when Unsloth imports and `--model-dir` names a model folder, e.g. from tools/make_8b_model.py):
@@ -132,10 +132,10 @@ def make_steps(lengths: list[int], n_steps: int, seed: int) -> list[list[int]]:
 
 def micro_batches(step: list[int], options: dict) -> list[list[int]]:
     """A step's sequence lengths as forward passes: by a token budget, or `micro` sequences at a time."""
-    from alfworld_sft import training
+    from alfworld_sft import packing
 
     if options.get("tokens"):
-        return [[step[i] for i in run] for run in training.cut_by_tokens(step, options["tokens"])]
+        return [[step[i] for i in run] for run in packing.cut_by_tokens(step, options["tokens"])]
     order = sorted(step) if options["grouped"] else step
     return [order[i : i + options["micro"]] for i in range(0, len(order), options["micro"])]
 
@@ -245,7 +245,7 @@ def check_packed_attention() -> dict:
     """The course's varlen attention on this GPU (PyTorch's flash kernel) against sdpa one sequence at a time, in
     bf16 with Llama-3.1-8B's heads (32 query, 8 key-value, 128 wide): outputs and gradients."""
     import torch
-    from alfworld_sft import training
+    from alfworld_sft import packing
 
     torch.manual_seed(0)
     lengths = [700, 1300, 48, 2000]
@@ -254,14 +254,14 @@ def check_packed_attention() -> dict:
     key = torch.randn(1, 8, tokens, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     value = torch.randn(1, 8, tokens, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).cuda()
-    out, _ = training.attend_packed(None, query, key, value, None, scaling=128**-0.5, position_ids=positions)
+    out, _ = packing.attend_packed(None, query, key, value, None, scaling=128**-0.5, position_ids=positions)
     out.float().square().sum().backward()
     fast = [out.detach().float()] + [t.grad.float() for t in (query, key, value)]
     for t in (query, key, value):
         t.grad = None
-    cu, _ = training.sequence_bounds(positions)
+    cu, _ = packing.sequence_bounds(positions)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-    reference = training.reference_packed_attention(q, k, v, cu, 128**-0.5).unsqueeze(0)
+    reference = packing.reference_packed_attention(q, k, v, cu, 128**-0.5).unsqueeze(0)
     reference.float().square().sum().backward()
     slow = [reference.detach().float()] + [t.grad.float() for t in (query, key, value)]
     result = {
@@ -273,12 +273,12 @@ def check_packed_attention() -> dict:
 
 
 def plan_packed(model, budget_bytes: float, max_seq_len: int, by_tokens: bool = True):
-    """The course's memory plan for this model (training.plan_memory): tokens a pass (or sequences a micro-batch)
+    """The course's memory plan for this model (train_setup.plan_memory): tokens a pass (or sequences a micro-batch)
     and checkpointing."""
-    from alfworld_sft import training
+    from alfworld_sft import models, train_setup
 
-    shape = training.ModelShape.from_config(model.config)
-    return training.plan_memory(
+    shape = models.ModelShape.from_config(model.config)
+    return train_setup.plan_memory(
         shape,
         effective_batch=EFFECTIVE_BATCH,
         max_seq_len=max_seq_len,
@@ -361,12 +361,12 @@ def benchmark_gpu(args: argparse.Namespace) -> list[dict]:
 
     if not torch.cuda.is_available():
         raise SystemExit("gpu mode needs CUDA: run it on the GPU machine, or use `cpu` mode here")
-    from alfworld_sft import training
+    from alfworld_sft import packing, train_setup
 
-    varlen = training.choose_attention("auto", "cuda", packing=True)
+    varlen = train_setup.choose_attention("auto", "cuda", packing=True)
     attention_check = None
-    if varlen == training.VARLEN_ATTENTION:
-        training.register_packed_attention()
+    if varlen == packing.VARLEN_ATTENTION:
+        packing.register_packed_attention()
         attention_check = check_packed_attention()
     lengths = read_lengths(args.max_seq_len)
     steps = make_steps(lengths, args.warmup + args.steps, args.seed)
@@ -463,11 +463,11 @@ def benchmark_cpu(args: argparse.Namespace) -> dict:
     """Time per epoch of the course's CPU default (plain LoRA, fp32, the default model) on small-mode data."""
     import tempfile
 
-    from alfworld_sft import paths, training
+    from alfworld_sft import paths, train_config, training
 
     data = args.data or str(paths.run_dir(True) / "oracle" / "trajectories.jsonl")
     with tempfile.TemporaryDirectory() as out:
-        config = training.TrainConfig(
+        config = train_config.TrainConfig(
             data=data,
             output=out,
             epochs=1,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from alfworld_sft import (
     prompts,
     records,
     reports,
+    train_config,
     training,
 )
 from alfworld_sft.agents import BASE_PROMPT_FORMAT, session_of
@@ -285,9 +287,9 @@ def test_self_imitation_keeps_only_won_games(strayed):
 # ------------------------------------------------------------------------------------------------ whole rounds
 
 
-def recipe(**changes) -> training.TrainConfig:
+def recipe(**changes) -> train_config.TrainConfig:
     """A training recipe of one CPU step of one example on the default model, without held-out games."""
-    small = training.course_config(True, 0)
+    small = train_config.course_config(True, 0)
     return dataclasses.replace(small, max_steps=1, batch=1, save_steps=1, eval_fraction=0.0, **changes)
 
 
@@ -359,6 +361,48 @@ def test_a_round_with_the_expert_standing_in_for_the_model(sft_run, tmp_path, mo
     assert again.summaries[0]["key"] == summary["key"]
     with pytest.raises(ValueError, match="other settings .*temperature"):
         dagger.run_dagger(dataclasses.replace(config, temperature=1.0), backend=StrayingExpert())
+
+
+@pytest.mark.slow
+def test_a_round_whose_engine_worker_was_killed_is_not_sealed_and_replays_the_lost_games(
+    sft_run, tmp_path, monkeypatch
+):
+    """SIGKILL of a real engine worker during the rollouts: the round stops before labelling or training, keeps the
+    games that were recorded, and the rerun plays only the lost ones and then seals the round."""
+    config = round_config(sft_run, tmp_path / "dagger", games_per_round=3, workers=2)
+    folder = tmp_path / "dagger" / "round_1"
+    killed = []
+
+    def play_killing_a_worker(*args, on_finished, **kwargs):
+        def finished(line):
+            on_finished(line)
+            if not killed:
+                worker = next(p for p in multiprocessing.active_children() if p.name.startswith("alfworld-engine-"))
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(worker.pid)
+
+        return play_rollouts(*args, on_finished=finished, **kwargs)
+
+    monkeypatch.setattr(dagger, "play_rollouts", play_killing_a_worker)
+    with pytest.raises(dagger.IncompleteRoundError, match=r"of the round's 3 games were played.*Rerun") as raised:
+        dagger.run_dagger(config, backend=StrayingExpert())
+    assert killed and "died" in str(raised.value)
+    kept = (folder / "rollouts.jsonl").read_text()
+    assert 1 <= kept.count("\n") < 3
+    assert not (folder / "summary.json").exists() and not (folder / "labelled.jsonl").exists()
+    assert not (folder / "adapter").exists()
+
+    monkeypatch.undo()
+    [summary] = dagger.run_dagger(config, backend=StrayingExpert()).summaries
+    played = (folder / "rollouts.jsonl").read_text()
+    assert played.startswith(kept)  # what was recorded before the kill is kept, not replayed
+    assert (
+        summary["played"]
+        == summary["games"]
+        == 3
+        == len({line["game_id"] for line in files.read_jsonl(folder / "rollouts.jsonl")})
+    )
+    assert played.count("\n") == 3
 
 
 @pytest.mark.slow
@@ -456,7 +500,7 @@ def test_continuing_trains_the_last_rounds_adapter_further(tmp_path):
         tmp_path / "e.jsonl",
         record,
         "thoughts",
-        training.TrainConfig(),
+        train_config.TrainConfig(),
         (),
         {},
     )

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from alfworld_sft import cli, evaluation, files, games
 from alfworld_sft.backends import ExpertBackend
-from alfworld_sft.evaluation import EvalConfig, read_checkpoint, run_evaluation, select_games
+from alfworld_sft.evaluation import EvalConfig, run_evaluation, select_games
 from alfworld_sft.reports import compare_results
 
 
@@ -231,52 +230,6 @@ def test_actions_auto_grounds_a_finetuned_model_and_leaves_others_free(adapter, 
     assert tuned["agents"]["zero_shot"]["invalid_replies"] == 0
     base = run_evaluation(expert_config(tmp_path, agents=("zero_shot",), num_games=1))
     assert base["actions"] == "free"
-
-
-def line(key: dict, game: str, **changes) -> dict:
-    values = {
-        "run": key,
-        "agent": "zero_shot",
-        "game_id": game,
-        "task_type": "pick_and_place_simple",
-        "won": True,
-        "steps": 3,
-        "invalid_replies": 0,
-        "tokens_generated": 9,
-        "wall_s": 1.0,
-    }
-    return {**values, **changes}
-
-
-def test_a_checkpoint_of_other_weights_is_moved_aside_not_reused(tmp_path):
-    """Retraining an adapter in place changes its fingerprint: the old games are not reported for the new weights."""
-    path = tmp_path / "ckpt.jsonl"
-    old = {"model": "m+sft_adapter", "weights": "aaaa", "split": "s", "max_steps": 50}
-    files.append_jsonl(path, [line(old, "g1"), line(old, "g2")])
-    new = {**old, "weights": "bbbb"}
-    with pytest.warns(UserWarning, match="another run .*differs in weights.*starting a fresh checkpoint"):
-        assert read_checkpoint(path, new) == []
-    assert not path.exists()
-    [aside] = tmp_path.glob("ckpt.other-run-*.jsonl")
-    assert len(aside.read_text().splitlines()) == 2  # nothing lost
-    files.append_jsonl(path, [line(new, "g1")])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert [r["game_id"] for r in read_checkpoint(path, new)] == ["g1"]
-
-
-def test_garbage_and_incomplete_checkpoint_lines_are_set_aside(tmp_path):
-    path = tmp_path / "ckpt.jsonl"
-    key = {"model": "m"}
-    files.append_jsonl(path, [line(key, "g1")])
-    with open(path, "a") as handle:
-        handle.write("not json at all\n")
-        handle.write(json.dumps({"run": key, "agent": "zero_shot", "game_id": "g2"}) + "\n")  # keys missing
-    files.append_jsonl(path, [line(key, "g3")])
-    with pytest.warns(UserWarning, match=r"ckpt.jsonl:2: malformed checkpoint line"):
-        kept = read_checkpoint(path, key)
-    assert [r["game_id"] for r in kept] == ["g1", "g3"]
-    assert len(path.with_name("ckpt.jsonl.malformed").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import pytest
 from alfworld_sft import files
@@ -121,3 +122,58 @@ def test_an_evaluation_on_an_output_in_use_is_refused_before_it_plays(tmp_path, 
                          "--split", "eval_in_distribution", "--output", str(output)])  # fmt: skip
     assert code == 2 and "is being written by process" in capsys.readouterr().err
     assert not output.exists() and not output.with_suffix(".ckpt.jsonl").exists()
+
+
+def finished_game(game: str, **changes) -> dict:
+    """A finished game as a game checkpoint holds it (without the run's key)."""
+    values = {
+        "agent": "zero_shot",
+        "game_id": game,
+        "task_type": "pick_and_place_simple",
+        "won": True,
+        "steps": 3,
+        "invalid_replies": 0,
+        "tokens_generated": 9,
+        "wall_s": 1.0,
+    }
+    return {**values, **changes}
+
+
+def test_a_checkpoint_of_other_weights_is_moved_aside_not_reused(tmp_path):
+    """Retraining an adapter in place changes its fingerprint: the old games are not reported for the new weights."""
+    path = tmp_path / "ckpt.jsonl"
+    old = {"model": "m+sft_adapter", "weights": "aaaa", "split": "s", "max_steps": 50}
+    files.append_game_checkpoint(path, old, finished_game("g1"))
+    files.append_game_checkpoint(path, old, finished_game("g2"))
+    new = {**old, "weights": "bbbb"}
+    with pytest.warns(UserWarning, match="another run .*differs in weights.*starting a fresh checkpoint"):
+        assert files.read_game_checkpoint(path, new) == []
+    assert not path.exists()
+    [aside] = tmp_path.glob("ckpt.other-run-*.jsonl")
+    assert len(aside.read_text().splitlines()) == 2  # nothing lost
+    files.append_game_checkpoint(path, new, finished_game("g1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r["game_id"] for r in files.read_game_checkpoint(path, new)] == ["g1"]
+
+
+def test_garbage_and_incomplete_checkpoint_lines_are_set_aside(tmp_path):
+    path = tmp_path / "ckpt.jsonl"
+    key = {"model": "m"}
+    files.append_game_checkpoint(path, key, finished_game("g1"))
+    with open(path, "a") as handle:
+        handle.write("not json at all\n")
+        handle.write(json.dumps({"run": key, "agent": "zero_shot", "game_id": "g2"}) + "\n")  # keys missing
+    files.append_game_checkpoint(path, key, finished_game("g3"))
+    with pytest.warns(UserWarning, match=r"ckpt.jsonl:2: malformed checkpoint line"):
+        kept = files.read_game_checkpoint(path, key)
+    assert [r["game_id"] for r in kept] == ["g1", "g3"]
+    assert len(path.with_name("ckpt.jsonl.malformed").read_text().splitlines()) == 2
+
+
+def test_sha256_file_is_the_digest_of_the_bytes(tmp_path):
+    import hashlib
+
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"x" * (3 << 20))  # several read blocks
+    assert files.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from alfworld_sft import formatting, models, prompts
+from alfworld_sft import files, formatting, models, prompts
 from alfworld_sft.files import MalformedRecordError
 from chat_templates import build_llama31_tokenizer
 
@@ -106,7 +106,7 @@ def test_dataset_split_by_game_seeded_with_stats_plot_and_saved(records_path, ch
     loaded, info = formatting.load_formatted(out)
     assert loaded["train"]["input_ids"] == dataset["train"]["input_ids"]
     assert info["max_seq_len"] == 768 and info["prompt_format"] == {"show_admissible_commands": False}
-    assert info["source_sha256"] == formatting.sha256_file(records_path)
+    assert info["source_sha256"] == files.sha256_file(records_path)
     example = dataset["train"][0]
     shown = formatting.render_trained_text(example, chatml_tokenizer)
     assert "⟦" in shown and shown.replace("⟦", "").replace("⟧", "") == chatml_tokenizer.decode(example["input_ids"])

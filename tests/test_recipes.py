@@ -5,14 +5,14 @@ import dataclasses
 import json
 
 import pytest
-from alfworld_sft import cli, dagger, formatting, models, recipes, training
+from alfworld_sft import cli, dagger, formatting, models, recipes, train_config
 
 
-def parsed_train_config(*flags: str) -> training.TrainConfig:
+def parsed_train_config(*flags: str) -> train_config.TrainConfig:
     """The TrainConfig that `alfworld-sft train` builds from these flags (as `_run_train` does)."""
     args = cli.build_parser().parse_args(["train", "--data", "x.jsonl", *flags])
-    names = set(training.TrainConfig.__dataclass_fields__)
-    return training.TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    names = set(train_config.TrainConfig.__dataclass_fields__)
+    return train_config.TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def test_train_without_recipe_flags_trains_the_recipe_and_a_flag_is_an_override():
@@ -34,15 +34,15 @@ def test_train_without_recipe_flags_trains_the_recipe_and_a_flag_is_an_override(
     assert recipes.describe_recipe(changed)["overrides"] == {"epochs": 1.0}  # 64 is the recipe's own value
     other = recipes.resolve_recipe(parsed_train_config("--recipe", "qlora-nf4"))
     assert (other.lora_r, other.batch, other.quantization) == (16, 4, "auto")
-    text = recipes.format_recipe(recipes.describe_recipe(changed))
+    text = train_config.format_recipe(recipes.describe_recipe(changed))
     assert text.startswith("recipe lora-bf16 (") and "overridden: --epochs 1.0" in text
 
 
 def test_notebooks_take_the_recipe_in_full_mode_and_name_their_small_mode_overrides():
-    full = training.course_config(False, 0)
+    full = train_config.course_config(False, 0)
     assert recipes.describe_recipe(full)["overrides"] == {}
     assert formatting.course_format_config(False, 0).max_seq_len == full.max_seq_len == 2048
-    small = training.course_config(True, 0)
+    small = train_config.course_config(True, 0)
     overrides = recipes.describe_recipe(small)["overrides"]
     assert overrides["epochs"] == 1 and overrides["max_seq_len"] == formatting.SMALL_MAX_SEQ_LEN
     assert "lora_r" not in overrides and small.lora_r == recipes.LORA_BF16.values["lora_r"]
@@ -63,14 +63,14 @@ def test_the_recipe_follows_the_size_of_the_base_model(tmp_path):
 
 def test_out_of_range_values_are_checked_after_the_recipe_fills_the_rest():
     with pytest.raises(ValueError, match="--lora-r must be a whole number of at least 1"):
-        training.check_config(training.TrainConfig(lora_r=0))
-    training.check_config(training.TrainConfig())  # every recipe field unset: the recipe's values pass
+        train_config.check_config(train_config.TrainConfig(lora_r=0))
+    train_config.check_config(train_config.TrainConfig())  # every recipe field unset: the recipe's values pass
 
 
 def test_dagger_retrains_with_the_recipe_its_adapter_recorded(tmp_path):
     from alfworld_sft import records
 
-    trained = recipes.resolve_recipe(training.TrainConfig(epochs=2.0, seed=3))
+    trained = recipes.resolve_recipe(train_config.TrainConfig(epochs=2.0, seed=3))
     record = records.TrainingRecord(
         base_model=models.DEFAULT_MODEL,
         prompt_format=formatting.prompts.PromptFormat(),

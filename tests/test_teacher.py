@@ -1,7 +1,7 @@
 """The observation-driven teacher: its parser on literal observations, its beliefs and decisions on hand-written
 states, and games in the real engine (from $ALFWORLD_DATA, else the course's generated ones): every command
 admissible, wins of every task type, the same thoughts on a replay, thoughts that name only what was observed, and a
-take-over after another policy."""
+take-over after another policy; the demo command prints a game's transcript."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import alfworld_sft
 import pytest
-from alfworld_sft import games
+from alfworld_sft import engine, games
 from alfworld_sft.engine import ExpertGame, play_expert
 from alfworld_sft.teacher import Decision, Teacher, View, parse_names, parse_room, parse_view
 
@@ -291,6 +291,17 @@ def test_one_pick_two_game_is_won(train_games):
     assert game.steps == len(game.commands) == len(game.thoughts) == len(game.guesses) == len(game.observations)
     assert game.labels == game.commands and game.opening == 0 and not any(game.guesses)
     assert_admissible(gamefile, game)
+
+
+def test_the_demo_prints_a_games_transcript_with_the_thoughts(train_games, capsys):
+    """`python -m alfworld_sft.engine GAMEFILE`: the task, each thought and command, and how the game ended."""
+    gamefile = games.list_games("train", task_types=[1], limit=1, seed=0)[0]
+    assert engine.main([str(gamefile), "--max-steps", "50"]) == 0
+    out = capsys.readouterr().out
+    game = play(gamefile)
+    assert out.startswith(f"Task: {game.task} (pick_and_place_simple)\n{game.first_observation}\n")
+    assert f"Thought: {game.thoughts[0]}\n> {game.commands[0]}\n" in out
+    assert f"\nwon in {game.steps} steps, " in out
 
 
 @pytest.mark.slow

@@ -61,13 +61,15 @@ from alfworld_sft import (
     prompts,
     records,
     reports,
+    train_config,
+    train_outputs,
     training,
 )
 from alfworld_sft.agents import ACTIONS, AGENTS, extract_command
 from alfworld_sft.backends import BACKENDS, Backend, choose_backend, load_backend, weights_fingerprint
 from alfworld_sft.results import write_result
 from alfworld_sft.rollouts import RolloutConfig, play_rollouts
-from alfworld_sft.training import TrainConfig
+from alfworld_sft.train_config import TrainConfig
 
 METHODS = ("dagger", "self_imitation", "both")
 INITS = ("base", "continue")  # each round trains a fresh adapter on the base model, or continues the last one
@@ -361,7 +363,7 @@ def plan_run(config: DaggerConfig, backend: Backend | None = None) -> DaggerPlan
     key = {
         "model": backend.name if backend is not None else choice.name,
         "start_weights": weights_fingerprint(choice),
-        "expert_data_sha256": formatting.sha256_file(expert_data),
+        "expert_data_sha256": files.sha256_file(expert_data),
         "expert": _expert(config),
         "data_format": data_format,
         "train": recipe,
@@ -406,7 +408,7 @@ def play_round(
         **{name: plan.key[name] for name in ("expert", "agent", "actions", "temperature", "max_steps", "dtype")},
         "seed": round_seed(config.seed, number),
     }
-    done = {line["game_id"] for line in evaluation.read_checkpoint(path, key)}
+    done = {line["game_id"] for line in files.read_game_checkpoint(path, key)}
     todo = [gamefile for gamefile in gamefiles if games.game_id(gamefile) not in done]
     failed: list[tuple[str, str, str]] = []
     if todo:
@@ -435,7 +437,7 @@ def play_round(
         )
         try:
             result = play_rollouts(
-                model, todo, rollout_config, on_finished=lambda line: files.append_jsonl(path, [{"run": key, **line}])
+                model, todo, rollout_config, on_finished=lambda line: files.append_game_checkpoint(path, key, line)
             )
             failed = result.failed
         finally:
@@ -444,7 +446,7 @@ def play_round(
                 del model
                 free_memory()
     order = {games.game_id(gamefile): index for index, gamefile in enumerate(gamefiles)}
-    played = [line for line in evaluation.read_checkpoint(path, key) if line["game_id"] in order]
+    played = [line for line in files.read_game_checkpoint(path, key) if line["game_id"] in order]
     return sorted(played, key=lambda line: order[line["game_id"]]), failed
 
 
@@ -566,6 +568,20 @@ def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | No
     return summary
 
 
+class IncompleteRoundError(RuntimeError):
+    """A round's sample was not played to the end: it is neither labelled, trained nor sealed."""
+
+    def __init__(self, folder: Path, sampled: int, played: int, failed: Sequence[tuple[str, str, str]]):
+        reasons = "".join(
+            f"\n  {gamefile}: {error.splitlines()[-1] if error else '?'}" for _, gamefile, error in failed
+        )
+        super().__init__(
+            f"{folder}: {played} of the round's {sampled} games were played; the round is not labelled, trained or "
+            f"sealed until every game is. Rerun the same command: the {played} recorded games are kept and only "
+            f"the others are played.{reasons}"
+        )
+
+
 def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | None = None) -> dict[str, Any]:
     """Rollouts, labels, data and the trained adapter of round `number`, then its summary (the round is done)."""
     folder = round_folder(plan, number)
@@ -573,6 +589,8 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
     started = time.perf_counter()
     gamefiles = select_round_games(plan.config, number)
     rollouts, failed = play_round(plan, number, player, gamefiles, backend)
+    if len(rollouts) < len(gamefiles):
+        raise IncompleteRoundError(round_folder(plan, number), len(gamefiles), len(rollouts), failed)
     seconds["rollouts"] = time.perf_counter() - started
     started = time.perf_counter()
     settings = LabelSettings(
@@ -597,7 +615,6 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
         "played_by": backend.name if backend is not None else str(player),
         "games": len(gamefiles),
         "played": len(rollouts),
-        "failed": [f"{gamefile}: {error.splitlines()[-1] if error else ''}" for _, gamefile, error in failed],
         "rollouts_won": counts["won"],
         "rollouts_win_rate": round(counts["won"] / len(rollouts), 4) if rollouts else 0.0,
         "labels": {name: counts[name] for name in LABEL_COUNTS},
@@ -615,7 +632,7 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
         "eval": None,
     }
     write_result(folder / SUMMARY, summary, seed=plan.config.seed)
-    training.remove_checkpoints(trained.output)  # optimizer state: several times the adapter; the round is done
+    train_outputs.remove_checkpoints(trained.output)  # optimizer state: several times the adapter; the round is done
     return summary
 
 
@@ -803,7 +820,7 @@ def course_config(
         games_per_round=3,
         max_steps=5,
         batch_size=3,
-        train=replace(training.course_config(True, seed), max_steps=2),
+        train=replace(train_config.course_config(True, seed), max_steps=2),
         eval_split=None,
         seed=seed,
     )

@@ -21,6 +21,8 @@ fallbacks draw from it, so a game plays the same whichever other games a process
 `play_expert` is the one implementation of "the expert plays a game": collection records it, the generator
 verifies games with it, few-shot demonstrations come from it.
 
+    python -m alfworld_sft.engine GAMEFILE [--max-steps 50]      # one expert game's transcript with the thoughts
+
 TextWorld builds a game's PDDL state at load and again at every reset, each time running fast-downward's
 translator twice: most of the cost of starting a game. The translation is a pure function of (domain, problem,
 options), so a game translates once and reuses the result at every reset (`translate_once`, on by default).
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -278,3 +280,25 @@ def play_expert(
         opening=min(random_opening, len(commands)),
         won=state.won,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Play one game with the default expert and print its transcript, with the teacher's thoughts."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="Play one ALFWorld game with the teacher and print its transcript.")
+    parser.add_argument("gamefile", type=Path)
+    parser.add_argument("--max-steps", type=int, default=50)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    game = play_expert(args.gamefile, seed=0, game_id=games.game_id(args.gamefile), max_steps=args.max_steps)
+    print(f"Task: {game.task} ({games.read_task_type(args.gamefile)})\n{game.first_observation}")
+    for command, thought, guess, observation in zip(game.commands, game.thoughts, game.guesses, game.observations):
+        print(f"Thought: {thought}{' [guess]' if guess else ''}\n> {command}\n{observation}")
+    print(f"{'won' if game.won else 'lost'} in {game.steps} steps, {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

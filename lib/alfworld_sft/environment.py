@@ -344,16 +344,16 @@ def check_training_setup() -> Check:
     QLoRA), as `train` will choose it; on a CPU, that small mode trains here and full mode wants a GPU."""
     import torch
 
-    from alfworld_sft import training
+    from alfworld_sft import train_setup
 
     if not torch.cuda.is_available():
         detail = "no GPU: small mode trains LoRA in float32 here; full mode (notebooks 03, 05, 06) wants a GPU"
         return Check("training set-up", "ok", detail, "", required=False)
-    dtype = training.choose_dtype("auto", "cuda")
-    attention = training.choose_attention("auto", "cuda", packing=True, dtype=dtype)
+    dtype = train_setup.choose_dtype("auto", "cuda")
+    attention = train_setup.choose_attention("auto", "cuda", packing=True, dtype=dtype)
     total = torch.cuda.get_device_properties(0).total_memory
     liger = importlib.util.find_spec("liger_kernel") is not None
-    plans = training.plan_gpu_setups(total - GIB, liger=liger)
+    plans = train_setup.plan_gpu_setups(total - GIB, liger=liger)
     detail = f"{dtype}, {attention} attention, Liger {'on' if liger else 'off'}; " + "; ".join(
         f"{model}: {plan}" for model, plan in plans.items()
     )

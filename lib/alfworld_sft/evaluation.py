@@ -11,10 +11,11 @@ free rows go to the next games of any agent); `--shard I/N` is for spreading a r
 Every finished (agent, game) is appended to the checkpoint JSONL at once, so a rerun after a crash plays only the
 rest: nothing is lost or counted twice. A checkpoint line carries the run's key: the model and a fingerprint of its
 weights (an adapter retrained in place is another run), the split, step cap, seed and prompt settings. A
-checkpoint of another run is moved aside (and the run says so) rather than reused. The results JSON (one block per
-agent: success rate, average steps, per-task-type success, invalid-reply rate, tokens, wall time, every game's
-actions) is rebuilt from the checkpoint, with a PNG of the success rates beside it. `--actions auto` (the default)
-plays a fine-tuned model with grounded commands and a base model free; the results say which (`actions`).
+checkpoint of another run is moved aside (and the run says so) rather than reused (`files.read_game_checkpoint`).
+The results JSON (one block per agent: success rate, average steps, per-task-type success, invalid-reply rate,
+tokens, wall time, every game's actions) is rebuilt from the checkpoint, with a PNG of the success rates beside
+it. `--actions auto` (the default) plays a fine-tuned model with grounded commands and a base model free; the
+results say which (`actions`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import random
 import re
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,18 +53,6 @@ DEMO_TASK_TYPES = (  # the shorter task types make compact demonstrations; pick_
     "pick_heat_then_place_in_recep",
     "pick_cool_then_place_in_recep",
 )
-# What a checkpoint line must hold to be summarized (anything else is moved aside as malformed).
-CHECKPOINT_KEYS = {
-    "run": dict,
-    "agent": str,
-    "game_id": str,
-    "task_type": str,
-    "won": bool,
-    "steps": int,
-    "invalid_replies": int,
-    "tokens_generated": int,
-    "wall_s": (int, float),
-}
 
 
 @dataclass(frozen=True)
@@ -219,31 +207,6 @@ def run_key(config: EvalConfig, backend_name: str, fingerprint: str, prompt: dic
     }
 
 
-def read_checkpoint(path: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
-    """Finished games of this run. A torn last line is cut and malformed lines are set aside
-    (`files.load_jsonl_log`); a checkpoint written by another run is moved aside whole, with a warning that says
-    what differs, and this run starts fresh."""
-    lines = files.load_jsonl_log(path, required=CHECKPOINT_KEYS, label="checkpoint")
-    other = next((line["run"] for line in lines if line["run"] != key), None)
-    if other is not None:
-        aside = path.with_name(f"{path.stem}.other-run-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
-        os.replace(path, aside)
-        differs = sorted(k for k in set(key) | set(other) if key.get(k) != other.get(k))
-        warnings.warn(
-            f"{path} was written by another run (it differs in {', '.join(differs)}): moved to {aside.name}, "
-            "starting a fresh checkpoint",
-            stacklevel=2,
-        )
-        return []
-    kept, seen = [], set()
-    for line in lines:
-        pair = (line["agent"], line["game_id"])
-        if pair not in seen:  # a line written twice by hand-merged checkpoints counts once
-            seen.add(pair)
-            kept.append(line)
-    return kept
-
-
 # --- running -------------------------------------------------------------------------------------------------
 def run_evaluation(
     config: EvalConfig, *, backend: Backend | None = None, demonstrations: Sequence[Demonstration] | None = None
@@ -272,7 +235,7 @@ def run_evaluation(
                 **dataclasses.asdict(record.prompt_format),
             }
         key = run_key(config, name, fingerprint, prompt)
-        done = {(r["agent"], r["game_id"]) for r in read_checkpoint(checkpoint, key)}
+        done = {(r["agent"], r["game_id"]) for r in files.read_game_checkpoint(checkpoint, key)}
         todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
         left = sum(len(t) for t in todo.values())
         if left < len(gamefiles) * len(config.agents):
@@ -303,7 +266,7 @@ def run_evaluation(
         finally:
             if own_backend and backend is not None:
                 backend.close()
-        records = read_checkpoint(checkpoint, key)
+        records = files.read_game_checkpoint(checkpoint, key)
         results = reports.summarize_run(
             records,
             config.agents,
@@ -359,7 +322,7 @@ def play_agents(
     result = play_rollout_groups(
         backend,
         groups,
-        on_finished=lambda record: files.append_jsonl(checkpoint, [{"run": key, **record}]),
+        on_finished=lambda record: files.append_game_checkpoint(checkpoint, key, record),
         engine_pool=engine_pool,
     )
     failed = [{"agent": agent, "gamefile": gamefile, "error": error} for agent, gamefile, error in result.failed]

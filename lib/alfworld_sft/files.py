@@ -6,18 +6,27 @@ number, and `repair_jsonl_tail` cuts a torn last line left by a killed writer so
 `read_json_object` reads a JSON file another step wrote and names it, with what to do, when it is torn.
 Large outputs (a model folder, a GGUF file) are built at `partial_path(target)` and renamed into place;
 `remove_stale_partials` clears what a killed writer left there, leaving a running writer's work alone.
+
+A game checkpoint (evaluation's finished games, a DAgger round's rollouts) is such a JSONL log with the key of the run
+that wrote it on every line: `append_game_checkpoint` adds a finished game, `read_game_checkpoint` reads back this
+run's games and moves a file of another run aside. `sha256_file` identifies a data file by its bytes.
+
+    files.append_game_checkpoint(path, key, {"agent": "zero_shot", "game_id": ..., "won": True, ...})
+    done = {line["game_id"] for line in files.read_game_checkpoint(path, key)}
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -229,6 +238,58 @@ def load_jsonl_log(path: str | os.PathLike[str], *, required: dict[str, type], l
             handle.writelines(line if line.endswith(b"\n") else line + b"\n" for _, line, _ in bad)
         write_bytes(path, b"".join(keep))
     return found
+
+
+# What a game checkpoint line must hold to be read back (anything else is moved aside as malformed).
+GAME_CHECKPOINT_KEYS = {
+    "run": dict,
+    "agent": str,
+    "game_id": str,
+    "task_type": str,
+    "won": bool,
+    "steps": int,
+    "invalid_replies": int,
+    "tokens_generated": int,
+    "wall_s": (int, float),
+}
+
+
+def append_game_checkpoint(path: str | os.PathLike[str], key: dict[str, Any], record: dict[str, Any]) -> None:
+    """Append one finished game to a game checkpoint, under the key of the run that played it."""
+    append_jsonl(path, [{"run": key, **record}])
+
+
+def read_game_checkpoint(path: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
+    """Finished games of this run. A torn last line is cut and malformed lines are set aside
+    (`load_jsonl_log`); a checkpoint written by another run is moved aside whole, with a warning that says
+    what differs, and this run starts fresh."""
+    lines = load_jsonl_log(path, required=GAME_CHECKPOINT_KEYS, label="checkpoint")
+    other = next((line["run"] for line in lines if line["run"] != key), None)
+    if other is not None:
+        aside = path.with_name(f"{path.stem}.other-run-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+        os.replace(path, aside)
+        differs = sorted(k for k in set(key) | set(other) if key.get(k) != other.get(k))
+        warnings.warn(
+            f"{path} was written by another run (it differs in {', '.join(differs)}): moved to {aside.name}, "
+            "starting a fresh checkpoint",
+            stacklevel=2,
+        )
+        return []
+    kept, seen = [], set()
+    for line in lines:
+        pair = (line["agent"], line["game_id"])
+        if pair not in seen:  # a line written twice by hand-merged checkpoints counts once
+            seen.add(pair)
+            kept.append(line)
+    return kept
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -22,7 +22,6 @@ game); `summarize_lengths`, `plot_lengths`, `render_trained_html` / `render_trai
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
 import math
 import os
@@ -90,14 +89,6 @@ def course_format_config(
 
 
 # ----------------------------------------------------------------------------------------------- reading
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _record_line_numbers(path: Path) -> list[int]:
@@ -429,7 +420,7 @@ def save_formatted(
     plot_lengths(dataset, config.max_seq_len, output / "lengths.png")
     info = {
         "source": str(source),
-        "source_sha256": sha256_file(source),
+        "source_sha256": files.sha256_file(source),
         "config": asdict(config),
         "prompt_format": asdict(prompt_format_of(loaded)),
         "data_format": config.data_format,

@@ -10,7 +10,8 @@ removed, never the work of a live one.
 Everywhere a model is taken, `resolve_model` accepts the default's name, a local folder or a hub id such as
 `meta-llama/Llama-3.1-8B-Instruct`; `load_model` / `load_tokenizer` turn the hub's errors (gated, unknown,
 offline) into a `ModelUnavailableError` that says what to do, naming the caller's command-line flag
-(`flag="--base"` for training, `--model` elsewhere).
+(`flag="--base"` for training, `--model` elsewhere). `ModelShape` reads the sizes a model's parameter count and
+training memory depend on from its config alone (`recipes` picks a recipe by size, `train_setup` plans memory).
 
     alfworld-sft model            # convert (first time) and print where the default model lives
 """
@@ -27,7 +28,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +350,59 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a decoder-only transformer that its parameter count and training memory depend on."""
+
+    layers: int  # decoder layers
+    hidden: int  # model width
+    intermediate: int  # MLP width
+    heads: int  # attention heads
+    kv_heads: int  # key/value heads (grouped-query attention)
+    head_dim: int  # width of one head
+    vocab: int  # vocabulary (embedding rows)
+    tied_embeddings: bool  # the output head shares the embedding matrix
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = text.num_attention_heads
+        return cls(
+            layers=text.num_hidden_layers,
+            hidden=text.hidden_size,
+            intermediate=text.intermediate_size,
+            heads=heads,
+            kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+            vocab=text.vocab_size,
+            tied_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+        )
+
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of one decoder layer, by the name LoRA targets."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, i = self.hidden, self.intermediate
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.module_shapes().values())
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    def lora_params(self, rank: int, targets: Sequence[str]) -> int:
+        shapes = self.module_shapes()
+        return self.layers * sum(rank * (shapes[name][0] + shapes[name][1]) for name in targets if name in shapes)
 
 
 def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int = 32) -> str:

@@ -9,7 +9,8 @@ recipe flags, and DAgger's retraining (which repeats the starting adapter's reco
     alfworld-sft train --data results/oracle/trajectories.jsonl              # the base model's recipe
     alfworld-sft train --data ... --recipe qlora-nf4 --epochs 1              # another recipe, one value overridden
 
-Every training record stores the recipe's name, the values used and the overrides (`describe_recipe`).
+Every training record stores the recipe's name, the values used and the overrides (`describe_recipe`); the console
+shows them as flags (`train_config.format_recipe`).
 """
 
 from __future__ import annotations
@@ -91,9 +92,8 @@ def count_parameters(base: str) -> int:
     from transformers import AutoConfig
 
     from alfworld_sft import models
-    from alfworld_sft.training import ModelShape
 
-    shape = ModelShape.from_config(AutoConfig.from_pretrained(models.resolve_model(base, flag="--base")))
+    shape = models.ModelShape.from_config(AutoConfig.from_pretrained(models.resolve_model(base, flag="--base")))
     return shape.linear_params() + shape.embedding_params()
 
 
@@ -126,15 +126,3 @@ def describe_recipe(config: Any) -> dict[str, Any]:
     values = {name: getattr(config, name) for name in RECIPE_FIELDS}
     overrides = {name: value for name, value in values.items() if value != recipe.values[name]}
     return {"name": recipe.name, "measured": recipe.measured, "values": values, "overrides": overrides}
-
-
-def format_recipe(described: Mapping[str, Any]) -> str:
-    """One paragraph for the console: the recipe, its values, and what was overridden."""
-    from alfworld_sft.training import flag_of
-
-    values = ", ".join(f"{flag_of(name)} {value}" for name, value in described["values"].items())
-    overrides = described["overrides"]
-    changed = ", ".join(f"{flag_of(name)} {value}" for name, value in overrides.items())
-    return f"recipe {described['name']} ({described['measured']}): {values}" + (
-        f"; overridden: {changed}" if overrides else "; nothing overridden"
-    )

@@ -1,5 +1,5 @@
-"""Reports: the tables, plots, comparisons and transcripts every stage shows (collection, evaluation, DAgger, the
-course summary). Nothing here plays or trains; it reads records and result files.
+"""Reports: the tables, plots, comparisons and transcripts every stage shows (collection, training, evaluation,
+DAgger, the course summary). Nothing here plays or trains; it reads records and result files.
 
     from alfworld_sft import reports
     print(reports.format_table(rows))                         # a Markdown pipe table from dicts or tuples
@@ -100,6 +100,44 @@ def plot_expert_summary(per_task_type: dict[str, dict[str, float]], path: Path, 
     figure.suptitle(title)
     figure.tight_layout()
     return save_figure(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def plot_loss_curve(log_history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Train and eval loss against the optimizer step (a trainer's `log_history`)."""
+    plt = _pyplot()
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    if train:
+        axis.plot(*zip(*train), label="train loss", marker=".")
+    if evals:
+        axis.plot(*zip(*evals), label="eval loss", marker="o")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss (assistant tokens)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def mean_train_loss(log_history: Sequence[Mapping[str, Any]]) -> float | None:
+    """The mean training loss per optimizer step over every logged step of the whole run (all runs into the
+    folder: a resumed run's log starts with the checkpoint's). Each logged loss is the mean since the previous
+    log line, so it counts for the steps it covers."""
+    total = covered = 0.0
+    previous = 0
+    for entry in log_history:
+        if "loss" in entry and isinstance(entry.get("step"), int) and entry["step"] > previous:
+            total += entry["loss"] * (entry["step"] - previous)
+            covered += entry["step"] - previous
+            previous = entry["step"]
+    return total / covered if covered else None
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -18,7 +18,7 @@ it can label any state (DAgger).
     engine.play_expert(gamefile, seed=0, game_id=..., expert="teacher")   # a whole game (engine.ExpertGame)
     engine.play_expert(..., random_opening=10)  # a take-over: 10 random commands first, the teacher labelling each
 
-    python -m alfworld_sft.teacher GAMEFILE [--max-steps 50]     # one game's transcript with the thoughts
+    python -m alfworld_sft.engine GAMEFILE [--max-steps 50]      # one game's transcript with the thoughts
 
 Search order for an object class: receptacles where the class was seen before, then receptacles that ALFRED's
 priors say can hold it (`alfworld.gen.constants.VAL_RECEPTACLE_OBJECTS`), then the rest; within a group, those at
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -479,26 +478,3 @@ class Teacher:
             return self._goto(target, f"{reason}, so first I check {target}.", guess)
         checked = join_names(done) if len(done) <= 2 else f"{len(done)} places, the last {done[-1]}"
         return self._goto(target, f"{reason}; I have checked {checked}, so next I check {target}.", guess)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    from alfworld_sft import games
-    from alfworld_sft.engine import play_expert
-
-    parser = argparse.ArgumentParser(description="Play one ALFWorld game with the teacher and print its transcript.")
-    parser.add_argument("gamefile", type=Path)
-    parser.add_argument("--max-steps", type=int, default=50)
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    game = play_expert(args.gamefile, seed=0, game_id=games.game_id(args.gamefile), max_steps=args.max_steps)
-    print(f"Task: {game.task} ({games.read_task_type(args.gamefile)})\n{game.first_observation}")
-    for command, thought, guess, observation in zip(game.commands, game.thoughts, game.guesses, game.observations):
-        print(f"Thought: {thought}{' [guess]' if guess else ''}\n> {command}\n{observation}")
-    print(f"{'won' if game.won else 'lost'} in {game.steps} steps, {time.perf_counter() - started:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
