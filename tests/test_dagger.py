@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -359,6 +360,48 @@ def test_a_round_with_the_expert_standing_in_for_the_model(sft_run, tmp_path, mo
     assert again.summaries[0]["key"] == summary["key"]
     with pytest.raises(ValueError, match="other settings .*temperature"):
         dagger.run_dagger(dataclasses.replace(config, temperature=1.0), backend=StrayingExpert())
+
+
+@pytest.mark.slow
+def test_a_round_whose_engine_worker_was_killed_is_not_sealed_and_replays_the_lost_games(
+    sft_run, tmp_path, monkeypatch
+):
+    """SIGKILL of a real engine worker during the rollouts: the round stops before labelling or training, keeps the
+    games that were recorded, and the rerun plays only the lost ones and then seals the round."""
+    config = round_config(sft_run, tmp_path / "dagger", games_per_round=3, workers=2)
+    folder = tmp_path / "dagger" / "round_1"
+    killed = []
+
+    def play_killing_a_worker(*args, on_finished, **kwargs):
+        def finished(line):
+            on_finished(line)
+            if not killed:
+                worker = next(p for p in multiprocessing.active_children() if p.name.startswith("alfworld-engine-"))
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(worker.pid)
+
+        return play_rollouts(*args, on_finished=finished, **kwargs)
+
+    monkeypatch.setattr(dagger, "play_rollouts", play_killing_a_worker)
+    with pytest.raises(dagger.IncompleteRoundError, match=r"of the round's 3 games were played.*Rerun") as raised:
+        dagger.run_dagger(config, backend=StrayingExpert())
+    assert killed and "died" in str(raised.value)
+    kept = (folder / "rollouts.jsonl").read_text()
+    assert 1 <= kept.count("\n") < 3
+    assert not (folder / "summary.json").exists() and not (folder / "labelled.jsonl").exists()
+    assert not (folder / "adapter").exists()
+
+    monkeypatch.undo()
+    [summary] = dagger.run_dagger(config, backend=StrayingExpert()).summaries
+    played = (folder / "rollouts.jsonl").read_text()
+    assert played.startswith(kept)  # what was recorded before the kill is kept, not replayed
+    assert (
+        summary["played"]
+        == summary["games"]
+        == 3
+        == len({line["game_id"] for line in files.read_jsonl(folder / "rollouts.jsonl")})
+    )
+    assert played.count("\n") == 3
 
 
 @pytest.mark.slow

@@ -566,6 +566,20 @@ def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | No
     return summary
 
 
+class IncompleteRoundError(RuntimeError):
+    """A round's sample was not played to the end: it is neither labelled, trained nor sealed."""
+
+    def __init__(self, folder: Path, sampled: int, played: int, failed: Sequence[tuple[str, str, str]]):
+        reasons = "".join(
+            f"\n  {gamefile}: {error.splitlines()[-1] if error else '?'}" for _, gamefile, error in failed
+        )
+        super().__init__(
+            f"{folder}: {played} of the round's {sampled} games were played; the round is not labelled, trained or "
+            f"sealed until every game is. Rerun the same command: the {played} recorded games are kept and only "
+            f"the others are played.{reasons}"
+        )
+
+
 def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | None = None) -> dict[str, Any]:
     """Rollouts, labels, data and the trained adapter of round `number`, then its summary (the round is done)."""
     folder = round_folder(plan, number)
@@ -573,6 +587,8 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
     started = time.perf_counter()
     gamefiles = select_round_games(plan.config, number)
     rollouts, failed = play_round(plan, number, player, gamefiles, backend)
+    if len(rollouts) < len(gamefiles):
+        raise IncompleteRoundError(round_folder(plan, number), len(gamefiles), len(rollouts), failed)
     seconds["rollouts"] = time.perf_counter() - started
     started = time.perf_counter()
     settings = LabelSettings(
@@ -597,7 +613,6 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
         "played_by": backend.name if backend is not None else str(player),
         "games": len(gamefiles),
         "played": len(rollouts),
-        "failed": [f"{gamefile}: {error.splitlines()[-1] if error else ''}" for _, gamefile, error in failed],
         "rollouts_won": counts["won"],
         "rollouts_win_rate": round(counts["won"] / len(rollouts), 4) if rollouts else 0.0,
         "labels": {name: counts[name] for name in LABEL_COUNTS},
@@ -950,6 +965,7 @@ def _run_dagger(args: argparse.Namespace) -> int:
 
 
 def _compare_runs(args: argparse.Namespace) -> int:
+    files.check_output(paths.resolve_repo_path(args.output), "--output")
     runs, plot = compare_runs(args.folders, args.output)
     for name, run in runs.items():
         print(f"{name} ({run['method']})\n{reports.format_table(run['rows'])}\n")

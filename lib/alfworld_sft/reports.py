@@ -452,6 +452,8 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    if args.plot:
+        files.check_output(paths.resolve_repo_path(args.plot), "--plot")
     comparison = compare_results(*args.results, plot=args.plot, agents=args.agents)
     print(comparison["markdown"])
     print(f"plot: {comparison['plot']}")
