@@ -28,6 +28,7 @@ CASES = [
     (["doctor", "--output", "{readonly}/d.json"], "{readonly}"),
     # model: the course cache it converts into
     (["model", "ENV:ALFWORLD_SFT_CACHE={file}"], "{file}"),
+    (["model", "ENV:ALFWORLD_SFT_CACHE={readonly}/cache"], "{readonly}"),
     # data
     (["data", "status", "ENV:ALFWORLD_DATA={file}"], "{file}"),
     (["data", "generate", "ENV:ALFWORLD_DATA=", "--split", "train", "--count", "-1"], "--count"),
@@ -67,6 +68,7 @@ CASES = [
     # export-gguf
     (["export-gguf", "--merged", "{file}", "--output", "{out}/g"], "{file}"),
     (["export-gguf", "--merged", "{missing}", "--output", "{out}/g"], "{missing}"),
+    (["export-gguf", "--merged", "{file}", "--output", "{readonly}/g"], "{readonly}"),
     # evaluate
     ([*EVAL, "--checkpoint", "{dir}", "--output", "{out}/r.json"], "{dir}"),
     ([*EVAL, "--agents", "few_shot", "--trajectories", "{dir}", "--output", "{out}/r.json"], "{dir}"),
