@@ -1,12 +1,14 @@
 """Every command against bad paths: exit status 2, a message that names the path and says what to do, no traceback,
 and nothing written or moved (issue "Nothing silently wrong"). A new command joins the table."""
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
 
 import pytest
-from alfworld_sft import cli, collect
+from alfworld_sft import cli, collect, records, train_config
 from conftest import games_of_type
 
 # (command line, the path or flag the message must name). Placeholders: {dir} an existing folder, {file} a JSON file
@@ -14,7 +16,10 @@ from conftest import games_of_type
 # path that does not exist, {out} a path that does not exist yet (a good output), {readonly} a folder nobody may write,
 # {not_utf8} a JSONL that is not UTF-8, {torn_adapter} / {weightless} / {torn_weights} adapter folders with a torn
 # config, no weights, torn weights; good inputs, so that an output is what is wrong: {adapter} a real adapter,
-# {trajectories} real oracle trajectories. Every subcommand has a row (test_every_command_is_in_the_table).
+# {sft_adapter} one whose record holds its training recipe, {trajectories} real oracle trajectories
+# ({torn_trajectories}: torn on line 2). Every subcommand has a row (test_every_command_is_in_the_table).
+GOOD_DATA = ["--data", "{trajectories}", "--eval-fraction", "0"]  # one game: too few to hold any out
+DAGGER = ["dagger", "--adapter", "{sft_adapter}", "--expert-data", "{trajectories}"]
 EVAL = ["evaluate", "--model", "expert", "--num-games", "1", "--split", "eval_in_distribution"]
 CASES = [
     # doctor: its report's output
@@ -23,9 +28,10 @@ CASES = [
     (["doctor", "--output", "{readonly}/d.json"], "{readonly}"),
     # model: the course cache it converts into
     (["model", "ENV:ALFWORLD_SFT_CACHE={file}"], "{file}"),
+    (["model", "ENV:ALFWORLD_SFT_CACHE={readonly}/cache"], "{readonly}"),
     # data
     (["data", "status", "ENV:ALFWORLD_DATA={file}"], "{file}"),
-    (["data", "generate", "--split", "train", "--count", "-1"], "--count"),
+    (["data", "generate", "ENV:ALFWORLD_DATA=", "--split", "train", "--count", "-1"], "--count"),
     (["data", "download", "--data-dir", "{file}"], "{file}"),
     (["data", "download", "--data-dir", "{readonly}/alfworld"], "{readonly}"),
     # collect
@@ -38,20 +44,20 @@ CASES = [
     (["format", "--data", "{dir}", "--output", "{out}/f"], "{dir}"),
     (["format", "--data", "{missing}", "--output", "{out}/f"], "{missing}"),
     (["format", "--data", "{empty}", "--output", "{out}/f"], "{empty}"),
-    (["format", "--data", "{torn_jsonl}", "--output", "{out}/f"], "{torn_jsonl}:2"),
+    (["format", "--data", "{torn_trajectories}", "--output", "{out}/f"], "{torn_trajectories}:2"),
     (["format", "--data", "{file}", "--output", "{out}/f"], "{file}:1"),
     (["format", "--data", "{not_utf8}", "--output", "{out}/f"], "{not_utf8}:1"),
-    (["format", "--data", "{trajectories}", "--output", "{readonly}/f"], "{readonly}"),
-    (["format", "--data", "{trajectories}", "--output", "{file}"], "{file}"),
-    (["format", "--data", "{trajectories}", "--output", "{out}/f", "--max-seq-len", "0"], "--max-seq-len"),
+    (["format", *GOOD_DATA, "--output", "{readonly}/f"], "{readonly}"),
+    (["format", *GOOD_DATA, "--output", "{file}"], "{file}"),
+    (["format", *GOOD_DATA, "--output", "{out}/f", "--max-seq-len", "0"], "--max-seq-len"),
     # train
     (["train", "--data", "{dir}", "--output", "{out}/t"], "{dir}"),
     (["train", "--data", "{missing}", "--output", "{out}/t"], "{missing}"),
     (["train", "--data", "{not_utf8}", "--output", "{out}/t", "--base", "ollama:llama3"], "--base ollama:llama3"),
-    (["train", "--data", "{trajectories}", "--output", "{readonly}/t"], "{readonly}"),
-    (["train", "--data", "{trajectories}", "--output", "{file}"], "{file}"),
-    (["train", "--data", "{trajectories}", "--output", "{out}/t", "--epochs", "0"], "--epochs"),
-    (["train", "--data", "{trajectories}", "--output", "{out}/t", "--init-adapter", "{dir}"], "{dir}"),
+    (["train", *GOOD_DATA, "--output", "{readonly}/t"], "{readonly}"),
+    (["train", *GOOD_DATA, "--output", "{file}"], "{file}"),
+    (["train", *GOOD_DATA, "--output", "{out}/t", "--epochs", "0"], "--epochs"),
+    (["train", *GOOD_DATA, "--output", "{out}/t", "--init-adapter", "{dir}"], "{dir}"),
     # merge
     (["merge", "--adapter", "{file}", "--output", "{out}/m"], "{file}"),
     (["merge", "--adapter", "{missing}", "--output", "{out}/m"], "{missing}"),
@@ -62,6 +68,7 @@ CASES = [
     # export-gguf
     (["export-gguf", "--merged", "{file}", "--output", "{out}/g"], "{file}"),
     (["export-gguf", "--merged", "{missing}", "--output", "{out}/g"], "{missing}"),
+    (["export-gguf", "--merged", "{file}", "--output", "{readonly}/g"], "{readonly}"),
     # evaluate
     ([*EVAL, "--checkpoint", "{dir}", "--output", "{out}/r.json"], "{dir}"),
     ([*EVAL, "--agents", "few_shot", "--trajectories", "{dir}", "--output", "{out}/r.json"], "{dir}"),
@@ -78,15 +85,18 @@ CASES = [
       "{out}/r.json"], "{torn_weights}/adapter_model.safetensors"),
     # dagger
     (["dagger", "--adapter", "{missing}", "--output", "{out}/d"], "{missing}"),
-    (["dagger", "--adapter", "{adapter}", "--expert-data", "{dir}", "--output", "{out}/d"], "{dir}"),
-    (["dagger", "--adapter", "{adapter}", "--expert-data", "{trajectories}", "--output", "{readonly}/d"],
+    (["dagger", "--adapter", "{sft_adapter}", "--expert-data", "{dir}", "--output", "{out}/d"], "{dir}"),
+    (["dagger", "--adapter", "{sft_adapter}", "--expert-data", "{torn_jsonl}", "--output", "{out}/d"], "{torn_jsonl}:"),
+    ([*DAGGER, "--output", "{readonly}/d"],
      "{readonly}"),
-    (["dagger", "--adapter", "{adapter}", "--expert-data", "{trajectories}", "--output", "{file}"], "{file}"),
-    (["dagger", "--adapter", "{adapter}", "--expert-data", "{trajectories}", "--output", "{out}/d", "--rounds", "0"],
+    ([*DAGGER, "--output", "{file}"], "{file}"),
+    ([*DAGGER, "--output", "{out}/d", "--rounds", "0"],
      "--rounds"),
     # dagger-compare
-    (["dagger-compare", "{missing}", "{dir}", "--output", "{out}/c.json"], "{missing}"),
-    (["dagger-compare", "{dir}", "{dir}", "--output", "{out}/c.json"], "{dir}"),
+    (["dagger-compare", "{missing}", "{dir}", "--output", "{out}/c.png"], "{missing}"),
+    (["dagger-compare", "{dir}", "{file}", "--output", "{out}/c.png"], "{dir}"),
+    (["dagger-compare", "{dir}", "--output", "{readonly}/c.png"], "{readonly}"),
+    (["compare", "{file}", "{file}", "--plot", "{readonly}/c.png"], "{readonly}"),
     # compare
     (["compare", "{dir}", "{dir}"], "{dir}"),
     (["compare", "{file}", "{file}"], "{file}"),
@@ -110,6 +120,25 @@ def trajectories(train_games, tmp_path_factory):
     [game] = games_of_type(train_games, "pick_and_place_simple")[:1]
     collect.collect_trajectories(collect.CollectConfig(games=(game,), output=output, max_steps=20, progress=False))
     return output
+
+
+@pytest.fixture(scope="module")
+def torn_trajectories(trajectories, tmp_path_factory):
+    """A good trajectory record, then a line torn as a killed writer leaves it."""
+    path = tmp_path_factory.mktemp("torn") / "trajectories.jsonl"
+    path.write_text(trajectories.read_text().splitlines(keepends=True)[0] + '{"game_id": "torn')
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(adapter, tmp_path_factory):
+    """The tiny adapter with the training configuration in its record, as `alfworld-sft train` writes it."""
+    folder = tmp_path_factory.mktemp("sft") / "sft_adapter"
+    shutil.copytree(adapter, folder)
+    record = records.read_training_record(folder)
+    details = {"config": json.loads(json.dumps(dataclasses.asdict(train_config.course_config(True, 0))))}
+    records.write_training_record(folder, dataclasses.replace(record, details=details), seed=0)
+    return folder
 
 
 @pytest.fixture
@@ -175,12 +204,19 @@ def test_a_bad_input_is_named_and_nothing_is_written(argv, named, tmp_path, requ
         **{name: str(path) for name, path in adapters.items()},
     }
     text = " ".join(argv)
-    for name in ("readonly", "adapter", "trajectories"):  # made only for the rows that use them
+    for name in (
+        "readonly",
+        "adapter",
+        "sft_adapter",
+        "trajectories",
+        "torn_trajectories",
+    ):  # made only for the rows that use them
         if "{" + name + "}" in text:
             fill[name] = str(request.getfixturevalue(name))
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     words = [part.format(**fill) for part in argv]
-    env.update(word[len("ENV:") :].split("=", 1) for word in words if word.startswith("ENV:"))
+    for name, value in (word[len("ENV:") :].split("=", 1) for word in words if word.startswith("ENV:")):
+        env.pop(name) if value == "" else env.update({name: value})
     before = snapshot(tmp_path)
     result = subprocess.run(
         ["alfworld-sft", *(word for word in words if not word.startswith("ENV:"))],

@@ -363,36 +363,38 @@ def test_a_round_with_the_expert_standing_in_for_the_model(sft_run, tmp_path, mo
         dagger.run_dagger(dataclasses.replace(config, temperature=1.0), backend=StrayingExpert())
 
 
+class WorkerKillingExpert(StrayingExpert):
+    """Kills every engine worker once, after the first game is recorded and while other games wait for their reply:
+    the games in flight are lost for sure (a game's worker dies between its request and its reply)."""
+
+    def __init__(self, rollouts):
+        super().__init__()
+        self.rollouts, self.killed = rollouts, []
+
+    def answer(self, requests):
+        if not self.killed and requests and self.rollouts.exists() and self.rollouts.read_text().count("\n") >= 1:
+            for worker in multiprocessing.active_children():
+                if worker.name.startswith("alfworld-engine-"):
+                    os.kill(worker.pid, signal.SIGKILL)
+                    self.killed.append(worker.pid)
+        return super().answer(requests)
+
+
 @pytest.mark.slow
-def test_a_round_whose_engine_worker_was_killed_is_not_sealed_and_replays_the_lost_games(
-    sft_run, tmp_path, monkeypatch
-):
-    """SIGKILL of a real engine worker during the rollouts: the round stops before labelling or training, keeps the
-    games that were recorded, and the rerun plays only the lost ones and then seals the round."""
+def test_a_round_whose_engine_worker_was_killed_is_not_sealed_and_replays_the_lost_games(sft_run, tmp_path):
+    """SIGKILL of the real engine workers during the rollouts: the round stops before labelling or training, keeps
+    the games that were recorded, and the rerun plays only the lost ones and then seals the round."""
     config = round_config(sft_run, tmp_path / "dagger", games_per_round=3, workers=2)
     folder = tmp_path / "dagger" / "round_1"
-    killed = []
-
-    def play_killing_a_worker(*args, on_finished, **kwargs):
-        def finished(line):
-            on_finished(line)
-            if not killed:
-                worker = next(p for p in multiprocessing.active_children() if p.name.startswith("alfworld-engine-"))
-                os.kill(worker.pid, signal.SIGKILL)
-                killed.append(worker.pid)
-
-        return play_rollouts(*args, on_finished=finished, **kwargs)
-
-    monkeypatch.setattr(dagger, "play_rollouts", play_killing_a_worker)
+    killer = WorkerKillingExpert(folder / "rollouts.jsonl")
     with pytest.raises(dagger.IncompleteRoundError, match=r"of the round's 3 games were played.*Rerun") as raised:
-        dagger.run_dagger(config, backend=StrayingExpert())
-    assert killed and "died" in str(raised.value)
+        dagger.run_dagger(config, backend=killer)
+    assert killer.killed and "died" in str(raised.value)
     kept = (folder / "rollouts.jsonl").read_text()
     assert 1 <= kept.count("\n") < 3
     assert not (folder / "summary.json").exists() and not (folder / "labelled.jsonl").exists()
     assert not (folder / "adapter").exists()
 
-    monkeypatch.undo()
     [summary] = dagger.run_dagger(config, backend=StrayingExpert()).summaries
     played = (folder / "rollouts.jsonl").read_text()
     assert played.startswith(kept)  # what was recorded before the kill is kept, not replayed

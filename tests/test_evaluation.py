@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from alfworld_sft import cli, evaluation, files, games
+from alfworld_sft import cli, evaluation, failures, files, games, reports
 from alfworld_sft.backends import ExpertBackend
 from alfworld_sft.evaluation import EvalConfig, run_evaluation, select_games
 from alfworld_sft.reports import compare_results
@@ -95,6 +95,21 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, 
     comparison = compare_results(tmp_path / "run.json", tmp_path / "run.json", plot=tmp_path / "cmp.png")
     assert [row["agent"] for row in comparison["agents"]] == ["zero_shot", "react"]
     assert "| agent" in comparison["markdown"] and (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_every_lost_game_of_a_real_run_has_its_cause(eval_games, tmp_path):
+    """The expert, stopped after 3 steps, loses every game: each has one cause, and the counts per agent, per task
+    type, in the table and in the rows by cause agree."""
+    results = run_evaluation(expert_config(tmp_path, agents=("zero_shot",), max_steps=3))
+    block = results["agents"]["zero_shot"]
+    lost = [game for game in block["games_detail"] if not game["won"]]
+    assert lost and all(game["failure"] in failures.CAUSES for game in lost)
+    assert sum(block["failures"].values()) == len(lost) == block["games"] - block["won"]
+    assert sum(sum(entry["failures"].values()) for entry in block["per_task_type"].values()) == len(lost)
+    [row] = reports.results_table(results)
+    assert row["lost_by_cause"] == failures.format_failures(block["failures"]) != "-"
+    total = [row for row in reports.failure_rows(results) if row["task_type"] == "all"]
+    assert total == [{"agent": "zero_shot", "task_type": "all", "lost": len(lost), **block["failures"]}]
 
 
 @pytest.mark.slow

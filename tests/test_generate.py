@@ -173,5 +173,5 @@ def test_every_split_gets_its_own_games(tmp_path, monkeypatch):
     assert all(
         json.loads(path.read_text())["pddl_problem"].split("(:objects", 1)[1] not in problems for path in evaluation
     )
-    with pytest.raises(ValueError, match="count must be at least 1"):
+    with pytest.raises(ValueError, match="--count must be at least 1"):
         generate.ensure_games("train", 0, seed=0)

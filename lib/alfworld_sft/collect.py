@@ -290,7 +290,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
 
     if config.max_steps < 1 or config.workers < 0:
         raise ValueError(
-            f"max_steps must be at least 1 and workers at least 0 (0: one per CPU), got {config.max_steps}, "
+            f"--max-steps must be at least 1 and --workers at least 0 (0: one per CPU), got {config.max_steps}, "
             f"{config.workers}"
         )
     if config.workers == 0:

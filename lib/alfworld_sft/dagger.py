@@ -967,6 +967,7 @@ def _run_dagger(args: argparse.Namespace) -> int:
 
 
 def _compare_runs(args: argparse.Namespace) -> int:
+    files.check_output(paths.resolve_repo_path(args.output), "--output")
     runs, plot = compare_runs(args.folders, args.output)
     for name, run in runs.items():
         print(f"{name} ({run['method']})\n{reports.format_table(run['rows'])}\n")

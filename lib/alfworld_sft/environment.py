@@ -28,8 +28,8 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
-from alfworld_sft import models
-from alfworld_sft.paths import REPO_ROOT, RESULTS_DIR, cache_dir
+from alfworld_sft import files, models
+from alfworld_sft.paths import REPO_ROOT, RESULTS_DIR, cache_dir, resolve_repo_path
 from alfworld_sft.reports import format_table
 from alfworld_sft.results import write_result
 
@@ -435,6 +435,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
+    files.check_output(resolve_repo_path(args.output), "--output")
     report = check_environment()
     print_report(report)
     path = write_environment_report(report, args.output)

@@ -18,6 +18,7 @@ run's games and moves a file of another run aside. `sha256_file` identifies a da
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -295,6 +296,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write bytes atomically: a temporary sibling, fsync, rename, so a reader never sees half of it."""
     path = Path(path)
+    if path.is_dir():  # else the rename below fails naming its temporary file, not the path the user gave
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
@@ -309,6 +312,37 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+class UnwritableOutputError(ValueError):
+    """An output path that cannot be written; found before any work, the message names the flag and the path."""
+
+
+def check_output(path: str | os.PathLike[str], flag: str, *, folder: bool = False) -> Path:
+    """Refuse, before any work, an output the command could not write at its end: a folder where a file goes (or a
+    file where a folder goes), a file on the way to it, or a place this user may not write. Writes nothing: the
+    probe file it makes in the nearest existing folder is removed at once."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        want = "a folder" if folder else "a file"
+        raise UnwritableOutputError(f"{flag} {path} is {'a folder' if path.is_dir() else 'a file'}: give {want}")
+    nearest = path
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UnwritableOutputError(f"{flag} {path}: {nearest} is a file where a folder is expected: give another path")
+    if nearest == path:  # an existing output folder is written into; an existing file is replaced from its folder
+        nearest = path if folder else path.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=nearest)
+    except OSError as error:
+        raise UnwritableOutputError(
+            f"{flag} {path}: {nearest} cannot be written ({error.strerror}): choose a path you can write, or fix "
+            "its permissions"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

@@ -55,7 +55,7 @@ class FormatConfig:
         if self.data_format not in prompts.DATA_FORMATS:
             raise ValueError(f"data_format must be one of {', '.join(prompts.DATA_FORMATS)}, not {self.data_format!r}")
         if self.max_seq_len < 128:
-            raise ValueError(f"max_seq_len must be at least 128, got {self.max_seq_len}")
+            raise ValueError(f"--max-seq-len must be at least 128, got {self.max_seq_len}")
 
 
 # The small (CI, CPU) mode keeps examples shorter so that notebook 03 trains in a few minutes on 2 cores (the
@@ -236,7 +236,7 @@ def split_games(game_ids: Sequence[str], eval_fraction: float, seed: int) -> tup
     """(train games, eval games): a seeded shuffle of the distinct games, so no game is in both."""
     games = sorted(set(game_ids))
     if not 0 <= eval_fraction < 1:
-        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+        raise ValueError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
     random.Random(seed).shuffle(games)
     n_eval = math.ceil(len(games) * eval_fraction) if eval_fraction > 0 else 0
     if eval_fraction > 0 and n_eval >= len(games):
@@ -464,6 +464,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_format(args: argparse.Namespace) -> int:
+    files.check_output(resolve_repo_path(args.output), "--output", folder=True)
     config = FormatConfig(
         model=args.model,
         max_seq_len=args.max_seq_len,

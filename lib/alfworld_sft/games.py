@@ -273,18 +273,30 @@ def describe_game(gamefile: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def download_data(data_dir: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:
-    """Fetch and unpack the real ALFWorld games with `alfworld-download` (needs internet)."""
+    """Fetch and unpack the real ALFWorld games with `alfworld-download` (needs internet). Its progress bars are
+    shown as they come; a traceback it prints is cut to its last line, inside this command's own message."""
+    from alfworld_sft import files
+
     target = Path(data_dir or user_alfworld_data() or Path.home() / ".cache" / "alfworld").expanduser()
+    files.check_output(target, "--data-dir" if data_dir else "ALFWORLD_DATA", folder=True)
     command = [str(Path(sys.executable).with_name("alfworld-download")), "--data-dir", str(target)]
     if force:
         command.append("--force")
     try:
-        subprocess.run(command, check=True)
+        process = subprocess.Popen(command, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise RuntimeError(f"{command[0]} not found: install the course (`pip install -e .`) first") from None
-    except subprocess.CalledProcessError as error:
+    held = b""  # from the first "Traceback" on, kept back instead of shown
+    while chunk := os.read(process.stderr.fileno(), 4096):
+        if held or b"Traceback" in chunk:
+            held += chunk
+        else:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+    if process.wait():
+        last = held.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no error message"]
         raise RuntimeError(
-            f"alfworld-download failed (exit {error.returncode}): it needs internet access; on an offline "
-            "machine unset ALFWORLD_DATA and use the generated games (`alfworld-sft data generate`)"
-        ) from None
+            f"alfworld-download failed (exit {process.returncode}: {last[0][:300]}): it needs internet access; on an "
+            "offline machine unset ALFWORLD_DATA and use the generated games (`alfworld-sft data generate`)"
+        )
     return target

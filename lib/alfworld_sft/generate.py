@@ -570,7 +570,7 @@ def ensure_games(split: str, count: int | None, seed: int = 0) -> list[Path]:
     Every split is generated from its own seeded stream, so no generated game is in two splits.
     """
     if count is not None and count < 1:
-        raise ValueError(f"count must be at least 1 (or None for the whole split), got {count}")
+        raise ValueError(f"--count must be at least 1 (or left out for the whole split), got {count}")
     if games.uses_generated_games():
         wanted = FULL_GENERATED_COUNTS[split] if count is None else count
         root = games.generated_root()

@@ -628,6 +628,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    files.check_output(resolve_repo_path(args.output), "--output", folder=True)
     quantize = None if args.quantize in (None, "", "none") else args.quantize.lower()
     config = ExportConfig(
         merged=Path(args.merged),

@@ -297,6 +297,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
+    files.check_output(resolve_repo_path(args.output), "--output", folder=True)
     merge_adapter(
         MergeConfig(
             adapter=Path(args.adapter),

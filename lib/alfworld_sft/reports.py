@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, games, paths
+from alfworld_sft import failures, files, games, paths
 
 TASK_TYPE_LABELS = {
     "pick_and_place_simple": "place",
@@ -153,8 +153,9 @@ def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         entry = per_type.setdefault(record["task_type"], {"games": 0, "won": 0})
         entry["games"] += 1
         entry["won"] += int(record["won"])
-    for entry in per_type.values():
+    for task_type, entry in per_type.items():
         entry["success_rate"] = round(entry["won"] / entry["games"], 4)
+        entry["failures"] = failures.count_failures(r for r in records if r["task_type"] == task_type)
     wall = sum(r["wall_s"] for r in records)
     return {
         "games": played,
@@ -162,6 +163,7 @@ def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": round(won / played, 4) if played else 0.0,
         "avg_steps": round(steps / played, 2) if played else 0.0,
         "per_task_type": dict(sorted(per_type.items())),
+        "failures": failures.count_failures(records),  # lost games by cause (the failures module)
         "invalid_replies": sum(r["invalid_replies"] for r in records),
         "invalid_reply_rate": round(sum(r["invalid_replies"] for r in records) / steps, 4) if steps else 0.0,
         "tokens_generated": sum(r["tokens_generated"] for r in records),
@@ -194,8 +196,25 @@ def summarize_run(
     blocks: dict[str, Any] = {}
     for agent in agents:
         mine = [r for r in records if r["agent"] == agent and r["game_id"] in wanted]
-        blocks[agent] = {**summarize_agent(mine), "games_detail": [{k: r.get(k) for k in DETAIL_KEYS} for r in mine]}
+        detail = [{**{k: r.get(k) for k in DETAIL_KEYS}, "failure": _failure(r)} for r in mine]
+        blocks[agent] = {**summarize_agent(mine), "games_detail": detail}
     return {**settings, "num_games": len(game_ids), "agents": blocks}
+
+
+def _failure(record: Mapping[str, Any]) -> str | None:
+    return None if record["won"] else failures.classify_failure(record)
+
+
+def failure_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Lost games by cause: per agent, a row for each task type that lost any, then the agent's total."""
+    rows = []
+    for agent, block in results["agents"].items():
+        for task_type, entry in block["per_task_type"].items():
+            if entry["games"] > entry["won"]:
+                rows.append({"agent": agent, "task_type": task_type, "lost": entry["games"] - entry["won"],
+                             **entry["failures"]})  # fmt: skip
+        rows.append({"agent": agent, "task_type": "all", "lost": block["games"] - block["won"], **block["failures"]})
+    return rows
 
 
 def write_results(path: str | os.PathLike[str], results: dict[str, Any], *, seed: int) -> Path:
@@ -209,8 +228,13 @@ def write_results(path: str | os.PathLike[str], results: dict[str, Any], *, seed
 
 def results_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per agent: the summary figures without the per-game detail."""
+    hidden = ("games_detail", "per_task_type", "failures")
     return [
-        {"agent": name, **{k: v for k, v in block.items() if k not in ("games_detail", "per_task_type")}}
+        {
+            "agent": name,
+            **{k: v for k, v in block.items() if k not in hidden},
+            "lost_by_cause": failures.format_failures(block["failures"]) if "failures" in block else "n/a",
+        }
         for name, block in results["agents"].items()
     ]
 
@@ -490,6 +514,8 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    if args.plot:
+        files.check_output(paths.resolve_repo_path(args.plot), "--plot")
     comparison = compare_results(*args.results, plot=args.plot, agents=args.agents)
     print(comparison["markdown"])
     print(f"plot: {comparison['plot']}")

@@ -627,6 +627,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    files.check_output(resolve_repo_path(config.output), "--output", folder=True)
     result = train(config)
     if result.record is None or result.already_trained:  # only the main process reports; train() said it
         return 0

@@ -1,0 +1,105 @@
+"""Why a game was lost: each lost rollout is put in one cause, read from its own record (no replay, no model).
+
+    from alfworld_sft import failures
+    failures.classify_failure(record)        # "search_loop", "invalid_replies", ... for one lost game
+    failures.count_failures(records)         # {cause: games} over the lost games of a run
+
+The causes, checked in this order (the first that holds is the game's cause):
+
+* `invalid_replies`: a quarter or more of the replies named no admissible command;
+* `task_step_missed`: the task's object was picked up, and the game was still lost (wrong place, a missing clean,
+  heat, cool or lamp step, or the second object of a pick-two task);
+* `seen_not_taken`: an observation showed the task's object, and it was never picked up;
+* `search_loop`: the object was never seen, and at least a third of the moves went back to places already visited
+  (the agent forgot where it had searched);
+* `step_limit`: the object was never seen and most moves went to new places: the step cap ended a search that was
+  still going somewhere;
+* `other`: none of the above (e.g. a game that ended early).
+
+Evaluation stores the counts per agent and task type in its results (`reports.summarize_run`); notebook 05 shows
+them. The target object comes from the game's folder name (`<task_type>-<Object>-<Mrecep>-<Parent>-<scene>`), which
+real and generated games share.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+CAUSES = ("invalid_replies", "task_step_missed", "seen_not_taken", "search_loop", "step_limit", "other")
+INVALID_SHARE = 0.25  # replies that named no admissible command, as a share of the game's turns
+REVISIT_SHARE = 1 / 3  # moves to a place already visited, as a share of all moves
+MIN_MOVES = 6  # fewer moves than this say nothing about a search
+
+
+def target_object(game_id: str) -> str:
+    """The task's object as the game's text spells it (`SaltShaker` -> `saltshaker`), from the game's folder."""
+    folder = game_id.rstrip("/").split("/")[-2] if "/trial_" in game_id else game_id.rstrip("/").split("/")[-1]
+    parts = folder.split("-")
+    if len(parts) < 5:
+        raise ValueError(f"{game_id}: not an ALFWorld game folder (<task_type>-<Object>-<Mrecep>-<Parent>-<scene>)")
+    return parts[1].lower()
+
+
+def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a rollout's turns (every trial's) say about its search: moves, revisits, invalid replies, whether the
+    task's object was seen or picked up."""
+    target = target_object(record["game_id"])
+    mention = re.compile(rf"\b{re.escape(target)} \d+\b")
+    turns = [turn for trial in record.get("transcript", ()) for turn in trial.get("turns", ())]
+    visited: set[str] = set()
+    moves = revisits = invalid = 0
+    seen = taken = False
+    for turn in turns:
+        command = turn.get("command") or ""
+        observation = turn.get("observation") or ""
+        if turn.get("how") == "invalid" or not command:
+            invalid += 1
+        if command.startswith("go to "):
+            moves += 1
+            place = command[len("go to ") :]
+            revisits += place in visited
+            visited.add(place)
+        seen = seen or bool(mention.search(observation)) or bool(mention.search(record.get("first_observation", "")))
+        taken = taken or (observation.startswith("You pick up") and bool(mention.search(observation)))
+    return {
+        "target": target,
+        "turns": len(turns),
+        "moves": moves,
+        "places": len(visited),
+        "revisits": revisits,
+        "invalid": invalid,
+        "seen": seen,
+        "taken": taken,
+    }
+
+
+def classify_failure(record: Mapping[str, Any]) -> str:
+    """The cause of a lost game (one of `CAUSES`); a won game has none."""
+    if record.get("won"):
+        raise ValueError(f"{record.get('game_id')}: the game was won, it has no cause of failure")
+    search = describe_search(record)
+    if search["turns"] and search["invalid"] >= INVALID_SHARE * search["turns"]:
+        return "invalid_replies"
+    if search["taken"]:
+        return "task_step_missed"
+    if search["seen"]:
+        return "seen_not_taken"
+    if search["moves"] >= MIN_MOVES and search["revisits"] >= REVISIT_SHARE * search["moves"]:
+        return "search_loop"
+    if search["moves"] >= MIN_MOVES:
+        return "step_limit"
+    return "other"
+
+
+def count_failures(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Lost games by cause, every cause listed (0 where none), in `CAUSES` order."""
+    counts = Counter(classify_failure(record) for record in records if not record.get("won"))
+    return {cause: counts[cause] for cause in CAUSES}
+
+
+def format_failures(counts: Mapping[str, int]) -> str:
+    """`search_loop 3, invalid_replies 1` (causes with games only), or `-` when nothing was lost."""
+    return ", ".join(f"{cause} {n}" for cause, n in counts.items() if n) or "-"
