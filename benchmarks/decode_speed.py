@@ -1,4 +1,4 @@
-"""Decode speed of the rollout engine's model: milliseconds per decode forward of `decoding.SlotDecoder`, and what
+"""Decode speed of the rollout loop's model: milliseconds per decode forward of `decoding.SlotDecoder`, and what
 they depend on.
 
 On the H200 an evaluation's decode forward of the 135M default model took 85 ms with 36 rows and 108 ms with 109

@@ -1,11 +1,11 @@
 """Evaluation speed: games per hour per agent, the same model on the same games in one run, four ways.
 
 * `naive`: one game at a time, every prompt computed from scratch (a plain generate loop);
-* `step_sync`: the loop the course had before its rollout engine, kept here as the baseline: `--batch-size` games
+* `step_sync`: the loop the course had before its rollout loop, kept here as the baseline: `--batch-size` games
   at a time in this process, one batched generate call per step that waits for the longest reply, then every game
   stepped in turn (prefixes kept);
-* `engine_1`: the rollout engine (`alfworld_sft.rollouts`) with one engine worker process;
-* `engine_N`: the rollout engine with `--workers` engine processes (default: the CPU count).
+* `engine_1`: the rollout loop (`alfworld_sft.rollouts`) with one engine worker process;
+* `engine_N`: the rollout loop with `--workers` engine processes (default: the CPU count).
 
 With two or more agents and `engine_N` among the modes, the run ends with every agent's games in ONE continuous
 batch (`rollouts.play_rollout_groups`, what `alfworld-sft evaluate` does) against the agents' `engine_N` runs one

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alfworld_sft import games, paths
+from alfworld_sft.task_types import TASK_TYPES
 
 
 def play_both(
@@ -90,7 +91,7 @@ def play_all(gamefiles: list[Path], args: argparse.Namespace) -> list[dict[str, 
 
 def summarize(rows: Iterable[dict[str, Any]], expert: bool) -> dict[str, dict[str, Any]]:
     """Figures per task type and over all games."""
-    by_type: dict[str, list[dict[str, Any]]] = {name: [] for name in games.TASK_TYPES.values()}
+    by_type: dict[str, list[dict[str, Any]]] = {name: [] for name in TASK_TYPES}
     rows = list(rows)
     for row in rows:
         by_type[row["task_type"]].append(row)
@@ -155,7 +156,7 @@ def main() -> None:
     if args.all:
         gamefiles = games.list_games(args.split)
     else:
-        gamefiles = games.list_games(args.split, limit=args.per_type * len(games.TASK_TYPES), seed=args.seed)
+        gamefiles = games.list_games(args.split, limit=args.per_type * len(TASK_TYPES), seed=args.seed)
     print(
         f"{len(gamefiles)} games of {args.split}, seed {args.seed}, max {args.max_steps} steps, {args.workers} "
         f"workers; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from alfworld_sft.agents import AGENTS, NOTHING_HAPPENS, extract_command, map_action, render_demonstration
+from alfworld_sft.agents import AGENTS, NOTHING_HAPPENS, map_action, render_demonstration
 
 ADMISSIBLE = (
     "go to countertop 1",
@@ -19,17 +19,12 @@ ADMISSIBLE = (
 )
 
 
-def test_extract_command_reads_action_lines_and_strips_decoration():
-    assert extract_command("Thought: the mug may be there.\nAction: go to countertop 1") == "go to countertop 1"
-    assert extract_command("> open drawer 1.") == "open drawer 1"
-    assert extract_command("'look'\nmore text") == "look"
-    assert extract_command("Thought: only thinking") == ""
-
-
 @pytest.mark.parametrize(
     ("reply", "command", "how"),
     [
         ("go to drawer 1", "go to drawer 1", "exact"),
+        ("Thought: the mug may be there.\nAction: go to countertop 1", "go to countertop 1", "exact"),
+        ("> open drawer 1.", "open drawer 1", "exact"),  # the command read as `prompts.parse_reply` reads it
         ("Go to  Drawer 1!", "go to drawer 1", "normalized"),
         ("put mug 1 in/on coffeemachine 1", "move mug 1 to coffeemachine 1", "normalized"),
         ("take mug 1 from counter top 1", "take mug 1 from countertop 1", "closest"),

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from alfworld_sft import records
 from alfworld_sft.backends import BackendError, ExpertBackend, OllamaBackend, Request, choose_backend
-from alfworld_sft.games import TASK_TYPES
+from alfworld_sft.task_types import TASK_TYPES
 
 
 def short_games(gamefiles: list[Path]) -> list[Path]:
     """Games of every task type but pick_two (the expert often needs more than 50 steps there)."""
     from conftest import games_of_type
 
-    return games_of_type(gamefiles, *(t for t in TASK_TYPES.values() if t != "pick_two_obj_and_place"))
+    return games_of_type(gamefiles, *(t for t in TASK_TYPES if t != "pick_two_obj_and_place"))
 
 
 @pytest.mark.slow
@@ -134,28 +134,6 @@ def test_unknown_ollama_model_gives_a_clear_error():
             OllamaBackend("llama3.1:8b-sft", url=url)
     finally:
         server.shutdown()
-
-
-def test_training_record_is_read_and_a_broken_one_is_named(tmp_path):
-    assert records.read_training_record(tmp_path, required=False) is None
-    (tmp_path / "training_record.json").write_text(
-        json.dumps(
-            {
-                "base_model": "smollm2-135m-instruct",
-                "prompt_format": {"show_admissible_commands": True},
-                "max_seq_len": 1024,
-            }
-        )
-    )
-    record = records.read_training_record(tmp_path)
-    assert record.max_seq_len == 1024 and record.prompt_format.show_admissible_commands
-    assert record.data_format == "commands" and record.end_of_turn is None  # an older record: defaults
-    (tmp_path / "training_record.json").write_text("{}")
-    with pytest.raises(records.TrainingRecordError, match="training_record.json lacks base_model"):
-        records.read_training_record(tmp_path)
-    (tmp_path / "training_record.json").write_text('{"base_model": "x", "prompt')
-    with pytest.raises(records.TrainingRecordError, match="training_record.json is not valid JSON"):
-        records.read_training_record(tmp_path)
 
 
 def write_adapter_files(folder, fill: float) -> None:

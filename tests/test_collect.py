@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from alfworld_sft import collect, engine, files, games, prompts, records
 from alfworld_sft.collect import CollectConfig, collect_trajectories
+from partials import kill_after_first_line
 
 # Short games (5-9 expert steps) of three task types: the seeded, type-balanced sample of list_games.
 SAMPLE = {"split": "train", "task_types": ("1", "2", "5"), "limit": 4, "seed": 0}
@@ -32,14 +32,6 @@ def _records(path: Path) -> dict[str, dict]:
 def _children(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
     return [int(line) for line in found.split()]
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -105,24 +97,15 @@ def test_a_killed_run_resumes_without_loss_or_duplicates(reference, tmp_path):
         "--workers",
         "2",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if output.exists() and output.read_text().count("\n") >= 1:
-                break
-            time.sleep(0.05)
-        workers = _children(process.pid)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
+    workers: list[int] = []
+    kill_after_first_line(command, output, timeout=120, before_kill=lambda pid: workers.extend(_children(pid)))
     done_before = output.read_text().count("\n")
     assert 1 <= done_before < 4, "the kill should land after the first record and before the last"
     assert workers, "the collection should have started worker processes"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+    while time.monotonic() < deadline and any(files.is_process_alive(pid) for pid in workers):
         time.sleep(0.2)
-    assert not any(_alive(pid) for pid in workers), "workers outlived the killed collection"
+    assert not any(files.is_process_alive(pid) for pid in workers), "workers outlived the killed collection"
 
     summary = collect_trajectories(_config(output, workers=1))
     assert summary.skipped >= done_before and summary.played_now == 4 - summary.skipped
@@ -198,27 +181,6 @@ def test_a_game_the_engine_cannot_load_is_reported_and_skipped(train_games, tmp_
         collect_trajectories(CollectConfig(output=output, games=(broken / "game.tw-pddl",), progress=False)).played_now
         == 0
     )
-
-
-@pytest.mark.slow
-def test_translating_once_plays_the_same_game(reference):
-    record = min(reference.values(), key=lambda record: record["steps"])
-    again = collect.play_game(record["gamefile"], split="train", seed=0, translate=False)
-    assert again.record == record
-
-
-def test_the_engine_gives_the_caller_its_sys_argv_back(train_games):
-    """fast-downward's translator overwrites sys.argv at every load and reset; a CLI parsing it later must not
-    see the translator's arguments."""
-    from alfworld_sft.engine import AlfworldGame
-
-    gamefile = games.list_games("train", task_types=[1], limit=1)[0]
-    before = list(sys.argv)
-    for translate_once in (True, False):
-        with AlfworldGame(gamefile, expert="handcoded", translate_once=translate_once) as game:
-            game.reset()
-            game.reset()
-        assert sys.argv == before
 
 
 def test_admissible_commands_can_be_shown_in_user_turns(train_games, tmp_path):

@@ -202,7 +202,7 @@ def test_a_grounded_reply_is_always_one_of_the_choices(model_and_tokenizer, budg
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", [56, 6])
 def test_a_thinking_reply_keeps_a_free_thought_and_a_grounded_action(model_and_tokenizer, budget):
-    from alfworld_sft.agents import extract_command
+    from alfworld_sft.prompts import parse_reply
 
     model, tokenizer = model_and_tokenizer
     decoder = make_decoder(model, tokenizer, 2, True)
@@ -210,7 +210,7 @@ def test_a_thinking_reply_keeps_a_free_thought_and_a_grounded_action(model_and_t
     prompt = (system, PROMPTS[0][1])
     request = Request(prompt, budget, choices=CHOICES, choice_after="Action:")
     text = run(decoder, [("r", request, encode(tokenizer, prompt), None)])["r"]
-    assert "Action:" in text and extract_command(text) in CHOICES, text
+    assert "Action:" in text and parse_reply(text)[1] in CHOICES, text
 
 
 @pytest.mark.slow

@@ -1,13 +1,12 @@
-"""Evaluation runs on real engine games: resume after a crash and after a real kill, checkpoint keys that identify
-the weights, malformed checkpoint lines, results, comparison, game selection, out-of-range settings."""
+"""Evaluation runs on real engine games: resume after a crash and after a real kill, game log keys that identify
+the weights, malformed game log lines, results, game selection, out-of-range settings. The tables, plots and
+comparisons of results are tested in test_reports.py."""
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import pytest
 from alfworld_sft import cli, evaluation, failures, files, games, reports
 from alfworld_sft.backends import ExpertBackend
 from alfworld_sft.evaluation import EvalConfig, run_evaluation, select_games
-from alfworld_sft.reports import compare_results
+from alfworld_sft.task_types import TASK_TYPES
+from partials import kill_after_first_line
 
 
 class CrashingExpert(ExpertBackend):
@@ -64,17 +64,17 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, 
     config = expert_config(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(config, backend=CrashingExpert(steps=14))
-    checkpoint = tmp_path / "run.ckpt.jsonl"
-    before = list(files.read_jsonl(checkpoint))
+    game_log = tmp_path / "run.ckpt.jsonl"
+    before = list(files.read_jsonl(game_log))
     assert 0 < len(before) < 8, "the crash should land in the middle of the run"
-    with open(checkpoint, "a") as handle:  # a torn line, as a killed writer leaves it
+    with open(game_log, "a") as handle:  # a torn line, as a killed writer leaves it
         handle.write('{"agent": "zero_shot", "game_')
     capsys.readouterr()
     with pytest.warns(UserWarning, match="torn last line"):
         results = run_evaluation(config, backend=ExpertBackend())
-    said = f"resuming from {checkpoint}: {len(before)} games already played, {8 - len(before)} to play"
+    said = f"resuming from {game_log}: {len(before)} games already played, {8 - len(before)} to play"
     assert said in capsys.readouterr().out  # a resumed run says so
-    after = list(files.read_jsonl(checkpoint))
+    after = list(files.read_jsonl(game_log))
     assert after[: len(before)] == before  # finished games were kept, not replayed
     pairs = [(r["agent"], r["game_id"]) for r in after]
     assert len(pairs) == len(set(pairs)) == 8
@@ -83,18 +83,14 @@ def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, 
         assert block["games"] == 4 and len(block["games_detail"]) == 4
         assert block["won"] == sum(g["won"] for g in block["games_detail"])
         assert all(g["actions"] for g in block["games_detail"])
-        assert set(block["per_task_type"]) <= set(games.TASK_TYPES.values())
+        assert set(block["per_task_type"]) <= set(TASK_TYPES)
     assert (tmp_path / "run.png").stat().st_size > 0
     saved = files.read_json(tmp_path / "run.json")
     assert saved["meta"]["seed"] == 0 and saved["agents"]["react"]["invalid_reply_rate"] == 0.0
 
     # A rerun with everything done plays nothing and changes nothing.
     run_evaluation(config, backend=CrashingExpert(steps=0))
-    assert list(files.read_jsonl(checkpoint)) == after
-
-    comparison = compare_results(tmp_path / "run.json", tmp_path / "run.json", plot=tmp_path / "cmp.png")
-    assert [row["agent"] for row in comparison["agents"]] == ["zero_shot", "react"]
-    assert "| agent" in comparison["markdown"] and (tmp_path / "cmp.png").stat().st_size > 0
+    assert list(files.read_jsonl(game_log)) == after
 
 
 def test_every_lost_game_of_a_real_run_has_its_cause(eval_games, tmp_path):
@@ -115,7 +111,7 @@ def test_every_lost_game_of_a_real_run_has_its_cause(eval_games, tmp_path):
 @pytest.mark.slow
 def test_a_killed_evaluation_resumes_without_loss_or_duplicates(eval_games, tmp_path):
     """SIGKILL mid-run (the engine workers die with it), then the same command again."""
-    output, checkpoint = tmp_path / "run.json", tmp_path / "run.ckpt.jsonl"
+    output, game_log = tmp_path / "run.json", tmp_path / "run.ckpt.jsonl"
     command = [
         sys.executable,
         "-m",
@@ -136,62 +132,19 @@ def test_a_killed_evaluation_resumes_without_loss_or_duplicates(eval_games, tmp_
         "--output",
         str(output),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            if checkpoint.exists() and checkpoint.read_text().count("\n") >= 1:
-                break
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    done_before = checkpoint.read_text().count("\n")
+    kill_after_first_line(command, game_log, timeout=300)
+    done_before = game_log.read_text().count("\n")
     assert 1 <= done_before < 6, "the kill should land after the first game and before the last"
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = list(files.read_jsonl(checkpoint))
+    lines = list(files.read_jsonl(game_log))
     assert len(lines) == 6 and len({line["game_id"] for line in lines}) == 6
     assert files.read_json(output)["agents"]["zero_shot"]["games"] == 6
 
 
-def test_compare_names_a_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="alfworld-sft evaluate"):
-        compare_results(tmp_path / "a.json", tmp_path / "b.json")
-    with pytest.raises(ValueError, match="two or more"):
-        compare_results(tmp_path / "a.json")
-
-
-def test_compare_puts_three_runs_side_by_side(tmp_path):
-    """The Phase-3 table: a column per run; an agent only one run played gets no per-task-type rows."""
-
-    def run(model: str, **won: int) -> dict:
-        blocks = {
-            agent: {
-                "games": 4,
-                "won": n,
-                "success_rate": n / 4,
-                "avg_steps": 9.0,
-                "invalid_reply_rate": 0.0,
-                "per_task_type": {"pick_two_obj_and_place": {"games": 4, "won": n, "success_rate": n / 4}},
-            }
-            for agent, n in won.items()
-        }
-        return {"model": model, "agents": blocks}
-
-    runs = [run("m", zero_shot=0, react=1), run("m+sft", zero_shot=3), run("m+sft", zero_shot=4, reflexion=2)]
-    comparison = compare_results(*runs, plot=tmp_path / "phase3.png")
-    assert comparison["labels"] == ["A:m", "B:m+sft", "C:m+sft"]
-    zero_shot, react, reflexion = comparison["agents"]
-    assert [zero_shot[f"success_{label}"] for label in comparison["labels"]] == [0.0, 0.75, 1.0]
-    assert react["success_A:m"] == 0.25 and react["success_B:m+sft"] is None and reflexion["games_C:m+sft"] == 4
-    assert [(row["agent"], row["won_B:m+sft"]) for row in comparison["task_types"]] == [("zero_shot", "3/4")]
-    assert (tmp_path / "phase3.png").stat().st_size > 0
-
-
 @pytest.mark.slow
 def test_shards_merge_into_the_whole_run_without_loading_a_model(eval_games, tmp_path, monkeypatch):
-    """Shards played apart, their checkpoints concatenated: the merging run only summarizes."""
+    """Shards played apart, their game logs concatenated: the merging run only summarizes."""
     from alfworld_sft import evaluation
 
     common = {
@@ -226,7 +179,7 @@ def test_shards_merge_into_the_whole_run_without_loading_a_model(eval_games, tmp
 @pytest.mark.slow
 def test_actions_auto_grounds_a_finetuned_model_and_leaves_others_free(adapter, tmp_path):
     """The default `--actions auto`: an adapter (a training record, a backend that grounds) plays constrained, and
-    the results and the checkpoint's run key say so; a model without a training record plays free."""
+    the results and the game log's run key say so; a model without a training record plays free."""
     tuned = run_evaluation(
         EvalConfig(
             agents=("zero_shot",),
@@ -285,7 +238,7 @@ def test_the_course_plays_the_split_it_is_given_and_never_another(tmp_path, monk
         evaluation.prepare_games(full)
 
 
-def test_a_checkpoint_path_that_holds_another_kind_of_file_is_refused_untouched(eval_games, tmp_path, capsys):
+def test_a_game_log_path_that_holds_another_kind_of_file_is_refused_untouched(eval_games, tmp_path, capsys):
     """`--checkpoint` pointed at the user's trajectories by mistake: refused with the file's name, and not one of its
     lines moved or rewritten (before, every line went to `.malformed` and the file filled with evaluation lines)."""
     trajectories = tmp_path / "trajectories.jsonl"
@@ -296,7 +249,7 @@ def test_a_checkpoint_path_that_holds_another_kind_of_file_is_refused_untouched(
          "--split", "eval_in_distribution", "--checkpoint", str(trajectories), "--output", str(tmp_path / "r.json")]
     )  # fmt: skip
     error = capsys.readouterr().err
-    assert code == 2 and f"{trajectories} is not a checkpoint file" in error and "left untouched" in error
+    assert code == 2 and f"{trajectories} is not a game log file" in error and "left untouched" in error
     assert trajectories.read_bytes() == before and not list(tmp_path.glob("*.malformed"))
     assert not (tmp_path / "r.json").exists()
 

@@ -125,7 +125,7 @@ def test_an_evaluation_on_an_output_in_use_is_refused_before_it_plays(tmp_path, 
 
 
 def finished_game(game: str, **changes) -> dict:
-    """A finished game as a game checkpoint holds it (without the run's key)."""
+    """A finished game as a game log holds it (without the run's key)."""
     values = {
         "agent": "zero_shot",
         "game_id": game,
@@ -139,34 +139,34 @@ def finished_game(game: str, **changes) -> dict:
     return {**values, **changes}
 
 
-def test_a_checkpoint_of_other_weights_is_moved_aside_not_reused(tmp_path):
+def test_a_game_log_of_other_weights_is_moved_aside_not_reused(tmp_path):
     """Retraining an adapter in place changes its fingerprint: the old games are not reported for the new weights."""
     path = tmp_path / "ckpt.jsonl"
     old = {"model": "m+sft_adapter", "weights": "aaaa", "split": "s", "max_steps": 50}
-    files.append_game_checkpoint(path, old, finished_game("g1"))
-    files.append_game_checkpoint(path, old, finished_game("g2"))
+    files.append_game_log(path, old, finished_game("g1"))
+    files.append_game_log(path, old, finished_game("g2"))
     new = {**old, "weights": "bbbb"}
-    with pytest.warns(UserWarning, match="another run .*differs in weights.*starting a fresh checkpoint"):
-        assert files.read_game_checkpoint(path, new) == []
+    with pytest.warns(UserWarning, match="another run .*differs in weights.*starting a fresh game log"):
+        assert files.read_game_log(path, new, required={}) == []
     assert not path.exists()
     [aside] = tmp_path.glob("ckpt.other-run-*.jsonl")
     assert len(aside.read_text().splitlines()) == 2  # nothing lost
-    files.append_game_checkpoint(path, new, finished_game("g1"))
+    files.append_game_log(path, new, finished_game("g1"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert [r["game_id"] for r in files.read_game_checkpoint(path, new)] == ["g1"]
+        assert [r["game_id"] for r in files.read_game_log(path, new, required={})] == ["g1"]
 
 
-def test_garbage_and_incomplete_checkpoint_lines_are_set_aside(tmp_path):
+def test_garbage_and_incomplete_game_log_lines_are_set_aside(tmp_path):
     path = tmp_path / "ckpt.jsonl"
     key = {"model": "m"}
-    files.append_game_checkpoint(path, key, finished_game("g1"))
+    files.append_game_log(path, key, finished_game("g1"))
     with open(path, "a") as handle:
         handle.write("not json at all\n")
         handle.write(json.dumps({"run": key, "agent": "zero_shot", "game_id": "g2"}) + "\n")  # keys missing
-    files.append_game_checkpoint(path, key, finished_game("g3"))
-    with pytest.warns(UserWarning, match=r"ckpt.jsonl:2: malformed checkpoint line"):
-        kept = files.read_game_checkpoint(path, key)
+    files.append_game_log(path, key, finished_game("g3"))
+    with pytest.warns(UserWarning, match=r"ckpt.jsonl:2: malformed game log line"):
+        kept = files.read_game_log(path, key, required={"agent": str, "game_id": str, "won": bool})
     assert [r["game_id"] for r in kept] == ["g1", "g3"]
     assert len(path.with_name("ckpt.jsonl.malformed").read_text().splitlines()) == 2
 

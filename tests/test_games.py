@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from alfworld_sft import collect, games, generate, paths, records
+from alfworld_sft.task_types import TASK_TYPES
 
 REAL_DATA = os.environ.get("ALFWORLD_DATA")
 needs_real_data = pytest.mark.skipif(
@@ -31,7 +32,7 @@ def _write_game(root: Path, folder: str, task_type: str, trial: str, *, traj: bo
 @pytest.fixture
 def tree(tmp_path, monkeypatch) -> Path:
     """A data root with 3 train games of each task type, plus one game without its traj_data.json."""
-    for name in games.TASK_TYPES.values():
+    for name in TASK_TYPES:
         for index in range(3):
             _write_game(tmp_path, "train", name, f"trial_{index}")
     _write_game(tmp_path, "train", "pick_and_place_simple", "trial_no_traj", traj=False)
@@ -96,8 +97,8 @@ def test_task_types_by_number_or_name(tree):
 def test_a_limit_samples_every_task_type_and_is_seeded(tree):
     twelve = games.list_games("train", limit=12, seed=0)
     types = [games.read_task_type(path) for path in twelve]
-    assert all(types.count(name) == 2 for name in games.TASK_TYPES.values())
-    assert types[:6] == list(games.TASK_TYPES.values())  # round-robin over the types
+    assert all(types.count(name) == 2 for name in TASK_TYPES)
+    assert types[:6] == list(TASK_TYPES)  # round-robin over the types
     assert games.list_games("train", limit=12, seed=0) == twelve
     assert games.list_games("train", limit=6, seed=0) == twelve[:6]  # a larger limit extends a smaller one
     others = [games.list_games("train", limit=12, seed=seed) for seed in range(1, 5)]
@@ -151,7 +152,7 @@ def test_the_real_splits(monkeypatch):
     assert len(games.list_games("train")) == 3553
     assert len(games.list_games("eval_in_distribution")) == 140
     sample = games.list_games("train", limit=12, seed=0)
-    assert sorted(games.read_task_type(path) for path in sample) == sorted(list(games.TASK_TYPES.values()) * 2)
+    assert sorted(games.read_task_type(path) for path in sample) == sorted(list(TASK_TYPES) * 2)
     anatomy = games.describe_game(sample[0])
     assert anatomy["game_file_keys"] == ["grammar", "pddl_domain", "pddl_problem", "solvable", "walkthrough"]
     assert anatomy["receptacles_in_room"] > 0 and anatomy["objects_in_room"] > 0 and anatomy["init_facts"] > 0
@@ -166,7 +167,7 @@ def test_generated_games_are_made_on_demand_and_played_by_the_expert(tmp_path, m
     monkeypatch.setattr(paths, "DATA_DIR", tmp_path / "data")
     sample = generate.ensure_games("train", 6, seed=0)
     assert len(sample) == 6 and games.data_root() == tmp_path / "data" / "generated"
-    assert sorted(games.read_task_type(path) for path in sample) == sorted(games.TASK_TYPES.values())
+    assert sorted(games.read_task_type(path) for path in sample) == sorted(TASK_TYPES)
     assert generate.ensure_games("train", 6, seed=0) == sample  # nothing is regenerated
     output = tmp_path / "out" / "trajectories.jsonl"
     summary = collect.collect_trajectories(collect.CollectConfig(output=output, limit=6, progress=False))

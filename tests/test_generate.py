@@ -12,7 +12,7 @@ import pytest
 from alfworld_sft import files, generate
 from alfworld_sft.collect import CollectConfig, collect_trajectories
 from alfworld_sft.engine import AlfworldGame
-from alfworld_sft.games import TASK_TYPES
+from alfworld_sft.task_types import TASK_TYPES, TASK_TYPES_BY_ID
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_layout_matches_alfworld_download(generated):
     assert (root / "logic" / "alfred.pddl").read_text() == generate.load_logic()[0]
     assert (root / "logic" / "alfred.twl2").read_text() == generate.load_logic()[1]
     types = [json.loads((path.parent / "traj_data.json").read_text())["task_type"] for path in gamefiles]
-    assert sorted(types) == sorted(list(TASK_TYPES.values()) * 2)  # balanced: two of each
+    assert sorted(types) == sorted(list(TASK_TYPES) * 2)  # balanced: two of each
     for path in gamefiles:
         assert path.parent.parent.parent == root / "json_2.1.1" / "train"
         task_type, obj, mrecep, destination, scene = path.parent.parent.name.split("-")
@@ -79,7 +79,7 @@ def test_collection_with_the_generator_seed_wins_every_verified_game(generated, 
     root, gamefiles = generated
     # The two pick_two_obj_and_place games, where the expert falls back on random commands: when the
     # generator seeded the expert otherwise than the collection, the second was lost at collection.
-    pick_two = [path for path in gamefiles if TASK_TYPES[6] in path.parent.parent.name]
+    pick_two = [path for path in gamefiles if TASK_TYPES_BY_ID[6].name in path.parent.parent.name]
     assert len(pick_two) == 2
     monkeypatch.setenv("ALFWORLD_DATA", str(root))  # ids, hence the expert's seeds, relative to this root
     output = tmp_path / "trajectories.jsonl"
@@ -145,9 +145,9 @@ def test_interrupted_run_leaves_no_half_game_and_resumes(tmp_path, monkeypatch):
     gamefiles = generate.generate_games(tmp_path, "valid_seen", count=3, seed=5, task_types=[1, 5])
     assert gamefiles[0] == trials[0] / "game.tw-pddl"
     assert [json.loads((p.parent / "traj_data.json").read_text())["task_type"] for p in gamefiles] == [
-        TASK_TYPES[1],
-        TASK_TYPES[5],
-        TASK_TYPES[1],
+        TASK_TYPES_BY_ID[1].name,
+        TASK_TYPES_BY_ID[5].name,
+        TASK_TYPES_BY_ID[1].name,
     ]
     assert len([path for path in split.glob("*/*") if path.is_dir()]) == 3
 

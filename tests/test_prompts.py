@@ -5,7 +5,9 @@ from alfworld_sft.prompts import (
     SYSTEM_PROMPT,
     PromptFormat,
     build_messages,
+    parse_reply,
     render_first_turn,
+    render_reply,
     render_turn,
     select_window,
     split_first_observation,
@@ -21,6 +23,28 @@ def test_first_observation_is_split_into_task_and_room():
     task, room = split_first_observation(FIRST)
     assert task == "put a cool tomato in microwave"
     assert room.startswith("You are in the middle of a room") and "Welcome" not in room and "task" not in room
+
+
+@pytest.mark.parametrize("thought", [None, "the mug may be on the desk."])
+@pytest.mark.parametrize("command", ["go to countertop 1", "take mug 1 from desk 1", "look"])
+def test_a_reply_reads_back_as_it_was_rendered(command, thought):
+    data_format = "thoughts" if thought else "commands"
+    assert parse_reply(render_reply(command, thought, data_format)) == (thought, command)
+
+
+def test_a_models_reply_is_read_leniently():
+    assert parse_reply("Thought: the mug may be there.\nAction: go to countertop 1") == (
+        "the mug may be there.",
+        "go to countertop 1",
+    )
+    assert parse_reply("> open drawer 1.") == (None, "open drawer 1")  # decoration around the command dropped
+    assert parse_reply("'look'\nmore text") == (None, "look")  # the first line
+    assert parse_reply("Thought: only thinking") == ("only thinking", "")  # no command
+    assert parse_reply("thought:  shelves\n next.\naction: look\nAction: go to shelf 1") == (
+        "shelves next.",
+        "go to shelf 1",
+    )
+    assert parse_reply("Thought:\nAction: look") == (None, "look")  # a blank thought is none
 
 
 def test_first_observation_without_task_is_rejected():

@@ -5,7 +5,7 @@ import dataclasses
 import json
 
 import pytest
-from alfworld_sft import cli, dagger, formatting, models, recipes, train_config
+from alfworld_sft import cli, dagger, formatting, models, recipes, train_config, train_setup, training
 
 
 def parsed_train_config(*flags: str) -> train_config.TrainConfig:
@@ -86,3 +86,14 @@ def test_dagger_retrains_with_the_recipe_its_adapter_recorded(tmp_path):
     again = dagger.read_training_recipe(tmp_path)
     assert recipes.describe_recipe(again) == recipes.describe_recipe(trained)
     assert again.epochs == 2.0 and again.lora_r == 64
+
+
+def test_notebook_03_shows_the_configs_trl_and_peft_receive():
+    config = train_config.course_config(True, 0)
+    resolved, setup = recipes.resolve_recipe(config), train_setup.resolve_setup(config)
+    shown = training.describe_trainer_configs(config)
+    assert shown["LoraConfig"]["r"] == resolved.lora_r and shown["LoraConfig"]["lora_alpha"] == resolved.lora_alpha
+    assert sorted(shown["LoraConfig"]["target_modules"]) == sorted(resolved.target_modules)
+    sft = shown["SFTConfig"]
+    assert sft["learning_rate"] == resolved.lr and sft["per_device_train_batch_size"] == setup.micro_batch
+    assert sft["output_dir"].endswith("sft_adapter") and "padding_free" not in sft  # default False: no packing on CPU

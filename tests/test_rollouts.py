@@ -1,4 +1,4 @@
-"""The rollout engine on real engine games: outcomes that do not depend on workers or batch size (float32, the real
+"""Rollouts on real engine games: outcomes that do not depend on workers or batch size (float32, the real
 default model), grounded commands that are always admissible, a game that raises and a worker that dies reported
 while the run goes on, and the expert's label on every state."""
 
@@ -11,8 +11,9 @@ import shutil
 import signal
 
 import pytest
+from alfworld_sft import files
 from alfworld_sft.backends import ExpertBackend, load_backend
-from alfworld_sft.rollouts import RolloutConfig, play_rollout_groups, play_rollouts
+from alfworld_sft.rollouts import RolloutConfig, open_worker_pool, play_rollout_groups, play_rollouts
 from conftest import games_of_type
 
 SHORT_TYPES = ("pick_and_place_simple", "look_at_obj_in_light", "pick_heat_then_place_in_recep")
@@ -142,3 +143,33 @@ def test_every_turn_carries_the_expert_label_of_the_state_the_model_saw(eval_gam
     [record] = result.records
     turns = record["transcript"][0]["turns"]
     assert record["won"] and all(turn["expert"]["command"] == turn["command"] for turn in turns)
+
+
+def engine_workers() -> list[int]:
+    """The engine worker processes of this process's worker pools."""
+    return sorted(p.pid for p in multiprocessing.active_children() if p.name.startswith("alfworld-engine-"))
+
+
+@pytest.mark.slow
+def test_one_worker_pool_plays_several_rollouts(eval_games):
+    """An evaluation starts its worker pool once for all its agents: the same workers play every rollout, none
+    pays the start-up again, and the games play as with a pool of their own."""
+    chosen = games_of_type(eval_games, *SHORT_TYPES)[:2]
+    backend = ExpertBackend()
+    configs = [RolloutConfig(agent=agent, max_steps=30, workers=2, progress=False) for agent in ("zero_shot", "react")]
+    with open_worker_pool(backend, 2) as pool:
+        workers = engine_workers()
+        shared = [play_rollouts(backend, chosen, config, worker_pool=pool) for config in configs]
+        assert len(workers) == 2 and engine_workers() == workers
+    assert not any(files.is_process_alive(pid) for pid in workers)  # closing the pool stops its workers
+    alone = play_rollouts(backend, chosen, configs[0])  # a pool of its own, started and stopped by the call
+    assert alone.profile.startup_s > 0 and alone.profile.workers == 2 and not engine_workers()
+    for result in shared:
+        assert result.profile.startup_s == 0.0 and result.profile.workers == 2 and not result.failed
+        assert sorted(map(outcome, result.records)) == sorted(map(outcome, alone.records))
+    with open_worker_pool(backend, 0) as inline:  # no worker process: the games play in this process
+        assert play_rollouts(backend, chosen, configs[0], worker_pool=inline).profile.workers == 0
+        assert not engine_workers()
+    with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
+        with open_worker_pool(backend, -1):
+            pass

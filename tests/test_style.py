@@ -1,6 +1,6 @@
 """One style for the whole tree: `ruff check` (pyflakes, pycodestyle with the line length, import order) and
 `ruff format` report nothing (CONTRIBUTING.md, "Conventions"); the library's modules import each other without a
-cycle."""
+cycle; no module is longer than a reader holds in mind (700 lines)."""
 
 import ast
 import subprocess
@@ -70,3 +70,11 @@ def test_the_library_has_no_import_cycle():
     assert "train_config" in graph["training"] and "teacher" in graph["engine"], graph  # the graph is read
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle in lib/alfworld_sft: " + " -> ".join(cycle or [])
+
+
+MAX_MODULE_LINES = 700  # a module a reader holds in mind (CONTRIBUTING, "Layout")
+
+
+def test_no_library_module_outgrows_what_a_reader_holds_in_mind():
+    lengths = {path.name: len(path.read_text().splitlines()) for path in LIB.glob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}

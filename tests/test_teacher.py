@@ -14,8 +14,9 @@ from pathlib import Path
 
 import alfworld_sft
 import pytest
-from alfworld_sft import engine, games
+from alfworld_sft import games
 from alfworld_sft.engine import ExpertGame, play_expert
+from alfworld_sft.task_types import TASK_TYPES
 from alfworld_sft.teacher import Decision, Teacher, View, parse_names, parse_room, parse_view
 
 ROOM = (
@@ -259,7 +260,7 @@ def test_rejects_what_no_text_game_uses():
 # ------------------------------------------------------------------------------------------------ real games
 def sample_games(per_type: int, seed: int = 0) -> list[Path]:
     """The seeded, type-balanced sample of list_games."""
-    return games.list_games("train", limit=per_type * len(games.TASK_TYPES), seed=seed)
+    return games.list_games("train", limit=per_type * len(TASK_TYPES), seed=seed)
 
 
 def play(gamefile: Path, random_opening: int = 0, seed: int = 0) -> ExpertGame:
@@ -293,20 +294,9 @@ def test_one_pick_two_game_is_won(train_games):
     assert_admissible(gamefile, game)
 
 
-def test_the_demo_prints_a_games_transcript_with_the_thoughts(train_games, capsys):
-    """`python -m alfworld_sft.engine GAMEFILE`: the task, each thought and command, and how the game ended."""
-    gamefile = games.list_games("train", task_types=[1], limit=1, seed=0)[0]
-    assert engine.main([str(gamefile), "--max-steps", "50"]) == 0
-    out = capsys.readouterr().out
-    game = play(gamefile)
-    assert out.startswith(f"Task: {game.task} (pick_and_place_simple)\n{game.first_observation}\n")
-    assert f"Thought: {game.thoughts[0]}\n> {game.commands[0]}\n" in out
-    assert f"\nwon in {game.steps} steps, " in out
-
-
 @pytest.mark.slow
 def test_wins_every_task_type_with_admissible_commands(played):
-    assert {games.read_task_type(gamefile) for gamefile, _ in played} == set(games.TASK_TYPES.values())
+    assert {games.read_task_type(gamefile) for gamefile, _ in played} == set(TASK_TYPES)
     for gamefile, game in played:
         assert game.won, list(zip(game.thoughts, game.commands, game.observations))
         assert_admissible(gamefile, game)

@@ -23,7 +23,6 @@ from alfworld_sft import (
     packing,
     prompts,
     records,
-    reports,
     train_config,
     train_outputs,
     train_setup,
@@ -127,6 +126,7 @@ def test_interrupted_training_resumes_eval_loss_falls_and_adapter_changes_output
     assert record == result.record
     assert record.base_model == models.DEFAULT_MODEL and record.prompt_format == prompts.PromptFormat()
     assert (record.max_seq_len, record.end_of_turn, record.data_format) == (768, "<|im_end|>", "commands")
+    assert record.system_prompt == prompts.SYSTEM_PROMPT  # the training contract holds the prompt's text
     details = record.details
     # What identifies the base on any machine, never this machine's cache path.
     assert details["base_model_identity"] == {
@@ -307,19 +307,6 @@ def test_token_budgeted_passes_train_the_step_one_pass_would(records_path, tmp_p
         trainer.training_step(trainer.model, dict(batch), num_items_in_batch=None)
     with pytest.raises(ValueError, match="one row"):
         packing.split_packed_batch({"position_ids": torch.zeros(2, 4, dtype=torch.long)}, 8)
-
-
-def test_mean_train_loss_weights_each_logged_loss_by_the_steps_it_covers():
-    history = [
-        {"step": 0, "eval_loss": 9.0},
-        {"step": 1, "loss": 4.0},
-        {"step": 4, "loss": 2.0},
-        {"step": 4, "eval_loss": 1.5},
-        {"step": 5, "loss": 1.0},
-        {"step": 5, "train_loss": 0.1},
-    ]
-    assert reports.mean_train_loss(history) == pytest.approx((4.0 + 3 * 2.0 + 1.0) / 5)
-    assert reports.mean_train_loss([{"step": 0, "eval_loss": 1.0}]) is None
 
 
 @pytest.fixture

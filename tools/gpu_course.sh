@@ -11,7 +11,7 @@
 #
 # SPLIT (default eval_in_distribution: the machines of this repository have no eval_out_of_distribution) is passed
 # to the notebooks that play an evaluation split. Rerunning on the same machine resumes: every notebook's stage
-# resumes inside itself (collection, training, evaluation and DAgger checkpoint).
+# resumes inside itself (collection and DAgger keep game logs, training its checkpoints, evaluation its game logs).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

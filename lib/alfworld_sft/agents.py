@@ -1,7 +1,7 @@
 """The five evaluation agents and the mapping from a model's reply to a game command.
 
 Each agent is a small class over `Agent` that says which prompts it sends; `Episode` plays one game with one
-agent as a little state machine (plan -> act ... -> reflect -> next trial), so that the rollout engine
+agent as a little state machine (plan -> act ... -> reflect -> next trial), so that the rollout loop
 (`alfworld_sft.rollouts`) can keep many games in flight and answer their requests together. An agent knows the
 model only through its `PromptCodec` (training record and tokenizer): a fine-tuned model is prompted exactly as it
 was trained (prompt format, window, and data format: bare commands, or "Thought: ...\nAction: ..." replies).
@@ -16,7 +16,8 @@ was trained (prompt format, window, and data format: bare commands, or "Thought:
   critique targets the plan, and the next trial's planner reads it.
 
 Reply -> command (`map_action`), the documented rule:
-1. exact: the reply's command (first line, without "Action:", ">", quotes, a final period) is admissible;
+1. exact: the reply's command (`prompts.parse_reply`: after the last "Action:", else the first line that is no
+   thought; without ">", quotes, a final period) is admissible;
 2. normalized: equal after lower-casing, collapsing spaces, dropping punctuation and reading the old
    "put X in/on Y" syntax as "move X to Y";
 3. closest: among admissible commands with the same numbers in the same order (so "drawer 3" never
@@ -70,20 +71,6 @@ class MappedAction:
     how: str  # "exact", "normalized", "closest" or "invalid"
 
 
-def extract_command(reply: str) -> str:
-    """The command part of a reply: the text after the last "Action:" if any, else the first non-empty line."""
-    actions = re.findall(r"action\s*:\s*(.+)", reply, flags=re.IGNORECASE)
-    if actions:
-        text = actions[-1]
-    else:
-        lines = [
-            line for line in reply.splitlines() if line.strip() and not re.match(r"\s*thought\s*:", line, re.IGNORECASE)
-        ]
-        text = lines[0] if lines else ""
-    text = text.strip().strip("`'\"").lstrip(">").strip()
-    return text.rstrip(".").strip()
-
-
 def normalize_command(text: str) -> str:
     text = text.lower().replace("in/on", "to")
     text = re.sub(r"[^a-z0-9 ]+", " ", text)
@@ -94,7 +81,7 @@ def normalize_command(text: str) -> str:
 
 def map_action(reply: str, admissible_commands: Sequence[str]) -> MappedAction:
     """Map a model reply to an admissible command by the rule in the module docstring."""
-    command = extract_command(reply)
+    _, command = prompts.parse_reply(reply)
     if command in admissible_commands:
         return MappedAction(command, "exact")
     wanted = normalize_command(command)
@@ -185,7 +172,10 @@ class Agent:
         self.choice_after = "Action:" if self.thinks and not replies_bare else None
         if self.thinks and self.max_new_tokens < ReactAgent.max_new_tokens:
             self.max_new_tokens = ReactAgent.max_new_tokens  # a thought needs room before its command
-        self.system_prompt = prompts.system_prompt("thoughts" if self.thinks else "commands")
+        data_format = "thoughts" if self.thinks else "commands"
+        # A fine-tuned model plays under the system prompt it was trained with (its record), not today's prompts.py.
+        trained_under = record is not None and record.data_format == data_format
+        self.system_prompt = record.system() if trained_under else prompts.system_prompt(data_format)
         if window_tokens is None:
             window_tokens = record.max_seq_len - self.max_new_tokens if record else BASE_WINDOW_TOKENS
         if window_tokens < 64:
@@ -462,7 +452,7 @@ class Episode:
             self.game.close()
 
     def record(self) -> dict[str, Any]:
-        """The finished game as a checkpoint line (without the agent and game keys the runner adds)."""
+        """The finished game as a game log line (without the agent and game keys the runner adds)."""
 
         def turn(u: Turn) -> dict[str, Any]:
             entry = {

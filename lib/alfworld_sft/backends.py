@@ -1,6 +1,6 @@
 """Model backends: one interface over several engines, continuous batching where the engine allows it.
 
-A backend answers `Request`s. The rollout engine (`alfworld_sft.rollouts`) keeps many games in flight: it
+A backend answers `Request`s. The rollout loop (`alfworld_sft.rollouts`) keeps many games in flight: it
 `submit`s each game's request as soon as the game needs one, calls `step()` and hands every finished `Reply` back
 to its game. `generate(requests)` is the same for a plain list.
 
@@ -17,7 +17,7 @@ prompt tokens as the model does. Engine worker processes rebuild the codec from 
 
 `choose_backend` names the backend without loading anything (a finished run only summarizes) and refuses an
 adapter on a base model it was not trained on; `load_backend` loads it. `weights_fingerprint` identifies the
-weights behind a name, so that a checkpoint of another adapter is never reused.
+weights behind a name, so that a game log of another adapter is never reused.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Backend:
             )
 
     grounds_choices = False  # can restrict a reply to `Request.choices`
-    slots = 8  # requests it answers together well: how many games the rollout engine keeps in flight by default
+    slots = 8  # requests it answers together well: how many games the rollout loop keeps in flight by default
 
     def close(self) -> None:
         """Free what the backend holds (nothing by default)."""

@@ -26,6 +26,7 @@ STAGE_MODULES = (
     "gguf",
     "evaluation",
     "dagger",
+    "dagger_runs",
     "reports",
     "course",
 )

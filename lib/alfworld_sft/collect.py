@@ -29,6 +29,7 @@ from typing import Any
 
 from alfworld_sft import engine, files, games, paths, prompts, records, reports
 from alfworld_sft.results import write_result
+from alfworld_sft.task_types import TASK_TYPES
 
 DEFAULT_PROMPT_FORMAT = prompts.PromptFormat()
 
@@ -262,7 +263,7 @@ def _outcomes(tasks: list[tuple[str, str, CollectConfig]], workers: int) -> Iter
 def summarize_attempts(attempts: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per task type (ALFWorld order): attempted, won, won_rate, mean steps of won games, failed to load."""
     table: dict[str, dict[str, float]] = {}
-    for name in games.TASK_TYPES.values():
+    for name in TASK_TYPES:
         rows = [row for row in attempts if row.get("task_type") == name]
         won_steps = [row["steps"] for row in rows if row.get("won")]
         table[name] = {
@@ -424,7 +425,7 @@ def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:
         "avg_turns": round(sum(turns) / len(turns), 1),
         "avg_steps": round(sum(record["steps"] for record in found) / len(found), 1),
         "keys": list(found[0].keys()),
-        "task_types": {name: sum(r["task_type"] == name for r in found) for name in games.TASK_TYPES.values()},
+        "task_types": {name: sum(r["task_type"] == name for r in found) for name in TASK_TYPES},
     }
 
 
@@ -437,11 +438,11 @@ def describe_summary(summary: CollectSummary) -> str:
             f"{summary.wall_time_s:.0f} s, {summary.workers} workers)"
         )
     ]
-    for number, name in games.TASK_TYPES.items():
-        row = summary.per_task_type[name]
+    for kind in TASK_TYPES.values():
+        row = summary.per_task_type[kind.name]
         steps = f"{row['mean_steps_won']:.1f}" if row["won"] else "-"
         lines.append(
-            f"  {number} {name:<32} won {row['won']:>4}/{row['attempted']:<4} ({row['won_rate']:>4.0%})"
+            f"  {kind.id} {kind.name:<32} won {row['won']:>4}/{row['attempted']:<4} ({row['won_rate']:>4.0%})"
             f"  mean steps {steps}"
         )
     lines.extend(f"  could not play: {line}" for line in summary.failed)

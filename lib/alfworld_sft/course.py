@@ -23,24 +23,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alfworld_sft import flags
 from alfworld_sft.files import read_json, write_text
+from alfworld_sft.flags import option
 from alfworld_sft.games import SPLITS
 from alfworld_sft.paths import EXECUTED_DIR, NOTEBOOKS_DIR, REPO_ROOT, run_dir
 from alfworld_sft.reports import format_table
 from alfworld_sft.results import write_result
 
+MODES = ("small", "full")  # --mode choices
+
 
 @dataclass(frozen=True)
 class CourseConfig:
-    mode: str = "small"  # "small" runs every notebook on a few games in minutes; "full" runs everything
-    seed: int = 0  # passed to every notebook
-    only: tuple[str, ...] = ()  # notebook numbers to run ("00", "03"); empty runs all
-    split: str = ""  # the evaluation split of the notebooks with a `split` parameter; "": each notebook's default
-    notebooks_dir: Path = NOTEBOOKS_DIR  # where the numbered notebooks live
-    kernel: str = "python3"  # the kernel name notebooks are saved with
+    """One headless run. The fields with help are `alfworld-sft course` flags (`flags`)."""
+
+    mode: str = option(
+        "small", "small: every notebook on a few games, in minutes (CI); full: everything", choices=MODES
+    )
+    seed: int = option(0, "seed passed to every notebook")
+    # nargs="*": a bare --only runs them all, as leaving it out does
+    only: tuple[str, ...] = option((), "run only these notebook numbers (such as 00 03)", nargs="*", metavar="NN")
+    split: str = option(  # "": each notebook's own default
+        "",
+        "the games notebooks 05 and 06 play (default: small mode eval_in_distribution, full mode "
+        "eval_out_of_distribution)",
+        choices=SPLITS,
+    )
+    notebooks_dir: Path = NOTEBOOKS_DIR  # where the numbered notebooks live (Python only: no flag)
+    kernel: str = "python3"  # the kernel name notebooks are saved with (Python only: no flag)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("small", "full"):
+        if self.mode not in MODES:
             raise ValueError(f"mode must be 'small' or 'full', not {self.mode!r}")
         if self.split and self.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
@@ -282,18 +296,8 @@ def write_readme_results(folder: Path = REFERENCE_RUN, readme: Path = REPO_ROOT 
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("course", help="run the numbered notebooks headless with papermill")
-    parser.add_argument(
-        "--mode", choices=("small", "full"), default="small", help="small: minutes, for CI; full: everything"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed passed to every notebook")
-    parser.add_argument("--only", nargs="*", default=(), metavar="NN", help="run only these notebook numbers")
-    parser.add_argument(
-        "--split",
-        choices=list(SPLITS),
-        default="",
-        help="the games notebooks 05 and 06 play (default: small mode eval_in_distribution, full mode "
-        "eval_out_of_distribution)",
-    )
+    flags.add_options(parser, CourseConfig)
+    # Not a CourseConfig field: it switches the command from running the notebooks to publishing a finished run.
     parser.add_argument(
         "--publish",
         action="store_true",
@@ -308,6 +312,6 @@ def _run_course_cli(args: argparse.Namespace) -> int:
         target = publish_run(args.mode)
         print(f"published {target}; README.md's results block:\n\n{render_results(target)}")
         return 0
-    result = run_course(CourseConfig(mode=args.mode, seed=args.seed, only=tuple(args.only), split=args.split))
+    result = run_course(flags.config_from_args(CourseConfig, args))
     print("\n" + result.table())
     return 0 if result.ok else 1

@@ -7,11 +7,9 @@ it loops. A round fixes some of that:
 1. **roll out** the current model on a seeded sample of train games (`rollouts.play_rollouts`), with the expert
    (`engine.DEFAULT_EXPERT`) following every game: each turn records what the model played and what the expert
    would have played in the state the model saw. Every finished game is appended to `round_N/rollouts.jsonl`.
-2. **label** (`label_rollout`) -> `round_N/labelled.jsonl`, trajectory records (format version 2):
-   DAgger (Ross, Gordon and Bagnell 2011; ALFWorld's TextDAgger) keeps the model's game with the turns where it
-   agreed with the expert trained in place, plus one record per state where it did not: the model's own history
-   as untrained context, ending with the expert's command, the only trained turn. Self-imitation (LM-butlers,
-   Micheli and Fleuret 2021) keeps the won games with their turns trained; no expert needed.
+2. **label** (`labelling`, whose docstring states the rules) -> `round_N/labelled.jsonl`, trajectory records:
+   DAgger keeps the model's game, trained where it agreed with the expert, and adds one record per state where it
+   did not, ending with the expert's command; self-imitation keeps the won games; `both` does both.
 3. **aggregate** the expert trajectories and every round's labelled records so far -> `round_N/train.jsonl`.
 4. **train** the round's adapter (`training.train`) -> `round_N/adapter/`, which plays the next round; the
    round is done: `round_N/summary.json` (games, win rate, labels, data, times, adapter).
@@ -20,7 +18,7 @@ it loops. A round fixes some of that:
 
     alfworld-sft dagger --adapter results/sft_adapter --expert-data results/oracle/trajectories.jsonl \\
         --method dagger --rounds 2 --games-per-round 500 --output results/dagger --workers 16 --batch-size 64
-    alfworld-sft dagger-compare results/dagger results/self_imitation results/both   # a table each, one plot
+    alfworld-sft dagger-compare results/dagger results/self_imitation results/both   # `dagger_runs`: runs read back
 
     from alfworld_sft import dagger
     result = dagger.run_dagger(dagger.course_config(small=True, seed=0))   # result.rows: the per-round table
@@ -28,7 +26,7 @@ it loops. A round fixes some of that:
 Safe to kill at any point and rerun with the same command: rollouts are appended game by game under a key of the
 weights and settings that played them (a rerun plays only the missing games; nothing is counted twice), labels
 are rebuilt from the rollouts (deterministically: the same bytes) and written atomically, training resumes from
-its last checkpoint, evaluation from its checkpoint, and a round whose summary matches the settings is skipped.
+its last checkpoint, evaluation from its game log, and a round whose summary matches the settings is skipped.
 A round made with other settings is refused, not mixed.
 """
 
@@ -40,22 +38,21 @@ import gc
 import json
 import os
 import random
-import re
 import shutil
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from alfworld_sft import (
+    dagger_runs,
     engine,
     evaluation,
     files,
-    formatting,
     games,
     generate,
+    labelling,
     models,
     paths,
     prompts,
@@ -65,27 +62,17 @@ from alfworld_sft import (
     train_outputs,
     training,
 )
-from alfworld_sft.agents import ACTIONS, AGENTS, extract_command
+from alfworld_sft.agents import ACTIONS, AGENTS
 from alfworld_sft.backends import BACKENDS, Backend, choose_backend, load_backend, weights_fingerprint
 from alfworld_sft.results import write_result
 from alfworld_sft.rollouts import RolloutConfig, play_rollouts
 from alfworld_sft.train_config import TrainConfig
 
-METHODS = ("dagger", "self_imitation", "both")
 INITS = ("base", "continue")  # each round trains a fresh adapter on the base model, or continues the last one
 # Agents that play a game as one trial without a plan: the turns they see are the turns a trained model sees
 # (a reflexion critique or a planner's plan is not part of the training format).
 ROLLOUT_AGENTS = tuple(name for name, agent in AGENTS.items() if agent.trials == 1 and not agent.plans)
-ROLLOUTS = "rollouts.jsonl"  # a round's finished games, one line each, appended as they finish
-LABELLED = "labelled.jsonl"  # the round's new trajectory records
-TRAIN_DATA = "train.jsonl"  # the round's training data: expert records and every round's labelled records so far
-SUMMARY = "summary.json"  # written when the round's adapter is trained: the round is done
-EVAL = "eval.json"  # the evaluation of the round's adapter
-# What labelling counts (`label_rollout`), in the order summaries list them.
-LABEL_COUNTS = ("states", "labelled", "agreed", "disagreed", "guesses", "unlabelled", "cut", "invalid_replies",
-                "rollout_records", "label_records", "trained_turns")  # fmt: skip
 TRAIN_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
-_THOUGHT = re.compile(r"thought\s*:\s*(.*?)\s*(?:action\s*:|$)", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -115,9 +102,9 @@ class DaggerConfig:
     # are chosen by it; the out-of-distribution games stay for the final measurement only.
     eval_split: str | None = "eval_in_distribution"
     eval_games: int = 0  # games of the eval split (balanced, seeded); 0: all of them
-    # An evaluation checkpoint of the starting adapter played the way round 0 is evaluated (notebook 05's free
+    # An evaluation game log of the starting adapter played the way round 0 is evaluated (notebook 05's free
     # zero_shot run): round 0 takes its finished games instead of playing them again. The evaluator's run key (weights,
-    # split, steps, seed, actions, prompt) decides: a checkpoint of another run is set aside and the games played.
+    # split, steps, seed, actions, prompt) decides: a game log of another run is set aside and the games played.
     start_evaluation: str | None = None
     seed: int = 0  # seeds each round's game sample and rollouts, and the expert sample of the aggregation
     progress: bool = True  # tqdm bars
@@ -139,7 +126,7 @@ def check_config(config: DaggerConfig) -> None:
         if not ok:
             raise ValueError(f"{flag} must be {expected}, got {value}")
     choices = [
-        ("--method", config.method, METHODS),
+        ("--method", config.method, labelling.METHODS),
         ("--init", config.init, INITS),
         ("--agent", config.agent, ROLLOUT_AGENTS),
         ("--actions", config.actions, ACTIONS),
@@ -150,151 +137,6 @@ def check_config(config: DaggerConfig) -> None:
     for flag, value, allowed in choices:
         if value not in allowed:
             raise ValueError(f"{flag} must be one of {', '.join(str(a) for a in allowed)}, not {value!r}")
-
-
-# ------------------------------------------------------------------------------------------------ labelling
-
-
-@dataclass(frozen=True)
-class LabelSettings:
-    """How one round's rollouts become trajectory records."""
-
-    method: str  # METHODS
-    prompt_format: prompts.PromptFormat  # how user turns are rendered: the playing adapter's (its training record)
-    data_format: str = "commands"  # thoughts: a record needs a thought for every command
-    round_number: int = 1  # written into every record (`dagger_round`)
-    seed: int = 0  # the seed the games were played with (every record's `seed`)
-    expert: str | None = engine.DEFAULT_EXPERT  # who labelled (every label record's `expert`)
-
-
-def read_thought(reply: str) -> str | None:
-    """The thought of a "Thought: ...\\nAction: ..." reply, on one line; None when the reply has none."""
-    match = _THOUGHT.search(reply)
-    return " ".join(match.group(1).split()) or None if match else None
-
-
-def _shown_command(turn: Mapping[str, Any], data_format: str) -> str:
-    """The turn as the model's history shows it: the command played, or for an invalid reply what the model wrote
-    (the whole reply; in the thoughts format its Action part, the thought being kept apart)."""
-    if turn["command"] is not None:
-        return turn["command"]
-    return extract_command(turn["reply"]) if data_format == "thoughts" else turn["reply"].strip()
-
-
-def label_rollout(rollout: Mapping[str, Any], settings: LabelSettings) -> tuple[list[dict[str, Any]], Counter]:
-    """One finished rollout (a `rollouts.play_rollouts` record) as trajectory records, and what labelling counted.
-
-    * the **rollout record**: the model's game, each turn `trained` where the model's command equals the expert's
-      label (DAgger) or, for a won game, every valid turn (self-imitation); left out when nothing is trained;
-    * one **label record** per state where the model's command differs from the expert's (DAgger): the model's
-      history up to that state, its turns `trained: false`, ending with the expert's command, trained.
-
-    User turns are rendered as the model saw them (`prompts.render_first_turn` / `render_turn` in
-    `settings.prompt_format`); an invalid reply stays in the history as written, answered "Nothing happens.".
-    States where the expert only guesses are not labelled (`guesses`), nor those without an expert command
-    (`unlabelled`). `thoughts` holds the model's own thought for its turns and the expert's for a label, when all
-    are known; in the thoughts format a reply without a thought (or a blank one, in any format) cannot be written
-    as the model saw it, so the game is cut there (`cut` states).
-    """
-    trials = rollout["transcript"]
-    if len(trials) != 1:
-        raise ValueError(f"rollout of {rollout['game_id']} has {len(trials)} trials: label one-trial agents' games")
-    turns = trials[0]["turns"]
-    fmt, data_format = settings.prompt_format, settings.data_format
-    users = [prompts.render_first_turn(rollout["task"], rollout["first_observation"], rollout["first_admissible"], fmt)]
-    users += [prompts.render_turn(turn["observation"], turn["admissible"], fmt) for turn in turns[:-1]]
-    admissible = [list(rollout["first_admissible"])] + [list(turn["admissible"]) for turn in turns[:-1]]
-    commands = [_shown_command(turn, data_format) for turn in turns]
-    thoughts = [read_thought(turn["reply"]) for turn in turns]
-    shown = len(turns)  # turns the records can show as the model saw them
-    for step, (command, thought) in enumerate(zip(commands, thoughts)):
-        if not command or (data_format == "thoughts" and thought is None):
-            shown = step
-            break
-    dagger = settings.method in ("dagger", "both")
-    imitate = settings.method in ("self_imitation", "both") and bool(rollout["won"]) and shown == len(turns)
-    counts = Counter(games=1, won=int(bool(rollout["won"])), states=len(turns), cut=max(0, len(turns) - shown - 1))
-    counts["invalid_replies"] = sum(turn["command"] is None for turn in turns)
-
-    def build(trained: list[bool], last: str, last_thought: str | None, won: bool) -> dict[str, Any]:
-        """A record of the first len(trained) states; its last assistant turn is `last`."""
-        steps = len(trained)
-        shown_commands, shown_thoughts = [*commands[: steps - 1], last], [*thoughts[: steps - 1], last_thought]
-        conversation = []
-        for user, command in zip(users, shown_commands):
-            conversation += [{"role": "user", "content": user}, {"role": "assistant", "content": command}]
-        record = {
-            "system": prompts.SYSTEM_PROMPT,
-            "conversations": conversation,
-            "admissible_commands": admissible[:steps],
-            "prompt_format": asdict(fmt),
-            **{key: rollout[key] for key in ("game_id", "gamefile", "task_type", "task")},
-            "split": "train",
-            "seed": settings.seed,
-            "steps": steps,
-            "won": won,
-            "format_version": records.FORMAT_VERSION,
-            "trained": trained,
-        }
-        if all(shown_thoughts):
-            record["thoughts"] = shown_thoughts
-        return {**record, "dagger_round": settings.round_number}
-
-    trained: list[bool] = []  # the rollout record's flags
-    labels: list[dict[str, Any]] = []
-    for step, turn in enumerate(turns[: shown + 1]):
-        label = turn.get("expert") if dagger else None
-        agrees = False
-        if dagger and label is None:
-            counts["unlabelled"] += 1
-        elif label is not None and label["guess"]:
-            counts["guesses"] += 1
-        elif label is not None:
-            counts["labelled"] += 1
-            agrees = label["command"] == turn["command"]
-            counts["agreed" if agrees else "disagreed"] += 1
-            if not agrees:
-                if data_format == "thoughts" and not label["thought"]:
-                    raise ValueError(
-                        f"the thoughts format needs the expert's thought for every label, and expert "
-                        f"{settings.expert!r} gave none ({rollout['game_id']}, step {step}): use the commands format, "
-                        "or label with an expert that explains its commands (the course's teacher)"
-                    )
-                record = build([*[False] * step, True], label["command"], label["thought"], won=False)
-                labels.append({**record, "dagger_kind": "label", "label_step": step, "expert": settings.expert})
-        if step < shown:
-            trained.append(turn["command"] is not None and (agrees or imitate))
-    found = []
-    if any(trained):
-        won = bool(rollout["won"]) and shown == len(turns)
-        found.append({**build(trained, commands[shown - 1], thoughts[shown - 1], won), "dagger_kind": "rollout"})
-    found += labels
-    counts["rollout_records"] = len(found) - len(labels)
-    counts["label_records"] = len(labels)
-    counts["trained_turns"] = sum(sum(record["trained"]) for record in found)
-    for record in found:
-        records.check_record(record)
-    return found, counts
-
-
-def label_rollouts(
-    rollouts: Sequence[Mapping[str, Any]], settings: LabelSettings, *, progress: bool = False
-) -> tuple[list[dict[str, Any]], Counter]:
-    """Every rollout's records (in the rollouts' order) and the summed counts."""
-    from tqdm.auto import tqdm
-
-    found: list[dict[str, Any]] = []
-    counts: Counter = Counter()
-    for rollout in tqdm(rollouts, desc=f"label round {settings.round_number}", unit="game", disable=not progress):
-        labelled, counted = label_rollout(rollout, settings)
-        found += labelled
-        counts.update(counted)
-    return found, counts
-
-
-def jsonl_text(found: Sequence[Mapping[str, Any]]) -> str:
-    """Records as JSONL text, serialized as `files.append_jsonl` writes them (a rerun gives the same bytes)."""
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in found)
 
 
 # -------------------------------------------------------------------------------------------------- the run
@@ -399,7 +241,7 @@ def play_round(
     """The rollouts of round `number` by the adapter `player` (or `backend`): those already in `rollouts.jsonl`,
     then the missing games played and appended one by one. Returns (rollouts in game order, games that failed)."""
     config = plan.config
-    path = round_folder(plan, number) / ROLLOUTS
+    path = round_folder(plan, number) / dagger_runs.ROLLOUTS
     choice = None if backend is not None else choose_backend("", adapter=player, backend=config.backend)
     key = {
         "round": number,
@@ -408,7 +250,7 @@ def play_round(
         **{name: plan.key[name] for name in ("expert", "agent", "actions", "temperature", "max_steps", "dtype")},
         "seed": round_seed(config.seed, number),
     }
-    done = {line["game_id"] for line in files.read_game_checkpoint(path, key)}
+    done = {line["game_id"] for line in records.read_rollouts(path, key)}
     todo = [gamefile for gamefile in gamefiles if games.game_id(gamefile) not in done]
     failed: list[tuple[str, str, str]] = []
     if todo:
@@ -437,7 +279,7 @@ def play_round(
         )
         try:
             result = play_rollouts(
-                model, todo, rollout_config, on_finished=lambda line: files.append_game_checkpoint(path, key, line)
+                model, todo, rollout_config, on_finished=lambda line: files.append_game_log(path, key, line)
             )
             failed = result.failed
         finally:
@@ -446,7 +288,7 @@ def play_round(
                 del model
                 free_memory()
     order = {games.game_id(gamefile): index for index, gamefile in enumerate(gamefiles)}
-    played = [line for line in files.read_game_checkpoint(path, key) if line["game_id"] in order]
+    played = [line for line in records.read_rollouts(path, key) if line["game_id"] in order]
     return sorted(played, key=lambda line: order[line["game_id"]]), failed
 
 
@@ -464,7 +306,7 @@ def aggregate_data(plan: DaggerPlan, number: int) -> dict[str, int]:
     labelled record of rounds 1..N. Returns the counts."""
     new: list[dict[str, Any]] = []
     for earlier in range(1, number + 1):
-        new += files.read_jsonl(round_folder(plan, earlier) / LABELLED)
+        new += files.read_jsonl(round_folder(plan, earlier) / dagger_runs.LABELLED)
     if not new:
         raise ValueError(
             f"rounds 1-{number} labelled no record: nothing new to train on. Play more games (--games-per-round), "
@@ -475,7 +317,7 @@ def aggregate_data(plan: DaggerPlan, number: int) -> dict[str, int]:
         count = min(len(expert), round(plan.config.expert_ratio * len(new)))
         chosen = sorted(random.Random(f"{plan.config.seed}:{number}").sample(range(len(expert)), count))
         expert = [expert[index] for index in chosen]
-    files.write_text(round_folder(plan, number) / TRAIN_DATA, jsonl_text(expert + new))
+    files.write_text(round_folder(plan, number) / dagger_runs.TRAIN_DATA, labelling.jsonl_text(expert + new))
     return {"expert_records": len(expert), "new_records": len(new), "records": len(expert) + len(new)}
 
 
@@ -483,7 +325,7 @@ def round_train_config(plan: DaggerPlan, number: int, player: Path) -> TrainConf
     """The round's training: the recipe on the round's data, into the round's adapter folder."""
     folder = round_folder(plan, number)
     values: dict[str, Any] = {
-        "data": str(folder / TRAIN_DATA),
+        "data": str(folder / dagger_runs.TRAIN_DATA),
         "output": str(folder / "adapter"),
         "data_format": plan.data_format,
     }
@@ -492,27 +334,18 @@ def round_train_config(plan: DaggerPlan, number: int, player: Path) -> TrainConf
     return replace(plan.train, **values)
 
 
-def count_trained_tokens(found: Sequence[Mapping[str, Any]], tokenizer: Any, data_format: str) -> int:
-    """Tokens of the trained assistant turns (without the chat template around them)."""
-    total = 0
-    for record in found:
-        for text, trained in zip(records.assistant_texts(record, data_format), records.trained_turns(record)):
-            total += len(tokenizer(text, add_special_tokens=False)["input_ids"]) if trained else 0
-    return total
-
-
 def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Backend | None = None) -> dict | None:
-    """Evaluate `adapter` on the eval split into `folder/eval.json` (resumes from its checkpoint; a finished
+    """Evaluate `adapter` on the eval split into `folder/eval.json` (resumes from its game log; a finished
     evaluation only summarizes); None when evaluation is off."""
     config = plan.config
     if config.eval_split is None:
         return None
     started = time.perf_counter()
-    checkpoint = (folder / EVAL).with_suffix(".ckpt.jsonl")  # the evaluator's default checkpoint beside its output
+    game_log = (folder / dagger_runs.EVAL).with_suffix(".ckpt.jsonl")  # the evaluator's default, beside its output
     start = paths.resolve_repo_path(config.start_evaluation) if config.start_evaluation else None
-    if folder == round_folder(plan, 0) and start is not None and start.is_file() and not checkpoint.exists():
+    if folder == round_folder(plan, 0) and start is not None and start.is_file() and not game_log.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(start, checkpoint)
+        shutil.copyfile(start, game_log)
     eval_config = evaluation.EvalConfig(
         agents=(config.agent,),
         num_games=config.eval_games,
@@ -520,7 +353,7 @@ def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Bac
         model="",
         adapter=str(adapter),
         split=config.eval_split,
-        output=str(folder / EVAL),
+        output=str(folder / dagger_runs.EVAL),
         batch_size=config.batch_size,
         workers=config.workers,
         actions=config.actions,
@@ -533,12 +366,8 @@ def evaluate_adapter(plan: DaggerPlan, folder: Path, adapter: Path, backend: Bac
     block = evaluation.run_evaluation(eval_config, backend=backend)["agents"][config.agent]
     return {
         "split": config.eval_split,
-        "games": block["games"],
-        "won": block["won"],
-        "success_rate": block["success_rate"],
-        "avg_steps": block["avg_steps"],
-        "invalid_reply_rate": block["invalid_reply_rate"],
-        "results": str(folder / EVAL),
+        **{name: block[name] for name in ("games", "won", "success_rate", "avg_steps", "invalid_reply_rate")},
+        "results": str(folder / dagger_runs.EVAL),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -548,9 +377,9 @@ def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | No
     adapter evaluated (brought up to date in the summary)."""
     folder = round_folder(plan, number)
     key = {**plan.key, "round": number}
-    if (folder / SUMMARY).exists():
+    if (folder / dagger_runs.SUMMARY).exists():
         summary = files.read_json_object(
-            folder / SUMMARY, "delete it to redo the round", required_keys=("key", "adapter")
+            folder / dagger_runs.SUMMARY, "delete it to redo the round", required_keys=("key", "adapter")
         )
         differs = sorted(k for k in set(key) | set(summary["key"]) if key.get(k) != summary["key"].get(k))
         if differs:
@@ -564,7 +393,9 @@ def run_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | No
     if evaluated is not None and _outcome(evaluated) != _outcome(summary["eval"]):
         summary = {**summary, "eval": evaluated}
         summary["seconds"] = {**summary["seconds"], "evaluation": evaluated["seconds"]}
-        write_result(folder / SUMMARY, {k: v for k, v in summary.items() if k != "meta"}, seed=plan.config.seed)
+        write_result(
+            folder / dagger_runs.SUMMARY, {k: v for k, v in summary.items() if k != "meta"}, seed=plan.config.seed
+        )
     return summary
 
 
@@ -593,7 +424,7 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
         raise IncompleteRoundError(round_folder(plan, number), len(gamefiles), len(rollouts), failed)
     seconds["rollouts"] = time.perf_counter() - started
     started = time.perf_counter()
-    settings = LabelSettings(
+    settings = labelling.LabelSettings(
         method=plan.config.method,
         prompt_format=plan.record.prompt_format,
         data_format=plan.data_format,
@@ -601,14 +432,16 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
         seed=round_seed(plan.config.seed, number),
         expert=plan.key["expert"],
     )
-    labelled, counts = label_rollouts(rollouts, settings, progress=plan.config.progress)
-    files.write_text(folder / LABELLED, jsonl_text(labelled))
-    tokens = count_trained_tokens(labelled, models.load_tokenizer(plan.record.base_model), plan.data_format)
+    labelled, counts = labelling.label_rollouts(rollouts, settings, progress=plan.config.progress)
+    files.write_text(folder / dagger_runs.LABELLED, labelling.jsonl_text(labelled))
+    tokenizer = models.load_tokenizer(plan.record.base_model)
+    tokens = labelling.count_trained_tokens(labelled, tokenizer, plan.data_format)
     data = aggregate_data(plan, number)
     seconds["labelling"] = time.perf_counter() - started
     started = time.perf_counter()
     trained = training.train(round_train_config(plan, number, player))
     seconds["training"] = time.perf_counter() - started
+    data_stats = records.read_training_record(trained.output).details.get("data_stats")  # formatting's counts
     summary = {
         "key": {**plan.key, "round": number},
         "round": number,
@@ -617,28 +450,20 @@ def make_round(plan: DaggerPlan, number: int, player: Path, backend: Backend | N
         "played": len(rollouts),
         "rollouts_won": counts["won"],
         "rollouts_win_rate": round(counts["won"] / len(rollouts), 4) if rollouts else 0.0,
-        "labels": {name: counts[name] for name in LABEL_COUNTS},
+        "labels": {name: counts[name] for name in labelling.LABEL_COUNTS},
         "records_added": len(labelled),
         "trained_tokens_added": tokens,
-        "data": {**data, "file": str(folder / TRAIN_DATA), "stats": _data_stats(trained.output)},
+        "data": {**data, "file": str(folder / dagger_runs.TRAIN_DATA), "stats": data_stats},
         "training": {
-            "global_step": trained.global_step,
-            "train_loss": trained.train_loss,
-            "eval_loss_initial": trained.eval_loss_initial,
-            "eval_loss_best": trained.eval_loss_best,
+            k: getattr(trained, k) for k in ("global_step", "train_loss", "eval_loss_initial", "eval_loss_best")
         },
         "seconds": {phase: round(value, 1) for phase, value in seconds.items()},
         "adapter": str(trained.output),
         "eval": None,
     }
-    write_result(folder / SUMMARY, summary, seed=plan.config.seed)
+    write_result(folder / dagger_runs.SUMMARY, summary, seed=plan.config.seed)
     train_outputs.remove_checkpoints(trained.output)  # optimizer state: several times the adapter; the round is done
     return summary
-
-
-def _data_stats(adapter: Path) -> Any:
-    """What formatting counted in the data an adapter was trained on (its training record)."""
-    return records.read_training_record(adapter).details.get("data_stats")
 
 
 def _outcome(evaluated: Mapping[str, Any] | None) -> tuple | None:
@@ -649,7 +474,7 @@ def _outcome(evaluated: Mapping[str, Any] | None) -> tuple | None:
 @dataclass(frozen=True)
 class DaggerResult:
     summaries: tuple[dict[str, Any], ...]  # every round's summary.json
-    rows: tuple[dict[str, Any], ...]  # the per-round table (round_rows)
+    rows: tuple[dict[str, Any], ...]  # the per-round table (`dagger_runs.round_rows`)
     adapter: Path  # the last round's adapter
     plot: Path  # success and data per round
 
@@ -664,112 +489,11 @@ def run_dagger(config: DaggerConfig, *, backend: Backend | None = None) -> Dagge
         for number in range(1, config.rounds + 1):
             summaries.append(run_round(plan, number, player, backend))
             player = Path(summaries[-1]["adapter"])
-        rows = round_rows(summaries, start_eval)
+        rows = dagger_runs.round_rows(summaries, start_eval)
         write_result(plan.output / "rounds.json", {"rounds": rows, "adapter": str(player)}, seed=config.seed)
         title = f"{config.method}, {config.rounds} round(s)"
         plot = reports.plot_rounds(rows, plan.output / "rounds.png", title=title)
         return DaggerResult(tuple(summaries), tuple(rows), player, plot)
-
-
-def round_rows(summaries: Sequence[Mapping[str, Any]], start_eval: Mapping[str, Any] | None = None) -> list[dict]:
-    """One row per round (round 0: the starting adapter, when it was evaluated): the rollouts (played by the
-    previous round's adapter), the labels, the data and the round's adapter's evaluation."""
-    rows = []
-    for summary in summaries:
-        labels, data = summary["labels"], summary["data"]
-        rows.append(
-            {
-                "round": summary["round"],
-                "games": summary["played"],
-                "rollouts_won": summary["rollouts_win_rate"],
-                **{name: labels[name] for name in ("states", "labelled", "disagreed", "guesses")},
-                "records_added": summary["records_added"],
-                "expert_records": data["expert_records"],
-                "new_records": data["new_records"],
-                "eval_success": summary["eval"]["success_rate"] if summary["eval"] else None,
-            }
-        )
-    if start_eval is not None:
-        columns = rows[0] if rows else {"round": 0}
-        rows.insert(0, {**dict.fromkeys(columns), "round": 0, "eval_success": start_eval["success_rate"]})
-    return rows
-
-
-# What `round_rows` reads of a round's summary, and of its key.
-ROW_KEYS = ("key", "round", "played", "rollouts_win_rate", "labels", "records_added", "data", "eval")
-ROW_KEY_FIELDS = ("method", "agent", "start_weights")
-
-
-def read_run_rows(folder: str | os.PathLike[str]) -> tuple[str, list[dict[str, Any]]]:
-    """The method and the per-round rows (`round_rows`) of the run in `folder`, a run cut short included: every
-    round whose summary was written, and round 0 when the starting adapter's evaluation finished. Rounds of
-    another run (their settings differ) are refused, not mixed."""
-    folder = paths.resolve_repo_path(folder)
-    numbered = {}
-    for path in folder.glob(f"round_*/{SUMMARY}"):
-        match = re.fullmatch(r"round_(\d+)", path.parent.name)
-        if match and int(match.group(1)) > 0:
-            numbered[int(match.group(1))] = path
-    if not numbered:
-        raise FileNotFoundError(
-            f"{folder} holds no finished round (round_N/{SUMMARY}): name the --output folder of an "
-            "`alfworld-sft dagger` run whose first round finished"
-        )
-    remedy = "delete the round's folder and rerun the dagger command to redo it"
-    summaries = []
-    for number in sorted(numbered):
-        summary = files.read_json_object(numbered[number], remedy, required_keys=ROW_KEYS)
-        missing = [name for name in ROW_KEY_FIELDS if name not in summary["key"]]
-        if missing or summary["round"] != number:
-            raise files.CorruptFileError(
-                f"{numbered[number]} is not round {number}'s summary (its key lacks {', '.join(missing) or 'nothing'}, "
-                f"its round is {summary['round']}): {remedy}"
-            )
-        first = summaries[0]["key"] if summaries else summary["key"]
-        differs = sorted(
-            k for k in set(first) | set(summary["key"]) if k != "round" and first.get(k) != summary["key"].get(k)
-        )
-        if differs:
-            raise ValueError(
-                f"{numbered[number]} belongs to another run than round {summaries[0]['round']} of {folder} (they "
-                f"differ in {', '.join(differs)}): keep each run in its own --output folder"
-            )
-        summaries.append(summary)
-    key = summaries[0]["key"]
-    start = folder / "round_0" / EVAL
-    start_eval = None
-    if start.exists():
-        evaluated = files.read_json_object(
-            start, "delete it and rerun the dagger command", required_keys=("agents", "run")
-        )
-        if evaluated["run"].get("weights") != key["start_weights"]:
-            raise ValueError(
-                f"{start} evaluated other weights ({evaluated['run'].get('weights')}) than the run started from "
-                f"({key['start_weights']}): delete it and rerun the dagger command to evaluate the starting adapter"
-            )
-        start_eval = evaluated["agents"].get(key["agent"]) if isinstance(evaluated["agents"], dict) else None
-        if start_eval is None:
-            raise files.CorruptFileError(
-                f"{start} holds no results of {key['agent']}: delete it and rerun the dagger command"
-            )
-    return key["method"], round_rows(summaries, start_eval)
-
-
-def compare_runs(folders: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> tuple[dict, Path]:
-    """Rounds of several runs (DAgger, self-imitation, both; or one method with other settings) side by side: the
-    rows of each, named by its folder (with the folder above it where two names collide), and one plot of success
-    per round (`reports.plot_methods`)."""
-    resolved = [paths.resolve_repo_path(folder) for folder in folders]
-    names = [folder.name for folder in resolved]
-    names = [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in resolved]
-    if len(set(names)) < len(names):
-        raise ValueError(f"the runs {names} cannot be told apart by their folders: name each one once")
-    runs = {}
-    for name, folder in zip(names, resolved):
-        method, rows = read_run_rows(folder)
-        runs[name] = {"method": method, "rows": rows}
-    plot = reports.plot_methods({name: run["rows"] for name, run in runs.items()}, paths.resolve_repo_path(output))
-    return runs, plot
 
 
 # -------------------------------------------------------------------------------------------- the notebook
@@ -838,57 +562,6 @@ def run_dagger_when_present(config: DaggerConfig) -> DaggerResult | None:
     return run_dagger(config)
 
 
-def pick_example(config: DaggerConfig, number: int = 1) -> dict[str, Any]:
-    """A round's label record with the longest history (the model's own turns before the expert's label), and the
-    rollout it comes from: {"rollout": ..., "record": ...}."""
-    folder = paths.resolve_repo_path(config.output) / f"round_{number}"
-    labelled = list(files.read_jsonl(folder / LABELLED))
-    if not labelled:
-        raise ValueError(f"{folder / LABELLED} holds no records: run the round first")
-    labels = [record for record in labelled if record["dagger_kind"] == "label"] or labelled
-    record = max(labels, key=lambda r: (len(r["conversations"]), r["game_id"]))
-    rollout = next(line for line in files.read_jsonl(folder / ROLLOUTS) if line["game_id"] == record["game_id"])
-    return {"rollout": rollout, "record": record}
-
-
-def describe_turns(rollout: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A rollout turn by turn: what the model wrote and played, what the expert would have played, and whether
-    DAgger labels that state."""
-    rows = []
-    for step, turn in enumerate(rollout["transcript"][0]["turns"]):
-        label = turn.get("expert")
-        if label is None:
-            verdict = "no expert command: not labelled"
-        elif label["guess"]:
-            verdict = "the expert guesses: not labelled"
-        elif label["command"] == turn["command"]:
-            verdict = "agrees: trained in place"
-        else:
-            verdict = "differs: the expert's command is the label"
-        rows.append(
-            {
-                "step": step,
-                "model wrote": turn["reply"],
-                "played": turn["command"] or "(invalid)",
-                "expert": label["command"] if label else None,
-                "DAgger": verdict,
-                "observation": turn["observation"][:80],
-            }
-        )
-    return rows
-
-
-def render_trained_tokens(record: Mapping[str, Any], config: DaggerConfig) -> str:
-    """HTML of the record as the model trains on it (`formatting.build_example`): loss on the trained turns only."""
-    adapter = records.read_training_record(paths.resolve_repo_path(config.adapter))
-    tokenizer = models.load_tokenizer(adapter.base_model)
-    data_format = config.data_format or adapter.data_format
-    example = formatting.build_example(dict(record), tokenizer, adapter.max_seq_len, data_format=data_format)
-    if example is None:
-        raise ValueError(f"no trained turn of {record['game_id']} fits in {adapter.max_seq_len} tokens")
-    return formatting.render_trained_html(example, tokenizer)
-
-
 # -------------------------------------------------------------------------------------------------------- CLI
 
 TRAIN_FLAGS = {"epochs": "--epochs", "lr": "--lr", "max_steps": "--train-max-steps"}  # TrainConfig field: its flag
@@ -902,7 +575,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", default=defaults.adapter, help="the SFT adapter that plays round 1")
     parser.add_argument("--expert-data", default=defaults.expert_data, help="the SFT trajectories JSONL")
     parser.add_argument("--output", default=defaults.output, help="the run's folder (rerun to resume)")
-    parser.add_argument("--method", choices=METHODS, default=defaults.method)
+    parser.add_argument("--method", choices=labelling.METHODS, default=defaults.method)
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument(
         "--games-per-round", type=int, default=defaults.games_per_round, help="train games per round (0: all)"
@@ -936,12 +609,6 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         "--train-max-steps", type=int, default=None, help="optimizer steps per round (default: the adapter's)"
     )
     parser.set_defaults(func=_run_dagger)
-    compare = subparsers.add_parser(
-        "dagger-compare", help="06: rounds of several dagger runs side by side (a table each, one plot)"
-    )
-    compare.add_argument("folders", nargs="+", help="the --output folders of `alfworld-sft dagger` runs")
-    compare.add_argument("--output", default="results/dagger_compare.png", help="the plot of success per round")
-    compare.set_defaults(func=_compare_runs)
 
 
 def _run_dagger(args: argparse.Namespace) -> int:
@@ -963,13 +630,4 @@ def _run_dagger(args: argparse.Namespace) -> int:
     result = run_dagger(config)
     print(reports.format_table(result.rows))
     print(f"adapter: {result.adapter}\nplot: {result.plot} ({time.perf_counter() - started:.0f} s)")
-    return 0
-
-
-def _compare_runs(args: argparse.Namespace) -> int:
-    files.check_output(paths.resolve_repo_path(args.output), "--output")
-    runs, plot = compare_runs(args.folders, args.output)
-    for name, run in runs.items():
-        print(f"{name} ({run['method']})\n{reports.format_table(run['rows'])}\n")
-    print(f"plot: {plot}")
     return 0

@@ -1,4 +1,4 @@
-"""Evaluation runs: agents play held-out games on the rollout engine; every finished game is checkpointed.
+"""Evaluation runs: agents play held-out games (`alfworld_sft.rollouts`); every finished game goes to a game log.
 
     alfworld-sft evaluate --agents zero_shot few_shot react reflexion hierarchical --num-games 0 \\
         --max-steps 50 --adapter results/sft_adapter --split eval_out_of_distribution \\
@@ -8,12 +8,13 @@
 One command uses the machine: `--workers` engine processes step the games while one model answers all their
 requests with continuous batching (`alfworld_sft.rollouts`), every agent's games in the same batch (a fast agent's
 free rows go to the next games of any agent); `--shard I/N` is for spreading a run over machines.
-Every finished (agent, game) is appended to the checkpoint JSONL at once, so a rerun after a crash plays only the
-rest: nothing is lost or counted twice. A checkpoint line carries the run's key: the model and a fingerprint of its
-weights (an adapter retrained in place is another run), the split, step cap, seed and prompt settings. A
-checkpoint of another run is moved aside (and the run says so) rather than reused (`files.read_game_checkpoint`).
+Every finished (agent, game) is appended at once to the game log (`--checkpoint`, the JSONL the run resumes from;
+default: `<output stem>.ckpt.jsonl`), so a rerun after a crash plays only the rest: nothing is lost or counted
+twice. A game log line carries the run's key: the model and a fingerprint of its weights (an adapter retrained in
+place is another run), the split, step cap, seed and prompt settings. A game log of another run is moved aside (and
+the run says so) rather than reused (`records.read_rollouts`, the rollout record's one reader).
 The results JSON (one block per agent: success rate, average steps, per-task-type success, invalid-reply rate,
-tokens, wall time, every game's actions) is rebuilt from the checkpoint, with a PNG of the success rates beside
+tokens, wall time, every game's actions) is rebuilt from the game log, with a PNG of the success rates beside
 it. `--actions auto` (the default) plays a fine-tuned model with grounded commands and a base model free; the
 results say which (`actions`).
 """
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import engine, files, games, models, paths, reports
+from alfworld_sft import engine, files, games, models, paths, records, reports
 from alfworld_sft.agents import ACTIONS, AGENTS, Demonstration, render_demonstration
 from alfworld_sft.backends import (
     BACKENDS,
@@ -42,17 +43,11 @@ from alfworld_sft.backends import (
     load_backend,
     weights_fingerprint,
 )
-from alfworld_sft.rollouts import RolloutConfig, open_engine, play_rollout_groups
+from alfworld_sft.rollouts import RolloutConfig, open_worker_pool, play_rollout_groups
+from alfworld_sft.task_types import TASK_TYPES
 
 DEFAULT_AGENTS = ("zero_shot", "few_shot", "react", "reflexion", "hierarchical")
 EVAL_ACTIONS = ("auto", *ACTIONS)  # --actions of evaluate: auto resolves to one of ACTIONS per model
-DEMO_TASK_TYPES = (  # the shorter task types make compact demonstrations; pick_two often needs 50+ steps
-    "pick_and_place_simple",
-    "look_at_obj_in_light",
-    "pick_clean_then_place_in_recep",
-    "pick_heat_then_place_in_recep",
-    "pick_cool_then_place_in_recep",
-)
 
 
 @dataclass(frozen=True)
@@ -64,7 +59,7 @@ class EvalConfig:
     adapter: str | None = None  # LoRA adapter folder (its training_record.json sets the prompt format)
     record: str | None = None  # Ollama: the folder whose training record the model is played by (export's GGUF folder)
     split: str = "eval_out_of_distribution"  # a course split name (games.SPLITS)
-    checkpoint: str | None = None  # JSONL of finished (agent, game); default: <output stem>.ckpt.jsonl
+    checkpoint: str | None = None  # the game log: JSONL of finished (agent, game); default: <output stem>.ckpt.jsonl
     output: str = "results/eval/results.json"  # the results JSON (a PNG lands beside it)
     batch_size: int = 8  # a local model's decoding rows: games whose requests decode together
     workers: int = 0  # engine worker processes stepping games (0: in this process); the CLI defaults to the CPUs
@@ -121,8 +116,8 @@ def select_games(split: str, num_games: int, seed: int) -> list[Path]:
 
 
 def shard_games(gamefiles: Sequence[Path], shard: str | None) -> list[Path]:
-    """The I-th of N interleaved shards ("I/N"); shards of one run share its checkpoint key, so their
-    checkpoints concatenated and read by an unsharded run give the whole run's results."""
+    """The I-th of N interleaved shards ("I/N"); shards of one run share its run key, so their game logs
+    concatenated and read by an unsharded run give the whole run's results."""
     if not shard:
         return list(gamefiles)
     match = re.fullmatch(r"(\d+)/(\d+)", shard)
@@ -145,11 +140,12 @@ def load_demonstrations(
 
     excluded = set(exclude)
     rng = random.Random(seed)
-    task_types = list(DEMO_TASK_TYPES)
+    demo_types = [kind.name for kind in TASK_TYPES.values() if kind.demo]
+    task_types = list(demo_types)
     rng.shuffle(task_types)
     if trajectories is not None:
-        records = [r for r in files.read_jsonl(trajectories) if r.get("won") and r["game_id"] not in excluded]
-        bad = [r["game_id"] for r in records if r.get("split", "train") != "train"]
+        won = [r for r in files.read_jsonl(trajectories) if r.get("won") and r["game_id"] not in excluded]
+        bad = [r["game_id"] for r in won if r.get("split", "train") != "train"]
         if bad:
             raise ValueError(
                 f"{trajectories} holds non-training games (e.g. {bad[0]}): demonstrations must come from the "
@@ -157,14 +153,14 @@ def load_demonstrations(
             )
         demos = []
         for task_type in task_types:
-            of_type = sorted((r for r in records if r.get("task_type") == task_type), key=lambda r: r["steps"])
+            of_type = sorted((r for r in won if r.get("task_type") == task_type), key=lambda r: r["steps"])
             if of_type:
                 demos.append(render_demonstration(of_type[0]))
             if len(demos) == count:
                 return demos
         raise ValueError(
             f"{trajectories} has won games of only {len(demos)} of the task types "
-            f"{', '.join(DEMO_TASK_TYPES)}; {count} demonstrations need {count}"
+            f"{', '.join(demo_types)}; {count} demonstrations need {count}"
         )
     train = games.list_games("train", task_types=task_types, limit=30, seed=seed)
     demos = []
@@ -190,9 +186,9 @@ def resolve_actions(actions: str, finetuned: bool, grounds: bool) -> str:
     return "constrained" if finetuned and grounds else "free"
 
 
-# --- checkpoint ----------------------------------------------------------------------------------------------
+# --- game log ------------------------------------------------------------------------------------------------
 def run_key(config: EvalConfig, backend_name: str, fingerprint: str, prompt: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint line must share with the run that reads it: the weights and everything that decides how
+    """What a game log line must share with the run that reads it: the weights and everything that decides how
     a game is played."""
     return {
         "model": backend_name,
@@ -211,10 +207,10 @@ def run_key(config: EvalConfig, backend_name: str, fingerprint: str, prompt: dic
 def run_evaluation(
     config: EvalConfig, *, backend: Backend | None = None, demonstrations: Sequence[Demonstration] | None = None
 ) -> dict[str, Any]:
-    """Play every agent on the selected games, resuming from the checkpoint; write and return the results."""
+    """Play every agent on the selected games, resuming from the game log; write and return the results."""
     check_config(config)
     output = paths.resolve_repo_path(config.output)
-    checkpoint = paths.resolve_repo_path(config.checkpoint) if config.checkpoint else output.with_suffix(".ckpt.jsonl")
+    game_log = paths.resolve_repo_path(config.checkpoint) if config.checkpoint else output.with_suffix(".ckpt.jsonl")
     with files.hold_output(output):
         gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
         own_backend = backend is None
@@ -232,15 +228,16 @@ def run_evaluation(
             prompt = {
                 "data_format": record.data_format,
                 "max_seq_len": record.max_seq_len,
+                "system_sha256": record.system_sha256(),  # a prompt edited since is another run
                 **dataclasses.asdict(record.prompt_format),
             }
         key = run_key(config, name, fingerprint, prompt)
-        done = {(r["agent"], r["game_id"]) for r in files.read_game_checkpoint(checkpoint, key)}
+        done = {(r["agent"], r["game_id"]) for r in records.read_rollouts(game_log, key)}
         todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
         left = sum(len(t) for t in todo.values())
         if left < len(gamefiles) * len(config.agents):
             played = len(gamefiles) * len(config.agents) - left
-            print(f"resuming from {checkpoint}: {played} games already played, {left} to play")
+            print(f"resuming from {game_log}: {played} games already played, {left} to play")
         profile: dict[str, Any] = {}
         if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
             backend = load_backend(
@@ -258,17 +255,15 @@ def run_evaluation(
         try:
             if any(todo.values()):
                 started = time.perf_counter()
-                with open_engine(backend, config.workers) as engine_pool:  # one start-up for every agent
+                with open_worker_pool(backend, config.workers) as worker_pool:  # one start-up for every agent
                     startup_s = time.perf_counter() - started
-                    profile = play_agents(
-                        config, backend, gamefiles, todo, checkpoint, key, demonstrations, engine_pool
-                    )
+                    profile = play_agents(config, backend, gamefiles, todo, game_log, key, demonstrations, worker_pool)
         finally:
             if own_backend and backend is not None:
                 backend.close()
-        records = files.read_game_checkpoint(checkpoint, key)
+        rollouts = records.read_rollouts(game_log, key)
         results = reports.summarize_run(
-            records,
+            rollouts,
             config.agents,
             [games.game_id(g) for g in gamefiles],
             model=name,
@@ -277,7 +272,7 @@ def run_evaluation(
             max_steps=config.max_steps,
             actions=config.actions,
             run=key,
-            config={**asdict(config), "checkpoint": str(checkpoint)},
+            config={**asdict(config), "checkpoint": str(game_log)},
             profile=profile,
             engine_startup_s=round(startup_s, 2),
         )
@@ -290,13 +285,13 @@ def play_agents(
     backend: Backend,
     gamefiles: Sequence[Path],
     todo: dict[str, list[Path]],
-    checkpoint: Path,
+    game_log: Path,
     key: dict[str, Any],
     demonstrations: Sequence[Demonstration] | None,
-    engine_pool: Any,
+    worker_pool: Any,
 ) -> dict[str, Any]:
-    """Every agent's missing games on the open engine in one continuous batch, every finished game appended to
-    the checkpoint at once; returns the run's profile (where the time went, games that could not be played)."""
+    """Every agent's missing games on the open worker pool in one continuous batch, every finished game appended to
+    the game log at once; returns the run's profile (where the time went, games that could not be played)."""
     if todo.get("few_shot") and demonstrations is None:
         demonstrations = load_demonstrations(
             config.trajectories, seed=config.seed, exclude=[games.game_id(g) for g in gamefiles]
@@ -322,8 +317,8 @@ def play_agents(
     result = play_rollout_groups(
         backend,
         groups,
-        on_finished=lambda record: files.append_game_checkpoint(checkpoint, key, record),
-        engine_pool=engine_pool,
+        on_finished=lambda record: files.append_game_log(game_log, key, record),
+        worker_pool=worker_pool,
     )
     failed = [{"agent": agent, "gamefile": gamefile, "error": error} for agent, gamefile, error in result.failed]
     return {"agents": [config.agent for config, _ in groups], **result.profile.as_dict(), "failed": failed}
@@ -457,7 +452,11 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         "--record", default=None, help="ollama: the folder holding the model's training record (export's GGUF folder)"
     )
     parser.add_argument("--split", default=defaults.split, choices=list(games.SPLITS))
-    parser.add_argument("--checkpoint", default=None, help="JSONL of finished games (default: beside --output)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the game log: the JSONL of finished games the run resumes from (default: beside --output)",
+    )
     parser.add_argument("--output", default=defaults.output)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="decoding rows of a local model")
     parser.add_argument(
@@ -482,7 +481,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
         "--shard",
         default=None,
         metavar="I/N",
-        help="play only shard I of N (one machine each; concatenate their checkpoints and rerun without --shard "
+        help="play only shard I of N (one machine each; concatenate their game logs and rerun without --shard "
         "for the whole run's results)",
     )
     parser.set_defaults(func=_run_evaluate)

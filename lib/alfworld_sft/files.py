@@ -7,12 +7,12 @@ number, and `repair_jsonl_tail` cuts a torn last line left by a killed writer so
 Large outputs (a model folder, a GGUF file) are built at `partial_path(target)` and renamed into place;
 `remove_stale_partials` clears what a killed writer left there, leaving a running writer's work alone.
 
-A game checkpoint (evaluation's finished games, a DAgger round's rollouts) is such a JSONL log with the key of the run
-that wrote it on every line: `append_game_checkpoint` adds a finished game, `read_game_checkpoint` reads back this
-run's games and moves a file of another run aside. `sha256_file` identifies a data file by its bytes.
+A game log (evaluation's finished games, a DAgger round's rollouts: what a rerun resumes from) is such a JSONL log
+with the key of the run that wrote it on every line: `append_game_log` adds a finished game, `read_game_log` reads
+back this run's games and moves a file of another run aside. `sha256_file` identifies a data file by its bytes.
 
-    files.append_game_checkpoint(path, key, {"agent": "zero_shot", "game_id": ..., "won": True, ...})
-    done = {line["game_id"] for line in files.read_game_checkpoint(path, key)}
+    files.append_game_log(path, key, {"agent": "zero_shot", "game_id": ..., "won": True, ...})
+    done = {line["game_id"] for line in files.read_game_log(path, key)}
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ def append_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]
 
 
 def load_jsonl_log(path: str | os.PathLike[str], *, required: dict[str, type], label: str) -> list[dict[str, Any]]:
-    """The records of an append-only log this course wrote (collection ledger and records, evaluation and DAgger
-    checkpoints), ready to resume from. A torn last line (a killed writer) is cut; a line that is not a JSON
+    """The records of an append-only log this course wrote (collection ledger and records, the game logs of
+    evaluation and DAgger), ready to resume from. A torn last line (a killed writer) is cut; a line that is not a JSON
     object with the `required` keys (of those types) is reported by path and line, moved aside to
     `<name>.malformed`, and treated as not done. Nothing is lost: the bad lines stay inspectable."""
     path = Path(path)
@@ -221,7 +221,7 @@ def load_jsonl_log(path: str | os.PathLike[str], *, required: dict[str, type], l
             found.append(record)
             keep.append(raw)
     if bad and not found:
-        # Not one line of this kind: the file is another one (the trajectories given as a checkpoint, say). It is
+        # Not one line of this kind: the file is another one (the trajectories given as a game log, say). It is
         # the user's data, so it is left as it is rather than emptied into `.malformed`.
         number, _, error = bad[0]
         raise WrongFileKindError(
@@ -241,30 +241,17 @@ def load_jsonl_log(path: str | os.PathLike[str], *, required: dict[str, type], l
     return found
 
 
-# What a game checkpoint line must hold to be read back (anything else is moved aside as malformed).
-GAME_CHECKPOINT_KEYS = {
-    "run": dict,
-    "agent": str,
-    "game_id": str,
-    "task_type": str,
-    "won": bool,
-    "steps": int,
-    "invalid_replies": int,
-    "tokens_generated": int,
-    "wall_s": (int, float),
-}
-
-
-def append_game_checkpoint(path: str | os.PathLike[str], key: dict[str, Any], record: dict[str, Any]) -> None:
-    """Append one finished game to a game checkpoint, under the key of the run that played it."""
+def append_game_log(path: str | os.PathLike[str], key: dict[str, Any], record: dict[str, Any]) -> None:
+    """Append one finished game to a game log, under the key of the run that played it."""
     append_jsonl(path, [{"run": key, **record}])
 
 
-def read_game_checkpoint(path: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
-    """Finished games of this run. A torn last line is cut and malformed lines are set aside
-    (`load_jsonl_log`); a checkpoint written by another run is moved aside whole, with a warning that says
-    what differs, and this run starts fresh."""
-    lines = load_jsonl_log(path, required=GAME_CHECKPOINT_KEYS, label="checkpoint")
+def read_game_log(path: Path, key: dict[str, Any], required: dict[str, Any]) -> list[dict[str, Any]]:
+    """Finished games of this run, each line holding the `required` keys (of their types) beside its run key. A
+    torn last line is cut and malformed lines are set aside (`load_jsonl_log`); a game log written by another run
+    is moved aside whole, with a warning that says what differs, and this run starts fresh. The lines are rollout
+    records: `records.read_rollouts` is the reader every stage calls."""
+    lines = load_jsonl_log(path, required={"run": dict, **required}, label="game log")
     other = next((line["run"] for line in lines if line["run"] != key), None)
     if other is not None:
         aside = path.with_name(f"{path.stem}.other-run-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
@@ -272,14 +259,14 @@ def read_game_checkpoint(path: Path, key: dict[str, Any]) -> list[dict[str, Any]
         differs = sorted(k for k in set(key) | set(other) if key.get(k) != other.get(k))
         warnings.warn(
             f"{path} was written by another run (it differs in {', '.join(differs)}): moved to {aside.name}, "
-            "starting a fresh checkpoint",
+            "starting a fresh game log",
             stacklevel=2,
         )
         return []
     kept, seen = [], set()
     for line in lines:
         pair = (line["agent"], line["game_id"])
-        if pair not in seen:  # a line written twice by hand-merged checkpoints counts once
+        if pair not in seen:  # a line written twice by hand-merged game logs counts once
             seen.add(pair)
             kept.append(line)
     return kept

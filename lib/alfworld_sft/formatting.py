@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, models, prompts, recipes, records, results
+from alfworld_sft import files, flags, models, prompts, recipes, records, results
 from alfworld_sft.files import MalformedRecordError
+from alfworld_sft.flags import option
 from alfworld_sft.paths import resolve_repo_path
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
@@ -43,13 +44,23 @@ DATASET_DIR = "dataset"
 
 @dataclass(frozen=True)
 class FormatConfig:
-    """How records become training examples."""
+    """How records become training examples. Each field is an `alfworld-sft format` flag (`flags`)."""
 
-    model: str = models.DEFAULT_MODEL  # whose tokenizer and chat template render the messages
-    max_seq_len: int = 2048  # longer conversations lose their oldest middle turns (prompts.select_window)
-    eval_fraction: float = 0.05  # share of games (not records) held out for evaluation
-    seed: int = 42  # shuffles the games before the train/eval split
-    data_format: str = "commands"  # assistant turns: "commands", or "thoughts" ("Thought: ...\nAction: ...")
+    model: str = option(
+        models.DEFAULT_MODEL, "model whose chat template and tokenizer render the messages (default: %(default)s)"
+    )
+    # the window is cut by prompts.select_window, as the evaluation agents cut what the model sees when it plays
+    max_seq_len: int = option(
+        2048, "tokens per example; longer conversations lose their oldest middle turns (default: %(default)s)"
+    )
+    eval_fraction: float = option(0.05, "share of games (not records) held out for evaluation (default: %(default)s)")
+    seed: int = option(42, "shuffles the games before the train/eval split (default: %(default)s)")
+    data_format: str = option(
+        "commands",
+        "assistant turns: bare commands, or 'Thought: ...\\nAction: ...' (records with the teacher's thoughts)",
+        flag="--format",
+        choices=prompts.DATA_FORMATS,
+    )
 
     def __post_init__(self) -> None:
         if self.data_format not in prompts.DATA_FORMATS:
@@ -424,6 +435,7 @@ def save_formatted(
         "config": asdict(config),
         "prompt_format": asdict(prompt_format_of(loaded)),
         "data_format": config.data_format,
+        "system_prompt": prompts.system_prompt(config.data_format),  # the text every example starts with
         "max_seq_len": config.max_seq_len,
         "stats": summarize_lengths(dataset, config.max_seq_len),
     }
@@ -447,31 +459,16 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "format", help="02: tokenize trajectories into a chat dataset (loss on commands only)"
     )
+    # Not FormatConfig fields: what is formatted and where it goes (format_records takes them as arguments).
     parser.add_argument("--data", default="results/oracle/trajectories.jsonl", help="trajectories JSONL")
     parser.add_argument("--output", default="results/sft_data", help="folder for the dataset, histogram and info")
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="model whose chat template and tokenizer to use")
-    parser.add_argument("--max-seq-len", type=int, default=FormatConfig.max_seq_len)
-    parser.add_argument("--eval-fraction", type=float, default=FormatConfig.eval_fraction)
-    parser.add_argument("--seed", type=int, default=FormatConfig.seed)
-    parser.add_argument(
-        "--format",
-        dest="data_format",
-        choices=prompts.DATA_FORMATS,
-        default=FormatConfig.data_format,
-        help="assistant turns: bare commands, or 'Thought: ...\\nAction: ...' (records with the teacher's thoughts)",
-    )
+    flags.add_options(parser, FormatConfig)
     parser.set_defaults(func=_run_format)
 
 
 def _run_format(args: argparse.Namespace) -> int:
     files.check_output(resolve_repo_path(args.output), "--output", folder=True)
-    config = FormatConfig(
-        model=args.model,
-        max_seq_len=args.max_seq_len,
-        eval_fraction=args.eval_fraction,
-        seed=args.seed,
-        data_format=args.data_format,
-    )
+    config = flags.config_from_args(FormatConfig, args)
     loaded = load_records(args.data)
     dataset = format_records(args.data, config)
     output = save_formatted(dataset, args.output, source=args.data, config=config, loaded=loaded)

@@ -9,7 +9,8 @@ course generates offline with `alfworld_sft.generate`).
     from alfworld_sft import games
     games.list_games("train", task_types=[1, "pick_two_obj_and_place"], limit=12, seed=0)
 
-`alfworld-sft data ...` (status, download, generate) lives in `alfworld_sft.generate`.
+`alfworld-sft data ...` (status, download, generate) lives in `alfworld_sft.generate`; the task types themselves
+(numbers, names, what each asks) in `alfworld_sft.task_types`.
 """
 
 from __future__ import annotations
@@ -25,16 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from alfworld_sft import paths
-
-# ALFWorld's six task types, numbered as in ALFWorld's config (`env.task_types`).
-TASK_TYPES: dict[int, str] = {
-    1: "pick_and_place_simple",
-    2: "look_at_obj_in_light",
-    3: "pick_clean_then_place_in_recep",
-    4: "pick_heat_then_place_in_recep",
-    5: "pick_cool_then_place_in_recep",
-    6: "pick_two_obj_and_place",
-}
+from alfworld_sft.task_types import TASK_TYPES, TASK_TYPES_BY_ID
 
 # The course's split names and the folders `alfworld-download` makes under $ALFWORLD_DATA/json_2.1.1/.
 SPLITS: dict[str, str] = {
@@ -110,18 +102,18 @@ def split_dir(split: str, root: Path | None = None) -> Path:
 
 
 def parse_task_types(task_types: Iterable[int | str]) -> list[str]:
-    """Task types given as numbers (1-6, also as text) or names -> names, in TASK_TYPES order."""
+    """Task types given as numbers (1-6, also as text) or names -> names, in the order of the task-type table."""
     names = set()
     for item in task_types:
         text = str(item).strip()
-        if text.isdigit() and int(text) in TASK_TYPES:
-            names.add(TASK_TYPES[int(text)])
-        elif text in TASK_TYPES.values():
+        if text.isdigit() and int(text) in TASK_TYPES_BY_ID:
+            names.add(TASK_TYPES_BY_ID[int(text)].name)
+        elif text in TASK_TYPES:
             names.add(text)
         else:
-            choices = ", ".join(f"{number}={name}" for number, name in TASK_TYPES.items())
+            choices = ", ".join(f"{kind.id}={kind.name}" for kind in TASK_TYPES.values())
             raise ValueError(f"unknown task type {item!r}: use a number or a name ({choices})")
-    return [name for name in TASK_TYPES.values() if name in names]
+    return [name for name in TASK_TYPES if name in names]
 
 
 def game_id(gamefile: str | os.PathLike[str], root: Path | None = None) -> str:
@@ -146,7 +138,7 @@ def read_task_type(gamefile: str | os.PathLike[str]) -> str:
         raise FileNotFoundError(f"{traj} is missing: every game needs its traj_data.json beside it") from None
     except (ValueError, KeyError) as error:
         raise ValueError(f"{traj}: no readable 'task_type' ({error}); re-unpack or regenerate this game") from None
-    if task_type not in TASK_TYPES.values():
+    if task_type not in TASK_TYPES:
         raise ValueError(f"{traj}: unknown task_type {task_type!r}")
     return task_type
 
@@ -155,7 +147,7 @@ def _task_type_of(gamefile: Path) -> str:
     # The task folder is named after the task type (`pick_two_obj_and_place-...`): reading it from the name
     # avoids opening thousands of traj_data.json files (the real ones weigh hundreds of KB each).
     prefix = gamefile.parent.parent.name.split("-", 1)[0]
-    return prefix if prefix in TASK_TYPES.values() else read_task_type(gamefile)
+    return prefix if prefix in TASK_TYPES else read_task_type(gamefile)
 
 
 def _missing_split_message(split: str, folder: Path, found: str) -> str:
@@ -199,7 +191,7 @@ def list_games(
     limit with the same seed extends a smaller one. Raises MissingSplitError when nothing is there.
     """
     games = all_games(split)
-    wanted = parse_task_types(task_types) if task_types is not None else list(TASK_TYPES.values())
+    wanted = parse_task_types(task_types) if task_types is not None else list(TASK_TYPES)
     by_type: dict[str, list[Path]] = {name: [] for name in wanted}
     for path in games:
         task_type = _task_type_of(path)
@@ -237,7 +229,7 @@ def count_games(root: Path | None = None) -> dict[str, dict[str, int]]:
             games = all_games(split, root)
         except MissingSplitError:
             continue
-        per_type = {name: 0 for name in TASK_TYPES.values()}
+        per_type = {name: 0 for name in TASK_TYPES}
         for path in games:
             per_type[_task_type_of(path)] += 1
         counts[split] = per_type

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alfworld_sft import engine, files, games
-from alfworld_sft.games import JSON_DIR, TASK_TYPES
+from alfworld_sft.games import JSON_DIR
+from alfworld_sft.task_types import TASK_TYPES, TASK_TYPES_BY_ID, TaskType
 
 MAX_EXPERT_STEPS = 50  # a generated game is kept only if the handcoded expert wins within this many commands
 MAX_ATTEMPTS = 40  # compositions tried for one game slot before giving up with an error
@@ -209,20 +210,15 @@ ROOM_OBJECTS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-LAMP_HOLDERS = ("Desk", "SideTable", "Dresser")  # where the real games put the desk lamp
-# Appliances a task type uses; they are never the task's destination.
-TASK_APPLIANCE = {3: "SinkBasin", 4: "Microwave", 5: "Fridge"}
-TASK_PROPERTY = {3: "Cleanable", 4: "Heatable", 5: "Coolable"}
-
 
 @dataclass(frozen=True)
 class Task:
-    task_type: int  # key of games.TASK_TYPES
+    task_type: TaskType  # its record in the task-type table (alfworld_sft.task_types)
     room: str  # Kitchen, LivingRoom, Bedroom or Bathroom
     scene: int  # ALFRED scene number of that room type (constants.SCENE_TYPE), used in the folder name
     object_target: str  # ALFRED class of the object to move or look at
-    parent_target: str  # ALFRED class of the destination receptacle ("" for look_at_obj_in_light)
-    toggle_target: str  # "DeskLamp" for look_at_obj_in_light, else ""
+    parent_target: str  # ALFRED class of the destination receptacle ("" when the type places nothing)
+    toggle_target: str  # the type's toggle ("DeskLamp" for look_at_obj_in_light), else ""
     sentence: str  # the task as the game states it, from ALFWorld's goal templates
 
 
@@ -268,41 +264,44 @@ def _has(constants, property_name: str, object_class: str) -> bool:
     return object_class in constants.VAL_ACTION_OBJECTS[property_name]
 
 
-def compose_receptacle_classes(task_type: int, room: str, rng: random.Random) -> list[str]:
+def compose_receptacle_classes(task_type: TaskType, room: str, rng: random.Random) -> list[str]:
     """The receptacle classes of a room, one entry per instance."""
     counts = {cls: rng.randint(low, high) for cls, (low, high) in ROOM_RECEPTACLES[room].items()}
-    if task_type == 2 and not any(counts.get(cls) for cls in LAMP_HOLDERS):
-        counts[rng.choice([cls for cls in LAMP_HOLDERS if cls in counts])] = 1
+    holders = task_type.toggle_holders
+    if task_type.toggle and not any(counts.get(cls) for cls in holders):
+        counts[rng.choice([cls for cls in holders if cls in counts])] = 1
     return [cls for cls, count in counts.items() for _ in range(count)]
 
 
-def choose_task(task_type: int, rng: random.Random) -> tuple[Task, list[str]]:
+def choose_task(task_type: TaskType, rng: random.Random) -> tuple[Task, list[str]]:
     """A task of `task_type` and the receptacle classes of the room it happens in."""
     constants = _constants()
     goal_library = games.import_alfworld("alfworld.gen.goal_library")
 
-    name = TASK_TYPES[task_type]
+    name = task_type.name
+    # The appliance of the treatment is never the destination (nor is it in the real games).
+    appliance = task_type.appliances[0] if task_type.appliances else None
     while True:  # a room without any valid (object, destination) pair is redrawn; rare
         room = rng.choice(sorted(constants.GOALS_VALID[name]))
         classes = compose_receptacle_classes(task_type, room, rng)
         present = sorted(set(classes))
         pairs = []
         for obj in ROOM_OBJECTS[room]:
-            if task_type in TASK_PROPERTY and not _has(constants, TASK_PROPERTY[task_type], obj):
+            if task_type.object_property and not _has(constants, task_type.object_property, obj):
                 continue
             starts = [cls for cls in present if _fits(constants, cls, obj)]
-            if task_type == 2:
+            if not task_type.places:
                 if starts:
                     pairs.append((obj, ""))
                 continue
             for parent in starts:
                 # The target must start somewhere other than its destination, else the game is won at once.
-                if parent != TASK_APPLIANCE.get(task_type) and any(cls != parent for cls in starts):
+                if parent != appliance and any(cls != parent for cls in starts):
                     pairs.append((obj, parent))
         if pairs:
             break
     obj, parent = rng.choice(pairs)
-    toggle = "DeskLamp" if task_type == 2 else ""
+    toggle = task_type.toggle
     template = rng.choice(goal_library.gdict[name]["templates"])
     sentence = template.format(obj=obj.lower(), recep=parent.lower(), toggle=toggle.lower(), mrecep="")
     scene = rng.choice(list(constants.SCENE_TYPE[room]))
@@ -346,12 +345,13 @@ def compose_room(task: Task, classes: Sequence[str], rng: random.Random) -> Room
         if holders:
             room.objects.append((new_id(obj_cls), obj_cls, rng.choice(holders)))
 
-    targets = rng.randint(2, 3) if task.task_type == 6 else rng.randint(1, 2)
+    needed = task.task_type.objects
+    targets = rng.randint(needed, needed + 1)
     for _ in range(targets):
         place(task.object_target, forbidden=task.parent_target)
     if task.toggle_target:
-        holders = [rid for rid, cls in room.receptacles if cls in LAMP_HOLDERS]
-        room.objects.append((new_id("DeskLamp"), "DeskLamp", rng.choice(holders)))
+        holders = [rid for rid, cls in room.receptacles if cls in task.task_type.toggle_holders]
+        room.objects.append((new_id(task.toggle_target), task.toggle_target, rng.choice(holders)))
     distractors = [cls for cls in ROOM_OBJECTS[task.room] if cls != task.object_target]
     for _ in range(rng.randint(*ROOM_DISTRACTORS[task.room])):
         # The destination must not already hold the target's class, so distractors of that class stay out.
@@ -392,7 +392,7 @@ def render_problem(task: Task, room: Room, problem_id: str) -> str:
         [f"(receptacleType {rid} {cls}Type)" for rid, cls in sorted(room.receptacles)]
         + [f"(objectType {oid} {cls}Type)" for oid, cls, _ in objects_by_id]
         + [f"(canContain {r}Type {o}Type)" for r in rtypes_here for o in otypes_here if _fits(constants, r, o)]
-        + [f"(pickupable {oid})" for oid, cls, _ in objects_by_id if cls != "DeskLamp"]
+        + [f"(pickupable {oid})" for oid, cls, _ in objects_by_id if cls != task.toggle_target]  # a lamp stays put
         + [f"(isReceptacleObject {oid})" for oid, cls, _ in objects_by_id if cls in movable]
         + [f"(openable {rid})" for rid, cls in sorted(room.receptacles) if cls in openable]
         + [f"(atLocation agent1 {room.agent_location})"]
@@ -407,7 +407,7 @@ def render_problem(task: Task, room: Room, problem_id: str) -> str:
         + [f"(objectAtLocation {oid} {room.locations[rid]})" for oid, _, rid in objects_by_id]
     )
     goal = (
-        goal_library.gdict[TASK_TYPES[task.task_type]]["pddl"]
+        goal_library.gdict[task.task_type.name]["pddl"]
         .replace("#", "-")
         .format(obj=task.object_target, recep=task.parent_target, toggle=task.toggle_target, mrecep="")
     )
@@ -422,19 +422,19 @@ def render_problem(task: Task, room: Room, problem_id: str) -> str:
     )
 
 
-def trial_name(seed: int, task_type: int, slot: int) -> str:
+def trial_name(seed: int, task_type: TaskType, slot: int) -> str:
     """The trial folder of one game slot; finding it again is how a rerun reuses finished games."""
-    return f"trial_G{seed}_{task_type}_{slot:05d}"
+    return f"trial_G{seed}_{task_type.id}_{slot:05d}"
 
 
-def compose_game(task_type: int, rng: random.Random, trial: str) -> tuple[str, dict, dict]:
+def compose_game(task_type: TaskType, rng: random.Random, trial: str) -> tuple[str, dict, dict]:
     """One candidate game: (task folder name, game.tw-pddl payload without walkthrough, traj_data payload
     without the `generator` entry that records how it was verified)."""
     domain, grammar = load_logic()
     task, classes = choose_task(task_type, rng)
     room = compose_room(task, classes, rng)
     destination = task.parent_target or task.toggle_target
-    folder = f"{TASK_TYPES[task_type]}-{task.object_target}-None-{destination}-{task.scene}"
+    folder = f"{task_type.name}-{task.object_target}-None-{destination}-{task.scene}"
     game = {
         "pddl_domain": domain,
         "grammar": grammar.replace("UNKNOWN GOAL", task.sentence),
@@ -443,7 +443,7 @@ def compose_game(task_type: int, rng: random.Random, trial: str) -> tuple[str, d
     }
     traj = {
         "task_id": trial,
-        "task_type": TASK_TYPES[task_type],
+        "task_type": task_type.name,
         "pddl_params": {
             "mrecep_target": "",
             "object_sliced": False,
@@ -468,15 +468,15 @@ def verify_game(
     return list(played.commands) if played.won else None
 
 
-def find_game(split_dir: Path, task_type: int, trial: str) -> Path | None:
+def find_game(split_dir: Path, task_type: TaskType, trial: str) -> Path | None:
     """The finished game of a slot, if an earlier run made it."""
-    for path in sorted(split_dir.glob(f"{TASK_TYPES[task_type]}-*/{trial}/game.tw-pddl")):
+    for path in sorted(split_dir.glob(f"{task_type.name}-*/{trial}/game.tw-pddl")):
         if (path.parent / "traj_data.json").exists():
             return path
     return None
 
 
-def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot: int) -> tuple[Path, int]:
+def generate_game(root: Path, split_folder: str, seed: int, task_type: TaskType, slot: int) -> tuple[Path, int]:
     """The game of one slot (reused if present, else composed and verified): (game file, attempts made)."""
     split_dir = root / JSON_DIR / split_folder
     trial = trial_name(seed, task_type, slot)
@@ -486,7 +486,7 @@ def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot
     scratch_root = root / ".generating"  # outside the split folder: readers never see a game being built
     scratch_root.mkdir(parents=True, exist_ok=True)
     for attempt in range(MAX_ATTEMPTS):
-        sub_seed = derive_seed(seed, split_folder, task_type, slot, attempt)
+        sub_seed = derive_seed(seed, split_folder, task_type.id, slot, attempt)
         folder, game, traj = compose_game(task_type, random.Random(sub_seed), trial)
         game_id = f"{JSON_DIR}/{split_folder}/{folder}/{trial}"  # games.game_id of the finished game
         expert = {
@@ -516,7 +516,7 @@ def generate_game(root: Path, split_folder: str, seed: int, task_type: int, slot
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     raise RuntimeError(
-        f"no {TASK_TYPES[task_type]} game the expert wins in {MAX_ATTEMPTS} attempts (seed {seed}, "
+        f"no {task_type.name} game the expert wins in {MAX_ATTEMPTS} attempts (seed {seed}, "
         f"slot {slot}): try another seed or leave this task type out"
     )
 
@@ -533,14 +533,15 @@ def write_logic(root: Path) -> None:
 def generate_games(
     root: Path, split_folder: str, count: int, seed: int, task_types: Iterable[int] | None = None
 ) -> list[Path]:
-    """Write `count` verified games under `root/json_2.1.1/<split_folder>/`, balanced over `task_types`
-    (all six by default), and return their game files; finished games of an earlier run are reused."""
+    """Write `count` verified games under `root/json_2.1.1/<split_folder>/`, balanced over `task_types` (ids of
+    the task-type table; all by default), and return their game files; finished games of an earlier run are reused."""
     from tqdm.auto import tqdm
 
-    types = sorted(set(TASK_TYPES if task_types is None else task_types))
-    unknown = [t for t in types if t not in TASK_TYPES]
-    if unknown or not types:
-        raise ValueError(f"task types {unknown or '(none)'} are not valid: choose from {sorted(TASK_TYPES)}")
+    ids = sorted(set(TASK_TYPES_BY_ID if task_types is None else task_types))
+    unknown = [t for t in ids if t not in TASK_TYPES_BY_ID]
+    if unknown or not ids:
+        raise ValueError(f"task types {unknown or '(none)'} are not valid: choose from {sorted(TASK_TYPES_BY_ID)}")
+    types = [TASK_TYPES_BY_ID[number] for number in ids]
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     root = Path(root)
@@ -591,13 +592,13 @@ def print_status() -> None:
     source = "generated games" if games.uses_generated_games() else "$ALFWORLD_DATA"
     print(f"data root: {root} ({source})")
     counts = games.count_games(root)
-    print("task types: " + ", ".join(f"{number}={name}" for number, name in TASK_TYPES.items()))
+    print("task types: " + ", ".join(f"{kind.id}={kind.name}" for kind in TASK_TYPES.values()))
     for split, folder in games.SPLITS.items():
         per_type = counts.get(split)
         if per_type is None:
             print(f"  {split:<25} {folder:<13} missing")
             continue
-        cells = " ".join(f"{number}:{per_type[name]:<4}" for number, name in TASK_TYPES.items())
+        cells = " ".join(f"{kind.id}:{per_type[kind.name]:<4}" for kind in TASK_TYPES.values())
         print(f"  {split:<25} {folder:<13} {sum(per_type.values()):>5} games  {cells}")
 
 

@@ -43,7 +43,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, models, ollama, prompts, records
+from alfworld_sft import files, flags, models, ollama, prompts, records
+from alfworld_sft.flags import option
 from alfworld_sft.merge import sample_conversations
 from alfworld_sft.paths import cache_dir, resolve_repo_path
 from alfworld_sft.results import write_result
@@ -73,13 +74,28 @@ class GGUFVerificationError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportConfig:
-    merged: Path  # the merged Hugging Face folder (results/sft_merged)
-    output: Path  # where the GGUF files, their training record and the Modelfile go (results/gguf)
-    outtype: str = "f16"  # converter output: f32, f16, bf16 or q8_0
-    quantize: str | None = "q4_k_m"  # llama.cpp quantizer type applied to the converted file, or None
-    name: str = "alfworld-sft"  # the GGUF file stem (and, on the command line, the Ollama model name)
-    verify_prompts: int = 3  # game prompts whose greedy replies are compared with the merged model (0: no check)
-    max_new_tokens: int = 16  # length of each compared greedy reply
+    """What `export_gguf` converts and checks. The fields with help are `alfworld-sft export-gguf` flags (`flags`);
+    the folders have command-line defaults only (`CLI_DEFAULTS`)."""
+
+    merged: Path = option(help="merged Hugging Face folder (default: %(default)s)")
+    output: Path = option(
+        help="output folder: the GGUF files, their training record and the Modelfile (default: %(default)s)"
+    )
+    # no choices: the command takes either case (`_run_export`)
+    outtype: str = option("f16", f"converter type: {', '.join(CONVERTER_OUTTYPES)} (default: %(default)s)")
+    quantize: str | None = option(  # None: no quantized file (`none` on the command line)
+        "q4_k_m", f"then quantize with llama.cpp: {', '.join(QUANTIZE_FTYPES)} or none (default: %(default)s)"
+    )
+    name: str = option("alfworld-sft", "Ollama model name, and the GGUF files' stem (default: %(default)s)")
+    verify_prompts: int = option(
+        3,
+        "game prompts whose greedy replies every file must reproduce; 0 skips the check, which loads the merged "
+        "model in float32 (default: %(default)s)",
+    )
+    max_new_tokens: int = 16  # length of each compared greedy reply (Python only: no flag)
+
+
+CLI_DEFAULTS = {"merged": "results/sft_merged", "output": "results/gguf"}  # the course's layout
 
 
 # ------------------------------------------------------------------------------------- llama.cpp tools
@@ -603,26 +619,8 @@ def summarize_export(merge: Mapping[str, Any], gguf: Mapping[str, Any], modelfil
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser("export-gguf", help="convert a merged folder to GGUF, quantize, write a Modelfile")
-    export.add_argument("--merged", default="results/sft_merged", help="merged folder (default: %(default)s)")
-    export.add_argument("--output", default="results/gguf", help="output folder (default: %(default)s)")
-    export.add_argument(
-        "--outtype",
-        default=ExportConfig.outtype,
-        help=f"converter type: {', '.join(CONVERTER_OUTTYPES)} (default: %(default)s)",
-    )
-    export.add_argument(
-        "--quantize",
-        default=ExportConfig.quantize,
-        help=f"then quantize: {', '.join(QUANTIZE_FTYPES)} or none (default: %(default)s)",
-    )
-    export.add_argument("--name", default=ExportConfig.name, help="Ollama model name (default: %(default)s)")
-    export.add_argument(
-        "--verify-prompts",
-        type=int,
-        default=ExportConfig.verify_prompts,
-        help="game prompts whose greedy replies every file must reproduce; 0 skips the check, which loads the "
-        "merged model in float32 (default: %(default)s)",
-    )
+    flags.add_options(export, ExportConfig, defaults=CLI_DEFAULTS)
+    # Not an ExportConfig field: it decides what the Modelfile step does (ollama.ModelfileConfig.create_ollama).
     export.add_argument("--no-ollama", action="store_true", help="only print the `ollama create` command")
     export.set_defaults(func=_run_export)
 
@@ -630,14 +628,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     files.check_output(resolve_repo_path(args.output), "--output", folder=True)
     quantize = None if args.quantize in (None, "", "none") else args.quantize.lower()
-    config = ExportConfig(
-        merged=Path(args.merged),
-        output=Path(args.output),
-        outtype=args.outtype.lower(),
-        quantize=quantize,
-        name=args.name,
-        verify_prompts=args.verify_prompts,
-    )
+    config = flags.config_from_args(ExportConfig, args, outtype=args.outtype.lower(), quantize=quantize)
     record = export_gguf(config)
     modelfile = ollama.write_modelfile(
         ollama.ModelfileConfig(

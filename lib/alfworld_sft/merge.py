@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, models, prompts, records
+from alfworld_sft import files, flags, models, prompts, records
+from alfworld_sft.flags import option
 from alfworld_sft.paths import resolve_repo_path
 from alfworld_sft.results import write_result
 
@@ -47,10 +48,20 @@ class MergeVerificationError(RuntimeError):
 
 @dataclass(frozen=True)
 class MergeConfig:
-    adapter: Path  # the LoRA adapter folder training wrote (results/sft_adapter)
-    output: Path  # the merged Hugging Face folder to write (results/sft_merged)
-    base: str | None = None  # must name the adapter's own base when given; None reads it from the adapter
-    verify_prompts: int = 3  # sample game prompts whose logits are compared after the merge
+    """What `merge_adapter` merges, and how it checks it. Each field is an `alfworld-sft merge` flag (`flags`); the
+    folders have command-line defaults only (`CLI_DEFAULTS`)."""
+
+    adapter: Path = option(help="adapter folder, as training wrote it (default: %(default)s)")
+    output: Path = option(help="merged Hugging Face folder to write (default: %(default)s)")
+    base: str | None = option(
+        None, "optional: must be the model the adapter was trained on (default: read from the adapter)"
+    )
+    verify_prompts: int = option(
+        3, "sample game prompts whose logits are compared with base + adapter after the merge (default: %(default)s)"
+    )
+
+
+CLI_DEFAULTS = {"adapter": "results/sft_adapter", "output": "results/sft_merged"}  # the course's layout
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,8 @@ def sample_conversations(count: int = 3, record: records.TrainingRecord | None =
                 {"role": "assistant", "content": prompts.render_reply(command, thought, data_format)},
                 {"role": "user", "content": prompts.render_turn(next_observation, commands, fmt)},
             ]
-        conversations.append(prompts.build_messages(prompts.system_prompt(data_format), turns))
+        system = record.system() if record else prompts.system_prompt(data_format)
+        conversations.append(prompts.build_messages(system, turns))
     return conversations
 
 
@@ -289,21 +301,11 @@ def compare_answers(
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     merge = subparsers.add_parser("merge", help="merge a LoRA adapter into its unquantized base and verify it")
-    merge.add_argument("--adapter", default="results/sft_adapter", help="adapter folder (default: %(default)s)")
-    merge.add_argument("--output", default="results/sft_merged", help="merged folder (default: %(default)s)")
-    merge.add_argument("--base", default=None, help="optional: must be the model the adapter was trained on")
-    merge.add_argument("--verify-prompts", type=int, default=MergeConfig.verify_prompts)
+    flags.add_options(merge, MergeConfig, defaults=CLI_DEFAULTS)
     merge.set_defaults(func=_run_merge)
 
 
 def _run_merge(args: argparse.Namespace) -> int:
     files.check_output(resolve_repo_path(args.output), "--output", folder=True)
-    merge_adapter(
-        MergeConfig(
-            adapter=Path(args.adapter),
-            output=Path(args.output),
-            base=args.base,
-            verify_prompts=args.verify_prompts,
-        )
-    )
+    merge_adapter(flags.config_from_args(MergeConfig, args))
     return 0

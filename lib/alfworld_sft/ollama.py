@@ -160,7 +160,7 @@ def write_modelfile(config: ModelfileConfig, log: Callable[[str], None] = print)
             f"no {records.TRAINING_RECORD_FILE} beside {gguf.name}: the Modelfile gets no SYSTEM prompt nor num_ctx; "
             "export from a merged folder that has one (`alfworld-sft merge` copies the adapter's)"
         )
-    system = prompts.system_prompt(record.data_format) if record else None
+    system = record.system() if record else None
     num_ctx = record.max_seq_len if record else None
     stops = modelfile_stop_tokens(tokenizer, record.end_of_turn if record else None)
     path = files.write_text(

@@ -6,7 +6,8 @@ What a model is trained on is exactly what it sees when it plays, so every stage
   formats (`system_prompt(data_format)`): bare commands, or "Thought: ...\nAction: ..." replies.
 * `render_first_turn` / `render_turn`: the user turns (task and observation; optionally the admissible
   commands, as set by `PromptFormat`); `parse_turn` reads one back.
-* `render_reply`: the assistant turn in a data format.
+* `render_reply`: the assistant turn in a data format; `parse_reply` reads one back (a model's reply too):
+  its thought and its command, the one place a "Thought: ...\nAction: ..." reply is taken apart.
 * `select_window`: the sliding window that fits a long game into `max_seq_len` tokens by dropping the
   oldest middle turns (whole turns, never a cut token), keeping the system prompt and the task.
 
@@ -38,6 +39,9 @@ ADMISSIBLE_PREFIX = "\nAdmissible commands: "
 
 _WELCOME = re.compile(r"^-= Welcome to TextWorld, ALFRED! =-\s*", re.MULTILINE)
 _TASK = re.compile(r"\s*Your task is to: (?P<task>.+?)\s*$", re.DOTALL)
+_ACTION = re.compile(r"action\s*:\s*(.+)", re.IGNORECASE)
+_THOUGHT = re.compile(r"thought\s*:\s*(.*?)\s*(?:action\s*:|$)", re.IGNORECASE | re.DOTALL)
+_THOUGHT_LINE = re.compile(r"\s*thought\s*:", re.IGNORECASE)
 
 Message = dict[str, str]
 
@@ -72,6 +76,25 @@ def render_reply(command: str, thought: str | None, data_format: str = "commands
             raise ValueError(f"the thoughts format needs a thought for the command {command!r}")
         return f"Thought: {thought}\nAction: {command}"
     return command
+
+
+def parse_reply(text: str) -> tuple[str | None, str]:
+    """The inverse of `render_reply`, lenient as a model's reply needs: (the thought or None, the command).
+
+    The command is the text after the last "Action:", else the first non-empty line that is not a "Thought:" line,
+    without what models put around it (quotes, backticks, a leading ">", a final period); "" when there is none.
+    The thought is the text between "Thought:" and "Action:" (or the end), on one line; None when there is none.
+    """
+    actions = _ACTION.findall(text)
+    if actions:
+        command = actions[-1]
+    else:
+        lines = [line for line in text.splitlines() if line.strip() and not _THOUGHT_LINE.match(line)]
+        command = lines[0] if lines else ""
+    command = command.strip().strip("`'\"").lstrip(">").strip().rstrip(".").strip()
+    match = _THOUGHT.search(text)
+    thought = (" ".join(match.group(1).split()) or None) if match else None
+    return thought, command
 
 
 def _with_commands(text: str, admissible_commands: Sequence[str] | None, fmt: PromptFormat) -> str:

@@ -1,9 +1,12 @@
-"""The two records that travel between stages, each with one definition, one reader and one writer.
+"""The three records that travel between stages, each with one definition, one reader and one writer.
 
 * The **trajectory record** (one JSON object per line of `trajectories.jsonl`): written by collection and by the
   DAgger and self-imitation rounds, read by formatting. `validate_record` holds the contract's rules (CONTRIBUTING.md,
   "The trajectory record"), `trained_turns` says which assistant turns carry a loss, `render_transcript` shows a
   record as text.
+* The **rollout record** (one JSON object per finished game, a line of a game log): made by the rollout loop
+  (`make_rollout`), read back by evaluation, reports and DAgger through `read_rollouts` alone; `validate_rollout`
+  holds its rules (CONTRIBUTING.md, "The rollout record").
 * The **training record** (`training_record.json` beside an adapter, a merged model or a Modelfile): written by
   training, read by merging, export and every evaluation backend, so that a model is always played as it was
   trained. `TrainingRecord` is its typed form; `read_training_record` / `write_training_record` its only reader and
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -139,6 +143,67 @@ def render_transcript(record: Mapping[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------- training record
 
+# ----------------------------------------------------------------------------------------- the rollout record
+ROLLOUT_VERSION = 1
+# What every rollout record holds, with its type; anything else a game's play adds (mapped, actions, reflections,
+# timing, first observation, ...) travels along unchecked.
+ROLLOUT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "agent": str,
+    "game_id": str,
+    "task_type": str,
+    "gamefile": str,
+    "won": bool,
+    "steps": int,
+    "trials": int,
+    "invalid_replies": int,
+    "tokens_generated": int,
+    "wall_s": (int, float),
+    "transcript": list,
+}
+
+
+def make_rollout(agent: str, gamefile: str, game_id: str, played: Mapping[str, Any]) -> dict[str, Any]:
+    """The rollout record of one finished game: who played which game, then what the play produced."""
+    from alfworld_sft import games
+
+    record = {
+        "rollout_version": ROLLOUT_VERSION,
+        "agent": agent,
+        "game_id": game_id,
+        "task_type": games.read_task_type(gamefile),
+        "gamefile": str(gamefile),
+        **played,
+    }
+    problem = validate_rollout(record)
+    if problem:
+        raise ValueError(f"a rollout of {game_id} by {agent} is not a rollout record: {problem}")
+    return record
+
+
+def validate_rollout(record: Any) -> str | None:
+    """None when `record` is a rollout record, else what is wrong with it."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [key for key in ROLLOUT_KEYS if key not in record]
+    if missing:
+        return f"keys {missing} are missing"
+    wrong = [key for key, kind in ROLLOUT_KEYS.items() if not isinstance(record[key], kind)]
+    if wrong:
+        return f"keys {wrong} have the wrong type"
+    if record.get("rollout_version", ROLLOUT_VERSION) != ROLLOUT_VERSION:
+        return f"rollout_version {record['rollout_version']} is not {ROLLOUT_VERSION}: play it again with this course"
+    if not record["transcript"] or not all(isinstance(trial.get("turns"), list) for trial in record["transcript"]):
+        return "its transcript holds no trial with turns"
+    return None
+
+
+def read_rollouts(path: str | os.PathLike[str], key: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rollout records of the run `key` in the game log at `path` (the one reader: evaluation, DAgger,
+    reports); lines that are not rollout records are set aside as malformed, another run's log is moved aside."""
+    return files.read_game_log(Path(path), key, required=ROLLOUT_KEYS)
+
+
+# ----------------------------------------------------------------------------------------- the training record
 TRAINING_RECORD_FILE = "training_record.json"
 DATA_FORMATS = prompts.DATA_FORMATS
 
@@ -156,6 +221,9 @@ class TrainingRecord:
     max_seq_len: int  # the training window; play windows prompts to fit it
     end_of_turn: str | None = None  # the chat template's end-of-turn marker (models.end_of_turn_marker); None: probe
     data_format: str = "commands"  # "commands" (bare commands) or "thoughts" ("Thought: ...\nAction: ...")
+    # The system prompt the model was trained under: play, the merge check and the Modelfile use this text, never
+    # today's `prompts.py`. None in records older than the field: `prompts.system_prompt(data_format)` stands in.
+    system_prompt: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)  # everything else training wrote (config, losses, meta)
 
     def __post_init__(self) -> None:
@@ -170,7 +238,16 @@ class TrainingRecord:
             "max_seq_len": self.max_seq_len,
             "end_of_turn": self.end_of_turn,
             "data_format": self.data_format,
+            "system_prompt": self.system_prompt,
         }
+
+    def system(self) -> str:
+        """The system prompt to play this model with: the one it was trained under."""
+        return self.system_prompt if self.system_prompt is not None else prompts.system_prompt(self.data_format)
+
+    def system_sha256(self) -> str:
+        """What identifies that prompt in a game log's run key (a prompt edited since is another run)."""
+        return hashlib.sha256(self.system().encode("utf-8")).hexdigest()[:16]
 
 
 def parse_training_record(raw: Any, source: str | os.PathLike[str]) -> TrainingRecord:
@@ -184,13 +261,14 @@ def parse_training_record(raw: Any, source: str | os.PathLike[str]) -> TrainingR
             "retrain, or restore the file"
         )
     try:
-        typed = {"base_model", "prompt_format", "max_seq_len", "end_of_turn", "data_format"}
+        typed = {"base_model", "prompt_format", "max_seq_len", "end_of_turn", "data_format", "system_prompt"}
         return TrainingRecord(
             base_model=str(raw["base_model"]),
             prompt_format=prompts.PromptFormat(**raw["prompt_format"]),
             max_seq_len=int(raw["max_seq_len"]),
             end_of_turn=raw.get("end_of_turn"),
             data_format=raw.get("data_format") or "commands",
+            system_prompt=raw.get("system_prompt"),
             details={key: value for key, value in raw.items() if key not in typed},
         )
     except (TypeError, ValueError) as error:

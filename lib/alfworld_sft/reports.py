@@ -16,17 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import failures, files, games, paths
-
-TASK_TYPE_LABELS = {
-    "pick_and_place_simple": "place",
-    "look_at_obj_in_light": "look in light",
-    "pick_clean_then_place_in_recep": "clean",
-    "pick_heat_then_place_in_recep": "heat",
-    "pick_cool_then_place_in_recep": "cool",
-    "pick_two_obj_and_place": "pick two",
-}
-
+from alfworld_sft import failures, files, paths, records
+from alfworld_sft.task_types import TASK_TYPES, task_label
 
 # ---------------------------------------------------------------------------------------------------- tables
 
@@ -79,7 +70,7 @@ def plot_expert_summary(per_task_type: dict[str, dict[str, float]], path: Path, 
     """Won rate and mean steps (won games) per task type of a collection, as a PNG."""
     plt = _pyplot()
     names = list(per_task_type)
-    labels = [f"{number} {TASK_TYPE_LABELS.get(name, name)}" for number, name in enumerate(names, start=1)]
+    labels = [f"{number} {task_label(name)}" for number, name in enumerate(names, start=1)]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     rates = [per_task_type[name]["won_rate"] for name in names]
     left.bar(labels, rates, color="tab:green")
@@ -250,9 +241,7 @@ def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
     plt = _pyplot()
     agent_names = sorted({a for r in runs.values() for a in r["agents"]}, key=_agent_order)
     task_types = [
-        t
-        for t in games.TASK_TYPES.values()
-        if any(t in b["per_task_type"] for r in runs.values() for b in r["agents"].values())
+        t for t in TASK_TYPES if any(t in b["per_task_type"] for r in runs.values() for b in r["agents"].values())
     ]
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 2]})
     width = 0.8 / max(1, len(runs))
@@ -284,7 +273,7 @@ def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> Path:
         right.bar([x + i * width for x in range(len(task_types))], rates, width, label=label)
     right.set_xticks(
         [x + width * (len(series) - 1) / 2 for x in range(len(task_types))],
-        [TASK_TYPE_LABELS.get(t, t) for t in task_types],
+        [task_label(t) for t in task_types],
         rotation=20,
     )
     right.set_ylim(0, 1.05)
@@ -374,7 +363,7 @@ def _slug(text: str) -> str:
 
 
 def plot_rounds(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
-    """DAgger / self-imitation per round (`dagger.round_rows`): success on the left (the rollouts' win rate on the
+    """DAgger / self-imitation per round (`dagger_runs.round_rows`): success on the left (the rollouts' win rate on the
     round's train games, played by the previous round's adapter; the round's adapter on held-out games, round 0
     being the starting adapter), training data on the right (expert and new records)."""
     plt = _pyplot()
@@ -411,7 +400,7 @@ def plot_rounds(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], ti
 
 
 def plot_methods(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike[str]) -> Path:
-    """Several DAgger / self-imitation runs (`dagger.read_run_rows`) on one axis: the held-out success of each
+    """Several DAgger / self-imitation runs (`dagger_runs.read_run_rows`) on one axis: the held-out success of each
     round's adapter, one line per run, round 0 being the adapter they start from."""
     evaluated = {name: [row for row in rows if row.get("eval_success") is not None] for name, rows in runs.items()}
     if not any(evaluated.values()):
@@ -437,7 +426,7 @@ def plot_methods(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.Pa
 
 
 def transcript_text(record: dict[str, Any], *, max_turns: int = 12) -> str:
-    """A finished game (a checkpoint line) as readable text: plan, replies, commands, observations."""
+    """A finished game (a game log line) as readable text: plan, replies, commands, observations."""
     out = [
         f"[{record['agent']}] {record['game_id']}  won={record['won']} steps={record['steps']}",
         f"Task: {record['task']}",
@@ -463,15 +452,15 @@ def transcript_text(record: dict[str, Any], *, max_turns: int = 12) -> str:
 
 
 def played_games(results_path: str | Path) -> list[dict[str, Any]]:
-    """The finished games (checkpoint lines, with every reply) behind a results file."""
+    """The finished games (game log lines, with every reply) behind a results file."""
     results = files.read_json(results_path)
-    checkpoint = results["config"]["checkpoint"]
-    checkpoint = paths.resolve_repo_path(checkpoint) if checkpoint else Path(results_path).with_suffix(".ckpt.jsonl")
-    return [r for r in files.read_jsonl(checkpoint, skip_malformed=True) if "agent" in r and "transcript" in r]
+    game_log = results["config"]["checkpoint"]  # `evaluate --checkpoint`: the seed guide's name for the game log
+    game_log = paths.resolve_repo_path(game_log) if game_log else Path(results_path).with_suffix(".ckpt.jsonl")
+    return records.read_rollouts(game_log, results["run"])
 
 
 def example_transcripts(results_path: str | Path) -> dict[str, str]:
-    """One transcript per agent from a run's checkpoint (a won game when there is one), as readable text."""
+    """One transcript per agent from a run's game log (a won game when there is one), as readable text."""
     chosen: dict[str, dict[str, Any]] = {}
     for record in played_games(results_path):
         if record["agent"] not in chosen or (record["won"] and not chosen[record["agent"]]["won"]):

@@ -1,4 +1,4 @@
-"""The rollout engine: the one implementation of "play games with a model", for evaluation, DAgger and the notebooks.
+"""Rollouts: the one implementation of "play games with a model", for evaluation, DAgger and the notebooks.
 
 Games are stepped by **engine workers** (`workers` processes, each owning some games: loading, resetting and
 stepping them in the real engine, building each game's prompt with the model's tokenizer), while **one model** in
@@ -36,7 +36,7 @@ from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import engine, games
+from alfworld_sft import engine, games, records
 from alfworld_sft.agents import Demonstration, Episode, build_agent, session_of
 from alfworld_sft.backends import Backend, CodecSpec, PromptCodec, Reply
 
@@ -359,9 +359,9 @@ class ProcessTransport:
 
 
 @contextlib.contextmanager
-def open_engine(backend: Backend, workers: int) -> Iterator[Any]:
-    """The engine workers for `backend`'s model (`workers` processes, or this process for 0), kept open across
-    rollouts: an evaluation starts them once for all its agents."""
+def open_worker_pool(backend: Backend, workers: int) -> Iterator[Any]:
+    """The worker pool that steps games for `backend`'s model (`workers` engine worker processes, or this process
+    for 0), kept open across rollouts: an evaluation starts it once for all its agents."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     transport = ProcessTransport(backend.codec.spec(), workers) if workers else InlineTransport(backend.codec)
@@ -378,14 +378,14 @@ def play_rollouts(
     *,
     on_finished: Callable[[dict[str, Any]], None] | None = None,
     on_failed: Callable[[str, str, str], None] | None = None,
-    engine_pool: Any = None,
+    worker_pool: Any = None,
 ) -> RolloutResult:
     """Play `gamefiles` with `config.agent` on `backend`; hand each finished game's record to `on_finished` at
     once (checkpointing) and each game that could not be played to `on_failed(agent, gamefile, error)`.
-    `engine_pool` (`open_engine`) reuses workers already started; without it, `config.workers` are started for
-    this call."""
+    `worker_pool` (`open_worker_pool`) reuses workers already started; without it, `config.workers` are started
+    for this call."""
     return play_rollout_groups(
-        backend, [(config, gamefiles)], on_finished=on_finished, on_failed=on_failed, engine_pool=engine_pool
+        backend, [(config, gamefiles)], on_finished=on_finished, on_failed=on_failed, worker_pool=worker_pool
     )
 
 
@@ -395,21 +395,21 @@ def play_rollout_groups(
     *,
     on_finished: Callable[[dict[str, Any]], None] | None = None,
     on_failed: Callable[[str, str, str], None] | None = None,
-    engine_pool: Any = None,
+    worker_pool: Any = None,
 ) -> RolloutResult:
     """Play every group's games (a config, most often one agent, and its games) in ONE continuous batch: the
     model answers the pending requests of every game of every group together, so a run of several agents never
-    waits for one agent's last long games before the next agent starts. The engine settings (`workers`,
+    waits for one agent's last long games before the next agent starts. The worker pool's settings (`workers`,
     `games_in_flight`, `progress`) are the first group's; each game plays by its own group's config."""
     if not groups:
         return RolloutResult()
     for config, _ in groups:
         if config.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {config.max_steps}")
-    if engine_pool is not None:
-        return _play(backend, groups, engine_pool, on_finished, on_failed, startup_s=0.0)
+    if worker_pool is not None:
+        return _play(backend, groups, worker_pool, on_finished, on_failed, startup_s=0.0)
     started = time.perf_counter()
-    with open_engine(backend, groups[0][0].workers) as pool:
+    with open_worker_pool(backend, groups[0][0].workers) as pool:
         return _play(backend, groups, pool, on_finished, on_failed, startup_s=time.perf_counter() - started)
 
 
@@ -466,7 +466,7 @@ def _play(
                     if on_failed:
                         on_failed(config.agent, gamefile, detail)
                     continue
-                record = _game_record(config.agent, gamefile, game_id, detail)
+                record = records.make_rollout(config.agent, gamefile, game_id, detail)
                 for key in ("engine_start_s", "engine_step_s", "prompt_s"):
                     setattr(profile, key, getattr(profile, key) + record["timing"][key])
                 profile.games += 1
@@ -501,13 +501,3 @@ def _decoder_stats(backend: Backend) -> dict[str, Any] | None:
     """A local model's decoding counters (time in prefill and decode, prompt tokens computed or reused)."""
     decoder = getattr(backend, "decoder", None)
     return asdict(decoder.stats) if decoder is not None else None
-
-
-def _game_record(agent: str, gamefile: str, game_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "agent": agent,
-        "game_id": game_id,
-        "task_type": games.read_task_type(gamefile),
-        "gamefile": gamefile,
-        **record,
-    }

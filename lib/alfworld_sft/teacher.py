@@ -36,20 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from alfworld_sft import games
-from alfworld_sft.games import TASK_TYPES
+from alfworld_sft.task_types import TASK_TYPES
 
-# Where each treatment happens. Cleaning falls back on a bathtub basin in a room without a sink basin, as ALFWorld's
-# expert does (every clean game of train, valid_seen and valid_train has a sink basin).
-STATIONS: dict[str, tuple[str, ...]] = {
-    "heat": ("microwave",),
-    "cool": ("fridge",),
-    "clean": ("sinkbasin", "bathtubbasin"),
-}
-TREATMENT = {
-    "pick_heat_then_place_in_recep": "heat",
-    "pick_cool_then_place_in_recep": "cool",
-    "pick_clean_then_place_in_recep": "clean",
-}
+# What a treatment makes of an object (the task types' treatments and where they happen: alfworld_sft.task_types).
 TREATED = {"heat": "hot", "cool": "cool", "clean": "clean"}
 # Receptacle classes an object goes "in" rather than "on" (only wording of the thoughts).
 INSIDE = {"cabinet", "drawer", "fridge", "microwave", "safe", "box", "garbagecan", "sinkbasin", "bathtubbasin",
@@ -154,8 +143,8 @@ class Teacher:
     """Beliefs from observations, and the next command for the task with the reason in one sentence."""
 
     def __init__(self, task_type: str, pddl_params: Mapping[str, Any]):
-        if task_type not in TASK_TYPES.values():
-            raise ValueError(f"unknown task type {task_type!r}: choose one of {', '.join(TASK_TYPES.values())}")
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"unknown task type {task_type!r}: choose one of {', '.join(TASK_TYPES)}")
         if pddl_params.get("mrecep_target") or pddl_params.get("object_sliced"):
             # No ALFWorld text game (train, valid_seen, valid_train) uses either; ALFRED's PDDL lacks the actions.
             raise ValueError(
@@ -163,22 +152,25 @@ class Teacher:
                 "ALFWorld text game uses and the teacher does not play"
             )
         self.task_type = task_type
+        self.kind = TASK_TYPES[task_type]
         self.target = str(pddl_params.get("object_target") or "").lower()
         self.parent = str(pddl_params.get("parent_target") or "").lower()
         self.toggle = str(pddl_params.get("toggle_target") or "").lower()
         missing = [name for name, value in self._required().items() if not value]
         if missing:
             raise ValueError(f"task {task_type} needs {', '.join(missing)} in its parameters, got {dict(pddl_params)}")
-        self.treatment = TREATMENT.get(task_type)
+        self.treatment = self.kind.treatment
+        # Where the treatment happens, as the game names receptacles; the first that the room holds is used.
+        self.stations = tuple(cls.lower() for cls in self.kind.appliances)
         self._priors = {cls: receptacle_priors(cls) for cls in {self.target, self.toggle} if cls}
         self._openable = openable_classes()
         self._reset()
 
     def _required(self) -> dict[str, str]:
         needed = {"object_target": self.target}
-        if self.task_type == "look_at_obj_in_light":
+        if self.kind.toggle:
             needed["toggle_target"] = self.toggle
-        else:
+        if self.kind.places:
             needed["parent_target"] = self.parent
         return needed
 
@@ -339,8 +331,9 @@ class Teacher:
         ]
 
     def _placed(self) -> list[str]:
-        """Objects of the target class already in the destination (pick_two only: elsewhere the game is won)."""
-        if self.task_type != "pick_two_obj_and_place":
+        """Objects of the target class already in the destination (two-object tasks only: elsewhere the game is won
+        once one is there)."""
+        if self.kind.objects < 2:
             return []
         destination = self._destination()
         return self._placed_in(destination) if destination else []
@@ -365,7 +358,7 @@ class Teacher:
         if held is not None:
             if self.treatment and held not in self.treated[TREATED[self.treatment]]:
                 return self._apply_treatment(held, self.treatment)
-            if self.task_type == "look_at_obj_in_light":
+            if self.kind.toggle:
                 return self._use_lamp(held)
             return self._deliver(held)
         return self._fetch()
@@ -385,7 +378,7 @@ class Teacher:
         return self._stuck()
 
     def _apply_treatment(self, held: str, verb: str) -> Decision:
-        stations = [r for cls in STATIONS[verb] for r in self.receptacles if class_of(r) == cls]
+        stations = [r for cls in self.stations for r in self.receptacles if class_of(r) == cls]
         for station in stations:
             if self._can(f"{verb} {held} with {station}"):
                 return Decision(f"{verb} {held} with {station}", f"Now I {verb} the {held} with the {station}.", False)

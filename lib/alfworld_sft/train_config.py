@@ -19,56 +19,127 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from alfworld_sft import formatting, models, prompts, recipes, records
+from alfworld_sft import flags, formatting, models, prompts, recipes, records
+from alfworld_sft.flags import option
 from alfworld_sft.paths import resolve_repo_path
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTIONS = ("auto", "sdpa", "flash_attention_2", "varlen")  # --attention choices
 TRAIN_DTYPES = ("auto", "bfloat16", "float16")  # --dtype choices
+DEVICES = ("auto", "cuda", "cpu")  # --device choices
+QUANTIZATIONS = ("auto", "nf4", "none")  # --quantization choices
+BACKENDS = ("auto", "unsloth", "peft")  # --backend choices
+
+
+def _recipe_option(help: str, **argparse_extras: Any) -> Any:
+    """A field the recipe fills (`recipes`): None until `recipes.resolve_recipe`, a flag that says so."""
+    return option(None, f"{help}; default: the recipe's", **argparse_extras)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. The fields left at None take the values of the base model's recipe (`recipes`); any value
-    given wins and is recorded as an override. The default base is the embedded model (see `DEFAULT_BASE_NOTE`)."""
+    given wins and is recorded as an override. The default base is the embedded model (see `DEFAULT_BASE_NOTE`).
+    Each field with help is an `alfworld-sft train` flag (`flags`)."""
 
-    data: str = "results/oracle/trajectories.jsonl"  # trajectories JSONL, or a folder from `alfworld-sft format`
-    output: str = "results/sft_adapter"  # adapter, tokenizer, checkpoints, log, plot, training_record.json
-    base: str = models.DEFAULT_MODEL  # model id, local folder or the embedded default's name
-    data_format: str = "commands"  # what an assistant turn holds: "commands" or "thoughts" (prompts.DATA_FORMATS)
-    recipe: str = "auto"  # recipes.RECIPES: the values of every field below left at None; auto: by the base's size
-    epochs: float | None = None  # passes over the training split
-    batch: int | None = None  # sequences per pass on CPU; everywhere batch x grad_accum x GPUs is the effective batch
-    lr: float | None = None  # peak learning rate
-    max_seq_len: int | None = None  # tokens per example; longer games lose their oldest middle turns
-    grad_accum: int | None = None  # passes per optimizer update (on CUDA re-split by the plan, same effective batch)
-    lora_r: int | None = None  # LoRA rank
-    lora_alpha: int | None = None  # LoRA scaling numerator (scale = alpha / r)
-    lora_dropout: float | None = None  # dropout on the LoRA path
-    target_modules: tuple[str, ...] = LORA_TARGET_MODULES  # linear layers that get adapters
-    lr_scheduler: str = "cosine"  # learning-rate schedule after warm-up
-    warmup_ratio: float | None = None  # share of all optimizer steps spent warming up
-    logging_steps: int | None = None  # optimizer steps between train-loss log lines
-    eval_steps: int | None = None  # optimizer steps between evaluations of the held-out games
-    save_steps: int | None = None  # optimizer steps between checkpoints (a multiple of eval_steps, to keep the best)
-    save_total_limit: int = 2  # checkpoints kept (the best one is never deleted)
-    load_best: bool = True  # end with the checkpoint of lowest eval loss
-    eval_fraction: float | None = None  # share of games held out for eval loss
-    seed: int = 42  # split, LoRA init and data order
-    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
-    device: str = "auto"  # "auto" (CUDA if present), "cuda" or "cpu"
-    quantization: str | None = None  # "auto" (nf4 on CUDA, none on CPU), "nf4" or "none"
-    backend: str = "auto"  # "auto" (PEFT: packed, it out-ran Unsloth on an H200), "unsloth" or "peft"
-    gradient_checkpointing: bool | None = None  # recompute activations; None: off on CPU, planned on CUDA
-    group_by_length: bool = True  # padded batches of similar lengths (benchmark: padding 34% -> 14%); off when packing
-    liger: bool | None = None  # Liger fused kernels (no full-vocabulary logits); None: on with CUDA if installed
-    packing: bool | None = None  # padding-free micro-batches (one row, restarting positions); None: on with CUDA + PEFT
-    micro_batch: int | None = None  # sequences per forward pass; None: --batch on CPU, planned from memory on CUDA
-    tokens_per_pass: int | None = None  # packed: forward passes of at most this many tokens; None: planned on CUDA
-    attention: str = "auto"  # "auto", "sdpa", "flash_attention_2" or "varlen" (PyTorch's flash kernel, packing only)
-    dtype: str = "auto"  # CUDA compute dtype: auto (bfloat16, float16 on a GPU without it: a T4), bfloat16, float16
-    memory_budget_gib: float | None = None  # GPU memory the plan may fill; None: what the card has free now
-    init_adapter: str | None = None  # start from this adapter's weights (DAgger's "continue"); None: fresh LoRA
+    data: str = option(
+        "results/oracle/trajectories.jsonl", "trajectories JSONL, or a folder from `alfworld-sft format`"
+    )
+    output: str = option(
+        "results/sft_adapter",
+        "adapter folder (rerun to resume): adapter, tokenizer, checkpoints, log, plot, training_record.json",
+    )
+    base: str = option(
+        models.DEFAULT_MODEL,
+        "base model: a model id, a local folder or the embedded default's name (default %(default)s; see above)",
+    )
+    data_format: str = option(
+        "commands",
+        "assistant turns: bare commands, or a thought and the command (a JSONL is formatted so)",
+        flag="--format",
+        choices=prompts.DATA_FORMATS,
+    )
+    recipe: str = option(
+        "auto",
+        "the recipe the flags below default to (auto: bf16 LoRA below 3B parameters, QLoRA nf4 from 3B on)",
+        choices=recipes.RECIPE_CHOICES,
+    )
+    epochs: float | None = _recipe_option("passes over the training split")
+    batch: int | None = _recipe_option(
+        "with --grad-accum, the sequences of an optimizer step per device (the micro-batch on CPU); batch x "
+        "grad-accum x GPUs is the effective batch"
+    )
+    lr: float | None = _recipe_option("peak learning rate")
+    max_seq_len: int | None = _recipe_option("tokens per example; longer games lose their oldest middle turns")
+    grad_accum: int | None = _recipe_option(
+        "passes per optimizer update (on CUDA re-split by the plan, same effective batch)"
+    )
+    lora_r: int | None = _recipe_option("LoRA rank")
+    lora_alpha: int | None = _recipe_option("LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float | None = _recipe_option("dropout on the LoRA path")
+    target_modules: tuple[str, ...] = LORA_TARGET_MODULES  # linear layers that get adapters (Python only: no flag)
+    lr_scheduler: str = "cosine"  # learning-rate schedule after warm-up (Python only: no flag)
+    warmup_ratio: float | None = _recipe_option("share of all optimizer steps spent warming up")
+    logging_steps: int | None = _recipe_option("optimizer steps between train-loss log lines")
+    eval_steps: int | None = _recipe_option("optimizer steps between evaluations of the held-out games")
+    save_steps: int | None = _recipe_option(
+        "optimizer steps between checkpoints (a multiple of --eval-steps, to keep the best)"
+    )
+    save_total_limit: int = option(2, "checkpoints kept; the best one is never deleted (default %(default)s)")
+    load_best: bool = option(
+        True,
+        "keep the last weights, not the checkpoint of lowest eval loss",
+        flag="--no-load-best",
+        action="store_false",
+    )
+    eval_fraction: float | None = _recipe_option("share of games held out for eval loss")
+    seed: int = option(42, "seeds the split, the LoRA init and the data order (default %(default)s)")
+    max_steps: int = option(-1, "optimizer steps (default -1: all --epochs)")
+    device: str = option("auto", "where to train; auto: CUDA if present", choices=DEVICES)
+    quantization: str | None = _recipe_option(
+        "the base weights in 4 bits or not; auto: nf4 on CUDA, none on CPU", choices=QUANTIZATIONS
+    )
+    backend: str = option(
+        "auto", "training library; auto: PEFT, packed (it out-ran Unsloth on an H200)", choices=BACKENDS
+    )
+    gradient_checkpointing: bool | None = option(
+        None, "recompute activations in the backward pass (default: off on CPU, planned from GPU memory on CUDA)"
+    )
+    # benchmark: group_by_length cut the padding from 34% to 14%
+    group_by_length: bool = option(True, "padded batches of similar lengths (default: on; off when packing)")
+    liger: bool | None = option(
+        None,
+        "Liger fused kernels, no full-vocabulary logits (default: on with CUDA when liger-kernel is installed)",
+    )
+    packing: bool | None = option(
+        None, "padding-free micro-batches: one row, restarting positions (default: on with CUDA and PEFT)"
+    )
+    micro_batch: int | None = option(
+        None,
+        "sequences per forward pass, a divisor of --batch x --grad-accum (default: --batch on CPU, the most that "
+        "fits on CUDA)",
+    )
+    tokens_per_pass: int | None = option(
+        None,
+        "packed: cut each step's sequences into forward passes of at most this many tokens, at least "
+        "--max-seq-len (default on CUDA: the most that fit)",
+    )
+    attention: str = option(
+        "auto",
+        "attention kernel; varlen: PyTorch's flash kernel within packed sequences (packing only)",
+        choices=ATTENTIONS,
+    )
+    dtype: str = option(
+        "auto",
+        "CUDA compute dtype (default: bfloat16 where the GPU has it, else float16, as on a T4)",
+        choices=TRAIN_DTYPES,
+    )
+    memory_budget_gib: float | None = option(
+        None, "GPU memory the plan may fill, in GiB (default: what the card has free now)"
+    )
+    init_adapter: str | None = option(
+        None, "continue training this adapter (its rank and modules) instead of a fresh LoRA, as DAgger's continue"
+    )
 
 
 DEFAULT_BASE_NOTE = (
@@ -94,13 +165,10 @@ SPEED_FIELDS = (
     "memory_budget_gib",
 )
 
-# Command-line spellings of the fields whose flag is not `--` + the field name with dashes.
-_FLAGS = {"data_format": "--format", "load_best": "--no-load-best"}
-
 
 def flag_of(name: str) -> str:
-    """The command-line option that sets TrainConfig field `name`."""
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+    """The command-line option that sets TrainConfig field `name` (declared on the field: `flags.flag_of`)."""
+    return flags.flag_of(TrainConfig, name)
 
 
 # Here rather than in `train_setup`, which raises it too: `packing` raises it, and `train_setup` imports `packing`.
@@ -159,9 +227,9 @@ def check_config(config: TrainConfig) -> None:
 
     choices = {
         "data_format": prompts.DATA_FORMATS,
-        "device": ("auto", "cuda", "cpu"),
-        "quantization": ("auto", "nf4", "none"),
-        "backend": ("auto", "unsloth", "peft"),
+        "device": DEVICES,
+        "quantization": QUANTIZATIONS,
+        "backend": BACKENDS,
         "attention": ATTENTIONS,
         "dtype": TRAIN_DTYPES,
         "lr_scheduler": tuple(kind.value for kind in SchedulerType),

@@ -38,21 +38,20 @@ versions), which the export and evaluation stages read through `records.read_tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import files, formatting, models, packing, prompts, recipes, records, reports, train_outputs
+from alfworld_sft import files, flags, formatting, models, packing, prompts, recipes, records, reports, train_outputs
 from alfworld_sft.paths import resolve_repo_path
 from alfworld_sft.train_config import (
-    ATTENTIONS,
     DEFAULT_BASE_NOTE,
-    TRAIN_DTYPES,
     TrainConfig,
     TrainingSetupError,
     check_config,
@@ -109,7 +108,7 @@ def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
             random_state=config.seed,
             use_gradient_checkpointing="unsloth" if setup.gradient_checkpointing else False,
         )
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if setup.attention == packing.VARLEN_ATTENTION:
         packing.register_packed_attention()
@@ -142,7 +141,15 @@ def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
 
         # The adapter's own rank and modules: training continues its weights.
         return PeftModel.from_pretrained(model, str(resolve_repo_path(config.init_adapter)), is_trainable=True)
-    lora = LoraConfig(
+    return get_peft_model(model, build_lora_config(config))
+
+
+def build_lora_config(config: TrainConfig) -> Any:
+    """PEFT's `LoraConfig` of a run: rank, alpha and dropout of the recipe on its target modules."""
+    from peft import LoraConfig
+
+    config = recipes.resolve_recipe(config)
+    return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -150,7 +157,22 @@ def load_lora_model(config: TrainConfig, setup: TrainSetup) -> Any:
         task_type="CAUSAL_LM",
         target_modules=list(config.target_modules),
     )
-    return get_peft_model(model, lora)
+
+
+def describe_trainer_configs(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The `SFTConfig` and `LoraConfig` objects a run hands TRL and PEFT on this machine, each as the fields whose
+    value is not the class's default: what the course chose, read back from the objects themselves."""
+    setup = resolve_setup(config)
+    shown = {}
+    for built in (build_sft_config(config, setup, has_eval=config.eval_fraction > 0), build_lora_config(config)):
+        chosen = {}
+        for item in dataclasses.fields(built):
+            default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            value = getattr(built, item.name)
+            if value != default:
+                chosen[item.name] = sorted(value) if isinstance(value, set) else value
+        shown[type(built).__name__] = chosen
+    return shown
 
 
 # ---------------------------------------------------------------------------------------------------- the data
@@ -220,6 +242,8 @@ def load_training_data(config: TrainConfig, tokenizer: Any, source: DataSource) 
             "data_sha256": source.sha256,
             "prompt_format": info["prompt_format"],
             "data_format": config.data_format,
+            # Formatted before datasets recorded it: the text formatting used then is today's, as far as is known.
+            "system_prompt": info.get("system_prompt") or prompts.system_prompt(config.data_format),
             "stats": info.get("stats") or formatting.summarize_lengths(dataset, config.max_seq_len),
         }
     records_ = formatting.load_records(source.path)
@@ -229,6 +253,7 @@ def load_training_data(config: TrainConfig, tokenizer: Any, source: DataSource) 
         "data_sha256": source.sha256,
         "prompt_format": asdict(formatting.prompt_format_of(records_)),
         "data_format": config.data_format,
+        "system_prompt": prompts.system_prompt(config.data_format),
         "stats": formatting.summarize_lengths(dataset, config.max_seq_len),
     }
 
@@ -450,6 +475,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             max_seq_len=config.max_seq_len,
             end_of_turn=models.end_of_turn_marker(tokenizer),
             data_format=data_facts["data_format"],
+            system_prompt=data_facts["system_prompt"],
             details={
                 "base_model_identity": models.identify_model(config.base),
                 "seed": config.seed,
@@ -517,116 +543,17 @@ def compare_with_base(
 
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
-    defaults = TrainConfig()
     parser = subparsers.add_parser(
         "train",
         help="03: train a LoRA/QLoRA adapter on trajectories (resumes when rerun)",
         description=__doc__.split("\n\n")[0] + " " + DEFAULT_BASE_NOTE,
     )
-    parser.add_argument(
-        "--data", default=defaults.data, help="trajectories JSONL or a folder from `alfworld-sft format`"
-    )
-    parser.add_argument("--output", default=defaults.output, help="adapter folder (rerun to resume)")
-    parser.add_argument("--base", default=defaults.base, help=f"base model (default {defaults.base}; see above)")
-    parser.add_argument(
-        "--format",
-        dest="data_format",
-        choices=prompts.DATA_FORMATS,
-        default=defaults.data_format,
-        help="assistant turns: bare commands, or a thought and the command (a JSONL is formatted so)",
-    )
-    parser.add_argument(
-        "--recipe",
-        choices=recipes.RECIPE_CHOICES,
-        default=defaults.recipe,
-        help="the recipe the flags below default to (auto: bf16 LoRA below 3B parameters, QLoRA nf4 from 3B on)",
-    )
-    recipe_flag = {"default": None, "help": "default: the recipe's"}
-    parser.add_argument("--epochs", type=float, **recipe_flag)
-    parser.add_argument(
-        "--batch",
-        type=int,
-        default=None,
-        help="with --grad-accum, the sequences of an optimizer step per device (the micro-batch on CPU); "
-        "default: the recipe's",
-    )
-    parser.add_argument("--lr", type=float, **recipe_flag)
-    parser.add_argument("--max-seq-len", type=int, **recipe_flag)
-    parser.add_argument("--grad-accum", type=int, **recipe_flag)
-    parser.add_argument("--lora-r", type=int, **recipe_flag)
-    parser.add_argument("--lora-alpha", type=int, **recipe_flag)
-    parser.add_argument("--lora-dropout", type=float, **recipe_flag)
-    parser.add_argument("--warmup-ratio", type=float, **recipe_flag)
-    parser.add_argument("--logging-steps", type=int, **recipe_flag)
-    parser.add_argument("--eval-steps", type=int, **recipe_flag)
-    parser.add_argument("--save-steps", type=int, **recipe_flag)
-    parser.add_argument("--save-total-limit", type=int, default=defaults.save_total_limit)
-    parser.add_argument("--eval-fraction", type=float, **recipe_flag)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument(
-        "--max-steps", type=int, default=defaults.max_steps, help="optimizer steps (default -1: all --epochs)"
-    )
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default=defaults.device)
-    parser.add_argument("--quantization", choices=("auto", "nf4", "none"), **recipe_flag)
-    parser.add_argument("--backend", choices=("auto", "unsloth", "peft"), default=defaults.backend)
-    parser.add_argument(
-        "--gradient-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="default: off on CPU, planned from GPU memory on CUDA",
-    )
-    parser.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=defaults.group_by_length)
-    parser.add_argument(
-        "--liger",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Liger fused kernels (default: on with CUDA when liger-kernel is installed)",
-    )
-    parser.add_argument(
-        "--packing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="padding-free micro-batches (default: on with CUDA and PEFT)",
-    )
-    parser.add_argument(
-        "--micro-batch",
-        type=int,
-        default=None,
-        help="sequences per forward pass, a divisor of --batch x --grad-accum (default: --batch on CPU, the most "
-        "that fits on CUDA)",
-    )
-    parser.add_argument(
-        "--tokens-per-pass",
-        type=int,
-        default=None,
-        help="packed: cut each step's sequences into forward passes of at most this many tokens, at least "
-        "--max-seq-len (default on CUDA: the most that fit)",
-    )
-    parser.add_argument("--attention", choices=ATTENTIONS, default=defaults.attention)
-    parser.add_argument(
-        "--dtype",
-        choices=TRAIN_DTYPES,
-        default=defaults.dtype,
-        help="CUDA compute dtype (default: bfloat16 where the GPU has it, else float16, as on a T4)",
-    )
-    parser.add_argument(
-        "--memory-budget-gib",
-        type=float,
-        default=None,
-        help="GPU memory the plan may use (default: what the card has free)",
-    )
-    parser.add_argument("--no-load-best", dest="load_best", action="store_false", help="keep the last weights")
-    parser.add_argument(
-        "--init-adapter",
-        default=None,
-        help="continue training this adapter (its rank and modules) instead of a fresh one",
-    )
+    flags.add_options(parser, TrainConfig)  # every flag is declared on its TrainConfig field
     parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    names = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = flags.config_from_args(TrainConfig, args)
     files.check_output(resolve_repo_path(config.output), "--output", folder=True)
     result = train(config)
     if result.record is None or result.already_trained:  # only the main process reports; train() said it
