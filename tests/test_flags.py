@@ -6,17 +6,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from alfworld_sft import course, flags, formatting, gguf, merge, train_config, training
+from alfworld_sft import (
+    cli,
+    collect,
+    course,
+    dagger,
+    evaluation,
+    flags,
+    formatting,
+    gguf,
+    merge,
+    prompts,
+    train_config,
+    training,
+)
+from alfworld_sft.collect import CollectConfig
 from alfworld_sft.course import CourseConfig
+from alfworld_sft.dagger import DaggerConfig, RoundTraining
+from alfworld_sft.evaluation import EvalConfig
 from alfworld_sft.flags import option
 from alfworld_sft.formatting import FormatConfig
 from alfworld_sft.gguf import ExportConfig
 from alfworld_sft.merge import MergeConfig
 from alfworld_sft.train_config import TrainConfig
+
+CPUS = os.cpu_count() or 1  # evaluate, dagger and collect default --workers to the CPUs (their configs do not)
 
 # ------------------------------------------------------------------------------------------------ the generator
 
@@ -76,6 +95,33 @@ def test_skip_and_command_line_defaults():
     assert flags.config_from_args(Toy, args) == Toy(path=Path("results/x"))  # the string default, converted
     with pytest.raises(ValueError, match="no field nonsense"):
         toy_parser(skip=("nonsense",))
+
+
+def test_a_type_given_converts_the_whole_value():
+    @dataclass(frozen=True)
+    class Listed:
+        kinds: tuple[int | str, ...] | None = option(None, "comma-separated", type=lambda text: tuple(text.split(",")))
+
+    parser = argparse.ArgumentParser()
+    flags.add_options(parser, Listed)
+    assert flags.config_from_args(Listed, parser.parse_args(["--kinds", "1,pick"])) == Listed(kinds=("1", "pick"))
+    assert flags.config_from_args(Listed, parser.parse_args([])) == Listed()
+
+
+def test_a_config_built_in_python_is_held_to_its_flags_choices():
+    @dataclass(frozen=True)
+    class Chosen:
+        data_format: str = option("commands", "what a turn holds", flag="--format", choices=prompts.DATA_FORMATS)
+        maybe: str | None = option(None, "or nothing", choices=("a", "b"))
+        many: tuple[str, ...] = option(("a",), "some of them", choices=("a", "b"))
+
+    flags.check_choices(Chosen(maybe="b", many=("a", "b")))
+    with pytest.raises(ValueError, match="--format must be one of commands, thoughts, not 'prose'"):
+        flags.check_choices(Chosen(data_format="prose"))
+    with pytest.raises(ValueError, match="--maybe must be one of None, a, b, not 'c'"):
+        flags.check_choices(Chosen(maybe="c"))
+    with pytest.raises(ValueError, match="--many must be one of a, b, not 'c'"):
+        flags.check_choices(Chosen(many=("a", "c")))
 
 
 def test_a_type_the_generator_cannot_read_is_refused():
@@ -244,6 +290,137 @@ def test_course_command_lines_give_the_config_they_gave_before(monkeypatch):
     assert typed(run_command(course, ["course", "--only"])) == typed(CourseConfig())
 
 
+def test_evaluate_command_lines_give_the_config_they_gave_before(monkeypatch):
+    monkeypatch.setattr(evaluation, "run_evaluation", capture)
+
+    def evaluate(*words: str) -> EvalConfig:
+        return run_command(evaluation, ["evaluate", *words])
+
+    assert typed(evaluate()) == typed(EvalConfig(workers=CPUS))  # the default model, every CPU an engine worker
+    assert typed(evaluate("--adapter", "a")) == typed(EvalConfig(adapter="a", model="", workers=CPUS))  # its base
+    assert evaluate("--adapter", "a", "--model", "m").model == "m"
+    got = evaluate(
+        *("--agents", "react", "zero_shot", "--num-games", "0", "--max-steps", "30", "--model", "expert"),
+        *("--record", "r", "--split", "eval_in_distribution", "--checkpoint", "c.jsonl", "--output", "o.json"),
+        *("--batch-size", "64", "--workers", "0", "--actions", "constrained", "--temperature", "0.5", "--seed", "3"),
+        *("--trajectories", "t.jsonl", "--backend", "vllm", "--ollama-url", "http://h:1", "--dtype", "bfloat16"),
+        *("--window-tokens", "2048", "--threads", "4", "--device", "cpu", "--shard", "1/4"),
+    )
+    assert typed(got) == typed(
+        EvalConfig(
+            agents=("react", "zero_shot"),
+            num_games=0,
+            max_steps=30,
+            model="expert",
+            record="r",
+            split="eval_in_distribution",
+            checkpoint="c.jsonl",
+            output="o.json",
+            batch_size=64,
+            workers=0,
+            actions="constrained",
+            temperature=0.5,
+            seed=3,
+            trajectories="t.jsonl",
+            backend="vllm",
+            ollama_url="http://h:1",
+            dtype="bfloat16",
+            window_tokens=2048,
+            threads=4,
+            device="cpu",
+            shard="1/4",
+        )
+    )
+
+
+def test_dagger_command_lines_give_the_config_they_gave_before(monkeypatch):
+    monkeypatch.setattr(dagger, "run_dagger", capture)
+    recipe = TrainConfig(base="b", epochs=3.0, lr=2e-4)
+    monkeypatch.setattr(dagger, "read_training_recipe", lambda adapter: recipe)
+
+    def run(*words: str) -> DaggerConfig:
+        return run_command(dagger, ["dagger", *words])
+
+    assert typed(run()) == typed(DaggerConfig(workers=CPUS))
+    got = run(
+        *("--adapter", "a", "--expert-data", "e.jsonl", "--output", "o", "--method", "both", "--rounds", "3"),
+        *("--games-per-round", "0", "--expert-ratio", "0.5", "--temperature", "0", "--actions", "constrained"),
+        *("--agent", "react", "--max-steps", "20", "--workers", "2", "--batch-size", "16", "--backend", "vllm"),
+        *("--dtype", "float16", "--device", "cpu", "--format", "thoughts", "--init", "continue"),
+        *("--eval-split", "eval_out_of_distribution", "--eval-games", "10", "--seed", "7"),
+    )
+    assert typed(got) == typed(
+        DaggerConfig(
+            adapter="a",
+            expert_data="e.jsonl",
+            output="o",
+            method="both",
+            rounds=3,
+            games_per_round=0,
+            expert_ratio=0.5,
+            temperature=0.0,
+            actions="constrained",
+            agent="react",
+            max_steps=20,
+            workers=2,
+            batch_size=16,
+            backend="vllm",
+            dtype="float16",
+            device="cpu",
+            data_format="thoughts",
+            init="continue",
+            eval_split="eval_out_of_distribution",
+            eval_games=10,
+            seed=7,
+        )
+    )
+    assert run("--eval-split", "none").eval_split is None  # the command line's word for no evaluation
+    # The training flags change the starting adapter's recipe, and only the fields given.
+    trained = run("--epochs", "1", "--lr", "1e-4", "--train-max-steps", "5").train
+    assert typed(trained) == typed(dataclasses.replace(recipe, epochs=1.0, lr=1e-4, max_steps=5))
+    assert run("--lr", "1e-3").train == dataclasses.replace(recipe, lr=1e-3)
+    with pytest.raises(ValueError, match="--train-max-steps must be above 0, got 0"):
+        run("--train-max-steps", "0")
+
+
+def test_dagger_refuses_values_outside_its_flags_choices_from_python():
+    with pytest.raises(ValueError, match="--backend must be one of auto, transformers, vllm, not 'ollama'"):
+        dagger.check_config(DaggerConfig(backend="ollama"))
+    with pytest.raises(ValueError, match="--format must be one of None, commands, thoughts, not 'prose'"):
+        dagger.check_config(DaggerConfig(data_format="prose"))
+    with pytest.raises(ValueError, match="eval_split None turns the evaluation off"):
+        dagger.check_config(DaggerConfig(eval_split="none"))
+    dagger.check_config(DaggerConfig(eval_split=None, data_format=None))
+
+
+def test_collect_command_lines_give_the_config_they_gave_before(monkeypatch):
+    monkeypatch.setattr(collect, "collect_trajectories", capture)
+
+    def run(*words: str) -> CollectConfig:
+        return run_command(collect, ["collect", *words])
+
+    assert typed(run()) == typed(CollectConfig(workers=CPUS))
+    got = run(
+        *("--split", "valid_train", "--output", "t.jsonl", "--max-steps", "30", "--workers", "2", "--limit", "12"),
+        *("--task-types", "1,pick_two_obj_and_place", "--seed", "4", "--show-admissible-commands"),
+        "--translate-twice",
+    )
+    assert typed(got) == typed(
+        CollectConfig(
+            split="valid_train",
+            output=Path("t.jsonl"),
+            max_steps=30,
+            workers=2,
+            limit=12,
+            task_types=("1", "pick_two_obj_and_place"),
+            seed=4,
+            prompt_format=prompts.PromptFormat(show_admissible_commands=True),
+            translate_once=False,
+        )
+    )
+    assert run("--task-types", "").task_types is None
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -255,38 +432,87 @@ def test_course_command_lines_give_the_config_they_gave_before(monkeypatch):
         ["merge", "--verify-prompts", "some"],
         ["course", "--mode", "medium"],
         ["course", "--split", "nowhere"],
+        ["evaluate", "--agents", "nobody"],
+        ["evaluate", "--actions", "grounded"],
+        ["evaluate", "--dtype", "float8"],
+        ["evaluate", "--split", "nowhere"],
+        ["dagger", "--backend", "ollama"],  # rollouts sample from a local model
+        ["dagger", "--agent", "reflexion"],
+        ["dagger", "--eval-split", "nowhere"],
+        ["dagger", "--epochs", "many"],
+        ["collect", "--split", "nowhere"],
+        ["collect", "--workers", "all"],
     ],
     ids=" ".join,
 )
 def test_a_bad_value_is_refused_by_the_parser(argv):
-    module = {"train": training, "format": formatting, "merge": merge, "course": course}[argv[0]]
     with pytest.raises(SystemExit) as exited:
-        command_parser(module).parse_args(argv)
+        command_parser(COMMANDS[argv[0]][0]).parse_args(argv)
     assert exited.value.code == 2
 
 
-# The converted commands: their config and the flags written by hand beside it (not config fields).
+# The commands with a config: their module, their config dataclasses and the flags written by hand beside them (not
+# config fields).
 COMMANDS = {
-    "train": (training, TrainConfig, set()),
-    "format": (formatting, FormatConfig, {"--data", "--output"}),
-    "merge": (merge, MergeConfig, set()),
-    "export-gguf": (gguf, ExportConfig, {"--no-ollama"}),
-    "course": (course, CourseConfig, {"--publish"}),
+    "train": (training, (TrainConfig,), set()),
+    "format": (formatting, (FormatConfig,), {"--data", "--output"}),
+    "merge": (merge, (MergeConfig,), set()),
+    "export-gguf": (gguf, (ExportConfig,), {"--no-ollama"}),
+    "course": (course, (CourseConfig,), {"--publish"}),
+    "evaluate": (evaluation, (EvalConfig,), set()),
+    "dagger": (dagger, (DaggerConfig, RoundTraining), set()),
+    "collect": (collect, (CollectConfig,), {"--show-admissible-commands"}),
 }
+# The commands without a config dataclass (one call's arguments): their few flags, written by hand.
+WITHOUT_CONFIG = {
+    "doctor": {"--output"},
+    "model": set(),
+    "compare": {"--plot", "--agents"},
+    "dagger-compare": {"--output"},
+    "data status": set(),
+    "data download": {"--data-dir", "--force"},
+    "data generate": {"--split", "--count", "--seed"},
+}
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every `alfworld-sft` command's parser by its words (`data generate`), as `cli.build_parser` builds them."""
+    found = {}
+
+    def walk(words: str, parser: argparse.ArgumentParser) -> None:
+        nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        for name, child in nested[0].choices.items() if nested else ():
+            walk(f"{words} {name}".strip(), child)
+        if not nested:
+            found[words] = parser
+
+    walk("", cli.build_parser())
+    return found
+
+
+def shown_flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings} - {"-h", "--help"}
+
+
+def test_every_command_is_listed_with_its_config_or_its_flags_written_by_hand():
+    assert set(subcommand_parsers()) == set(COMMANDS) | set(WITHOUT_CONFIG)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_flag_field_is_in_the_help_and_every_flag_is_a_field_or_written_by_hand(command):
-    module, config_cls, by_hand = COMMANDS[command]
-    parser = command_parser(module)
-    subparser = parser._subparsers._group_actions[0].choices[command]
+    _module, config_classes, by_hand = COMMANDS[command]
+    subparser = subcommand_parsers()[command]
     text = subparser.format_help()
-    declared = {flags.flag_of(config_cls, field.name) for field in flags.flag_fields(config_cls)}
+    declared = {flags.flag_of(cls, field.name) for cls in config_classes for field in flags.flag_fields(cls)}
     for flag in declared:
         assert flag in text, f"{flag} missing from `alfworld-sft {command} --help`"
-    shown = {option for action in subparser._actions for option in action.option_strings} - {"-h", "--help"}
     negated = {"--no-" + flag[2:] for flag in declared}  # BooleanOptionalAction's second spelling
-    assert shown - negated == declared | by_hand
+    assert shown_flags(subparser) - negated == declared | by_hand
+
+
+@pytest.mark.parametrize("command", WITHOUT_CONFIG)
+def test_a_command_without_a_config_has_only_its_few_flags_written_by_hand(command):
+    assert shown_flags(subcommand_parsers()[command]) == WITHOUT_CONFIG[command]
 
 
 def test_train_errors_name_the_flag_declared_on_the_field():

@@ -1,4 +1,4 @@
-# Stages for the scripts that run on the lent GPU machine (tools/gpu_8b.sh, tools/gpu_proof.sh): each stage runs
+# Stages for the 8B script that runs on the lent GPU machine (tools/gpu_8b.sh): each stage runs
 # once (a marker $WORK/.done-NAME skips it on a rerun), bounded by its own limit and by the script's DEADLINE
 # (timeout, SIGINT first: training keeps its checkpoints; a stage that cannot start in time is recorded as skipped),
 # after the stages it needs, with its log in $REPORT/NAME.log, peak GPU memory sampled by nvidia-smi, wall time,

@@ -28,23 +28,46 @@ from pathlib import Path
 from typing import Any
 
 from alfworld_sft import engine, files, games, paths, prompts, records, reports
+from alfworld_sft.flags import add_options, config_from_args, option
 from alfworld_sft.results import write_result
 from alfworld_sft.task_types import TASK_TYPES
 
 DEFAULT_PROMPT_FORMAT = prompts.PromptFormat()
 
 
+def split_task_types(text: str) -> tuple[str, ...] | None:
+    """`--task-types 1,pick_and_place_simple` -> ("1", "pick_and_place_simple"); empty: None (every type)."""
+    return tuple(text.split(",")) if text else None
+
+
 @dataclass(frozen=True)
 class CollectConfig:
-    split: str = "train"  # course split (games.SPLITS)
-    output: Path = paths.RESULTS_DIR / "oracle" / "trajectories.jsonl"  # won games, one record a line
-    max_steps: int = 50  # expert commands per game before it counts as lost (the seed guide's cap)
-    workers: int = 1  # processes that play whole games; 1 plays in this process; 0: one per CPU
-    limit: int | None = None  # a seeded sample balanced over task types (games.list_games); None: the whole split
-    task_types: tuple[int | str, ...] | None = None  # only these task types (numbers 1-6 or names)
-    seed: int = 0  # seeds the sample and, with the game id, Python's random for each game
+    """One collection. Each field with help is an `alfworld-sft collect` flag (`flags`)."""
+
+    split: str = option("train", "the course split played (default %(default)s)", choices=games.SPLITS)
+    output: Path = option(  # won games, one record a line
+        paths.RESULTS_DIR / "oracle" / "trajectories.jsonl",
+        "JSONL of won games (relative paths are read from the repository root; "
+        "default: results/oracle/trajectories.jsonl)",
+    )
+    max_steps: int = option(50, "expert commands per game before it counts as lost (the seed guide's cap: %(default)s)")
+    workers: int = option(  # 1 plays in this process; 0: one per CPU
+        1, "processes playing whole games; 0: one per CPU (default: the CPU count)"
+    )
+    limit: int | None = option(  # games.list_games
+        None, "a seeded sample of this many games, balanced over task types (default: the whole split)"
+    )
+    task_types: tuple[int | str, ...] | None = option(
+        None, "only these task types: comma-separated numbers 1-6 or names", type=split_task_types
+    )
+    seed: int = option(0, "sample seed and, with the game id, seed of Python's random for each game's expert")
     prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT  # how user turns are rendered
-    translate_once: bool = True  # reuse the load-time PDDL translation at reset (same result, ~0.4 s less a game)
+    translate_once: bool = option(  # the same result, ~0.4 s less a game
+        True,
+        "let TextWorld translate each game's PDDL again at reset (slower; for comparison)",
+        flag="--translate-twice",
+        action="store_false",
+    )
     games: tuple[Path, ...] | None = None  # play exactly these game files instead of listing the split
     expert: str = engine.DEFAULT_EXPERT  # who plays: the course's teacher or ALFWorld's handcoded expert
     progress: bool = True  # show a tqdm bar
@@ -451,18 +474,8 @@ def describe_summary(summary: CollectSummary) -> str:
 
 
 def _run_collect(args) -> int:
-    config = CollectConfig(
-        split=args.split,
-        output=Path(args.output),
-        max_steps=args.max_steps,
-        workers=args.workers,
-        limit=args.limit,
-        task_types=tuple(args.task_types.split(",")) if args.task_types else None,
-        seed=args.seed,
-        prompt_format=prompts.PromptFormat(show_admissible_commands=args.show_admissible_commands),
-        translate_once=not args.translate_twice,
-    )
-    print(describe_summary(collect_trajectories(config)))
+    prompt_format = prompts.PromptFormat(show_admissible_commands=args.show_admissible_commands)
+    print(describe_summary(collect_trajectories(config_from_args(CollectConfig, args, prompt_format=prompt_format))))
     return 0
 
 
@@ -470,36 +483,10 @@ def configure_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "collect", help="play a split with the handcoded expert and write oracle trajectories (resumable)"
     )
-    parser.add_argument("--split", default="train", choices=list(games.SPLITS))
-    parser.add_argument(
-        "--output",
-        default=str(paths.RESULTS_DIR / "oracle" / "trajectories.jsonl"),
-        help="JSONL of won games (relative paths are read from the repository root; "
-        "default: results/oracle/trajectories.jsonl)",
-    )
-    parser.add_argument("--max-steps", type=int, default=50, help="expert commands per game (default 50)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="processes playing games (default: the CPU count)",
-    )
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="a seeded sample of this many games, balanced over task types (default: the whole split)",
-    )
-    parser.add_argument("--task-types", default=None, help="comma-separated task types, numbers 1-6 or names")
-    parser.add_argument("--seed", type=int, default=0, help="sample seed and per-game seed of the expert")
-    parser.add_argument(
+    add_options(parser, CollectConfig, defaults={"workers": os.cpu_count() or 1})
+    parser.add_argument(  # by hand: a field of the prompt format, not of CollectConfig
         "--show-admissible-commands",
         action="store_true",
         help="list the admissible commands in every user turn (prompts.PromptFormat)",
-    )
-    parser.add_argument(
-        "--translate-twice",
-        action="store_true",
-        help="let TextWorld translate each game's PDDL again at reset (slower; for comparison)",
     )
     parser.set_defaults(func=_run_collect)

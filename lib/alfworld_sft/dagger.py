@@ -50,6 +50,7 @@ from alfworld_sft import (
     engine,
     evaluation,
     files,
+    flags,
     games,
     generate,
     labelling,
@@ -64,6 +65,7 @@ from alfworld_sft import (
 )
 from alfworld_sft.agents import ACTIONS, AGENTS
 from alfworld_sft.backends import BACKENDS, Backend, choose_backend, load_backend, weights_fingerprint
+from alfworld_sft.flags import add_options, config_from_args, option
 from alfworld_sft.results import write_result
 from alfworld_sft.rollouts import RolloutConfig, play_rollouts
 from alfworld_sft.train_config import TrainConfig
@@ -73,41 +75,66 @@ INITS = ("base", "continue")  # each round trains a fresh adapter on the base mo
 # (a reflexion critique or a planner's plan is not part of the training format).
 ROLLOUT_AGENTS = tuple(name for name, agent in AGENTS.items() if agent.trials == 1 and not agent.plans)
 TRAIN_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
+ROLLOUT_BACKENDS = tuple(name for name in BACKENDS if name not in ("ollama", "expert"))  # local models that sample
+EVAL_SPLITS = (*games.SPLITS, "none")  # --eval-split: a split, or none (eval_split None: no evaluation)
 
 
 @dataclass(frozen=True)
 class DaggerConfig:
-    """One run of rounds; defaults are the full run's (`course_config` gives the notebook's)."""
+    """One run of rounds; defaults are the full run's (`course_config` gives the notebook's). Each field with help is
+    an `alfworld-sft dagger` flag (`flags`)."""
 
-    adapter: str = "results/sft_adapter"  # round 0: the SFT adapter (its training record: base, prompt and data format)
-    expert_data: str = "results/oracle/trajectories.jsonl"  # the SFT trajectories: part of every round's data
-    output: str = "results/dagger"  # round_N/ folders, rounds.json and rounds.png
-    method: str = "dagger"  # dagger: expert labels on the model's states; self_imitation: its won games; both
-    rounds: int = 2  # rounds of roll out, label, aggregate, retrain
-    games_per_round: int = 500  # a seeded, task-balanced sample of the train split per round; 0: the whole split
-    expert_ratio: float | None = None  # expert records per new record in a round's data (seeded sample); None: all
-    temperature: float = 0.7  # rollout sampling: greedy rollouts of a model visit the same few states
-    actions: str = "free"  # free: replies mapped to commands afterwards; constrained: chosen among admissible ones
-    agent: str = "zero_shot"  # who plays the rollouts: one of ROLLOUT_AGENTS
-    max_steps: int = 50  # commands per rollout (and per evaluation game)
-    workers: int = 0  # engine worker processes stepping games (0: in this process); the CLI defaults to the CPUs
-    batch_size: int = 8  # a local model's decoding rows: games whose requests decode together
-    backend: str = "auto"  # auto, transformers or vllm (backends.BACKENDS)
-    dtype: str = "auto"  # torch dtype of the playing model; auto: bfloat16 where native, else float32
-    device: str = "auto"  # where the playing model runs: auto (the GPU when there is one), cpu or cuda
-    data_format: str | None = None  # commands or thoughts; None: the starting adapter's (its training record)
-    init: str = "base"  # base: retrain from the base model every round; continue: train the last adapter further
+    adapter: str = option("results/sft_adapter", "the SFT adapter playing round 1; its training record sets the rest")
+    expert_data: str = option("results/oracle/trajectories.jsonl", "the SFT trajectories JSONL, in every round's data")
+    output: str = option("results/dagger", "the run's folder: round_N/, rounds.json, rounds.png (rerun to resume)")
+    method: str = option(
+        "dagger",
+        "dagger: expert labels on the model's states; self_imitation: its won games; both",
+        choices=labelling.METHODS,
+    )
+    rounds: int = option(2, "rounds of roll out, label, aggregate, retrain (default %(default)s)")
+    games_per_round: int = option(500, "train games per round, seeded and task-balanced (default %(default)s; 0: all)")
+    expert_ratio: float | None = option(None, "expert records per new record, a seeded sample (default: all of them)")
+    temperature: float = option(0.7, "rollout sampling (greedy rollouts visit the same few states); 0: greedy")
+    actions: str = option(
+        "free",
+        "free: replies mapped to commands afterwards; constrained: chosen among admissible ones",
+        choices=ACTIONS,
+    )
+    agent: str = option("zero_shot", "who plays the rollouts (default %(default)s)", choices=ROLLOUT_AGENTS)
+    max_steps: int = option(50, "commands per rollout and per evaluation game (default %(default)s)")
+    workers: int = option(0, "engine worker processes; 0: in this process (default: the CPU count)")  # CLI: the CPUs
+    batch_size: int = option(8, "decoding rows of a local model: games whose requests decode together")
+    backend: str = option("auto", "how the playing model is run (default %(default)s)", choices=ROLLOUT_BACKENDS)
+    dtype: str = option("auto", "torch dtype of the playing model (auto: bfloat16 where native)", choices=models.DTYPES)
+    device: str = option("auto", "where the playing model runs: auto (GPU when there is one), cpu or cuda")
+    data_format: str | None = option(
+        None, "what assistant turns hold (default: the adapter's)", flag="--format", choices=prompts.DATA_FORMATS
+    )
+    init: str = option("base", "base: a fresh adapter each round; continue: the last one further", choices=INITS)
     train: TrainConfig | None = None  # each round's training; None: the starting adapter's recipe (training record)
     # Every round's adapter is measured here (None: not at all): in distribution, because the rounds and the method
     # are chosen by it; the out-of-distribution games stay for the final measurement only.
-    eval_split: str | None = "eval_in_distribution"
-    eval_games: int = 0  # games of the eval split (balanced, seeded); 0: all of them
+    eval_split: str | None = option(
+        "eval_in_distribution", "where each round's adapter is evaluated; none: not at all", choices=EVAL_SPLITS
+    )
+    eval_games: int = option(0, "games of the eval split, balanced and seeded; 0: the whole eval split")
     # An evaluation game log of the starting adapter played the way round 0 is evaluated (notebook 05's free
     # zero_shot run): round 0 takes its finished games instead of playing them again. The evaluator's run key (weights,
     # split, steps, seed, actions, prompt) decides: a game log of another run is set aside and the games played.
     start_evaluation: str | None = None
-    seed: int = 0  # seeds each round's game sample and rollouts, and the expert sample of the aggregation
+    seed: int = option(0, "seeds each round's game sample and rollouts, and the expert sample of its data")
     progress: bool = True  # tqdm bars
+
+
+@dataclass(frozen=True)
+class RoundTraining:
+    """The `alfworld-sft dagger` flags that change each round's training recipe (the starting adapter's, from its
+    training record); None keeps the adapter's value. Each is the TrainConfig field of its name less `train_`."""
+
+    epochs: float | None = option(None, "training epochs per round (default: the adapter's)")
+    lr: float | None = option(None, "training learning rate (default: the adapter's)")
+    train_max_steps: int | None = option(None, "optimizer steps per round (default: the adapter's)")
 
 
 def check_config(config: DaggerConfig) -> None:
@@ -125,18 +152,9 @@ def check_config(config: DaggerConfig) -> None:
     for flag, value, ok, expected in numbers:
         if not ok:
             raise ValueError(f"{flag} must be {expected}, got {value}")
-    choices = [
-        ("--method", config.method, labelling.METHODS),
-        ("--init", config.init, INITS),
-        ("--agent", config.agent, ROLLOUT_AGENTS),
-        ("--actions", config.actions, ACTIONS),
-        ("--backend", config.backend, tuple(b for b in BACKENDS if b not in ("ollama", "expert"))),
-        ("--format", config.data_format, (None, *prompts.DATA_FORMATS)),
-        ("--eval-split", config.eval_split, (None, *games.SPLITS)),
-    ]
-    for flag, value, allowed in choices:
-        if value not in allowed:
-            raise ValueError(f"{flag} must be one of {', '.join(str(a) for a in allowed)}, not {value!r}")
+    flags.check_choices(config)
+    if config.eval_split == "none":  # the command line's word for None
+        raise ValueError("eval_split None turns the evaluation off, not 'none'")
 
 
 # -------------------------------------------------------------------------------------------------- the run
@@ -564,66 +582,25 @@ def run_dagger_when_present(config: DaggerConfig) -> DaggerResult | None:
 
 # -------------------------------------------------------------------------------------------------------- CLI
 
-TRAIN_FLAGS = {"epochs": "--epochs", "lr": "--lr", "max_steps": "--train-max-steps"}  # TrainConfig field: its flag
-
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
-    defaults = DaggerConfig()
     parser = subparsers.add_parser(
         "dagger", help="06: DAgger rounds and self-imitation from the SFT adapter (resumable)"
     )
-    parser.add_argument("--adapter", default=defaults.adapter, help="the SFT adapter that plays round 1")
-    parser.add_argument("--expert-data", default=defaults.expert_data, help="the SFT trajectories JSONL")
-    parser.add_argument("--output", default=defaults.output, help="the run's folder (rerun to resume)")
-    parser.add_argument("--method", choices=labelling.METHODS, default=defaults.method)
-    parser.add_argument("--rounds", type=int, default=defaults.rounds)
-    parser.add_argument(
-        "--games-per-round", type=int, default=defaults.games_per_round, help="train games per round (0: all)"
-    )
-    parser.add_argument(
-        "--expert-ratio", type=float, default=None, help="expert records per new record (default: all of them)"
-    )
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="rollout sampling; 0: greedy")
-    parser.add_argument("--actions", choices=ACTIONS, default=defaults.actions)
-    parser.add_argument("--agent", choices=ROLLOUT_AGENTS, default=defaults.agent)
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="engine worker processes (default: the CPU count)"
-    )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="decoding rows of a local model")
-    parser.add_argument("--backend", choices=("auto", "transformers", "vllm"), default=defaults.backend)
-    parser.add_argument("--dtype", choices=models.DTYPES, default=defaults.dtype)
-    parser.add_argument("--device", default=defaults.device, help="auto (GPU when there is one), cpu or cuda")
-    parser.add_argument(
-        "--format", dest="data_format", choices=prompts.DATA_FORMATS, default=None, help="default: the adapter's"
-    )
-    parser.add_argument("--init", choices=INITS, default=defaults.init)
-    parser.add_argument(
-        "--eval-split", choices=[*games.SPLITS, "none"], default=defaults.eval_split, help="none: no evaluation"
-    )
-    parser.add_argument("--eval-games", type=int, default=defaults.eval_games, help="0: the whole eval split")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--epochs", type=float, default=None, help="training epochs per round (default: the adapter's)")
-    parser.add_argument("--lr", type=float, default=None, help="training learning rate (default: the adapter's)")
-    parser.add_argument(
-        "--train-max-steps", type=int, default=None, help="optimizer steps per round (default: the adapter's)"
-    )
+    add_options(parser, DaggerConfig, defaults={"workers": os.cpu_count() or 1})  # engine workers: the CPUs
+    add_options(parser, RoundTraining)
     parser.set_defaults(func=_run_dagger)
 
 
 def _run_dagger(args: argparse.Namespace) -> int:
-    names = {field.name for field in dataclasses.fields(DaggerConfig)}
-    values = {key: value for key, value in vars(args).items() if key in names}
-    values["eval_split"] = None if args.eval_split == "none" else args.eval_split
-    config = DaggerConfig(**values)
+    eval_split = None if args.eval_split == "none" else args.eval_split
+    config = config_from_args(DaggerConfig, args, eval_split=eval_split)
     check_config(config)
-    changes = {}
-    for name, flag in TRAIN_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
+    overrides = asdict(config_from_args(RoundTraining, args))
+    for name, value in overrides.items():
         if value is not None and value <= 0:
-            raise ValueError(f"{flag} must be above 0, got {value}")
-        if value is not None:
-            changes[name] = value
+            raise ValueError(f"{flags.flag_of(RoundTraining, name)} must be above 0, got {value}")
+    changes = {name.removeprefix("train_"): value for name, value in overrides.items() if value is not None}
     if changes:
         config = replace(config, train=replace(read_training_recipe(config.adapter), **changes))
     started = time.perf_counter()

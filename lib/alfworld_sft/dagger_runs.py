@@ -155,6 +155,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     compare = subparsers.add_parser(
         "dagger-compare", help="06: rounds of several dagger runs side by side (a table each, one plot)"
     )
+    # by hand: no config dataclass, the arguments of `compare_runs`
     compare.add_argument("folders", nargs="+", help="the --output folders of `alfworld-sft dagger` runs")
     compare.add_argument("--output", default="results/dagger_compare.png", help="the plot of success per round")
     compare.set_defaults(func=_compare_runs)

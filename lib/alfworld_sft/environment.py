@@ -430,6 +430,7 @@ def print_report(report: EnvironmentReport) -> None:
 
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="check this machine for the course (notebook 00's report)")
+    # by hand: doctor has no config dataclass, only where its report goes
     parser.add_argument("--output", type=Path, default=ENVIRONMENT_JSON, help="where to write the JSON report")
     parser.set_defaults(func=_run_doctor)
 

@@ -43,6 +43,7 @@ from alfworld_sft.backends import (
     load_backend,
     weights_fingerprint,
 )
+from alfworld_sft.flags import add_options, config_from_args, option
 from alfworld_sft.rollouts import RolloutConfig, open_worker_pool, play_rollout_groups
 from alfworld_sft.task_types import TASK_TYPES
 
@@ -52,29 +53,55 @@ EVAL_ACTIONS = ("auto", *ACTIONS)  # --actions of evaluate: auto resolves to one
 
 @dataclass(frozen=True)
 class EvalConfig:
-    agents: tuple[str, ...] = DEFAULT_AGENTS  # which agents to run, in this order
-    num_games: int = 134  # games of the split (balanced over task types, seeded); 0 = all
-    max_steps: int = 50  # commands per trial before the game counts as lost
-    model: str = "smollm2-135m-instruct"  # default model name, hub id, folder, `ollama:NAME` or `expert`
-    adapter: str | None = None  # LoRA adapter folder (its training_record.json sets the prompt format)
-    record: str | None = None  # Ollama: the folder whose training record the model is played by (export's GGUF folder)
-    split: str = "eval_out_of_distribution"  # a course split name (games.SPLITS)
-    checkpoint: str | None = None  # the game log: JSONL of finished (agent, game); default: <output stem>.ckpt.jsonl
-    output: str = "results/eval/results.json"  # the results JSON (a PNG lands beside it)
-    batch_size: int = 8  # a local model's decoding rows: games whose requests decode together
-    workers: int = 0  # engine worker processes stepping games (0: in this process); the CLI defaults to the CPUs
-    actions: str = "auto"  # free: map replies to commands afterwards; constrained: choose among admissible commands;
-    # auto: constrained for a fine-tuned model (it won more that way) where the backend can ground, else free
-    temperature: float = 0.0  # 0: greedy; above: sampled, seeded per game and step
-    seed: int = 0  # game sample and engine seed
-    trajectories: str | None = None  # expert trajectories.jsonl of TRAINING games for few-shot demonstrations
-    backend: str = "auto"  # auto, transformers, ollama, vllm or expert
-    ollama_url: str = OLLAMA_URL  # where the Ollama server listens
-    dtype: str = "auto"  # torch dtype of a transformers model; auto: bfloat16 where native, else float32
-    window_tokens: int | None = None  # prompt budget; default: training max_seq_len, else agents' base window
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    device: str = "auto"  # where a transformers model runs: auto (the GPU when there is one), cpu or cuda
-    shard: str | None = None  # "I/N": play only every N-th game from the I-th, for N machines
+    """One evaluation run. Each field with help is an `alfworld-sft evaluate` flag (`flags`)."""
+
+    agents: tuple[str, ...] = option(DEFAULT_AGENTS, "the agents to run, in this order", choices=AGENTS)
+    num_games: int = option(
+        134, "games of the split, balanced over task types and seeded (default %(default)s; 0: all)"
+    )
+    max_steps: int = option(50, "commands per trial before the game counts as lost (default %(default)s)")
+    model: str = option(  # "" with an adapter: the adapter's base model (its training record)
+        models.DEFAULT_MODEL,
+        "model name, hub id, folder, ollama:NAME or `expert` (default: the adapter's base model, else "
+        f"{models.DEFAULT_MODEL})",
+    )
+    adapter: str | None = option(None, "LoRA adapter folder (its training_record.json sets the prompt format)")
+    record: str | None = option(None, "ollama: the folder holding the model's training record (export's GGUF folder)")
+    split: str = option("eval_out_of_distribution", "the split played (default %(default)s)", choices=games.SPLITS)
+    checkpoint: str | None = option(
+        None, "the game log: the JSONL of finished games the run resumes from (default: beside --output)"
+    )
+    output: str = option("results/eval/results.json", "the results JSON, a PNG beside it (default %(default)s)")
+    batch_size: int = option(8, "decoding rows of a local model: games whose requests decode together")
+    workers: int = option(  # the CLI defaults to the CPUs
+        0, "engine worker processes stepping games; 0: in this process (default: the CPU count)"
+    )
+    actions: str = option(  # auto: constrained where it won more (a fine-tuned model) and the backend can ground
+        "auto",
+        "free or constrained commands; auto (default): constrained for a fine-tuned model where it can be",
+        choices=EVAL_ACTIONS,
+    )
+    temperature: float = option(0.0, "0: greedy; above: sampled, seeded per game and step")
+    seed: int = option(0, "seeds the game sample and the engine (default %(default)s)")
+    trajectories: str | None = option(
+        None, "expert trajectories.jsonl of TRAINING games for few-shot demonstrations (default: the expert plays)"
+    )
+    backend: str = option("auto", "how the model is run (default %(default)s)", choices=BACKENDS)
+    ollama_url: str = option(OLLAMA_URL, "where the Ollama server listens (default %(default)s)")
+    dtype: str = option(
+        "auto", "torch dtype of a transformers model; auto: bfloat16 where native, else float32", choices=models.DTYPES
+    )
+    window_tokens: int | None = option(
+        None, "prompt budget in tokens (default: the training max_seq_len, else the agents' base window)"
+    )
+    threads: int | None = option(None, "torch CPU threads (default: torch's)")
+    device: str = option("auto", "auto (GPU when there is one), cpu or cuda")
+    shard: str | None = option(
+        None,
+        "play only shard I of N (one machine each; concatenate their game logs and rerun without --shard "
+        "for the whole run's results)",
+        metavar="I/N",
+    )
 
 
 def check_config(config: EvalConfig) -> None:
@@ -437,62 +464,14 @@ def preview_prompt(
 # --- command line --------------------------------------------------------------------------------------------
 def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="play agents on held-out games (resumable) and write results")
-    defaults = EvalConfig()
-    parser.add_argument("--agents", nargs="+", default=list(defaults.agents), choices=list(AGENTS))
-    parser.add_argument("--num-games", type=int, default=defaults.num_games, help="0 = the whole split")
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help=f"model name, hub id, folder, ollama:NAME or `expert` (default: the adapter's base model, else "
-        f"{defaults.model})",
-    )
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder")
-    parser.add_argument(
-        "--record", default=None, help="ollama: the folder holding the model's training record (export's GGUF folder)"
-    )
-    parser.add_argument("--split", default=defaults.split, choices=list(games.SPLITS))
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="the game log: the JSONL of finished games the run resumes from (default: beside --output)",
-    )
-    parser.add_argument("--output", default=defaults.output)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="decoding rows of a local model")
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="engine worker processes (default: the CPU count)"
-    )
-    parser.add_argument(
-        "--actions",
-        choices=EVAL_ACTIONS,
-        default=defaults.actions,
-        help="free or constrained commands; auto (default): constrained for a fine-tuned model where it can be",
-    )
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0: greedy")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--trajectories", default=None, help="train trajectories.jsonl for few-shot demos")
-    parser.add_argument("--backend", default=defaults.backend, choices=list(BACKENDS))
-    parser.add_argument("--ollama-url", default=defaults.ollama_url)
-    parser.add_argument("--dtype", default=defaults.dtype, choices=models.DTYPES)
-    parser.add_argument("--window-tokens", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default=defaults.device, help="auto (GPU when there is one), cpu or cuda")
-    parser.add_argument(
-        "--shard",
-        default=None,
-        metavar="I/N",
-        help="play only shard I of N (one machine each; concatenate their game logs and rerun without --shard "
-        "for the whole run's results)",
-    )
+    # --model left out: the adapter's base model (see _run_evaluate); engine workers default to the CPUs.
+    add_options(parser, EvalConfig, defaults={"model": None, "workers": os.cpu_count() or 1})
     parser.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["agents"] = tuple(args.agents)
-    values["model"] = args.model if args.model is not None else ("" if args.adapter else EvalConfig.model)
-    config = EvalConfig(**values)
+    model = args.model if args.model is not None else ("" if args.adapter else EvalConfig.model)
+    config = config_from_args(EvalConfig, args, model=model)
     started = time.perf_counter()
     results = run_evaluation(config)
     print(reports.format_table(reports.results_table(results)))

@@ -16,6 +16,9 @@ How a field becomes an argument:
   (`flag="--no-load-best", action="store_false"`);
 * `tuple[X, ...]` takes one or more values (`nargs="+"`; `nargs="*"` passed to the option wins) and becomes a tuple;
 * `choices=` is the one list the module that owns the values keeps (`prompts.DATA_FORMATS` for every `--format`);
+  `check_choices(config)` holds a config built in Python to the same lists;
+* a `type=` passed to the option converts the whole value and nothing is read from the annotation (collect's
+  `--task-types 1,2` -> `("1", "2")`);
 * a field without a default is a required flag, unless the command gives it a command-line default
   (`add_options(..., defaults={"adapter": "results/sft_adapter"})`: Python callers still name it);
 * help may use argparse's `%(default)s`; a literal percent sign is `%%`.
@@ -34,8 +37,10 @@ A new command declares its flags on its config fields, then adds them to its par
         parser.add_argument("--dry-run", action="store_true")  # not a MergeConfig field: written by hand
         parser.set_defaults(func=lambda args: merge_adapter(config_from_args(MergeConfig, args)))
 
-`flag_of(config_cls, name)` is the flag that sets a field, for error messages that name it. Converted so far:
-`train`, `format`, `merge`, `export-gguf`, `course`; the other commands still write their flags by hand.
+`flag_of(config_cls, name)` is the flag that sets a field, for error messages that name it. Every command with a
+config dataclass declares its flags so; a flag that sets no config field (`format --data`, `collect
+--show-admissible-commands`) and the few flags of commands without a config (`doctor`, `compare`, `dagger-compare`,
+`data`) are written by hand, each with a comment saying why.
 """
 
 from __future__ import annotations
@@ -123,6 +128,23 @@ def config_from_args(config_cls: type, args: argparse.Namespace, **overrides: An
     return config_cls(**values, **overrides)
 
 
+def check_choices(config: Any) -> None:
+    """Refuse a field value that is not one of its option's `choices`, naming the flag (a ValueError): the parser
+    checks the command line, this a config built in Python. None passes where the field may be None; a tuple's
+    items are checked one by one."""
+    hints = typing.get_type_hints(type(config))
+    for field in flag_fields(type(config)):
+        allowed, value = field.metadata.get(CHOICES), getattr(config, field.name)
+        optional = type(None) in typing.get_args(hints[field.name])
+        if allowed is None or (value is None and optional):
+            continue
+        many = typing.get_origin(_unwrap_optional(field.name, hints[field.name])) is tuple
+        wrong = [item for item in (value if many and isinstance(value, tuple) else (value,)) if item not in allowed]
+        if wrong:
+            shown = ", ".join(str(choice) for choice in ((None, *allowed) if optional else allowed))
+            raise ValueError(f"{flag_of(type(config), field.name)} must be one of {shown}, not {wrong[0]!r}")
+
+
 def _unwrap_optional(name: str, hint: Any) -> Any:
     """`X | None` (or `Optional[X]`) -> X; any other type as it is. `name`: the field's, for the error."""
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
@@ -135,7 +157,6 @@ def _unwrap_optional(name: str, hint: Any) -> Any:
 
 def _argument(field: dataclasses.Field, hint: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """`add_argument`'s keywords for one field."""
-    kind = _unwrap_optional(field.name, hint)
     kwargs: dict[str, Any] = {"dest": field.name, "help": field.metadata[HELP]}
     if field.name in defaults:
         kwargs["default"] = defaults[field.name]
@@ -148,7 +169,9 @@ def _argument(field: dataclasses.Field, hint: Any, defaults: Mapping[str, Any]) 
     if field.metadata.get(CHOICES) is not None:
         kwargs["choices"] = field.metadata[CHOICES]
     extras = field.metadata.get(EXTRAS, {})
-    if "action" not in extras:  # an action given (store_true, store_false) takes no type
+    # An action given (store_true, store_false) takes no type; a type given converts the value as it stands.
+    if "action" not in extras and "type" not in extras:
+        kind = _unwrap_optional(field.name, hint)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:

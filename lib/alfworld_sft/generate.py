@@ -619,6 +619,7 @@ def _run_data(args) -> int:
 def configure_parser(subparsers) -> None:
     parser = subparsers.add_parser("data", help="ALFWorld games: status, download (real data), generate (offline)")
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    # by hand: no config dataclass, each action's flags are the arguments of its one call (`_run_data`)
     commands.add_parser("status", help="which splits exist under the data root, games per task type")
     download = commands.add_parser("download", help="run alfworld-download (needs internet)")
     download.add_argument(
@@ -628,5 +629,5 @@ def configure_parser(subparsers) -> None:
     generate = commands.add_parser("generate", help="generate offline games until a split has --count of them")
     generate.add_argument("--split", default="train", choices=list(games.SPLITS))
     generate.add_argument("--count", type=int, default=60, help="games the split should hold")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0, help="seeds the generated games (default %(default)s)")
     parser.set_defaults(func=_run_data)

@@ -496,6 +496,7 @@ def configure_parser(subparsers: argparse._SubParsersAction) -> None:
     from alfworld_sft.agents import AGENTS
 
     compare = subparsers.add_parser("compare", help="compare two or more evaluation result files (table + plot)")
+    # by hand: no config dataclass, the arguments of `compare_results`
     compare.add_argument("results", nargs="+", help="result files of `alfworld-sft evaluate`, two or more")
     compare.add_argument("--plot", default=None, help="PNG path (default: beside the last file)")
     compare.add_argument("--agents", nargs="+", default=None, choices=list(AGENTS), help="only these agents")
