@@ -96,7 +96,12 @@ def classify_failure(record: Mapping[str, Any]) -> str:
 
 def count_failures(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Lost games by cause, every cause listed (0 where none), in `CAUSES` order."""
-    counts = Counter(classify_failure(record) for record in records if not record.get("won"))
+    return tally_causes(classify_failure(record) for record in records if not record.get("won"))
+
+
+def tally_causes(causes: Iterable[str | None]) -> dict[str, int]:
+    """Games per cause of causes already classified (None, a won game, is not counted), in `CAUSES` order."""
+    counts = Counter(cause for cause in causes if cause is not None)
     return {cause: counts[cause] for cause in CAUSES}
 
 

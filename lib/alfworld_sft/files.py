@@ -11,8 +11,8 @@ A game log (evaluation's finished games, a DAgger round's rollouts: what a rerun
 with the key of the run that wrote it on every line: `append_game_log` adds a finished game, `read_game_log` reads
 back this run's games and moves a file of another run aside. `sha256_file` identifies a data file by its bytes.
 
-    files.append_game_log(path, key, {"agent": "zero_shot", "game_id": ..., "won": True, ...})
-    done = {line["game_id"] for line in files.read_game_log(path, key)}
+    files.append_game_log(path, key, records.make_rollout(...))
+    done = {line["game_id"] for line in records.read_rollouts(path, key)}  # read_game_log with the rollout keys
 """
 
 from __future__ import annotations

@@ -135,7 +135,8 @@ def mean_train_loss(log_history: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Success rate, average steps, per-task-type success, invalid-reply rate, tokens and wall time of one agent."""
+    """Success rate, average steps, per-task-type success, lost games by cause, invalid-reply rate, tokens and wall
+    time of one agent, from its games' details (`summarize_run`: each with its `failure`, classified once)."""
     played = len(records)
     steps = sum(r["steps"] for r in records)
     won = sum(int(r["won"]) for r in records)
@@ -146,7 +147,7 @@ def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         entry["won"] += int(record["won"])
     for task_type, entry in per_type.items():
         entry["success_rate"] = round(entry["won"] / entry["games"], 4)
-        entry["failures"] = failures.count_failures(r for r in records if r["task_type"] == task_type)
+        entry["failures"] = failures.tally_causes(r["failure"] for r in records if r["task_type"] == task_type)
     wall = sum(r["wall_s"] for r in records)
     return {
         "games": played,
@@ -154,7 +155,7 @@ def summarize_agent(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": round(won / played, 4) if played else 0.0,
         "avg_steps": round(steps / played, 2) if played else 0.0,
         "per_task_type": dict(sorted(per_type.items())),
-        "failures": failures.count_failures(records),  # lost games by cause (the failures module)
+        "failures": failures.tally_causes(r["failure"] for r in records),
         "invalid_replies": sum(r["invalid_replies"] for r in records),
         "invalid_reply_rate": round(sum(r["invalid_replies"] for r in records) / steps, 4) if steps else 0.0,
         "tokens_generated": sum(r["tokens_generated"] for r in records),
@@ -188,7 +189,7 @@ def summarize_run(
     for agent in agents:
         mine = [r for r in records if r["agent"] == agent and r["game_id"] in wanted]
         detail = [{**{k: r.get(k) for k in DETAIL_KEYS}, "failure": _failure(r)} for r in mine]
-        blocks[agent] = {**summarize_agent(mine), "games_detail": detail}
+        blocks[agent] = {**summarize_agent(detail), "games_detail": detail}
     return {**settings, "num_games": len(game_ids), "agents": blocks}
 
 
