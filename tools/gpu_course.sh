@@ -4,7 +4,11 @@
 #
 #     setsid nohup bash tools/gpu_course.sh > /root/course.out 2>&1 < /dev/null &
 #     sleep 90; bash tools/gpu_course.sh report $OUT   # at once: a notebook that fails early shows here
-#     bash tools/gpu_course.sh report $OUT        # later calls: what has finished so far, as one archive
+#     bash tools/gpu_course.sh watch $OUT 540     # later calls: a fresh report every minute until the course ends
+#
+# `watch` leaves a whole report under $OUT after every minute, so a call cut off by the lease's end still brings
+# back what had finished. Each report also brings the trained adapter, once it exists, as float16 pieces of 15 MiB
+# (adapter_f16.safetensors.part-*; join with cat): it is what the CPU measurements of the exported model start from.
 #
 # It installs the carried kit itself (tools/gpu_setup.sh, which exports ALFWORLD_DATA) and stops when the ALFWorld
 # archives were not carried: without them the course would generate its own 1,800 train games, for an hour.
@@ -24,13 +28,32 @@ case "${1:-}" in
         out=${2:?usage: gpu_course.sh report FOLDER}
         # The executed notebooks, every summary and plot, the records of training and evaluation; not the weights,
         # the trajectories, the formatted data or the merged model (tens of MB each, made again by the course).
-        tar -cJf "$out/course.tar.xz" --exclude="checkpoint-*" --exclude="*.safetensors" --exclude="sft_data" \
+        # Written beside and moved into place: a call cut off mid-report leaves the previous whole archive.
+        tar -cJf "$out/.course.tar.xz" --exclude="checkpoint-*" --exclude="*.safetensors" --exclude="sft_data" \
             --exclude="sft_merged" --exclude="gguf" --exclude="trajectories.jsonl" --exclude="*.attempts.jsonl" \
             --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" --exclude="tokenizer*" \
-            --exclude="small" results 2>/dev/null
+            --exclude="small" results 2>/dev/null && mv "$out/.course.tar.xz" "$out/course.tar.xz"
+        adapter=results/sft_adapter/adapter_model.safetensors
+        if [ -f results/sft_adapter/training_record.json ] && [ ! -f "$out/adapter_f16.sha256" ]; then
+            python3 -c "import sys, torch; from safetensors.torch import load_file, save_file
+save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
+                "$adapter" /tmp/adapter_f16.safetensors &&
+                split -b 15M -d /tmp/adapter_f16.safetensors "$out/adapter_f16.safetensors.part-" &&
+                (cd /tmp && sha256sum adapter_f16.safetensors) > "$out/adapter_f16.sha256"
+        fi
         tail -c 3000 "$LOG" 2>/dev/null
         grep -E "failed at|course exit" "$LOG" 2>/dev/null
         nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
+        ;;
+    watch)
+        out=${2:?usage: gpu_course.sh watch FOLDER SECONDS}
+        until_s=$((SECONDS + ${3:?usage: gpu_course.sh watch FOLDER SECONDS}))
+        while :; do
+            bash "$0" report "$out" > "$out/report.txt" 2>&1
+            if grep -q "course exit" "$LOG" 2>/dev/null || [ $SECONDS -ge $until_s ]; then break; fi
+            sleep 60
+        done
+        cat "$out/report.txt"
         ;;
     *)
         # shellcheck source=tools/gpu_setup.sh
