@@ -105,7 +105,8 @@ def test_dataset_split_by_game_seeded_with_stats_plot_and_saved(records_path, ch
     assert (out / "lengths.png").stat().st_size > 0
     loaded, info = formatting.load_formatted(out)
     assert loaded["train"]["input_ids"] == dataset["train"]["input_ids"]
-    assert info["max_seq_len"] == 768 and info["prompt_format"] == {"show_admissible_commands": False}
+    assert info["max_seq_len"] == 768
+    assert info["prompt_format"] == {"show_admissible_commands": False, "show_memory": False}
     assert info["source_sha256"] == files.sha256_file(records_path)
     example = dataset["train"][0]
     shown = formatting.render_trained_text(example, chatml_tokenizer)

@@ -112,7 +112,7 @@ def test_user_turns_follow_the_prompt_format_and_list_each_states_commands():
     users = [turn["content"] for turn in whole["conversations"][0::2]]
     assert [prompts.parse_turn(user)[2] for user in users] == whole["admissible_commands"]
     assert whole["admissible_commands"] == [["go to desk 1", "go to shelf 1", "look"], A1, A2, A2, A2]
-    assert whole["prompt_format"] == {"show_admissible_commands": True}
+    assert whole["prompt_format"] == {"show_admissible_commands": True, "show_memory": False}
 
 
 def test_guessing_states_are_neither_labelled_nor_trained():

@@ -167,7 +167,7 @@ def test_a_training_record_is_read_back_as_it_was_written(tmp_path):
     read = records.read_training_record(tmp_path / "adapter")
     assert without_meta(read) == RECORD
     assert read.details["meta"]["seed"] == 3  # the run metadata every result carries
-    assert json.loads(path.read_text())["prompt_format"] == {"show_admissible_commands": True}
+    assert json.loads(path.read_text())["prompt_format"] == {"show_admissible_commands": True, "show_memory": False}
     assert records.parse_training_record(read.to_json(), "in memory") == read
 
 

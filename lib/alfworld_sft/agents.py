@@ -194,22 +194,12 @@ class Agent:
         return turn.reply if self.thinks else turn.command or turn.reply
 
     def act_messages(self, trial: Trial, reflections: Sequence[str]) -> list[Message]:
-        conversation: list[Message] = [
-            {
-                "role": "user",
-                "content": prompts.render_first_turn(
-                    trial.task, trial.first_observation, trial.first_admissible, self.fmt
-                ),
-            }
-        ]
-        for turn in trial.turns:
+        later = [(turn.observation, turn.admissible_commands) for turn in trial.turns]
+        users = prompts.render_user_turns(trial.task, trial.first_observation, trial.first_admissible, later, self.fmt)
+        conversation: list[Message] = [{"role": "user", "content": users[0]}]
+        for turn, user in zip(trial.turns, users[1:]):
             conversation.append({"role": "assistant", "content": self.assistant_text(turn)})
-            conversation.append(
-                {
-                    "role": "user",
-                    "content": prompts.render_turn(turn.observation, turn.admissible_commands, self.fmt),
-                }
-            )
+            conversation.append({"role": "user", "content": user})
         messages = prompts.build_messages(self.system_message(trial, reflections), conversation)
         try:
             window, dropped = prompts.select_window(

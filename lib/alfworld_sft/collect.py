@@ -168,21 +168,16 @@ def build_record(
 ) -> dict[str, Any]:
     """The trajectory record (records.py, CONTRIBUTING.md) of an expert's game: one user turn per state it saw,
     one assistant turn per command; the final state (won or out of steps) gets no user turn."""
-    turns = [
-        {
-            "role": "user",
-            "content": prompts.render_first_turn(
-                played.task, played.first_observation, played.first_admissible, prompt_format
-            ),
-        }
-    ]
-    admissible = [list(played.first_admissible)]
-    for index, command in enumerate(played.commands):
+    later = list(zip(played.observations, played.admissible))[: played.steps - 1]
+    users = prompts.render_user_turns(
+        played.task, played.first_observation, played.first_admissible, later, prompt_format
+    )
+    turns = [{"role": "user", "content": users[0]}]
+    for command, user in zip(played.commands, [*users[1:], None]):
         turns.append({"role": "assistant", "content": command})
-        if index + 1 < played.steps:
-            observation, commands = played.observations[index], played.admissible[index]
-            turns.append({"role": "user", "content": prompts.render_turn(observation, commands, prompt_format)})
-            admissible.append(list(commands))
+        if user is not None:
+            turns.append({"role": "user", "content": user})
+    admissible = [list(played.first_admissible)] + [list(commands) for _, commands in later]
     record = {
         "system": prompts.SYSTEM_PROMPT,
         "conversations": turns,
@@ -474,7 +469,9 @@ def describe_summary(summary: CollectSummary) -> str:
 
 
 def _run_collect(args) -> int:
-    prompt_format = prompts.PromptFormat(show_admissible_commands=args.show_admissible_commands)
+    prompt_format = prompts.PromptFormat(
+        show_admissible_commands=args.show_admissible_commands, show_memory=args.show_memory
+    )
     print(describe_summary(collect_trajectories(config_from_args(CollectConfig, args, prompt_format=prompt_format))))
     return 0
 
@@ -484,9 +481,15 @@ def configure_parser(subparsers) -> None:
         "collect", help="play a split with the handcoded expert and write oracle trajectories (resumable)"
     )
     add_options(parser, CollectConfig, defaults={"workers": os.cpu_count() or 1})
-    parser.add_argument(  # by hand: a field of the prompt format, not of CollectConfig
+    # By hand: fields of the prompt format, not of CollectConfig.
+    parser.add_argument(
         "--show-admissible-commands",
         action="store_true",
         help="list the admissible commands in every user turn (prompts.PromptFormat)",
+    )
+    parser.add_argument(
+        "--show-memory",
+        action="store_true",
+        help="add the game's memory (places not searched yet, the task's objects seen) to every later user turn",
     )
     parser.set_defaults(func=_run_collect)

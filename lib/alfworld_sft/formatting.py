@@ -123,10 +123,10 @@ def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         found.append(record)
     if not found:
         raise ValueError(f"{path} holds no records: collect trajectories first (notebook 01 or `alfworld-sft collect`)")
-    formats = {tuple(sorted(r["prompt_format"].items())) for r in found}
+    formats = {prompts.read_prompt_format(r["prompt_format"]) for r in found}
     if len(formats) > 1:
         raise ValueError(
-            f"{path} mixes prompt formats {[dict(f) for f in sorted(formats)]!r}: a model is trained on one format "
+            f"{path} mixes prompt formats {sorted(map(repr, formats))}: a model is trained on one format "
             "(the one it will be played with); collect into separate files"
         )
     return found
@@ -134,7 +134,7 @@ def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def prompt_format_of(loaded: Sequence[dict[str, Any]]) -> prompts.PromptFormat:
     """The one prompt format the records were rendered with (load_records checks they agree)."""
-    return prompts.PromptFormat(**loaded[0]["prompt_format"])
+    return prompts.read_prompt_format(loaded[0]["prompt_format"])
 
 
 # --------------------------------------------------------------------------------------------- rendering

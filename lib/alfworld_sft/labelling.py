@@ -69,8 +69,8 @@ def label_rollout(rollout: Mapping[str, Any], settings: LabelSettings) -> tuple[
     * one **label record** per state where the model's command differs from the expert's (DAgger): the model's
       history up to that state, its turns `trained: false`, ending with the expert's command, trained.
 
-    User turns are rendered as the model saw them (`prompts.render_first_turn` / `render_turn` in
-    `settings.prompt_format`); an invalid reply stays in the history as written, answered "Nothing happens.".
+    User turns are rendered as the model saw them (`prompts.render_user_turns` in `settings.prompt_format`); an
+    invalid reply stays in the history as written, answered "Nothing happens.".
     States where the expert only guesses are not labelled (`guesses`), nor those without an expert command
     (`unlabelled`). `thoughts` holds the model's own thought for its turns and the expert's for a label, when all
     are known; in the thoughts format a reply without a thought (or a blank one, in any format) cannot be written
@@ -81,8 +81,10 @@ def label_rollout(rollout: Mapping[str, Any], settings: LabelSettings) -> tuple[
         raise ValueError(f"rollout of {rollout['game_id']} has {len(trials)} trials: label one-trial agents' games")
     turns = trials[0]["turns"]
     fmt, data_format = settings.prompt_format, settings.data_format
-    users = [prompts.render_first_turn(rollout["task"], rollout["first_observation"], rollout["first_admissible"], fmt)]
-    users += [prompts.render_turn(turn["observation"], turn["admissible"], fmt) for turn in turns[:-1]]
+    later = [(turn["observation"], turn["admissible"]) for turn in turns[:-1]]
+    users = prompts.render_user_turns(
+        rollout["task"], rollout["first_observation"], rollout["first_admissible"], later, fmt
+    )
     admissible = [list(rollout["first_admissible"])] + [list(turn["admissible"]) for turn in turns[:-1]]
     commands = [_shown_command(turn, data_format) for turn in turns]
     thoughts = [prompts.parse_reply(turn["reply"])[0] for turn in turns]

@@ -118,11 +118,12 @@ def sample_conversations(count: int = 3, record: records.TrainingRecord | None =
     for index in range(count):
         task, observation, (command, thought), next_observation = SAMPLE_GAMES[index % len(SAMPLE_GAMES)]
         commands = ["look", "inventory", command]
-        turns = [{"role": "user", "content": prompts.render_first_turn(task, observation, commands, fmt)}]
+        users = prompts.render_user_turns(task, observation, commands, [(next_observation, commands)], fmt)
+        turns = [{"role": "user", "content": users[0]}]
         if index >= len(SAMPLE_GAMES) or index % 2:
             turns += [
                 {"role": "assistant", "content": prompts.render_reply(command, thought, data_format)},
-                {"role": "user", "content": prompts.render_turn(next_observation, commands, fmt)},
+                {"role": "user", "content": users[1]},
             ]
         system = record.system() if record else prompts.system_prompt(data_format)
         conversations.append(prompts.build_messages(system, turns))

@@ -5,7 +5,10 @@ What a model is trained on is exactly what it sees when it plays, so every stage
 * `SYSTEM_PROMPT` / `THOUGHTS_SYSTEM_PROMPT`: the instruction every conversation starts with, for the two data
   formats (`system_prompt(data_format)`): bare commands, or "Thought: ...\nAction: ..." replies.
 * `render_first_turn` / `render_turn`: the user turns (task and observation; optionally the admissible
-  commands, as set by `PromptFormat`); `parse_turn` reads one back.
+  commands and the game's memory, as set by `PromptFormat`); `render_user_turns` renders a whole game's, the one
+  way collection, play and labelling do it; `parse_turn` reads one back.
+* `SearchMemory`: what a game has shown so far (the places not searched yet, where the task's objects were seen),
+  read from the observations alone, so that a model whose window has dropped the early turns still knows it.
 * `render_reply`: the assistant turn in a data format; `parse_reply` reads one back (a model's reply too):
   its thought and its command, the one place a "Thought: ...\nAction: ..." reply is taken apart.
 * `select_window`: the sliding window that fits a long game into `max_seq_len` tokens by dropping the
@@ -17,6 +20,7 @@ turn, each assistant message a single game command (or a thought and a command).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ THOUGHTS_SYSTEM_PROMPT = (
 )
 DATA_FORMATS = ("commands", "thoughts")  # what an assistant turn holds: the command, or a thought and the command
 ADMISSIBLE_PREFIX = "\nAdmissible commands: "
+MEMORY_PREFIX = "\nMemory: "
 
 _WELCOME = re.compile(r"^-= Welcome to TextWorld, ALFRED! =-\s*", re.MULTILINE)
 _TASK = re.compile(r"\s*Your task is to: (?P<task>.+?)\s*$", re.DOTALL)
@@ -51,6 +56,17 @@ class PromptFormat:
     """How user turns are rendered; stored with every record and every adapter so that play matches training."""
 
     show_admissible_commands: bool = False  # append the engine's admissible commands to every user turn
+    show_memory: bool = False  # append the game's memory (SearchMemory) to every user turn after the first
+
+
+def read_prompt_format(raw: dict) -> PromptFormat:
+    """A stored prompt format (a record's or a training record's "prompt_format"); fields added since it was written
+    take their defaults, so older records read as what they were."""
+    known = {field.name for field in dataclasses.fields(PromptFormat)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"prompt_format has unknown fields {unknown}: known are {sorted(known)}")
+    return PromptFormat(**raw)
 
 
 def split_first_observation(text: str) -> tuple[str, str]:
@@ -106,8 +122,10 @@ def _with_commands(text: str, admissible_commands: Sequence[str] | None, fmt: Pr
 
 
 def parse_turn(text: str) -> tuple[str | None, str, list[str] | None]:
-    """The inverse of `render_first_turn` / `render_turn`: (task or None, observation, admissible commands or None)."""
+    """The inverse of `render_first_turn` / `render_turn`: (task or None, observation, admissible commands or None);
+    a memory line is left out (`SearchMemory` renders it again from the observations)."""
     body, _, commands = text.partition(ADMISSIBLE_PREFIX)
+    body = body.partition(MEMORY_PREFIX)[0]
     task = None
     if body.startswith("Task: "):
         task, _, body = body[len("Task: ") :].partition(".\nObservation: ")
@@ -127,10 +145,111 @@ def render_first_turn(
 
 
 def render_turn(
-    observation: str, admissible_commands: Sequence[str] | None = None, fmt: PromptFormat = PromptFormat()
+    observation: str,
+    admissible_commands: Sequence[str] | None = None,
+    fmt: PromptFormat = PromptFormat(),
+    memory: str | None = None,
 ) -> str:
-    """A later user turn: what the last command produced."""
-    return _with_commands(f"Observation: {observation.strip()}", admissible_commands, fmt)
+    """A later user turn: what the last command produced (and, in a format that shows it, the game's memory)."""
+    text = f"Observation: {observation.strip()}"
+    if fmt.show_memory:
+        if memory is None:
+            raise ValueError("this prompt format shows the game's memory, but none was given")
+        text += f"{MEMORY_PREFIX}{memory}"
+    return _with_commands(text, admissible_commands, fmt)
+
+
+def render_user_turns(
+    task: str,
+    first_observation: str,
+    first_admissible: Sequence[str] | None,
+    later: Sequence[tuple[str, Sequence[str] | None]],
+    fmt: PromptFormat = PromptFormat(),
+) -> list[str]:
+    """Every user turn of a game: the first, then one per (observation, admissible commands) that followed a
+    command. Collection, play and labelling all render a game through this, so they cannot drift apart."""
+    turns = [render_first_turn(task, first_observation, first_admissible, fmt)]
+    memory = SearchMemory(task, first_observation)
+    for observation, admissible in later:
+        memory.observe(observation)
+        turns.append(render_turn(observation, admissible, fmt, memory.render() if fmt.show_memory else None))
+    return turns
+
+
+_PLACE = re.compile(r"\ban? ([a-z]+ \d+)")
+_ARRIVE = re.compile(r"You arrive at (?:the )?([a-z]+ \d+)")
+_OPEN = re.compile(r"You open the ([a-z]+ \d+)")
+_CONTENTS = re.compile(r"(?:On the [a-z]+ \d+|In it), you see (.*?)(?:\.\s|\.$|$)")
+_TAKE = re.compile(r"You pick up the ([a-z]+ \d+) from the ([a-z]+ \d+)")
+_PUT = re.compile(r"You (?:move|put) the ([a-z]+ \d+) (?:to|in|on|in/on) the ([a-z]+ \d+)")
+
+
+class SearchMemory:
+    """What a game has shown so far, read from its observations alone (the same at collection and at play):
+
+    * the places of the room (the first observation lists them) whose contents have not been seen yet: a place
+      counts as searched once an observation shows what is on or in it (arriving at an open place, or opening it);
+    * where each object of the task's kinds was last seen (an object taken is forgotten until it is put down).
+
+    A model's window drops the oldest turns of a long game; this line keeps what they showed, so that the search
+    goes on where it stopped instead of going round the same places again.
+
+        memory = SearchMemory("put a mug in cabinet", first_observation)
+        memory.observe("You arrive at countertop 1. On the countertop 1, you see a mug 1.")
+        memory.render()  # 'not searched: cabinet 1-4, drawer 1, 2, ...; seen: mug 1 (countertop 1)'
+    """
+
+    def __init__(self, task: str, first_observation: str):
+        self.unsearched = list(dict.fromkeys(_PLACE.findall(first_observation)))
+        words = set(re.findall(r"[a-z]+", task.lower()))
+        # "mugs", "knives", "tomatoes": a kind counts as the task's when the task names it, plural or not.
+        self.kinds = words | {w[:-1] for w in words if w.endswith("s")} | {w[:-2] for w in words if w.endswith("es")}
+        self.kinds |= {w[:-3] + "fe" for w in words if w.endswith("ves")}
+        self.seen: dict[str, str] = {}
+        self.here: str | None = None
+
+    def observe(self, observation: str) -> None:
+        """Take in what a command produced."""
+        moved = _ARRIVE.search(observation) or _OPEN.search(observation)
+        if moved:
+            self.here = moved.group(1)
+        contents = _CONTENTS.search(observation)
+        if contents and self.here is not None:
+            if self.here in self.unsearched:
+                self.unsearched.remove(self.here)
+            for thing in _PLACE.findall(contents.group(1)):
+                if thing.rsplit(" ", 1)[0] in self.kinds:
+                    self.seen[thing] = self.here
+        taken = _TAKE.search(observation)
+        if taken:
+            self.seen.pop(taken.group(1), None)
+        put = _PUT.search(observation)
+        if put and put.group(1).rsplit(" ", 1)[0] in self.kinds:
+            self.seen[put.group(1)] = put.group(2)
+
+    def render(self) -> str:
+        seen = ", ".join(f"{thing} ({place})" for thing, place in self.seen.items()) or "none"
+        return f"not searched: {compress_places(self.unsearched) or 'none'}; seen: {seen}"
+
+
+def compress_places(places: Sequence[str]) -> str:
+    """Places in order of kind and number, runs of numbers as ranges: "cabinet 1-4, 7, drawer 2" (a kitchen's
+    thirty-odd places cost a third of the tokens so)."""
+    numbers: dict[str, list[int]] = {}
+    for place in places:
+        kind, number = place.rsplit(" ", 1)
+        numbers.setdefault(kind, []).append(int(number))
+    parts = []
+    for kind in sorted(numbers):
+        runs: list[list[int]] = []
+        for number in sorted(numbers[kind]):
+            if runs and number == runs[-1][-1] + 1:
+                runs[-1].append(number)
+            else:
+                runs.append([number])
+        spans = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+        parts.append(f"{kind} {spans}")
+    return ", ".join(parts)
 
 
 def build_messages(system: str, conversations: Sequence[Message]) -> list[Message]:

@@ -264,7 +264,7 @@ def parse_training_record(raw: Any, source: str | os.PathLike[str]) -> TrainingR
         typed = {"base_model", "prompt_format", "max_seq_len", "end_of_turn", "data_format", "system_prompt"}
         return TrainingRecord(
             base_model=str(raw["base_model"]),
-            prompt_format=prompts.PromptFormat(**raw["prompt_format"]),
+            prompt_format=prompts.read_prompt_format(raw["prompt_format"]),
             max_seq_len=int(raw["max_seq_len"]),
             end_of_turn=raw.get("end_of_turn"),
             data_format=raw.get("data_format") or "commands",

@@ -87,8 +87,17 @@ class RolloutProfile:
         """This process's time outside the start-up, the model, the transport and the waiting: scheduling, Python."""
         return max(0.0, self.wall_s - self.startup_s - self.model_s - self.wait_s - self.transport_s)
 
+    @property
+    def prompt_tokens_per_request(self) -> float:
+        """What one turn's prompt costs the model in tokens (a memory line or a longer window raises it)."""
+        return round(self.prompt_tokens / self.requests, 1) if self.requests else 0.0
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "overhead_s": round(self.overhead_s, 3)}
+        return {
+            **asdict(self),
+            "overhead_s": round(self.overhead_s, 3),
+            "prompt_tokens_per_request": self.prompt_tokens_per_request,
+        }
 
 
 @dataclass

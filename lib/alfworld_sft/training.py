@@ -471,7 +471,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         reports.plot_loss_curve(history, output / train_outputs.LOSS_PLOT)
         record = records.TrainingRecord(
             base_model=config.base,
-            prompt_format=prompts.PromptFormat(**data_facts["prompt_format"]),
+            prompt_format=prompts.read_prompt_format(data_facts["prompt_format"]),
             max_seq_len=config.max_seq_len,
             end_of_turn=models.end_of_turn_marker(tokenizer),
             data_format=data_facts["data_format"],

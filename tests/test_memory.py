@@ -1,0 +1,82 @@
+"""The game's memory (`prompts.SearchMemory`): what it reads from observations, and the contract that collection
+and play render the same user turns with it, on a real game of the real engine."""
+
+import pytest
+from alfworld_sft import collect, games, prompts, records
+from alfworld_sft.agents import Trial, Turn, build_agent
+from alfworld_sft.backends import CodecSpec, PromptCodec
+
+ROOM = (
+    "You are in the middle of a room. Looking quickly around you, you see a cabinet 3, a cabinet 2, a cabinet 1, "
+    "a countertop 1, a drawer 1, a fridge 1, and a sinkbasin 1."
+)
+MEMORY = prompts.PromptFormat(show_memory=True)
+
+
+def memory_after(task, *observations):
+    memory = prompts.SearchMemory(task, ROOM)
+    for observation in observations:
+        memory.observe(observation)
+    return memory.render()
+
+
+def test_a_place_is_searched_once_its_contents_are_seen():
+    assert (
+        memory_after("put a mug in fridge")
+        == "not searched: cabinet 1-3, countertop 1, drawer 1, fridge 1, sinkbasin 1; seen: none"
+    )
+    closed = memory_after("put a mug in fridge", "You arrive at cabinet 2. The cabinet 2 is closed.")
+    assert "cabinet 1-3" in closed  # arriving at a closed place does not search it
+    opened = memory_after(
+        "put a mug in fridge",
+        "You arrive at cabinet 2. The cabinet 2 is closed.",
+        "You open the cabinet 2. The cabinet 2 is open. In it, you see nothing.",
+        "You arrive at countertop 1. On the countertop 1, you see a apple 1, and a mug 2.",
+    )
+    assert opened == "not searched: cabinet 1, 3, drawer 1, fridge 1, sinkbasin 1; seen: mug 2 (countertop 1)"
+
+
+def test_only_the_tasks_objects_are_remembered_and_a_taken_one_moves_with_the_robot():
+    task = "put two knives in drawer"  # plural: "knives" names knife
+    found = "You arrive at countertop 1. On the countertop 1, you see a knife 1, a spoon 1, and a knife 2."
+    assert memory_after(task, found).endswith("seen: knife 1 (countertop 1), knife 2 (countertop 1)")
+    taken = memory_after(task, found, "You pick up the knife 1 from the countertop 1.")
+    assert taken.endswith("seen: knife 2 (countertop 1)")
+    put = memory_after(
+        task, found, "You pick up the knife 1 from the countertop 1.", "You move the knife 1 to the drawer 1."
+    )
+    assert put.endswith("seen: knife 2 (countertop 1), knife 1 (drawer 1)")
+
+
+def test_the_memory_line_reads_back_as_the_observation():
+    turn = prompts.render_turn("You arrive at sinkbasin 1.", ["look"], prompts.PromptFormat(True, True), "x; y")
+    assert turn == "Observation: You arrive at sinkbasin 1.\nMemory: x; y\nAdmissible commands: look"
+    assert prompts.parse_turn(turn) == (None, "You arrive at sinkbasin 1.", ["look"])
+    with pytest.raises(ValueError, match="memory"):
+        prompts.render_turn("o", None, MEMORY)
+
+
+def test_an_older_record_reads_with_the_memory_off_and_an_unknown_field_is_named():
+    assert prompts.read_prompt_format({"show_admissible_commands": True}) == prompts.PromptFormat(True, False)
+    with pytest.raises(ValueError, match="unknown fields \\['show_map'\\]"):
+        prompts.read_prompt_format({"show_map": True})
+
+
+def test_collection_and_play_render_the_same_memory_on_a_real_game(train_games, tmp_path):
+    gamefile = games.list_games("train", task_types=[1], limit=1)[0]
+    outcome = collect.play_game(gamefile, split="train", max_steps=8, prompt_format=MEMORY)
+    record = outcome.record
+    users = [turn["content"] for turn in record["conversations"] if turn["role"] == "user"]
+    assert "\nMemory: not searched: " in users[1] and "Memory:" not in users[0]
+
+    records.write_training_record(tmp_path, records.TrainingRecord("smollm2-135m-instruct", MEMORY, 4096), seed=0)
+    agent = build_agent("zero_shot", PromptCodec(CodecSpec(None, str(tmp_path))))
+    assert agent.fmt.show_memory
+    first_task, first_observation, _ = prompts.parse_turn(users[0])
+    trial = Trial(first_task, first_observation, tuple(record["admissible_commands"][0]))
+    commands = [turn["content"] for turn in record["conversations"] if turn["role"] == "assistant"]
+    for command, user, admissible in zip(commands, users[1:], record["admissible_commands"][1:]):
+        observation = prompts.parse_turn(user)[1]
+        trial.turns.append(Turn(command, command, "exact", observation, tuple(admissible)))
+    played = [m["content"] for m in agent.act_messages(trial, []) if m["role"] == "user"]
+    assert played == users  # the model plays with the very memory lines it was trained on
