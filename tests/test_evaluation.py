@@ -60,6 +60,12 @@ def test_select_games_is_balanced_and_seeded(eval_games):
 
 
 @pytest.mark.slow
+def test_the_expert_s_prompt_previews_without_a_tokenizer(eval_games):
+    gamefile = select_games("eval_in_distribution", 1, seed=0)[0]
+    text = evaluation.preview_prompt("zero_shot", "expert", None, gamefile)
+    assert text.startswith("[system]\n") and "\n\n[user]\nTask: " in text
+
+
 def test_resume_after_interruption_neither_loses_nor_repeats_a_game(eval_games, tmp_path, capsys):
     config = expert_config(tmp_path)
     with pytest.raises(KeyboardInterrupt):

@@ -112,6 +112,8 @@ class PromptCodec:
 def codec_spec(model: str, adapter: str | Path | None = None) -> CodecSpec:
     """A local model's codec: the adapter's tokenizer (saved with it) or the model's, and the adapter's (or the
     model folder's) training record. Loads no weights: notebooks preview prompts with it."""
+    if model == EXPERT_MODEL and adapter is None:
+        return CodecSpec(None, None)  # the expert reads no prompt: no tokenizer to load
     record_folder = str(adapter) if adapter is not None else _local_folder(model)
     tokenizer = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").exists() else model
     return CodecSpec(tokenizer, record_folder)

@@ -445,7 +445,8 @@ def preview_prompt(
 ) -> str:
     """The text a model reads at the first step of `gamefile` under `agent`, rendered with its chat template (the
     system prompt, the task turn and, for a fine-tuned model, exactly its training format); with `system_only`,
-    the system message alone. Loads no weights."""
+    the system message alone; for a model without a tokenizer here (the expert), each message under its role.
+    Loads no weights."""
     from alfworld_sft.backends import PromptCodec, codec_spec
     from alfworld_sft.rollouts import GameRunner, RolloutConfig
 
@@ -458,6 +459,8 @@ def preview_prompt(
     runner.episodes[0][0].close()
     if system_only:
         return request.messages[0]["content"]
+    if codec.tokenizer is None:  # the expert, or a served model whose tokenizer is not here: the messages as sent
+        return "\n\n".join(f"[{message['role']}]\n{message['content']}" for message in request.messages)
     return codec.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
 
 
