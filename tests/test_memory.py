@@ -2,7 +2,7 @@
 and play render the same user turns with it, on a real game of the real engine."""
 
 import pytest
-from alfworld_sft import collect, games, prompts, records
+from alfworld_sft import collect, files, games, prompts, records
 from alfworld_sft.agents import Trial, Turn, build_agent
 from alfworld_sft.backends import CodecSpec, PromptCodec
 
@@ -80,3 +80,18 @@ def test_collection_and_play_render_the_same_memory_on_a_real_game(train_games, 
         trial.turns.append(Turn(command, command, "exact", observation, tuple(admissible)))
     played = [m["content"] for m in agent.act_messages(trial, []) if m["role"] == "user"]
     assert played == users  # the model plays with the very memory lines it was trained on
+
+
+def test_games_collected_without_memory_render_again_as_a_collection_with_it(train_games, tmp_path):
+    gamefile = games.list_games("train", task_types=[2], limit=1)[0]
+    plain = collect.play_game(gamefile, split="train", max_steps=10).record
+    direct = collect.play_game(gamefile, split="train", max_steps=10, prompt_format=MEMORY).record
+    source = tmp_path / "plain.jsonl"
+    files.append_jsonl(source, [plain])
+    assert collect.rerender_trajectories(source, tmp_path / "memory.jsonl", MEMORY) == 1
+    [rendered] = files.read_jsonl(tmp_path / "memory.jsonl")
+    assert rendered == direct
+    assert (
+        collect.rerender_trajectories(tmp_path / "memory.jsonl", tmp_path / "back.jsonl", prompts.PromptFormat()) == 1
+    )
+    assert next(files.read_jsonl(tmp_path / "back.jsonl")) == plain

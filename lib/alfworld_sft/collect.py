@@ -20,6 +20,7 @@ worker count or the order games finish in. Beside the output: `<stem>.summary.js
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -211,7 +212,10 @@ def _check_compatible(done: list[dict[str, Any]], config: CollectConfig, path: P
         expected = {"split": config.split, "seed": config.seed, "max_steps": config.max_steps, "expert": config.expert}
     for record in done:
         for key, value in expected.items():
-            if key in record and record[key] != value:
+            found = record.get(key)
+            if key == "prompt_format" and isinstance(found, dict):
+                found = dataclasses.asdict(prompts.read_prompt_format(found))  # an older record, fields defaulted
+            if key in record and found != value:
                 raise ValueError(
                     f"{path} holds games collected with {key}={record[key]!r}, this run asks for {value!r}: "
                     "use another --output, or the same settings to resume"
@@ -447,6 +451,35 @@ def verify_trajectories(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def rerender_trajectories(
+    source: str | os.PathLike[str], output: str | os.PathLike[str], fmt: prompts.PromptFormat
+) -> int:
+    """The expert games of `source` with their user turns rendered again in `fmt` (commands, thoughts and the
+    rest unchanged), written whole to `output`: another prompt format without playing the games again. Every user
+    turn is read back (`prompts.parse_turn`) and rendered by `prompts.render_user_turns`, as a new collection
+    would render it. Returns the number of records."""
+    source, output = paths.resolve_repo_path(source), paths.resolve_repo_path(output)
+    if source == output:
+        raise ValueError(f"--from-trajectories and --output are the same file ({source}): write to another")
+    rendered = []
+    for line, record in enumerate(files.read_jsonl(source), start=1):
+        problem = records.validate_record(record)
+        if problem:
+            raise ValueError(f"{source}, line {line}: {problem}")
+        users = [turn for turn in record["conversations"] if turn["role"] == "user"]
+        task, first_observation, _ = prompts.parse_turn(users[0]["content"])
+        admissible = record["admissible_commands"]
+        later = [(prompts.parse_turn(turn["content"])[1], admissible[i + 1]) for i, turn in enumerate(users[1:])]
+        texts = prompts.render_user_turns(task or "", first_observation, admissible[0], later, fmt)
+        for turn, text in zip(users, texts):
+            turn["content"] = text
+        rendered.append({**record, "prompt_format": dataclasses.asdict(fmt)})
+    if not rendered:
+        raise ValueError(f"{source} holds no records: collect trajectories first")
+    files.write_text(output, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in rendered))
+    return len(rendered)
+
+
 def describe_summary(summary: CollectSummary) -> str:
     """The collection in a few lines: totals, won rate and mean steps per task type, games that failed."""
     lines = [
@@ -472,6 +505,11 @@ def _run_collect(args) -> int:
     prompt_format = prompts.PromptFormat(
         show_admissible_commands=args.show_admissible_commands, show_memory=args.show_memory
     )
+    if args.from_trajectories:
+        files.check_output(args.output, "--output")
+        count = rerender_trajectories(args.from_trajectories, args.output, prompt_format)
+        print(f"{count} games of {args.from_trajectories} rendered in {prompt_format} to {args.output}")
+        return 0
     print(describe_summary(collect_trajectories(config_from_args(CollectConfig, args, prompt_format=prompt_format))))
     return 0
 
@@ -486,6 +524,11 @@ def configure_parser(subparsers) -> None:
         "--show-admissible-commands",
         action="store_true",
         help="list the admissible commands in every user turn (prompts.PromptFormat)",
+    )
+    parser.add_argument(
+        "--from-trajectories",
+        metavar="JSONL",
+        help="play nothing: render the expert games of this file again in the prompt format the other flags give",
     )
     parser.add_argument(
         "--show-memory",
