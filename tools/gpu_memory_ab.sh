@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 31's measurement on the lent GPU machine: does the game's memory line (PromptFormat.show_memory) win games?
+# One expert collection at the course's full size (a balanced sample of 1,800 train games, as notebook 01), rendered
+# twice: as collected (plain) and with the memory (`collect --from-trajectories --show-memory`, the same games and
+# commands). Each arm is formatted, trained with the recipe (no recipe flags) and plays grounded zero_shot on every
+# eval_in_distribution game; the two arms run side by side on the one GPU, 8 engine workers each.
+#
+#     setsid nohup bash tools/gpu_memory_ab.sh > /root/ab.out 2>&1 < /dev/null &
+#     bash tools/gpu_memory_ab.sh watch $OUT 480   # a whole report every minute until both arms are done
+#
+# A report archives results/memory_ab (logs, summaries, evaluation JSONs and game logs, training records; not the
+# weights, trajectories or datasets) and, once both arms finished, the adapter of the arm that won more games as
+# float16 pieces (adapter_f16.safetensors.part-*, its arm named in adapter_f16.arm).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+RUN=results/memory_ab
+LOG=$RUN/run.log
+
+case "${1:-}" in
+    report)
+        out=${2:?usage: gpu_memory_ab.sh report FOLDER}
+        tar -cJf "$out/.ab.tar.xz" --exclude="checkpoint-*" --exclude="*.safetensors" --exclude="sft_data" \
+            --exclude="trajectories.jsonl" --exclude="*.attempts.jsonl" --exclude="tokenizer*" "$RUN" 2>/dev/null \
+            && mv "$out/.ab.tar.xz" "$out/ab.tar.xz"
+        if grep -q "both arms done" "$LOG" 2>/dev/null && [ ! -f "$out/adapter_f16.sha256" ]; then
+            arm=$(python3 -c "import json, sys
+won = {arm: json.load(open(f'$RUN/{arm}/eval.json'))['results'][0]['won'] for arm in ('plain', 'memory')}
+print(max(won, key=lambda arm: (won[arm], arm == 'memory')))" 2>/dev/null) || arm=plain
+            python3 -c "import sys, torch; from safetensors.torch import load_file, save_file
+save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
+                "$RUN/$arm/sft_adapter/adapter_model.safetensors" /tmp/adapter_f16.safetensors &&
+                split -b 15M -d /tmp/adapter_f16.safetensors "$out/adapter_f16.safetensors.part-" &&
+                echo "$arm" > "$out/adapter_f16.arm" &&
+                (cd /tmp && sha256sum adapter_f16.safetensors) > "$out/adapter_f16.sha256"
+        fi
+        tail -n 25 "$LOG" "$RUN"/plain.log "$RUN"/memory.log 2>/dev/null | cut -c1-300
+        nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+        ;;
+    watch)
+        out=${2:?usage: gpu_memory_ab.sh watch FOLDER SECONDS}
+        until_s=$((SECONDS + ${3:?usage: gpu_memory_ab.sh watch FOLDER SECONDS}))
+        while :; do
+            bash "$0" report "$out" > "$out/report.txt" 2>&1
+            if grep -q "both arms done" "$LOG" 2>/dev/null || [ $SECONDS -ge $until_s ]; then break; fi
+            sleep 60
+        done
+        cat "$out/report.txt"
+        ;;
+    *)
+        # shellcheck source=tools/gpu_setup.sh
+        . tools/gpu_setup.sh || exit 1
+        export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+        mkdir -p "$RUN"
+        { date -u +"start %FT%TZ"
+          alfworld-sft collect --split train --limit 1800 --workers 0 --output "$RUN/plain/trajectories.jsonl" &&
+          alfworld-sft collect --from-trajectories "$RUN/plain/trajectories.jsonl" --show-memory \
+              --output "$RUN/memory/trajectories.jsonl"
+          date -u +"collected %FT%TZ"
+          for arm in memory plain; do
+              ( alfworld-sft format --data "$RUN/$arm/trajectories.jsonl" --output "$RUN/$arm/sft_data" &&
+                date -u +"formatted %FT%TZ" &&
+                alfworld-sft train --data "$RUN/$arm/sft_data" --output "$RUN/$arm/sft_adapter" &&
+                date -u +"trained %FT%TZ" &&
+                alfworld-sft evaluate --adapter "$RUN/$arm/sft_adapter" --split eval_in_distribution --num-games 0 \
+                    --agents zero_shot --actions constrained --workers 8 --output "$RUN/$arm/eval.json" &&
+                date -u +"evaluated %FT%TZ" ) > "$RUN/$arm.log" 2>&1 &
+          done
+          wait
+          echo "both arms done $(date -u +%FT%TZ)"; } >> "$LOG" 2>&1
+        ;;
+esac
