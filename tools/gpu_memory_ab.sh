@@ -26,7 +26,7 @@ case "${1:-}" in
             && mv "$out/.ab.tar.xz" "$out/ab.tar.xz"
         if grep -q "both arms done" "$LOG" 2>/dev/null && [ ! -f "$out/adapter_f16.sha256" ]; then
             arm=$(python3 -c "import json, sys
-won = {arm: json.load(open(f'$RUN/{arm}/eval.json'))['results'][0]['won'] for arm in ('plain', 'memory')}
+won = {arm: json.load(open(f'$RUN/{arm}/eval.json'))['agents']['zero_shot']['won'] for arm in ('plain', 'memory')}
 print(max(won, key=lambda arm: (won[arm], arm == 'memory')))" 2>/dev/null) || arm=plain
             python3 -c "import sys, torch; from safetensors.torch import load_file, save_file
 save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
