@@ -24,7 +24,7 @@ from alfworld_sft.agents import map_action
 from alfworld_sft.backends import Request
 from alfworld_sft.evaluation import EvalConfig, run_evaluation
 
-pytestmark = pytest.mark.skipif(llama_server.server_missing() is not None, reason=str(llama_server.server_missing()))
+needs_server = pytest.mark.skipif(llama_server.server_missing() is not None, reason=str(llama_server.server_missing()))
 
 
 def llama_servers() -> list[psutil.Process]:
@@ -104,6 +104,7 @@ def test_a_grammar_is_the_commands_or_a_thought_line_then_the_marker_and_a_comma
 # ----------------------------------------------------------------------------------------------- the server
 
 
+@needs_server
 def test_grounded_replies_from_the_server_are_the_commands_quotes_and_all():
     # The default model's own GGUF: no training record, so chat messages rendered by the GGUF's template.
     messages = ({"role": "user", "content": 'You see a shelf 1 and a drawer "2". Where do you go?'},)
@@ -119,6 +120,7 @@ def test_grounded_replies_from_the_server_are_the_commands_quotes_and_all():
     assert command in tricky and len(thought) <= served.THOUGHT_CHARS_PER_TOKEN * 8  # the thought's line, then one
 
 
+@needs_server
 def test_no_server_is_left_after_an_error_inside_the_with(tmp_path):
     config = llama_server.LlamaServerConfig(gguf=models.locate_default_gguf(), threads=1)
     with pytest.raises(RuntimeError, match="inside"):
@@ -135,6 +137,7 @@ def test_no_server_is_left_after_an_error_inside_the_with(tmp_path):
     assert not psutil.pid_exists(pid) and llama_servers() == []
 
 
+@needs_server
 def test_a_server_that_dies_at_start_shows_its_last_lines(tmp_path):
     import gguf
 
@@ -147,6 +150,7 @@ def test_a_server_that_dies_at_start_shows_its_last_lines(tmp_path):
     assert llama_servers() == []
 
 
+@needs_server
 def test_a_gguf_of_another_base_than_its_record_is_refused_before_a_server_starts(tmp_path):
     base = tmp_path / "other_base"  # a model of another shape, as its config.json says
     base.mkdir()
@@ -168,6 +172,7 @@ def test_a_gguf_of_another_base_than_its_record_is_refused_before_a_server_start
 # ----------------------------------------------------------------------------------------------- real games
 
 
+@needs_server
 @pytest.mark.slow
 def test_the_exported_gguf_plays_real_games_grounded_and_free_as_it_was_trained(exported_gguf, eval_games, tmp_path):
     started = time.perf_counter()
@@ -188,6 +193,7 @@ def test_the_exported_gguf_plays_real_games_grounded_and_free_as_it_was_trained(
     print(f"two games through the server in {time.perf_counter() - started:.1f} s")
 
 
+@needs_server
 @pytest.mark.slow
 def test_the_server_reads_the_prompt_as_the_tokens_the_model_was_trained_on(exported_gguf):
     choice = backends.choose_backend(f"gguf:{exported_gguf}")
@@ -199,6 +205,7 @@ def test_the_server_reads_the_prompt_as_the_tokens_the_model_was_trained_on(expo
             assert said.json()["tokens"] == backend.codec.encode(messages)
 
 
+@needs_server
 @pytest.mark.slow
 def test_a_base_gguf_thinks_then_plays_a_grounded_action(eval_games, tmp_path):
     results = run_evaluation(
@@ -233,6 +240,7 @@ class GrammarDroppingProxy(BaseHTTPRequestHandler):
         pass
 
 
+@needs_server
 @pytest.mark.slow
 def test_a_server_that_ignores_grammars_plays_free_replies_and_says_so(exported_gguf, eval_games, tmp_path, capsys):
     config = llama_server.LlamaServerConfig(gguf=exported_gguf, threads=2)
@@ -255,6 +263,7 @@ def test_a_server_that_ignores_grammars_plays_free_replies_and_says_so(exported_
         assert map_action(reply, allowed).command == command  # mapped as the course maps every free reply
 
 
+@needs_server
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_no_server_outlives_an_evaluation_stopped_by_ctrl_c_or_a_kill(stop, eval_games, tmp_path):
@@ -292,6 +301,7 @@ def has_ended(process: psutil.Process) -> bool:
         return True
 
 
+@needs_server
 def test_the_course_skips_the_served_run_without_a_gguf_and_says_why(tmp_path, capsys):
     base = served_config(tmp_path, "smollm2-135m-instruct")
     assert evaluation.run_served_when_present(base, tmp_path / "gguf") is None
@@ -299,6 +309,7 @@ def test_the_course_skips_the_served_run_without_a_gguf_and_says_why(tmp_path, c
     assert not (tmp_path / "served_gguf.json").exists()
 
 
+@needs_server
 @pytest.mark.slow
 def test_the_course_plays_the_export_folder_through_the_server_beside_its_runs(exported_gguf, eval_games, tmp_path):
     base = evaluation.course_config(small=True, seed=0)

@@ -268,13 +268,13 @@ class LlamaServer:
         self.stop()
 
     def start(self) -> None:
-        missing = server_missing()
-        if missing is not None:
-            raise ServerStartError(missing)
         if self.config.port:
             check_port_free(self.config.host, self.config.port)
         else:
             self.port = free_port(self.config.host)
+        missing = server_missing()
+        if missing is not None:
+            raise ServerStartError(missing)
         threads = str(self.config.threads or os.cpu_count() or 1)
         command = [
             sys.executable, "-m", "llama_cpp.server",
