@@ -179,6 +179,7 @@ class Backend:
 
     grounds_choices = False  # can restrict a reply to `Request.choices`
     slots = 8  # requests it answers together well: how many games the rollout loop keeps in flight by default
+    games_at_once: int | None = None  # a cap on games in flight, whatever the engine workers; None: none
 
     def close(self) -> None:
         """Free what the backend holds (nothing by default)."""

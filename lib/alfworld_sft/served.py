@@ -26,8 +26,8 @@ How requests are sent is decided once, by asking the server (`probe_server`), an
   one of the commands. A server that refuses or ignores grammars (vLLM, Ollama) does not ground (`grounds_choices`
   False): evaluation then plays free replies mapped to the closest admissible command, and says so.
 * many requests in flight: each is an HTTP request on a thread of a pool of `slots`, so that the rollout loop's
-  continuous batching keeps a batching server (`llama-server --parallel N`, vLLM) busy; llama-cpp-python's server
-  answers them one after the other.
+  continuous batching keeps a batching server (`llama-server --parallel N`, vLLM) busy. llama-cpp-python's server
+  (`gguf:`) answers them one after the other and caches only its last prompt: there one game plays at a time.
 """
 
 from __future__ import annotations
@@ -430,9 +430,10 @@ def load_served_backend(
     threads: int | None = None,
     port: int = 0,
 ) -> ServedBackend:
-    """The backend of an `openai:` or `gguf:` choice. For a GGUF: its shape checked against its training record's base
-    model, then llama-cpp-python's server started on it (on `port`, 0: a free one; `threads` CPU threads), stopped
-    again by `close` or by leaving a `with`, and by any error before the backend is returned."""
+    """The backend of an `openai:` choice (`batch_size` requests in flight) or a `gguf:` one. For a GGUF: its shape
+    checked against its training record's base model, then llama-cpp-python's server started on it (on `port`, 0: a
+    free one; `threads` CPU threads), stopped again by `close` or by leaving a `with`, and by any error before the
+    backend is returned."""
     if choice.kind == "openai":
         probe = probe or probe_choice(choice, prompt)
         return ServedBackend(choice.name, served_codec(choice), probe, slots=batch_size, details={"backend": "openai"})
@@ -459,7 +460,12 @@ def load_served_backend(
             "base_check": note or ("shape matches the training record's base model" if record else "no record"),
             "n_ctx": n_ctx,
         }
-        return ServedBackend(choice.name, codec, probe, slots=batch_size, server=server, details=details)
+        backend = ServedBackend(choice.name, codec, probe, slots=1, server=server, details=details)
+        # llama-cpp-python's server answers one request at a time and keeps the cache of the last prompt only: one
+        # game at a time extends its own prompt every step, where interleaved games recompute theirs (4 games of 10
+        # steps on the 2-core machine: 26 s of model time against 304 s with 4 in flight, 2026-12-05).
+        backend.games_at_once = 1
+        return backend
     except BaseException:
         server.stop()
         raise
