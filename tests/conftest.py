@@ -4,7 +4,7 @@
   generates itself (`generate.ensure_games`, made once into data/generated/), so that a fresh machine runs every
   test that needs games, as a newcomer's `make test` does.
 * Stage 04 (test_merge, test_gguf): one real LoRA adapter of the default model and its merge, made once per test
-  session.
+  session; test_served plays the merge exported as a Q4_K_M GGUF (`exported_gguf`).
 """
 
 from __future__ import annotations
@@ -85,3 +85,16 @@ def merged(adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     leave_killed_partial(output)
     record = merge.merge_adapter(merge.MergeConfig(adapter=adapter, output=output, verify_prompts=2))
     return output, record
+
+
+@pytest.fixture(scope="session")
+def exported_gguf(merged: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The merged model exported as notebook 04 does (f16, then Q4_K_M, the training record beside them) without the
+    check against the merged model (test_gguf checks exports): the Q4_K_M file."""
+    from alfworld_sft import gguf
+
+    missing = gguf.llama_cpp_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    output = tmp_path_factory.mktemp("export") / "gguf"
+    return Path(gguf.export_gguf(gguf.ExportConfig(merged=merged[0], output=output, verify_prompts=0))["served"])

@@ -5,10 +5,11 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 
 import pytest
-from alfworld_sft import cli, collect, records, train_config
+from alfworld_sft import cli, collect, llama_server, models, prompts, records, train_config
 from conftest import games_of_type
 
 # (command line, the path or flag the message must name). Placeholders: {dir} an existing folder, {file} a JSON file
@@ -17,10 +18,14 @@ from conftest import games_of_type
 # {not_utf8} a JSONL that is not UTF-8, {torn_adapter} / {weightless} / {torn_weights} adapter folders with a torn
 # config, no weights, torn weights; good inputs, so that an output is what is wrong: {adapter} a real adapter,
 # {sft_adapter} one whose record holds its training recipe, {trajectories} real oracle trajectories
-# ({torn_trajectories}: torn on line 2). Every subcommand has a row (test_every_command_is_in_the_table).
+# ({torn_trajectories}: torn on line 2). Served models: {free_port} a port nothing listens on, {taken_port} one a
+# socket listens on, {llama_server_url} a real llama-cpp-python server's API base (it serves the default model's
+# GGUF), {gguf_file} that GGUF, {wrong_base_gguf} a folder with it and a training record naming another base model.
+# Every subcommand has a row (test_every_command_is_in_the_table).
 GOOD_DATA = ["--data", "{trajectories}", "--eval-fraction", "0"]  # one game: too few to hold any out
 DAGGER = ["dagger", "--adapter", "{sft_adapter}", "--expert-data", "{trajectories}"]
 EVAL = ["evaluate", "--model", "expert", "--num-games", "1", "--split", "eval_in_distribution"]
+SERVED = ["evaluate", "--num-games", "1", "--split", "eval_in_distribution", "--output", "{out}/r.json", "--model"]
 CASES = [
     # doctor: its report's output
     (["doctor", "--output", "{dir}"], "{dir}"),
@@ -83,6 +88,16 @@ CASES = [
       "{out}/r.json"], "{weightless}"),
     (["evaluate", "--adapter", "{torn_weights}", "--num-games", "1", "--split", "eval_in_distribution", "--output",
       "{out}/r.json"], "{torn_weights}/adapter_model.safetensors"),
+    # evaluate, served models: a server that is not there, a model it does not serve, GGUF paths, a taken port
+    ([*SERVED, "openai:http://127.0.0.1:{free_port}/v1/alfworld-sft"], "http://127.0.0.1:{free_port}/v1"),
+    ([*SERVED, "openai:http://127.0.0.1:{free_port}/alfworld-sft"], "no /v1 segment"),
+    ([*SERVED, "openai:{llama_server_url}/alfworld-sft"], f"it serves: {models.DEFAULT_MODEL_GGUF}"),
+    ([*SERVED, "gguf:{missing}"], "{missing}"),
+    ([*SERVED, "gguf:{dir}"], "{dir}"),
+    ([*SERVED, "gguf:{file}"], "{file}"),
+    ([*SERVED, "gguf:{wrong_base_gguf}"], "{wrong_base_gguf}/model.gguf is not a model of"),
+    ([*SERVED, "gguf:{gguf_file}", "--server-port", "{taken_port}"], "port {taken_port} on 127.0.0.1 is taken"),
+    ([*SERVED, "gguf:{gguf_file}", "--adapter", "{adapter}"], "--adapter"),
     # dagger
     (["dagger", "--adapter", "{missing}", "--output", "{out}/d"], "{missing}"),
     (["dagger", "--adapter", "{sft_adapter}", "--expert-data", "{dir}", "--output", "{out}/d"], "{dir}"),
@@ -138,6 +153,52 @@ def sft_adapter(adapter, tmp_path_factory):
     record = records.read_training_record(folder)
     details = {"config": json.loads(json.dumps(dataclasses.asdict(train_config.course_config(True, 0))))}
     records.write_training_record(folder, dataclasses.replace(record, details=details), seed=0)
+    return folder
+
+
+@pytest.fixture
+def free_port():
+    return llama_server.free_port()
+
+
+@pytest.fixture
+def taken_port():
+    """A port a socket listens on for the test's duration."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        yield listening.getsockname()[1]
+
+
+def require_llama_server():
+    if llama_server.server_missing() is not None:
+        pytest.skip(llama_server.server_missing())
+
+
+@pytest.fixture(scope="module")
+def llama_server_url():
+    """A real llama-cpp-python server on the default model's GGUF."""
+    require_llama_server()
+    config = llama_server.LlamaServerConfig(gguf=models.locate_default_gguf(), threads=1)
+    with llama_server.LlamaServer(config) as server:
+        yield server.url
+
+
+@pytest.fixture
+def gguf_file():
+    return models.locate_default_gguf()
+
+
+@pytest.fixture(scope="module")
+def wrong_base_gguf(tmp_path_factory):
+    """The default model's GGUF beside a training record that names a base model of another shape."""
+    base = tmp_path_factory.mktemp("other_base")
+    shape = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 1000, **shape}))
+    folder = tmp_path_factory.mktemp("gguf")
+    (folder / "model.gguf").symlink_to(models.locate_default_gguf())
+    record = records.TrainingRecord(base_model=str(base), prompt_format=prompts.PromptFormat(), max_seq_len=512)
+    records.write_training_record(folder, record, seed=0)
     return folder
 
 
@@ -210,6 +271,11 @@ def test_a_bad_input_is_named_and_nothing_is_written(argv, named, tmp_path, requ
         "sft_adapter",
         "trajectories",
         "torn_trajectories",
+        "free_port",
+        "taken_port",
+        "llama_server_url",
+        "gguf_file",
+        "wrong_base_gguf",
     ):  # made only for the rows that use them
         if "{" + name + "}" in text:
             fill[name] = str(request.getfixturevalue(name))

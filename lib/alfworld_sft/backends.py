@@ -9,6 +9,10 @@ to its game. `generate(requests)` is the same for a plain list.
   (continuous batching, per-game prefix reuse, grounded commands, seeded sampling).
 * `OllamaBackend`: a model served by Ollama (`/api/chat`), e.g. the one notebook 04 exported.
 * `VllmBackend`: vLLM's offline engine, when vLLM is installed (GPU machines).
+* `served.ServedBackend`: a model behind any server that speaks OpenAI's API (`openai:URL/v1/NAME`: llama.cpp's
+  `llama-server`, llama-cpp-python's server, `vllm serve`, Ollama's `/v1`, `transformers serve`), or a GGUF file
+  played through llama-cpp-python's server, which it starts and stops (`gguf:PATH`); grounded commands through a
+  GBNF grammar where the server takes one. `served.load_served_backend` loads it (`served` builds on this module).
 * `ExpertBackend`: replays the expert's next action (the harness's own sanity check).
 
 Every backend carries a `PromptCodec`: the model's training record (prompt format, window, data format, end of
@@ -16,8 +20,8 @@ turn: `records.TrainingRecord`) and its tokenizer, so that agents prompt it exac
 prompt tokens as the model does. Engine worker processes rebuild the codec from `codec.spec()`.
 
 `choose_backend` names the backend without loading anything (a finished run only summarizes) and refuses an
-adapter on a base model it was not trained on; `load_backend` loads it. `weights_fingerprint` identifies the
-weights behind a name, so that a game log of another adapter is never reused.
+adapter on a base model it was not trained on; `load_backend` loads a local, Ollama or expert one.
+`weights_fingerprint` identifies the weights behind a name, so that a game log of another adapter is never reused.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import records
+from alfworld_sft import llama_server, records
+from alfworld_sft.paths import resolve_repo_path
 from alfworld_sft.prompts import Message
 
 EXPERT_MODEL = "expert"  # `--model expert`: the scripted expert backend
 OLLAMA_URL = "http://localhost:11434"
-BACKENDS = ("auto", "transformers", "ollama", "vllm", "expert")
+BACKENDS = ("auto", "transformers", "ollama", "vllm", "openai", "gguf", "expert")
+SERVED_KINDS = ("openai", "gguf")  # played over HTTP by `served.ServedBackend`
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
 
@@ -173,6 +179,7 @@ class Backend:
 
     grounds_choices = False  # can restrict a reply to `Request.choices`
     slots = 8  # requests it answers together well: how many games the rollout loop keeps in flight by default
+    games_at_once: int | None = None  # a cap on games in flight, whatever the engine workers; None: none
 
     def close(self) -> None:
         """Free what the backend holds (nothing by default)."""
@@ -286,7 +293,7 @@ class OllamaBackend(Backend):
         self, model: str, *, url: str = OLLAMA_URL, timeout: float = 300.0, record_folder: str | Path | None = None
     ):
         record = records.read_training_record(record_folder, required=False)
-        tokenizer = _loadable_tokenizer(record.base_model) if record else None
+        tokenizer = loadable_tokenizer(record.base_model) if record else None
         super().__init__(
             f"ollama:{model}",
             PromptCodec(CodecSpec(tokenizer, str(record_folder) if record_folder else None)),
@@ -395,7 +402,7 @@ def _local_folder(model: str) -> str | None:
     return str(path) if path.is_dir() else None
 
 
-def _loadable_tokenizer(model: str) -> str | None:
+def loadable_tokenizer(model: str) -> str | None:
     """`model` when its tokenizer can be loaded here (the default, a folder, a cached hub id), else None."""
     from alfworld_sft import models
 
@@ -417,18 +424,18 @@ def _label(model: str, adapter: str | Path | None) -> str:
 class BackendChoice:
     """Which backend serves a model, decided without loading anything (a shard merge needs only the name)."""
 
-    kind: str  # expert, ollama, vllm or transformers
-    model: str  # the model it serves (for an adapter: its base model)
+    kind: str  # expert, ollama, vllm, transformers, openai or gguf
+    model: str  # the model it serves (an adapter's base model; openai: the URL and name; gguf: the file's path)
     adapter: Path | None  # the LoRA adapter folder, if any
-    record_folder: Path | None = None  # the training record to play it by (Ollama: the exported folder)
+    record_folder: Path | None = None  # the training record to play it by (Ollama, openai: --record; gguf: its folder)
 
     @property
     def name(self) -> str:
         """The label results carry; the backend object has the same `name`."""
         if self.kind == "expert":
             return EXPERT_MODEL
-        if self.kind == "ollama":
-            return f"ollama:{self.model}"
+        if self.kind in ("ollama", *SERVED_KINDS):
+            return f"{self.kind}:{self.model}"
         label = _label(self.model, self.adapter)
         return f"vllm:{label}" if self.kind == "vllm" else label
 
@@ -438,19 +445,26 @@ class BackendChoice:
 
     @property
     def grounds_choices(self) -> bool:
-        """Whether its backend can restrict a reply to the admissible commands (`--actions constrained`)."""
-        return self.kind in ("transformers", "expert")
+        """Whether its backend can restrict a reply to the admissible commands (`--actions constrained`). A served model
+        can where its server takes grammars: llama-cpp-python's does; an `openai:` server is asked (`served`)."""
+        return self.kind in ("transformers", "expert", *SERVED_KINDS)
 
 
 def choose_backend(
     model: str, *, adapter: str | Path | None = None, backend: str = "auto", record_folder: str | Path | None = None
 ) -> BackendChoice:
-    """Pick the backend for `model`: `expert`, `ollama:NAME` (or backend="ollama"), vLLM when installed on a
-    CUDA machine, else transformers. With `model` empty, an adapter's training record names the base model; an
-    adapter trained on another base is refused."""
+    """Pick the backend for `model`: `expert`, `ollama:NAME` (or backend="ollama"), `openai:URL/v1/NAME`, `gguf:PATH`
+    (a file, or an export folder), vLLM when installed on a CUDA machine, else transformers. With `model` empty, an
+    adapter's training record names the base model; an adapter trained on another base is refused."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     adapter_path = None if adapter is None else Path(adapter).expanduser()
+    served = next((kind for kind in SERVED_KINDS if backend == kind or model.startswith(f"{kind}:")), None)
+    if served is not None and adapter_path is not None:
+        raise ValueError(
+            f"--adapter plays with a local model; a {served} model is already merged and exported: drop --adapter "
+            "(the training record comes from --record, or from beside a GGUF file)"
+        )
     if adapter_path is not None:
         records.check_adapter(adapter_path)
     record = records.read_training_record(adapter_path, required=False)
@@ -469,6 +483,11 @@ def choose_backend(
         return BackendChoice("expert", EXPERT_MODEL, None)
     if backend == "ollama" or model.startswith("ollama:"):
         return BackendChoice("ollama", model.removeprefix("ollama:"), None, record_path or adapter_path)
+    if served is not None:
+        if served == "openai":
+            return BackendChoice("openai", model.removeprefix("openai:"), None, record_path)
+        gguf = llama_server.locate_gguf(resolve_repo_path(model.removeprefix("gguf:")))
+        return BackendChoice("gguf", str(gguf), None, record_path or gguf.parent)
     if backend == "vllm" or (backend == "auto" and _vllm_usable()):
         return BackendChoice("vllm", model, adapter_path)
     return BackendChoice("transformers", model, adapter_path)
@@ -487,7 +506,8 @@ def _same_base(trained_on: str, given: str) -> bool:
 
 def weights_fingerprint(choice: BackendChoice) -> str:
     """What identifies the weights behind `choice.name`: a hash of the adapter's weight files (and of a local model
-    folder's weight file names, sizes and times), so that retraining an adapter in place changes it."""
+    folder's weight file names, sizes and times), so that retraining an adapter in place changes it; a GGUF file's
+    sha256 (a model behind an `openai:` server is known by its URL and name only)."""
     digest = hashlib.sha256(choice.name.encode())
     if choice.adapter is not None:
         for path in sorted(choice.adapter.iterdir()):
@@ -496,7 +516,9 @@ def weights_fingerprint(choice: BackendChoice) -> str:
                 with open(path, "rb") as handle:
                     for block in iter(lambda: handle.read(1 << 20), b""):
                         digest.update(block)
-    folder = _local_folder(choice.model) if choice.kind != "ollama" else None
+    if choice.kind == "gguf":
+        digest.update(llama_server.file_sha256(Path(choice.model)).encode())
+    folder = _local_folder(choice.model) if choice.kind not in ("ollama", *SERVED_KINDS) else None
     if folder is not None:
         for path in sorted(Path(folder).iterdir()):
             if path.suffix in WEIGHT_SUFFIXES:
@@ -517,8 +539,11 @@ def load_backend(
     batch_size: int = 8,
     record_folder: str | Path | None = None,
 ) -> Backend:
-    """Load the backend `choose_backend` picks (same arguments), with the engine settings for local models."""
+    """Load the backend `choose_backend` picks (same arguments), with the engine settings for local models; a served
+    one (`openai:`, `gguf:`) is loaded by `served.load_served_backend`, which builds on this module."""
     choice = choose_backend(model, adapter=adapter, backend=backend, record_folder=record_folder)
+    if choice.kind in SERVED_KINDS:
+        raise BackendError(f"{choice.name} is played over HTTP: load it with alfworld_sft.served.load_served_backend")
     if choice.kind == "expert":
         return ExpertBackend()
     if choice.kind == "ollama":

@@ -64,7 +64,7 @@ from alfworld_sft import (
     training,
 )
 from alfworld_sft.agents import ACTIONS, AGENTS
-from alfworld_sft.backends import BACKENDS, Backend, choose_backend, load_backend, weights_fingerprint
+from alfworld_sft.backends import BACKENDS, SERVED_KINDS, Backend, choose_backend, load_backend, weights_fingerprint
 from alfworld_sft.flags import add_options, config_from_args, option
 from alfworld_sft.results import write_result
 from alfworld_sft.rollouts import RolloutConfig, play_rollouts
@@ -75,7 +75,8 @@ INITS = ("base", "continue")  # each round trains a fresh adapter on the base mo
 # (a reflexion critique or a planner's plan is not part of the training format).
 ROLLOUT_AGENTS = tuple(name for name, agent in AGENTS.items() if agent.trials == 1 and not agent.plans)
 TRAIN_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
-ROLLOUT_BACKENDS = tuple(name for name in BACKENDS if name not in ("ollama", "expert"))  # local models that sample
+# Local models that sample (a DAgger round retrains an adapter: a served model has none to retrain).
+ROLLOUT_BACKENDS = tuple(name for name in BACKENDS if name not in ("ollama", "expert", *SERVED_KINDS))
 EVAL_SPLITS = (*games.SPLITS, "none")  # --eval-split: a split, or none (eval_split None: no evaluation)
 
 

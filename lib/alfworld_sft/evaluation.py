@@ -17,6 +17,14 @@ The results JSON (one block per agent: success rate, average steps, per-task-typ
 tokens, wall time, every game's actions) is rebuilt from the game log, with a PNG of the success rates beside
 it. `--actions auto` (the default) plays a fine-tuned model with grounded commands and a base model free; the
 results say which (`actions`).
+
+A model behind a server (`alfworld_sft.served`) plays the same way:
+
+    alfworld-sft evaluate --model gguf:results/gguf --agents zero_shot --num-games 10    # starts llama.cpp's server
+    alfworld-sft evaluate --model openai:http://127.0.0.1:8080/v1/alfworld-sft --record results/gguf
+
+and the results say how (`served`: URL, model, prompt rendering, grammar, the GGUF's quant type and sha256). A
+server that takes no grammar plays free replies mapped to the closest admissible command, and says so.
 """
 
 from __future__ import annotations
@@ -32,11 +40,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import engine, files, games, models, paths, records, reports
+from alfworld_sft import engine, files, games, llama_server, models, paths, records, reports, served
 from alfworld_sft.agents import ACTIONS, AGENTS, Demonstration, render_demonstration
 from alfworld_sft.backends import (
     BACKENDS,
     OLLAMA_URL,
+    SERVED_KINDS,
     Backend,
     ExpertBackend,
     choose_backend,
@@ -62,17 +71,26 @@ class EvalConfig:
     max_steps: int = option(50, "commands per trial before the game counts as lost (default %(default)s)")
     model: str = option(  # "" with an adapter: the adapter's base model (its training record)
         models.DEFAULT_MODEL,
-        "model name, hub id, folder, ollama:NAME or `expert` (default: the adapter's base model, else "
+        "model name, hub id, folder, ollama:NAME, `expert`; openai:URL/v1/NAME for a model a running OpenAI-compatible "
+        "server serves (the URL through its /v1 segment, then the model's name as the server lists it, slashes and "
+        "all; no name: the server's only model); gguf:PATH for a GGUF file or export folder played through "
+        f"llama-cpp-python's server, started and stopped here (default: the adapter's base model, else "
         f"{models.DEFAULT_MODEL})",
     )
     adapter: str | None = option(None, "LoRA adapter folder (its training_record.json sets the prompt format)")
-    record: str | None = option(None, "ollama: the folder holding the model's training record (export's GGUF folder)")
+    record: str | None = option(
+        None,
+        "ollama, openai: the folder holding the model's training record (export's GGUF folder); gguf: default the "
+        "GGUF's own folder",
+    )
     split: str = option("eval_out_of_distribution", "the split played (default %(default)s)", choices=games.SPLITS)
     checkpoint: str | None = option(
         None, "the game log: the JSONL of finished games the run resumes from (default: beside --output)"
     )
     output: str = option("results/eval/results.json", "the results JSON, a PNG beside it (default %(default)s)")
-    batch_size: int = option(8, "decoding rows of a local model: games whose requests decode together")
+    batch_size: int = option(
+        8, "decoding rows of a local model: games whose requests decode together; a server's requests in flight"
+    )
     workers: int = option(  # the CLI defaults to the CPUs
         0, "engine worker processes stepping games; 0: in this process (default: the CPU count)"
     )
@@ -88,6 +106,14 @@ class EvalConfig:
     )
     backend: str = option("auto", "how the model is run (default %(default)s)", choices=BACKENDS)
     ollama_url: str = option(OLLAMA_URL, "where the Ollama server listens (default %(default)s)")
+    served_prompt: str = option(
+        "auto",
+        "openai, gguf: text renders each prompt here with the training tokenizer's chat template (the tokens the "
+        "model was trained on, /v1/completions); chat sends the messages for the server's template; auto: text "
+        "where a training record's tokenizer is at hand and the server is not Ollama",
+        choices=served.PROMPT_MODES,
+    )
+    server_port: int = option(0, "gguf: the port llama-cpp-python's server listens on (default: a free port)")
     dtype: str = option(
         "auto", "torch dtype of a transformers model; auto: bfloat16 where native, else float32", choices=models.DTYPES
     )
@@ -122,6 +148,7 @@ def check_config(config: EvalConfig) -> None:
             "at least 64",
         ),
         ("--threads", config.threads, config.threads is None or config.threads >= 1, "at least 1"),
+        ("--server-port", config.server_port, 0 <= config.server_port <= 65535, "a port (1-65535), or 0 (free)"),
     ]
     for flag, value, ok, expected in checks:
         if not ok:
@@ -130,6 +157,9 @@ def check_config(config: EvalConfig) -> None:
         raise ValueError(f"--actions must be one of {', '.join(EVAL_ACTIONS)}, not {config.actions!r}")
     if config.backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {config.backend!r}")
+    if config.served_prompt not in served.PROMPT_MODES:
+        modes = ", ".join(served.PROMPT_MODES)
+        raise ValueError(f"--served-prompt must be one of {modes}, not {config.served_prompt!r}")
 
 
 # --- games ---------------------------------------------------------------------------------------------------
@@ -241,15 +271,26 @@ def run_evaluation(
     with files.hold_output(output):
         gamefiles = shard_games(select_games(config.split, config.num_games, config.seed), config.shard)
         own_backend = backend is None
+        probe = None
         if own_backend:
             choice = choose_backend(
                 config.model, adapter=config.adapter, backend=config.backend, record_folder=config.record
             )
             name, fingerprint, record = choice.name, weights_fingerprint(choice), choice.training_record()
+            if choice.kind == "openai":  # whether it grounds decides the run's key: ask the server now
+                probe = served.probe_choice(choice, config.served_prompt)
         else:
             name, fingerprint, record = backend.name, "", backend.codec.training_record
-        grounds = choice.grounds_choices if own_backend else backend.grounds_choices
-        config = dataclasses.replace(config, actions=resolve_actions(config.actions, record is not None, grounds))
+        grounds = probe.grammar if probe else choice.grounds_choices if own_backend else backend.grounds_choices
+        actions = resolve_actions(config.actions, record is not None, grounds)
+        if actions == "constrained" and not grounds and (probe or isinstance(backend, served.ServedBackend)):
+            note = (probe or backend.probe).grammar_note
+            print(
+                f"{name}: {note}, so commands cannot be grounded there (a llama.cpp server can: gguf:PATH or "
+                "llama-server); playing free replies mapped to the closest admissible command instead (actions: free)"
+            )
+            actions = "free"
+        config = dataclasses.replace(config, actions=actions)
         prompt = {"data_format": "commands", "base": True}
         if record is not None:
             prompt = {
@@ -258,6 +299,8 @@ def run_evaluation(
                 "system_sha256": record.system_sha256(),  # a prompt edited since is another run
                 **dataclasses.asdict(record.prompt_format),
             }
+        if own_backend and choice.kind in SERVED_KINDS:
+            prompt["served"] = config.served_prompt  # text and chat render a conversation differently
         key = run_key(config, name, fingerprint, prompt)
         done = {(r["agent"], r["game_id"]) for r in records.read_rollouts(game_log, key)}
         todo = {a: [g for g in gamefiles if (a, games.game_id(g)) not in done] for a in config.agents}
@@ -266,7 +309,16 @@ def run_evaluation(
             played = len(gamefiles) * len(config.agents) - left
             print(f"resuming from {game_log}: {played} games already played, {left} to play")
         profile: dict[str, Any] = {}
-        if own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
+        if own_backend and any(todo.values()) and choice.kind in SERVED_KINDS:
+            backend = served.load_served_backend(
+                choice,
+                probe=probe,
+                prompt=config.served_prompt,
+                batch_size=config.batch_size,
+                threads=config.threads,
+                port=config.server_port,
+            )
+        elif own_backend and any(todo.values()):  # a finished run (e.g. merged shards) needs no model
             backend = load_backend(
                 config.model,
                 adapter=config.adapter,
@@ -279,6 +331,11 @@ def run_evaluation(
                 record_folder=config.record,
             )
         startup_s = 0.0
+        served_info = None
+        if isinstance(backend, served.ServedBackend):
+            served_info = backend.describe()
+        elif own_backend and choice.kind in SERVED_KINDS:
+            served_info = served.describe_choice(choice)
         try:
             if any(todo.values()):
                 started = time.perf_counter()
@@ -302,6 +359,7 @@ def run_evaluation(
             config={**asdict(config), "checkpoint": str(game_log)},
             profile=profile,
             engine_startup_s=round(startup_s, 2),
+            **({"served": served_info} if served_info else {}),
         )
         reports.write_results(output, results, seed=config.seed)
         return results
@@ -358,6 +416,26 @@ def run_finetuned_when_present(config: EvalConfig, adapter: str | Path) -> dict[
         print(f"no fine-tuned adapter at {adapter}: run notebook 03 first; only the base model is evaluated")
         return None
     return run_evaluation(replace(config, model="", adapter=str(adapter)))
+
+
+def run_served_when_present(base: EvalConfig, gguf: str | Path) -> dict[str, Any] | None:
+    """The fine-tuned model as notebook 04 exported it (`gguf`: the GGUF file, or the export folder and the file it
+    served) played by llama-cpp-python's server (`served`): zero_shot on `base`'s games and settings, its results
+    beside `base`'s as `served_gguf.json`. None, saying why, where there is no GGUF or no server to play it."""
+    missing = llama_server.server_missing()
+    if missing is not None:
+        print(f"the GGUF is not played through a server: {missing}")
+        return None
+    try:
+        llama_server.locate_gguf(paths.resolve_repo_path(gguf))
+    except FileNotFoundError as error:
+        print(f"the GGUF is not played through a server: {error}")
+        return None
+    output = Path(base.output).with_name("served_gguf.json")
+    model = f"gguf:{gguf}"
+    return run_evaluation(
+        replace(base, model=model, adapter=None, agents=("zero_shot",), output=str(output), checkpoint=None)
+    )
 
 
 # --- the course (notebook 05) --------------------------------------------------------------------------------

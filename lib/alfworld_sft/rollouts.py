@@ -439,6 +439,8 @@ def _play(
     profile.workers, profile.startup_s = getattr(transport, "count", 0), startup_s
     first = groups[0][0]
     limit = first.games_in_flight or max(backend.slots, profile.workers, 1)
+    if backend.games_at_once is not None:
+        limit = min(limit, backend.games_at_once)
     waiting = deque((config, str(g), games.game_id(g)) for config, gamefiles in groups for g in gamefiles)
     in_flight: dict[int, tuple[RolloutConfig, str, str]] = {}
     next_job = transport.jobs_started
