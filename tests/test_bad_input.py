@@ -74,6 +74,7 @@ CASES = [
     (["export-gguf", "--merged", "{file}", "--output", "{out}/g"], "{file}"),
     (["export-gguf", "--merged", "{missing}", "--output", "{out}/g"], "{missing}"),
     (["export-gguf", "--merged", "{file}", "--output", "{readonly}/g"], "{readonly}"),
+    (["export-gguf", "--merged", "{dir}", "--output", "{out}/g", "--outtype", "q8_0"], "--quantize none"),
     # evaluate
     ([*EVAL, "--checkpoint", "{dir}", "--output", "{out}/r.json"], "{dir}"),
     ([*EVAL, "--agents", "few_shot", "--trajectories", "{dir}", "--output", "{out}/r.json"], "{dir}"),

@@ -60,7 +60,7 @@ def test_records_follow_the_contract(reference):
         # Every assistant command was admissible when its user turn was shown.
         for user_commands, turn in zip(record["admissible_commands"], turns[1::2]):
             assert turn["content"] in user_commands
-        assert record["prompt_format"] == {"show_admissible_commands": False, "show_memory": False}
+        assert record["prompt_format"] == {"show_admissible_commands": False, "show_memory": True}
 
 
 @pytest.mark.slow

@@ -414,11 +414,12 @@ def test_collect_command_lines_give_the_config_they_gave_before(monkeypatch):
             limit=12,
             task_types=("1", "pick_two_obj_and_place"),
             seed=4,
-            prompt_format=prompts.PromptFormat(show_admissible_commands=True),
+            prompt_format=prompts.PromptFormat(show_admissible_commands=True, show_memory=True),
             translate_once=False,
         )
     )
     assert run("--task-types", "").task_types is None
+    assert run("--no-show-memory").prompt_format == prompts.PromptFormat(show_memory=False)
 
 
 @pytest.mark.parametrize(
@@ -461,7 +462,7 @@ COMMANDS = {
     "course": (course, (CourseConfig,), {"--publish"}),
     "evaluate": (evaluation, (EvalConfig,), set()),
     "dagger": (dagger, (DaggerConfig, RoundTraining), set()),
-    "collect": (collect, (CollectConfig,), {"--show-admissible-commands"}),
+    "collect": (collect, (CollectConfig,), {"--show-admissible-commands", "--show-memory", "--from-trajectories"}),
 }
 # The commands without a config dataclass (one call's arguments): their few flags, written by hand.
 WITHOUT_CONFIG = {
@@ -506,7 +507,7 @@ def test_every_flag_field_is_in_the_help_and_every_flag_is_a_field_or_written_by
     declared = {flags.flag_of(cls, field.name) for cls in config_classes for field in flags.flag_fields(cls)}
     for flag in declared:
         assert flag in text, f"{flag} missing from `alfworld-sft {command} --help`"
-    negated = {"--no-" + flag[2:] for flag in declared}  # BooleanOptionalAction's second spelling
+    negated = {"--no-" + flag[2:] for flag in declared | by_hand}  # BooleanOptionalAction's second spelling
     assert shown_flags(subparser) - negated == declared | by_hand
 
 

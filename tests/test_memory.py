@@ -84,7 +84,7 @@ def test_collection_and_play_render_the_same_memory_on_a_real_game(train_games, 
 
 def test_games_collected_without_memory_render_again_as_a_collection_with_it(train_games, tmp_path):
     gamefile = games.list_games("train", task_types=[2], limit=1)[0]
-    plain = collect.play_game(gamefile, split="train", max_steps=10).record
+    plain = collect.play_game(gamefile, split="train", max_steps=10, prompt_format=prompts.PromptFormat()).record
     direct = collect.play_game(gamefile, split="train", max_steps=10, prompt_format=MEMORY).record
     source = tmp_path / "plain.jsonl"
     files.append_jsonl(source, [plain])

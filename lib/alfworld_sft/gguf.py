@@ -440,6 +440,12 @@ def export_gguf(config: ExportConfig, log: Callable[[str], None] = print) -> dic
     Steps whose tools are missing are listed under `skipped` with the install advice instead of failing."""
     started = time.perf_counter()
     merged, output = resolve_repo_path(config.merged), resolve_repo_path(config.output)
+    if config.quantize and config.outtype in QUANTIZE_FTYPES:
+        raise ValueError(
+            f"--outtype {config.outtype} is already quantized and llama.cpp does not quantize it again to "
+            f"{config.quantize}: convert with --outtype f16 and --quantize {config.outtype} (or {config.quantize}), "
+            "or pass --quantize none"
+        )
     if config.verify_prompts:
         check_reference_fits(merged)  # before the conversion: an 8B model's takes many minutes
     with files.output_folder(output):

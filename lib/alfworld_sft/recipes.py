@@ -30,7 +30,9 @@ class Recipe:
 
 # The default model (SmolLM2-135M-Instruct) on one H200, 2026-11-28 to 2026-12-03: 3 epochs over the teacher's 3,552
 # won train games, 318 optimizer steps in ~100 s, eval loss 1.17 -> 0.026; grounded zero_shot 134/140
-# eval_in_distribution (results/README.md). A 135M base in bf16 takes 0.3 GB: quantizing it saves nothing.
+# eval_in_distribution (results/README.md). A 135M base in bf16 takes 0.3 GB: quantizing it saves nothing. The data
+# is part of the recipe: on 1,800 of those games the same values won 119/140, 127 with the game's memory (one H200,
+# 2026-12-05), so notebook 01's full mode collects the whole split.
 LORA_BF16 = Recipe(
     name="lora-bf16",
     measured="SmolLM2-135M: 134/140 eval_in_distribution games won (grounded zero_shot), one H200, 2026-12-03",
