@@ -160,7 +160,8 @@ def test_a_round_with_the_expert_standing_in_for_the_model(sft_run, tmp_path, mo
     played = list(files.read_jsonl(folder / "rollouts.jsonl"))
     assert summary["played"] == summary["games"] == len(played) == 3
     labelled = (folder / "labelled.jsonl").read_text()
-    settings_ = LabelSettings("both", FMT, round_number=1, seed=dagger.round_seed(0, 1))
+    trained_format = records.read_training_record(config.adapter).prompt_format  # the round labels in it
+    settings_ = LabelSettings("both", trained_format, round_number=1, seed=dagger.round_seed(0, 1))
     order = {games.game_id(g): i for i, g in enumerate(dagger.select_round_games(config, 1))}
     assert labelled == labelling.jsonl_text(
         label_rollouts(sorted(played, key=lambda r: order[r["game_id"]]), settings_)[0]
@@ -282,7 +283,8 @@ def test_a_killed_round_resumes_without_losing_or_duplicating_a_labelled_state(s
     # Every state of every game labelled once: the labels are exactly those of the two rollouts, in game order.
     order = [games.game_id(g) for g in dagger.select_round_games(DaggerConfig(games_per_round=2), 1)]
     played = sorted(after, key=lambda line: order.index(line["game_id"]))
-    expected, counts = label_rollouts(played, LabelSettings("dagger", FMT, seed=dagger.round_seed(0, 1)))
+    trained_format = records.read_training_record(sft).prompt_format
+    expected, counts = label_rollouts(played, LabelSettings("dagger", trained_format, seed=dagger.round_seed(0, 1)))
     assert (output / "round_1" / "labelled.jsonl").read_text() == labelling.jsonl_text(expected)
     summary = files.read_json(output / "round_1" / "summary.json")
     assert summary["labels"] == {name: counts[name] for name in labelling.LABEL_COUNTS}

@@ -270,7 +270,9 @@ def test_no_server_outlives_an_evaluation_stopped_by_ctrl_c_or_a_kill(stop, eval
     command = ["alfworld-sft", "evaluate", "--model", f"gguf:{models.locate_default_gguf()}", "--agents", "react",
                "--num-games", "2", "--max-steps", "30", "--split", "eval_in_distribution", "--workers", "0",
                "--output", str(tmp_path / "run.json")]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    # Output to a file, not a pipe nobody reads while the test waits: a full pipe would block the process.
+    log = (tmp_path / "evaluate.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     server = None
     deadline = time.monotonic() + 120
     while server is None and time.monotonic() < deadline and process.poll() is None:
@@ -283,10 +285,16 @@ def test_no_server_outlives_an_evaluation_stopped_by_ctrl_c_or_a_kill(stop, eval
             except httpx.HTTPError:
                 pass
         time.sleep(0.2)
-    assert server is not None, process.communicate()[0].decode()[-2000:]
+    assert server is not None, (tmp_path / "evaluate.log").read_text()[-2000:]
     time.sleep(1.0)
     process.send_signal(stop)
-    process.wait(timeout=60)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the evaluation outlived its {stop!r} by 60 s: " + (tmp_path / "evaluate.log").read_text()[-3000:])
+    finally:
+        log.close()
     deadline = time.monotonic() + 30
     while not has_ended(server) and time.monotonic() < deadline:
         time.sleep(0.2)
