@@ -354,10 +354,12 @@ class ServedBackend(Backend):
 
     def close(self) -> None:
         self.abort()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        # The server first: a request still in flight then fails at once, instead of holding its thread (and the
+        # client's close, and the interpreter's exit, which joins the pool) until a reply nobody wants is written.
         if self.server is not None:
             self.server.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
 
     def _answer_one(self, request: Request) -> Reply:
         import httpx
