@@ -1,6 +1,7 @@
 """Notebook hygiene: committed without outputs, one parameters cell of commented literals, python3 kernel."""
 
 import ast
+import json
 import subprocess
 
 import nbformat
@@ -20,6 +21,14 @@ def test_committed_without_outputs_or_execution_counts(path):
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs: strip them"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_a_unique_id(path):
+    """nbformat 4.5 wants an id on every cell (papermill and Jupyter warn, a later nbformat will refuse)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    ids = [cell.get("id") for cell in raw["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: a cell without an id, or a repeated one"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
