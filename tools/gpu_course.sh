@@ -33,13 +33,8 @@ case "${1:-}" in
             --exclude="sft_merged" --exclude="gguf" --exclude="trajectories.jsonl" --exclude="*.attempts.jsonl" \
             --exclude="train.jsonl" --exclude="labelled.jsonl" --exclude="rollouts.jsonl" --exclude="tokenizer*" \
             --exclude="small" results 2>/dev/null && mv "$out/.course.tar.xz" "$out/course.tar.xz"
-        adapter=results/sft_adapter/adapter_model.safetensors
-        if [ -f results/sft_adapter/training_record.json ] && [ ! -f "$out/adapter_f16.sha256" ]; then
-            python3 -c "import sys, torch; from safetensors.torch import load_file, save_file
-save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
-                "$adapter" /tmp/adapter_f16.safetensors &&
-                split -b 15M -d /tmp/adapter_f16.safetensors "$out/adapter_f16.safetensors.part-" &&
-                (cd /tmp && sha256sum adapter_f16.safetensors) > "$out/adapter_f16.sha256"
+        if [ -f results/sft_adapter/training_record.json ]; then
+            bash tools/adapter_pieces.sh results/sft_adapter "$out"
         fi
         tail -c 3000 "$LOG" 2>/dev/null
         grep -E "failed at|course exit" "$LOG" 2>/dev/null

@@ -25,15 +25,10 @@ case "${1:-}" in
             --exclude="trajectories.jsonl" --exclude="*.attempts.jsonl" --exclude="tokenizer*" "$RUN" 2>/dev/null \
             && mv "$out/.ab.tar.xz" "$out/ab.tar.xz"
         if grep -q "both arms done" "$LOG" 2>/dev/null && [ ! -f "$out/adapter_f16.sha256" ]; then
-            arm=$(python3 -c "import json, sys
+            arm=$(python3 -c "import json
 won = {arm: json.load(open(f'$RUN/{arm}/eval.json'))['agents']['zero_shot']['won'] for arm in ('plain', 'memory')}
 print(max(won, key=lambda arm: (won[arm], arm == 'memory')))" 2>/dev/null) || arm=plain
-            python3 -c "import sys, torch; from safetensors.torch import load_file, save_file
-save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" \
-                "$RUN/$arm/sft_adapter/adapter_model.safetensors" /tmp/adapter_f16.safetensors &&
-                split -b 15M -d /tmp/adapter_f16.safetensors "$out/adapter_f16.safetensors.part-" &&
-                echo "$arm" > "$out/adapter_f16.arm" &&
-                (cd /tmp && sha256sum adapter_f16.safetensors) > "$out/adapter_f16.sha256"
+            bash tools/adapter_pieces.sh "$RUN/$arm/sft_adapter" "$out" && echo "$arm" > "$out/adapter_f16.arm"
         fi
         tail -n 25 "$LOG" "$RUN"/plain.log "$RUN"/memory.log 2>/dev/null | cut -c1-300
         nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
