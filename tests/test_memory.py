@@ -36,6 +36,17 @@ def test_a_place_is_searched_once_its_contents_are_seen():
     assert opened == "not searched: cabinet 1, 3, drawer 1, fridge 1, sinkbasin 1; seen: mug 2 (countertop 1)"
 
 
+def test_a_place_examined_from_elsewhere_is_the_one_searched():
+    # Receptacles that stand together (stoveburners) can be examined without going to each: the view names its
+    # receptacle, and that one is searched, not the place the robot last arrived at.
+    examined = memory_after(
+        "put a mug in fridge",
+        "You arrive at cabinet 1. On the cabinet 1, you see nothing.",
+        "On the cabinet 2, you see a mug 1.",
+    )
+    assert examined == "not searched: cabinet 3, countertop 1, drawer 1, fridge 1, sinkbasin 1; seen: mug 1 (cabinet 2)"
+
+
 def test_only_the_tasks_objects_are_remembered_and_a_taken_one_moves_with_the_robot():
     task = "put two knives in drawer"  # plural: "knives" names knife
     found = "You arrive at countertop 1. On the countertop 1, you see a knife 1, a spoon 1, and a knife 2."

@@ -16,8 +16,9 @@ import alfworld_sft
 import pytest
 from alfworld_sft import games
 from alfworld_sft.engine import ExpertGame, play_expert
+from alfworld_sft.observations import View, parse_names, parse_room, parse_view
 from alfworld_sft.task_types import TASK_TYPES
-from alfworld_sft.teacher import Decision, Teacher, View, parse_names, parse_room, parse_view
+from alfworld_sft.teacher import Decision, Teacher
 
 ROOM = (
     "You are in the middle of a room. Looking quickly around you, you see a cabinet 2, a cabinet 1, a coffeemachine 1, "

@@ -25,6 +25,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from alfworld_sft import observations
+
 SYSTEM_PROMPT = (
     "You are a household robot in a text-based home (ALFWorld). Each turn you read what you observe and "
     "reply with exactly one command that brings you closer to the task, for example 'go to countertop 1', "
@@ -176,14 +178,6 @@ def render_user_turns(
     return turns
 
 
-_PLACE = re.compile(r"\ban? ([a-z]+ \d+)")
-_ARRIVE = re.compile(r"You arrive at (?:the )?([a-z]+ \d+)")
-_OPEN = re.compile(r"You open the ([a-z]+ \d+)")
-_CONTENTS = re.compile(r"(?:On the [a-z]+ \d+|In it), you see (.*?)(?:\.\s|\.$|$)")
-_TAKE = re.compile(r"You pick up the ([a-z]+ \d+) from the ([a-z]+ \d+)")
-_PUT = re.compile(r"You (?:move|put) the ([a-z]+ \d+) (?:to|in|on|in/on) the ([a-z]+ \d+)")
-
-
 class SearchMemory:
     """What a game has shown so far, read from its observations alone (the same at collection and at play):
 
@@ -192,7 +186,8 @@ class SearchMemory:
     * where each object of the task's kinds was last seen (an object taken is forgotten until it is put down).
 
     A model's window drops the oldest turns of a long game; this line keeps what they showed, so that the search
-    goes on where it stopped instead of going round the same places again.
+    goes on where it stopped instead of going round the same places again. The sentences are read by
+    `observations`, as the teacher reads them.
 
         memory = SearchMemory("put a mug in cabinet", first_observation)
         memory.observe("You arrive at countertop 1. On the countertop 1, you see a mug 1.")
@@ -200,32 +195,27 @@ class SearchMemory:
     """
 
     def __init__(self, task: str, first_observation: str):
-        self.unsearched = list(dict.fromkeys(_PLACE.findall(first_observation)))
+        self.unsearched = list(dict.fromkeys(observations.parse_room(first_observation)))
         words = set(re.findall(r"[a-z]+", task.lower()))
         # "mugs", "knives", "tomatoes": a kind counts as the task's when the task names it, plural or not.
         self.kinds = words | {w[:-1] for w in words if w.endswith("s")} | {w[:-2] for w in words if w.endswith("es")}
         self.kinds |= {w[:-3] + "fe" for w in words if w.endswith("ves")}
         self.seen: dict[str, str] = {}
-        self.here: str | None = None
 
     def observe(self, observation: str) -> None:
         """Take in what a command produced."""
-        moved = _ARRIVE.search(observation) or _OPEN.search(observation)
-        if moved:
-            self.here = moved.group(1)
-        contents = _CONTENTS.search(observation)
-        if contents and self.here is not None:
-            if self.here in self.unsearched:
-                self.unsearched.remove(self.here)
-            for thing in _PLACE.findall(contents.group(1)):
-                if thing.rsplit(" ", 1)[0] in self.kinds:
-                    self.seen[thing] = self.here
-        taken = _TAKE.search(observation)
-        if taken:
-            self.seen.pop(taken.group(1), None)
-        put = _PUT.search(observation)
-        if put and put.group(1).rsplit(" ", 1)[0] in self.kinds:
-            self.seen[put.group(1)] = put.group(2)
+        text = observation.strip()
+        view = observations.parse_view(text)
+        if view is not None and view.objects is not None:
+            if view.receptacle in self.unsearched:
+                self.unsearched.remove(view.receptacle)
+            for thing in view.objects:
+                if observations.class_of(thing) in self.kinds:
+                    self.seen[thing] = view.receptacle
+        if taken := observations.TAKE.match(text):
+            self.seen.pop(taken["o"], None)
+        elif (put := observations.PUT.match(text)) and observations.class_of(put["o"]) in self.kinds:
+            self.seen[put["o"]] = put["r"]
 
     def render(self) -> str:
         seen = ", ".join(f"{thing} ({place})" for thing, place in self.seen.items()) or "none"

@@ -29,13 +29,28 @@ been searched does the search start over, and those decisions carry `guess=True`
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alfworld_sft import games
+from alfworld_sft.observations import (
+    ARRIVE,
+    CARRYING,
+    CLOSE,
+    EXAMINE_OBJECT,
+    PLAIN_OBJECT,
+    PUT,
+    TAKE,
+    TREAT,
+    View,
+    class_of,
+    parse_names,
+    parse_room,
+    parse_view,
+    sort_key,
+)
 from alfworld_sft.task_types import TASK_TYPES
 
 # What a treatment makes of an object (the task types' treatments and where they happen: alfworld_sft.task_types).
@@ -44,69 +59,12 @@ TREATED = {"heat": "hot", "cool": "cool", "clean": "clean"}
 INSIDE = {"cabinet", "drawer", "fridge", "microwave", "safe", "box", "garbagecan", "sinkbasin", "bathtubbasin",
           "laundryhamper", "coffeemachine", "toaster"}  # fmt: skip
 
-_NAME = r"[a-z]+ \d+"
-_ARRIVE = re.compile(rf"^You arrive at (?P<r>{_NAME})\.")
-_CLOSE = re.compile(rf"^You close the (?P<r>{_NAME})\.")
-_TAKE = re.compile(rf"^You pick up the (?P<o>{_NAME}) from the (?P<r>{_NAME})\.")
-_PUT = re.compile(rf"^You move the (?P<o>{_NAME}) to the (?P<r>{_NAME})\.")
-_TREAT = re.compile(rf"^You (?P<verb>heat|cool|clean) the (?P<o>{_NAME}) using the (?P<r>{_NAME})\.")
-_CARRYING = re.compile(r"^You are carrying: (?P<items>.*)\.$")
-_OPEN_VIEW = re.compile(rf"The (?P<r>{_NAME}) is open\. In it, you see (?P<items>.*?)\.$")
-_CLOSED_VIEW = re.compile(rf"The (?P<r>{_NAME}) is closed\.$")
-_SURFACE_VIEW = re.compile(rf"On the (?P<r>{_NAME}), you see (?P<items>.*?)\.$")
-_ROOM = re.compile(r"Looking quickly around you, you see (?P<items>.*?)\.(?:\s|$)")
-_EXAMINE_OBJECT = re.compile(rf"^This is a (?P<adjectives>[a-z ]*?) ?(?P<o>{_NAME})\.$")
-_PLAIN_OBJECT = re.compile(rf"^There's nothing special about (?P<o>{_NAME})\.$")
-
 
 @dataclass(frozen=True)
 class Decision:
     command: str  # always one of the current admissible commands
     thought: str  # one short sentence from the teacher's own bookkeeping
     guess: bool  # True when the teacher has no grounded plan (everything searched, nothing found)
-
-
-@dataclass(frozen=True)
-class View:
-    """What one observation shows of one receptacle."""
-
-    receptacle: str
-    state: str  # "open", "closed" or "surface" (a receptacle that does not open)
-    objects: tuple[str, ...] | None  # None when closed: nothing is seen
-
-
-def class_of(name: str) -> str:
-    """ "mug 2" -> "mug"."""
-    return name.rsplit(" ", 1)[0]
-
-
-def sort_key(name: str) -> tuple[str, int]:
-    """Receptacles and objects in reading order: cabinet 2 before cabinet 10."""
-    cls, _, number = name.rpartition(" ")
-    return (cls, int(number)) if number.isdigit() else (name, 0)
-
-
-def parse_names(items: str) -> tuple[str, ...]:
-    """ "a apple 1, a bread 1, and a cup 2" -> ("apple 1", "bread 1", "cup 2"); "nothing" -> ()."""
-    return tuple(re.findall(_NAME, items))
-
-
-def parse_view(text: str) -> View | None:
-    """The receptacle description that ends an arrival, an opening or an examination, if the text holds one."""
-    text = text.strip()
-    if match := _OPEN_VIEW.search(text):
-        return View(match["r"], "open", parse_names(match["items"]))
-    if match := _CLOSED_VIEW.search(text):
-        return View(match["r"], "closed", None)
-    if match := _SURFACE_VIEW.search(text):
-        return View(match["r"], "surface", parse_names(match["items"]))
-    return None
-
-
-def parse_room(text: str) -> tuple[str, ...]:
-    """The receptacles of the first observation ("... you see a cabinet 6, ..., and a toaster 1.")."""
-    match = _ROOM.search(text.split("Your task is to", 1)[0])
-    return parse_names(match["items"]) if match else ()
 
 
 def place(receptacle: str) -> str:
@@ -224,37 +182,37 @@ class Teacher:
             self.receptacles = sorted(set(self.receptacles) | goto, key=sort_key)
 
     def _read(self, text: str) -> None:
-        if match := _ARRIVE.match(text):
+        if match := ARRIVE.match(text):
             self.location = match["r"]
-        elif match := _TAKE.match(text):
+        elif match := TAKE.match(text):
             obj, receptacle = match["o"], match["r"]
             self.holding, self.came_from = obj, receptacle
             self.contents.get(receptacle, set()).discard(obj)
             return
-        elif match := _PUT.match(text):
+        elif match := PUT.match(text):
             obj, receptacle = match["o"], match["r"]
             if self.holding == obj:
                 self.holding = None
             self._see(obj, receptacle)
             return
-        elif match := _CLOSE.match(text):
+        elif match := CLOSE.match(text):
             self.opened[match["r"]] = False
             return
-        elif match := _TREAT.match(text):
+        elif match := TREAT.match(text):
             self._treat(match["o"], TREATED[match["verb"]])
             return
-        elif match := _CARRYING.match(text):
+        elif match := CARRYING.match(text):
             held = parse_names(match["items"])
             self.holding = held[0] if held else None
             return
         elif text.startswith("You are not carrying anything"):
             self.holding = None
             return
-        elif match := _EXAMINE_OBJECT.match(text):
+        elif match := EXAMINE_OBJECT.match(text):
             if not match["adjectives"].startswith("normal"):
                 self._read_adjectives(match["o"], match["adjectives"].split())
             return
-        elif match := _PLAIN_OBJECT.match(text):
+        elif match := PLAIN_OBJECT.match(text):
             self._read_adjectives(match["o"], [])
             return
         if view := parse_view(text):
