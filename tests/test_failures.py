@@ -26,6 +26,19 @@ EXPLORING = [turn(f"go to drawer {n}", NOTHING.format(f"drawer {n}")) for n in r
 SEEN = [*EXPLORING[:3], turn("go to bed 1", "On the bed 1, you see a pillow 1, and a book 2."), *EXPLORING[3:6]]
 TAKEN = [*SEEN, turn("take pillow 1 from bed 1", "You pick up the pillow 1 from the bed 1."), *EXPLORING[6:]]
 INVALID = [*LOOP[:6], *[turn(None, "Nothing happens.", how="invalid")] * 3]
+WRONG = [*EXPLORING[:3], turn("take book 1 from drawer 3", "You pick up the book 1 from the drawer 3."), *LOOP]
+LOOP_AFTER_TAKING = [*TAKEN[:8], *LOOP]  # the pillow in hand, then round the shelves (looking for the sofa's place)
+# Back and forth between two places, something handled on every visit (pick-two trips): no stretch loops.
+TRIPS = [
+    step
+    for n in range(1, 7)
+    for step in (
+        turn("go to bed 1", "On the bed 1, you see a pillow 1."),
+        turn(f"take pillow {n} from bed 1", f"You pick up the pillow {n} from the bed 1."),
+        turn("go to sofa 1", "On the sofa 1, you see nothing."),
+        turn(f"move pillow {n} to sofa 1", f"You move the pillow {n} to the sofa 1."),
+    )
+]
 
 
 @pytest.mark.parametrize(
@@ -37,6 +50,9 @@ INVALID = [*LOOP[:6], *[turn(None, "Nothing happens.", how="invalid")] * 3]
         (TAKEN, "task_step_missed"),
         (INVALID, "invalid_replies"),
         (EXPLORING[:2], "other"),
+        (WRONG, "wrong_object"),
+        (LOOP_AFTER_TAKING, "search_loop"),
+        (TRIPS, "task_step_missed"),
     ],
 )
 def test_each_cause_is_read_from_the_record(turns, cause):

@@ -7,12 +7,15 @@
 The causes, checked in this order (the first that holds is the game's cause):
 
 * `invalid_replies`: a quarter or more of the replies named no admissible command;
+* `wrong_object`: an object of another kind than the task's was picked up (the agent took it for the task's
+  object, or for the second one of a pick-two task);
+* `search_loop`: a stretch of the game between two handlings (take, put, heat, cool, clean, use) that made at least
+  `MIN_MOVES` moves, a third of them back to places already visited in that stretch: the agent forgot where it had
+  searched, whether for the object, the lamp, the second object or the place to put it;
 * `task_step_missed`: the task's object was picked up, and the game was still lost (wrong place, a missing clean,
-  heat, cool or lamp step, or the second object of a pick-two task);
+  heat, cool or lamp step);
 * `seen_not_taken`: an observation showed the task's object, and it was never picked up;
-* `search_loop`: the object was never seen, and at least a third of the moves went back to places already visited
-  (the agent forgot where it had searched);
-* `step_limit`: the object was never seen and most moves went to new places: the step cap ended a search that was
+* `step_limit`: the object was never seen and the moves went to new places: the step cap ended a search that was
   still going somewhere;
 * `other`: none of the above (e.g. a game that ended early).
 
@@ -28,10 +31,19 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-CAUSES = ("invalid_replies", "task_step_missed", "seen_not_taken", "search_loop", "step_limit", "other")
+CAUSES = (
+    "invalid_replies",
+    "wrong_object",
+    "search_loop",
+    "task_step_missed",
+    "seen_not_taken",
+    "step_limit",
+    "other",
+)
 INVALID_SHARE = 0.25  # replies that named no admissible command, as a share of the game's turns
-REVISIT_SHARE = 1 / 3  # moves to a place already visited, as a share of all moves
-MIN_MOVES = 6  # fewer moves than this say nothing about a search
+REVISIT_SHARE = 1 / 3  # moves back to a place visited in the same stretch, as a share of the stretch's moves
+MIN_MOVES = 6  # a stretch of fewer moves than this says nothing about a search
+HANDLINGS = ("take ", "move ", "put ", "heat ", "cool ", "clean ", "use ")  # commands that end a stretch of search
 
 
 def target_object(game_id: str) -> str:
@@ -44,35 +56,52 @@ def target_object(game_id: str) -> str:
 
 
 def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What a rollout's turns (every trial's) say about its search: moves, revisits, invalid replies, whether the
-    task's object was seen or picked up."""
+    """What a rollout's turns (every trial's) say about its search: moves, the stretch of search with the most
+    revisits, invalid replies, whether the task's object was seen or picked up, and objects of other kinds picked up.
+
+    A stretch is the run of turns between two handlings (`HANDLINGS`) of one trial: the moves of one search."""
     target = target_object(record["game_id"])
     mention = re.compile(rf"\b{re.escape(target)} \d+\b")
-    turns = [turn for trial in record.get("transcript", ()) for turn in trial.get("turns", ())]
-    visited: set[str] = set()
-    moves = revisits = invalid = 0
-    seen = taken = False
-    for turn in turns:
-        command = turn.get("command") or ""
-        observation = turn.get("observation") or ""
-        if turn.get("how") == "invalid" or not command:
-            invalid += 1
-        if command.startswith("go to "):
-            moves += 1
-            place = command[len("go to ") :]
-            revisits += place in visited
-            visited.add(place)
-        seen = seen or bool(mention.search(observation)) or bool(mention.search(record.get("first_observation", "")))
-        taken = taken or (observation.startswith("You pick up") and bool(mention.search(observation)))
+    picked = re.compile(r"^You pick up the ([a-z]+) \d+ from")
+    moves = invalid = 0
+    loop_moves = loop_revisits = 0  # the stretch with the most revisits
+    seen = bool(mention.search(record.get("first_observation", "")))
+    taken, others = False, []
+    for trial in record.get("transcript", ()):
+        stretch: set[str] = set()
+        stretch_moves = stretch_revisits = 0
+        for turn in trial.get("turns", ()):
+            command = turn.get("command") or ""
+            observation = turn.get("observation") or ""
+            if turn.get("how") == "invalid" or not command:
+                invalid += 1
+            if command.startswith("go to "):
+                moves += 1
+                place = command[len("go to ") :]
+                stretch_moves += 1
+                stretch_revisits += place in stretch
+                stretch.add(place)
+                if (stretch_revisits, stretch_moves) > (loop_revisits, loop_moves):
+                    loop_moves, loop_revisits = stretch_moves, stretch_revisits
+            elif command.startswith(HANDLINGS) and not observation.startswith("Nothing happens"):
+                stretch, stretch_moves, stretch_revisits = set(), 0, 0
+            seen = seen or bool(mention.search(observation))
+            if kind := picked.match(observation):
+                if kind.group(1) == target:
+                    taken = True
+                else:
+                    others.append(kind.group(1))
+    turns = sum(len(trial.get("turns", ())) for trial in record.get("transcript", ()))
     return {
         "target": target,
-        "turns": len(turns),
+        "turns": turns,
         "moves": moves,
-        "places": len(visited),
-        "revisits": revisits,
+        "loop_moves": loop_moves,
+        "loop_revisits": loop_revisits,
         "invalid": invalid,
         "seen": seen,
         "taken": taken,
+        "other_objects_taken": others,
     }
 
 
@@ -83,12 +112,14 @@ def classify_failure(record: Mapping[str, Any]) -> str:
     search = describe_search(record)
     if search["turns"] and search["invalid"] >= INVALID_SHARE * search["turns"]:
         return "invalid_replies"
+    if search["other_objects_taken"]:
+        return "wrong_object"
+    if search["loop_moves"] >= MIN_MOVES and search["loop_revisits"] >= REVISIT_SHARE * search["loop_moves"]:
+        return "search_loop"
     if search["taken"]:
         return "task_step_missed"
     if search["seen"]:
         return "seen_not_taken"
-    if search["moves"] >= MIN_MOVES and search["revisits"] >= REVISIT_SHARE * search["moves"]:
-        return "search_loop"
     if search["moves"] >= MIN_MOVES:
         return "step_limit"
     return "other"
