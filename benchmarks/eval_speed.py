@@ -157,17 +157,15 @@ def main() -> None:
                             "prompt_s",
                             "prefill_s",
                             "decode_s",
+                            "rank_s",
                             "wait_s",
                             "overhead_s",
                         )
                     ),
-                    # How full the decoding batch ran: tokens of decode forwards (a reply's first comes from its
-                    # prefill) per decode forward.
-                    round(
-                        (profile.get("generated_tokens", 0) - profile.get("requests", 0))
-                        / max(profile.get("decode_forwards", 0), 1),
-                        1,
-                    ),
+                    # How full the decoding batch ran: rows a decode forward (a grounded reply's command is
+                    # scored whole, by the rank forwards: its tokens are no decode forward's).
+                    round(profile.get("decode_rows", 0) / max(profile.get("decode_forwards", 0), 1), 1),
+                    profile.get("rank_forwards", 0),
                 )
             )
         print(
@@ -208,9 +206,11 @@ HEADERS = (
     "prompt s",
     "prefill s",
     "decode s",
+    "rank s",
     "wait s",
     "other s",
     "rows a decode",
+    "rank forwards",
 )
 
 

@@ -99,8 +99,9 @@ def test_grouped_attention_computes_what_eager_attention_computes(model_and_toke
     logits = []
     for each in (model, eager_model):
         decoder = make_decoder(each, tokenizer, 3, True)
-        prefill, _ = decoder._forward([0, 1, 2], [encode(tokenizer, p) for p in PROMPTS])
-        decode, _ = decoder._forward([0, 2], [[5], [7]])
+        prompts = [encode(tokenizer, p) for p in PROMPTS]
+        prefill, _ = decoder._logits(decoder._forward([0, 1, 2], prompts), [len(p) for p in prompts])
+        decode, _ = decoder._logits(decoder._forward([0, 2], [[5], [7]]), [1, 1])
         logits.append(torch.cat([prefill, decode]))
     torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
 
@@ -197,6 +198,34 @@ def test_a_grounded_reply_is_always_one_of_the_choices(model_and_tokenizer, budg
     items = [(str(i), Request(p, budget, choices=CHOICES), encode(tokenizer, p), None) for i, p in enumerate(PROMPTS)]
     texts = run(decoder, items)
     assert all(text in CHOICES for text in texts.values()), texts
+
+
+def command_scores(model, tokenizer, messages, choices) -> list[float]:
+    """Each command's log-probability as a reply, from one plain forward over the prompt and the command."""
+    import torch
+
+    prompt = encode(tokenizer, messages)
+    end = models.stop_token_ids(tokenizer)[0]
+    scores = []
+    for choice in choices:
+        command = [*tokenizer(choice, add_special_tokens=False)["input_ids"], end]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + command])).logits[0, len(prompt) - 1 : -1].float()
+        scores.append(float(torch.log_softmax(logits, -1)[torch.arange(len(command)), command].sum()))
+    return scores
+
+
+def test_a_grounded_reply_is_the_command_the_model_likes_best_as_a_whole(model_and_tokenizer, eager_model):
+    """One forward over the trie of the commands scores each as plain forwards over prompt + command do, rows of
+    different prompts and tries in one batch; the reply is the best-scored command (not the best first token's)."""
+    model, tokenizer = model_and_tokenizer
+    decoder = make_decoder(model, tokenizer, 3, True)
+    items = [(str(i), Request(p, 24, choices=CHOICES[i:]), encode(tokenizer, p), None) for i, p in enumerate(PROMPTS)]
+    texts = run(decoder, items)
+    assert decoder.stats.rank_forwards == 1
+    for i, prompt in enumerate(PROMPTS):
+        scores = command_scores(eager_model, tokenizer, prompt, CHOICES[i:])
+        assert texts[str(i)] == CHOICES[i:][scores.index(max(scores))], (texts[str(i)], scores)
 
 
 @pytest.mark.slow

@@ -25,9 +25,11 @@ Reply -> command (`map_action`), the documented rule:
 4. otherwise the reply is invalid: the game is told "Nothing happens." (what the engine says to a command it
    does not understand) and the turn counts as a step.
 
-With `actions="constrained"` the reply's command is chosen among the engine's admissible commands while it is
-decoded (`decoding.SlotDecoder`: a trie of the tokenized commands; for a thinking agent only the `Action:` line is
-constrained, the thought stays free): every command is then exact.
+With `actions="constrained"` the reply's command is chosen among the engine's admissible commands: a local model
+scores every admissible command whole and plays the one it finds most likely (`decoding.SlotDecoder`, one forward
+over the trie of the tokenized commands); a served model is held to them token by token by a grammar
+(`served.choice_grammar`). For a thinking agent only the `Action:` line is constrained, the thought stays free. Every
+command is then exact.
 """
 
 from __future__ import annotations

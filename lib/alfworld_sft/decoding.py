@@ -10,12 +10,18 @@
   row at a time on a CPU, where a padded batch costs as much), then runs one decode forward for every row that is
   mid-reply. A row whose reply ends is free for its game's next request at once; no row waits for the longest
   reply of a batch.
-* **Grounded commands** (`Request.choices`): decoding is restricted, token by token, to a trie of the admissible
-  commands (prefix-constrained decoding), from the first token or after the reply's "Action:" marker (the thought
-  before it stays free). If the free part runs out of budget first, "\\nAction: " is forced. The reply is always one
-  of the choices. It costs what free decoding costs: one forward per token.
-* **Sampling** (`Request.temperature > 0`) draws each token from a generator seeded by `Request.sample_seed` and
-  the token's index, so a reply does not depend on which other rows share the batch.
+* **Grounded commands** (`Request.choices`): the reply is the admissible command the model gives the highest
+  probability as a whole (the sum of its tokens' log-probabilities, the end-of-turn token included), from the first
+  token or after the reply's "Action:" marker (the thought before it stays free; if it runs out of budget or ends
+  first, "\nAction: " is forced before the command). Every command is scored in one forward over the trie of their
+  tokens (`CommandTrie`): each trie token attends to the row's cache and to its own ancestors, at the position of its
+  depth, so the forward gives every command's next-token distributions at once. Token-by-token constrained decoding
+  (a grammar) commits to the first token: a model that wants "take creditcard 2 from countertop 1" where no credit
+  card lies takes whatever lies there ("take mug 1 ..."); scored whole, "take mug 1 ..." is unlikely and a "go to"
+  wins (measured: `results/README.md`).
+* **Sampling** (`Request.temperature > 0`) draws each token (a grounded reply: each command, by its score) from a
+  generator seeded by `Request.sample_seed` and the token's index, so a reply does not depend on which other rows
+  share the batch.
 
 Rows live in one preallocated cache per layer, `[rows, kv_heads, width, head_dim]`, grown by doubling. The model
 runs its own attention over that cache through `SlotCache.update`, with a 4D mask built here: row `r` sees its
@@ -79,23 +85,33 @@ def register_grouped_attention() -> str:
 
 
 class CommandTrie:
-    """Token sequences of the allowed continuations; each path ends with a stop token."""
+    """Token sequences of the allowed continuations; each path ends with a stop token.
+
+    `nodes` lists the trie's tokens that have children, parents before children, as (token, parent index or -1);
+    `leaves` each sequence as the index of its last fed node (-1: a sequence of one token) and its last token."""
 
     def __init__(self, sequences: Sequence[Sequence[int]]):
-        self.root: dict[int, dict] = {}
-        for sequence in sequences:
-            node = self.root
-            for token in sequence:
-                node = node.setdefault(token, {})
+        self.sequences = [list(sequence) for sequence in sequences]
+        self.nodes: list[tuple[int, int]] = []
+        index: dict[tuple[int, ...], int] = {}
+        self.leaves: list[tuple[int, int]] = []
+        for sequence in self.sequences:
+            parent = -1
+            for depth, token in enumerate(sequence[:-1]):
+                prefix = tuple(sequence[: depth + 1])
+                if prefix not in index:
+                    index[prefix] = len(self.nodes)
+                    self.nodes.append((token, parent))
+                parent = index[prefix]
+            self.leaves.append((parent, sequence[-1]))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Constraint:
-    """A row's grounding: the choices, when they start (at once or after the marker), and where it is in the trie."""
+    """A row's grounding: the choices, and whether they start at once or after the reply's marker."""
 
     choices: tuple[str, ...]
     after_marker: bool  # free text until "Action:", then the choices
-    node: dict[int, dict] | None = None  # the trie position once constrained; None while still free
 
 
 @dataclass
@@ -186,6 +202,9 @@ class DecoderStats:
     prompt_tokens: int = 0  # tokens of all prompts
     reused_tokens: int = 0  # of which taken from a row's cache instead of computed
     generated_tokens: int = 0
+    decode_rows: int = 0  # rows answering a request, summed over decode forwards: how full the batch ran
+    rank_s: float = 0.0  # scoring grounded commands whole (`SlotDecoder._rank`)
+    rank_forwards: int = 0
 
 
 class SlotDecoder:
@@ -318,11 +337,19 @@ class SlotDecoder:
     # ------------------------------------------------------------------------------------------ forwards
 
     def _forward(
-        self, rows: list[int], tokens: list[list[int]], *, attention: str | None = None, keep: set[int] | None = None
-    ) -> tuple[Any, list[int]]:
-        """Run the model on each row's new tokens (written after the row's cached tokens); return the float32 logits
-        of each row's last new token `[len(rows), vocab]` and their greedy choices. Only the rows in `keep` (default:
-        all) count the new tokens as cached: the others' were throwaway, written past their end."""
+        self,
+        rows: list[int],
+        tokens: list[list[int]],
+        *,
+        attention: str | None = None,
+        keep: set[int] | None = None,
+        parents: list[list[int]] | None = None,
+    ) -> Any:
+        """Run the model on each row's new tokens (written after the row's cached tokens); return the last hidden
+        states `[len(rows), new tokens, width]`. Only the rows in `keep` (default: all) count the new tokens as
+        cached: the others' were throwaway, written past their end. `parents` (a trie per row, `CommandTrie.nodes`)
+        makes each new token see only its ancestors among the new tokens, at the position of its depth; without
+        it the new tokens are a sequence."""
         torch = self._torch
         device = self.device
         lengths = torch.tensor([len(self.rows[r].tokens) for r in rows])
@@ -338,8 +365,11 @@ class SlotDecoder:
         # New token j of row a goes to column length_a + j; padding (j >= count_a) lands past the row's end, where
         # later tokens overwrite it before anything reads it, and its queries see what the last real token sees.
         columns = lengths[:, None] + steps[None, :]
-        seen = lengths[:, None] + torch.minimum(steps[None, :], counts[:, None] - 1)
-        visible = torch.arange(width, device=device)[None, None, :] <= seen[:, :, None]
+        if parents is None:
+            positions = lengths[:, None] + torch.minimum(steps[None, :], counts[:, None] - 1)
+            visible = torch.arange(width, device=device)[None, None, :] <= positions[:, :, None]
+        else:
+            visible, positions = self._tree_visibility(lengths, parents, new, width)
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~visible, torch.finfo(self.dtype).min)
         all_rows = rows == list(range(len(self.rows)))
@@ -350,20 +380,47 @@ class SlotDecoder:
             self.config._attn_implementation = attention  # the layers read it at every forward
         try:
             with torch.no_grad():
-                out = self.decoder_model(
+                hidden = self.decoder_model(
                     input_ids=ids.to(device),
-                    position_ids=seen,
+                    position_ids=positions,
                     attention_mask=mask[:, None],
                     past_key_values=self.cache,
                     use_cache=True,
-                )
-                hidden = out.last_hidden_state[torch.arange(len(rows), device=device), counts - 1]
-                logits = self.head(hidden).float()
+                ).last_hidden_state
         finally:
             self.config._attn_implementation = own_attention
         for r, row_tokens in zip(rows, tokens):
             if keep is None or r in keep:
                 self.rows[r].tokens.extend(row_tokens)
+        return hidden
+
+    def _tree_visibility(self, lengths: Any, parents: list[list[int]], new: int, width: int) -> tuple[Any, Any]:
+        """The `[rows, new, width]` visibility and `[rows, new]` positions of trie tokens: each sees the row's cache,
+        its ancestors and itself (padding sees what the last real token sees)."""
+        torch = self._torch
+        sees = torch.zeros((len(parents), new, new), dtype=torch.bool)
+        depth = torch.zeros((len(parents), new), dtype=torch.long)
+        for a, row_parents in enumerate(parents):
+            for j, parent in enumerate(row_parents):
+                if parent >= 0:
+                    sees[a, j] = sees[a, parent]
+                    depth[a, j] = depth[a, parent] + 1
+                sees[a, j, j] = True
+            last = len(row_parents) - 1
+            sees[a, last + 1 :], depth[a, last + 1 :] = sees[a, last], depth[a, last]
+        sees, depth = sees.to(self.device), depth.to(self.device)
+        span = int(lengths.max()) + new  # every row's new columns fit below it
+        visible = torch.arange(span, device=self.device)[None, None, :] < lengths[:, None, None]
+        visible = visible.expand(len(parents), new, span).clone()
+        columns = (lengths[:, None] + torch.arange(new, device=self.device)[None, :])[:, None, :]
+        visible.scatter_(2, columns.expand(len(parents), new, new), sees)
+        return visible[:, :, :width], lengths[:, None] + depth
+
+    def _logits(self, hidden: Any, counts: list[int]) -> tuple[Any, list[int]]:
+        """The float32 logits of each row's last new token `[rows, vocab]` and their greedy choices."""
+        torch = self._torch
+        last = torch.tensor(counts, device=self.device) - 1
+        logits = self.head(hidden[torch.arange(len(counts), device=self.device), last]).float()
         return logits, logits.argmax(-1).tolist()
 
     def _prefill(self, pending: list[int], finished: list[tuple[Hashable, list[int]]]) -> None:
@@ -381,59 +438,113 @@ class SlotDecoder:
             groups.append(group)
         else:
             groups = [[index] for index in pending]
+        ranking: list[tuple[int, Any, CommandTrie]] = []
         for group in groups:
             suffixes = [self.rows[i].prompt[self.rows[i].suffix_from :] for i in group]
-            logits, greedy = self._forward(group, suffixes)
+            logits, greedy = self._logits(self._forward(group, suffixes), [len(s) for s in suffixes])
             self.stats.prefill_forwards += 1
             for a, index in enumerate(group):
                 self.rows[index].prefilled = True
-                self._choose(index, logits[a], greedy[a], finished)
+                self._choose(index, logits[a], greedy[a], finished, ranking)
         self.stats.prefill_s += time.perf_counter() - started
+        if ranking:
+            self._rank(ranking, finished)
 
     def _decode(self, decoding: list[int], finished: list[tuple[Hashable, list[int]]]) -> None:
         started = time.perf_counter()
         rows = list(range(len(self.rows))) if self.decode_all_rows else decoding
         active = set(decoding)
         tokens = [[self.rows[i].generated[-1] if i in active else self.end_id] for i in rows]
-        logits, greedy = self._forward(rows, tokens, attention=self.decode_attention, keep=active)
+        hidden = self._forward(rows, tokens, attention=self.decode_attention, keep=active)
+        logits, greedy = self._logits(hidden, [1] * len(rows))
         self.stats.decode_forwards += 1
+        self.stats.decode_rows += len(active)
+        ranking: list[tuple[int, Any, CommandTrie]] = []
         for a, index in enumerate(rows):
             if index in active:
-                self._choose(index, logits[a], greedy[a], finished)
+                self._choose(index, logits[a], greedy[a], finished, ranking)
         self.stats.decode_s += time.perf_counter() - started
+        if ranking:
+            self._rank(ranking, finished)
 
     # ------------------------------------------------------------------------------------------ choosing
 
-    def _choose(self, index: int, logits: Any, greedy: int, finished: list[tuple[Hashable, list[int]]]) -> None:
-        """Pick the row's next token (free, grounded or sampled) and finish the reply when it ends."""
+    def _choose(
+        self,
+        index: int,
+        logits: Any,
+        greedy: int,
+        finished: list[tuple[Hashable, list[int]]],
+        ranking: list[tuple[int, Any, CommandTrie]],
+    ) -> None:
+        """Pick the row's next token and finish the reply when it ends; a row whose command is due joins `ranking`
+        (its next-token logits and its trie) to be scored by `_rank` after this forward."""
         row = self.rows[index]
         grounding = row.constraint
-        if grounding is not None and grounding.node is None and self._grounding_starts(row):
-            grounding.node = self._trie(row, forced=False).root
-        if grounding is not None and grounding.node is not None:
-            token = self._pick(row, logits, greedy, list(grounding.node))
-        else:
-            token = self._pick(row, logits, greedy, None)
-            out_of_budget = len(row.generated) + 1 >= row.max_new_tokens
-            if grounding is not None and (token in self.stop_ids or out_of_budget):
-                # The free thought may neither end nor run out before "Action:": force the marker, then a choice.
-                grounding.node = self._trie(row, forced=True).root
-                token = self._pick(row, logits, greedy, list(grounding.node))
+        if grounding is not None and (not grounding.after_marker or self._grounding_starts(row)):
+            ranking.append((index, logits, self._trie(row, forced=False)))
+            return
+        token = self._pick(row, logits, greedy)
+        if grounding is not None and (token in self.stop_ids or len(row.generated) + 1 >= row.max_new_tokens):
+            # The free thought may neither end nor run out before "Action:": force the marker, then a choice.
+            ranking.append((index, logits, self._trie(row, forced=True)))
+            return
         row.generated.append(token)
         self.stats.generated_tokens += 1
-        if grounding is not None and grounding.node is not None:
-            grounding.node = grounding.node[token]
-            done = not grounding.node
-        else:
-            done = token in self.stop_ids or len(row.generated) >= row.max_new_tokens
-        if done:
-            finished.append((row.key, list(row.generated)))
-            # The last token was never fed back: the row keeps the prompt and the reply without it.
-            row.key, row.constraint, row.last_used = None, None, time.perf_counter()
+        if token in self.stop_ids or len(row.generated) >= row.max_new_tokens:
+            self._finish(row, finished)
+
+    def _finish(self, row: Row, finished: list[tuple[Hashable, list[int]]]) -> None:
+        finished.append((row.key, list(row.generated)))
+        # The last token was never fed back: the row keeps the prompt and the reply without it.
+        row.key, row.constraint, row.last_used = None, None, time.perf_counter()
+
+    def _rank(self, ranking: list[tuple[int, Any, CommandTrie]], finished: list[tuple[Hashable, list[int]]]) -> None:
+        """Score every command of each waiting row in one forward over the rows' tries (`CommandTrie`); the reply
+        goes on with the best command (or one drawn by score when sampling). The trie's tokens are not kept in the
+        cache: the row's next prompt computes the chosen command's few tokens again."""
+        torch = self._torch
+        started = time.perf_counter()
+        branching = [(index, trie) for index, _, trie in ranking if trie.nodes]
+        following: dict[int, Any] = {}  # row -> log-probabilities of the tokens after each fed trie node
+        # Like prefill: the rows' tries in one forward on a GPU, one row at a time on a CPU (padding costs there).
+        groups = [branching] if self.batch_prefill and branching else [[each] for each in branching]
+        for group in groups:
+            rows = [index for index, _ in group]
+            tokens = [[token for token, _ in trie.nodes] for _, trie in group]
+            parents = [[parent for _, parent in trie.nodes] for _, trie in group]
+            hidden = self._forward(rows, tokens, keep=set(), parents=parents)
+            self.stats.rank_forwards += 1
+            for a, (index, trie) in enumerate(group):
+                following[index] = torch.log_softmax(self.head(hidden[a, : len(trie.nodes)]).float(), dim=-1)
+        for index, logits, trie in ranking:
+            first = torch.log_softmax(logits.float(), dim=-1)
+            # Each fed node's and each sequence's last token's log-probability, gathered on the device at once.
+            steps = [*trie.nodes, *((token, leaf) for leaf, token in trie.leaves)]
+            token_ids = torch.tensor([token for token, _ in steps], device=first.device)
+            after = torch.tensor([parent for _, parent in steps], device=first.device)
+            scored = first[token_ids]
+            if index in following:
+                inner = following[index][after.clamp(min=0), token_ids]
+                scored = torch.where(after >= 0, inner, scored)
+            scored = scored.tolist()
+            path: list[float] = []  # each fed node's log-probability with its ancestors'
+            for j, (_, parent) in enumerate(trie.nodes):
+                path.append(scored[j] + (path[parent] if parent >= 0 else 0.0))
+            scores = torch.tensor(
+                [
+                    scored[len(trie.nodes) + k] + (path[leaf] if leaf >= 0 else 0.0)
+                    for k, (leaf, _) in enumerate(trie.leaves)
+                ]
+            )
+            row = self.rows[index]
+            choice = self._draw(row, scores) if row.temperature > 0 else int(scores.argmax())
+            row.generated.extend(trie.sequences[choice])
+            self.stats.generated_tokens += len(trie.sequences[choice])
+            self._finish(row, finished)
+        self.stats.rank_s += time.perf_counter() - started
 
     def _grounding_starts(self, row: Row) -> bool:
-        if not row.constraint.after_marker:
-            return True
         text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
         return text.rstrip(" ").endswith(ACTION_MARKER)
 
@@ -446,31 +557,26 @@ class SlotDecoder:
             prefix = "" if self.tokenizer.decode(row.generated, skip_special_tokens=True).endswith(" ") else " "
         else:
             prefix = ""
-        return CommandTrie([self._choice_ids(prefix + choice) for choice in grounding.choices])
+        return CommandTrie([self._choice_ids(prefix + choice) for choice in dict.fromkeys(grounding.choices)])
 
     def _choice_ids(self, text: str) -> list[int]:
         if text not in self._choice_tokens:
             self._choice_tokens[text] = [*self.tokenizer(text, add_special_tokens=False)["input_ids"], self.end_id]
         return self._choice_tokens[text]
 
-    def _pick(self, row: Row, logits: Any, greedy: int, allowed: list[int] | None) -> int:
-        """The next token: greedy or sampled, among `allowed` when given."""
+    def _pick(self, row: Row, logits: Any, greedy: int) -> int:
+        """The next free token: greedy, or drawn when sampling."""
+        return self._draw(row, logits) if row.temperature > 0 else greedy
+
+    def _draw(self, row: Row, scores: Any) -> int:
+        """An index drawn from softmax(scores / temperature), seeded by the request and the token's index: the draw
+        does not depend on the other rows. A game's sample seed has 48 bits (agents._seed_of): the product stays
+        within the generator's signed 64 bits."""
         torch = self._torch
-        if allowed is not None and len(allowed) == 1:
-            return allowed[0]
-        if row.temperature <= 0 and (allowed is None or greedy in allowed):
-            return greedy  # the overall best token is also the best allowed one
-        scores = logits if allowed is None else logits[torch.tensor(allowed, device=logits.device)]
-        if row.temperature > 0:
-            # Seeded by the request and the token's index: the draw does not depend on the other rows. A game's
-            # sample seed has 48 bits (agents._seed_of): keep the product within the generator's signed 64 bits.
-            seed = (row.sample_seed * 1_000_003 + len(row.generated)) % (1 << 63)
-            generator = torch.Generator().manual_seed(seed)
-            probs = torch.softmax(scores.cpu() / row.temperature, dim=-1)
-            choice = int(torch.multinomial(probs, 1, generator=generator))
-        else:
-            choice = int(scores.argmax())
-        return allowed[choice] if allowed is not None else choice
+        seed = (row.sample_seed * 1_000_003 + len(row.generated)) % (1 << 63)
+        generator = torch.Generator().manual_seed(seed)
+        probs = torch.softmax(scores.float().cpu() / row.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -71,15 +71,18 @@ class RolloutProfile:
     model_s: float = 0.0  # the backend's steps (this process)
     prefill_s: float = 0.0  # of which prefill forwards (local models)
     decode_s: float = 0.0  # of which decode forwards (local models)
+    rank_s: float = 0.0  # of which scoring grounded commands whole (local models)
     wait_s: float = 0.0  # this process waiting for workers with nothing for the model to do
     games: int = 0
     requests: int = 0
     prompt_tokens: int = 0
     reused_tokens: int = 0
     generated_tokens: int = 0
-    # Forwards of a local model: (generated tokens - requests) per decode forward is how full its batch ran.
+    # Forwards of a local model: decode_rows per decode forward is how full its batch ran.
     prefill_forwards: int = 0
     decode_forwards: int = 0
+    decode_rows: int = 0  # rows answering a request, summed over decode forwards
+    rank_forwards: int = 0
     workers: int = 0
 
     @property
@@ -501,8 +504,16 @@ def _play(
                 backend.release(session_of(config.agent, game_id))
     stats_after = _decoder_stats(backend)
     if stats_after is not None:
-        counters = ("prompt_tokens", "reused_tokens", "generated_tokens", "prefill_forwards", "decode_forwards")
-        for key in ("prefill_s", "decode_s", *counters):
+        counters = (
+            "prompt_tokens",
+            "reused_tokens",
+            "generated_tokens",
+            "prefill_forwards",
+            "decode_forwards",
+            "decode_rows",
+            "rank_forwards",
+        )
+        for key in ("prefill_s", "decode_s", "rank_s", *counters):
             setattr(profile, key, stats_after[key] - stats_before[key])
     profile.wall_s = startup_s + time.perf_counter() - started
     return result
