@@ -100,8 +100,8 @@ def test_grouped_attention_computes_what_eager_attention_computes(model_and_toke
     for each in (model, eager_model):
         decoder = make_decoder(each, tokenizer, 3, True)
         prompts = [encode(tokenizer, p) for p in PROMPTS]
-        prefill, _ = decoder._logits(decoder._forward([0, 1, 2], prompts), [len(p) for p in prompts])
-        decode, _ = decoder._logits(decoder._forward([0, 2], [[5], [7]]), [1, 1])
+        prefill, _ = decoder._logits(decoder._forward([0, 1, 2], prompts), [len(p) - 1 for p in prompts])
+        decode, _ = decoder._logits(decoder._forward([0, 2], [[5], [7]]), [0, 0])
         logits.append(torch.cat([prefill, decode]))
     torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
 
@@ -216,16 +216,28 @@ def command_scores(model, tokenizer, messages, choices) -> list[float]:
 
 
 def test_a_grounded_reply_is_the_command_the_model_likes_best_as_a_whole(model_and_tokenizer, eager_model):
-    """One forward over the trie of the commands scores each as plain forwards over prompt + command do, rows of
-    different prompts and tries in one batch; the reply is the best-scored command (not the best first token's)."""
+    """The commands' trie rides in the prefill forward (rows of different prompts and tries in one batch) and scores
+    each command as plain forwards over prompt + command do; the reply is the best-scored command. The trie is not
+    kept: the game's next request reuses its prompt and replies as a fresh decoder does."""
     model, tokenizer = model_and_tokenizer
     decoder = make_decoder(model, tokenizer, 3, True)
-    items = [(str(i), Request(p, 24, choices=CHOICES[i:]), encode(tokenizer, p), None) for i, p in enumerate(PROMPTS)]
+    items = [
+        (str(i), Request(p, 24, choices=CHOICES[i:]), encode(tokenizer, p), f"s{i}") for i, p in enumerate(PROMPTS)
+    ]
     texts = run(decoder, items)
-    assert decoder.stats.rank_forwards == 1
+    assert (decoder.stats.prefill_forwards, decoder.stats.decode_forwards, decoder.stats.rank_forwards) == (1, 0, 0)
     for i, prompt in enumerate(PROMPTS):
         scores = command_scores(eager_model, tokenizer, prompt, CHOICES[i:])
         assert texts[str(i)] == CHOICES[i:][scores.index(max(scores))], (texts[str(i)], scores)
+
+    follow = (*PROMPTS[0], {"role": "assistant", "content": texts["0"]}, {"role": "user", "content": "Observation: ok"})
+    again = Request(follow, 24, choices=CHOICES)
+    before = decoder.stats.reused_tokens
+    assert (
+        run(decoder, [("next", again, encode(tokenizer, follow), "s0")])["next"]
+        == run(make_decoder(model, tokenizer, 1, False), [("next", again, encode(tokenizer, follow), None)])["next"]
+    )
+    assert decoder.stats.reused_tokens - before >= len(encode(tokenizer, PROMPTS[0])) - 1
 
 
 @pytest.mark.slow

@@ -13,12 +13,13 @@
 * **Grounded commands** (`Request.choices`): the reply is the admissible command the model gives the highest
   probability as a whole (the sum of its tokens' log-probabilities, the end-of-turn token included), from the first
   token or after the reply's "Action:" marker (the thought before it stays free; if it runs out of budget or ends
-  first, "\nAction: " is forced before the command). Every command is scored in one forward over the trie of their
-  tokens (`CommandTrie`): each trie token attends to the row's cache and to its own ancestors, at the position of its
-  depth, so the forward gives every command's next-token distributions at once. Token-by-token constrained decoding
-  (a grammar) commits to the first token: a model that wants "take creditcard 2 from countertop 1" where no credit
-  card lies takes whatever lies there ("take mug 1 ..."); scored whole, "take mug 1 ..." is unlikely and a "go to"
-  wins (measured: `results/README.md`).
+  first, "\nAction: " is forced before the command). Every command is scored at once by the trie of their tokens
+  (`CommandTrie`): each trie token attends to the row's cache, the tokens before it and its own ancestors, at the
+  position of its depth, so one forward gives every command's next-token distributions. A reply that is a command
+  from its first token hangs the trie after its prompt's new tokens: the prefill forward settles the reply, no decode
+  forward follows. Token-by-token constrained decoding (a grammar) commits to the first token: a model that wants
+  "take creditcard 2 from countertop 1" where no credit card lies takes whatever lies there ("take mug 1 ..."); scored
+  whole, "take mug 1 ..." is unlikely and a "go to" wins (measured: `results/README.md`).
 * **Sampling** (`Request.temperature > 0`) draws each token (a grounded reply: each command, by its score) from a
   generator seeded by `Request.sample_seed` and the token's index, so a reply does not depend on which other rows
   share the batch.
@@ -342,14 +343,14 @@ class SlotDecoder:
         tokens: list[list[int]],
         *,
         attention: str | None = None,
-        keep: set[int] | None = None,
-        parents: list[list[int]] | None = None,
+        kept: list[int] | None = None,
+        tries: list[CommandTrie | None] | None = None,
     ) -> Any:
         """Run the model on each row's new tokens (written after the row's cached tokens); return the last hidden
-        states `[len(rows), new tokens, width]`. Only the rows in `keep` (default: all) count the new tokens as
-        cached: the others' were throwaway, written past their end. `parents` (a trie per row, `CommandTrie.nodes`)
-        makes each new token see only its ancestors among the new tokens, at the position of its depth; without
-        it the new tokens are a sequence."""
+        states `[len(rows), new tokens, width]`. `kept[a]` (default: all) of row a's new tokens count as cached:
+        the rest were throwaway, written past its end. With `tries`, a row's new tokens are a sequence followed by
+        its trie's tokens (`CommandTrie.nodes`, hung after the sequence's last token): each trie token sees the
+        cache, the whole sequence and its own ancestors, at the position of its depth."""
         torch = self._torch
         device = self.device
         lengths = torch.tensor([len(self.rows[r].tokens) for r in rows])
@@ -365,11 +366,11 @@ class SlotDecoder:
         # New token j of row a goes to column length_a + j; padding (j >= count_a) lands past the row's end, where
         # later tokens overwrite it before anything reads it, and its queries see what the last real token sees.
         columns = lengths[:, None] + steps[None, :]
-        if parents is None:
+        if tries is None or not any(tries):
             positions = lengths[:, None] + torch.minimum(steps[None, :], counts[:, None] - 1)
             visible = torch.arange(width, device=device)[None, None, :] <= positions[:, :, None]
         else:
-            visible, positions = self._tree_visibility(lengths, parents, new, width)
+            visible, positions = self._trie_visibility(lengths, tokens, tries, new, width)
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~visible, torch.finfo(self.dtype).min)
         all_rows = rows == list(range(len(self.rows)))
@@ -389,41 +390,56 @@ class SlotDecoder:
                 ).last_hidden_state
         finally:
             self.config._attn_implementation = own_attention
-        for r, row_tokens in zip(rows, tokens):
-            if keep is None or r in keep:
-                self.rows[r].tokens.extend(row_tokens)
+        for a, (r, row_tokens) in enumerate(zip(rows, tokens)):
+            self.rows[r].tokens.extend(row_tokens if kept is None else row_tokens[: kept[a]])
         return hidden
 
-    def _tree_visibility(self, lengths: Any, parents: list[list[int]], new: int, width: int) -> tuple[Any, Any]:
-        """The `[rows, new, width]` visibility and `[rows, new]` positions of trie tokens: each sees the row's cache,
-        its ancestors and itself (padding sees what the last real token sees)."""
+    def _trie_visibility(
+        self, lengths: Any, tokens: list[list[int]], tries: list[CommandTrie | None], new: int, width: int
+    ) -> tuple[Any, Any]:
+        """The `[rows, new, width]` visibility and `[rows, new]` positions of sequences followed by trie tokens."""
         torch = self._torch
-        sees = torch.zeros((len(parents), new, new), dtype=torch.bool)
-        depth = torch.zeros((len(parents), new), dtype=torch.long)
-        for a, row_parents in enumerate(parents):
-            for j, parent in enumerate(row_parents):
+        rows = len(tokens)
+        sees = torch.zeros((rows, new, new), dtype=torch.bool)
+        depth = torch.zeros((rows, new), dtype=torch.long)
+        for a, (row_tokens, trie) in enumerate(zip(tokens, tries)):
+            chain = len(row_tokens) - (len(trie.nodes) if trie else 0)
+            sees[a, :chain, :chain] = torch.ones((chain, chain), dtype=torch.bool).tril()
+            depth[a, :chain] = torch.arange(chain)
+            for k, (_, parent) in enumerate(trie.nodes if trie else ()):
+                j = chain + k
                 if parent >= 0:
-                    sees[a, j] = sees[a, parent]
-                    depth[a, j] = depth[a, parent] + 1
+                    sees[a, j] = sees[a, chain + parent]
+                    depth[a, j] = depth[a, chain + parent] + 1
+                else:
+                    sees[a, j, :chain] = True
+                    depth[a, j] = chain
                 sees[a, j, j] = True
-            last = len(row_parents) - 1
+            last = len(row_tokens) - 1
             sees[a, last + 1 :], depth[a, last + 1 :] = sees[a, last], depth[a, last]
         sees, depth = sees.to(self.device), depth.to(self.device)
         span = int(lengths.max()) + new  # every row's new columns fit below it
         visible = torch.arange(span, device=self.device)[None, None, :] < lengths[:, None, None]
-        visible = visible.expand(len(parents), new, span).clone()
+        visible = visible.expand(rows, new, span).clone()
         columns = (lengths[:, None] + torch.arange(new, device=self.device)[None, :])[:, None, :]
-        visible.scatter_(2, columns.expand(len(parents), new, new), sees)
+        visible.scatter_(2, columns.expand(rows, new, new), sees)
         return visible[:, :, :width], lengths[:, None] + depth
 
-    def _logits(self, hidden: Any, counts: list[int]) -> tuple[Any, list[int]]:
-        """The float32 logits of each row's last new token `[rows, vocab]` and their greedy choices."""
+    def _logits(self, hidden: Any, at: list[int]) -> tuple[Any, list[int]]:
+        """The float32 logits of each row's new token at index `at[a]` `[rows, vocab]` and their greedy choices."""
         torch = self._torch
-        last = torch.tensor(counts, device=self.device) - 1
-        logits = self.head(hidden[torch.arange(len(counts), device=self.device), last]).float()
+        index = torch.tensor(at, device=self.device)
+        logits = self.head(hidden[torch.arange(len(at), device=self.device), index]).float()
         return logits, logits.argmax(-1).tolist()
 
+    def _following(self, hidden: Any, start: int, trie: CommandTrie) -> Any:
+        """Log-probabilities of the token after each of a trie's tokens `[nodes, vocab]`, from one row's hidden
+        states where the trie's tokens start at `start`."""
+        return self._torch.log_softmax(self.head(hidden[start : start + len(trie.nodes)]).float(), dim=-1)
+
     def _prefill(self, pending: list[int], finished: list[tuple[Hashable, list[int]]]) -> None:
+        """Each row's new prompt tokens; a row whose reply is a grounded command from its first token gets its
+        commands' trie in the same forward, so its reply is settled without another."""
         started = time.perf_counter()
         groups: list[list[int]] = []
         if self.batch_prefill:
@@ -441,11 +457,19 @@ class SlotDecoder:
         ranking: list[tuple[int, Any, CommandTrie]] = []
         for group in groups:
             suffixes = [self.rows[i].prompt[self.rows[i].suffix_from :] for i in group]
-            logits, greedy = self._logits(self._forward(group, suffixes), [len(s) for s in suffixes])
+            tries = [self._first_trie(self.rows[i]) for i in group]
+            tokens = [s + [t for t, _ in trie.nodes] if trie else s for s, trie in zip(suffixes, tries)]
+            kept = [len(s) for s in suffixes]
+            hidden = self._forward(group, tokens, kept=kept, tries=tries)
+            logits, greedy = self._logits(hidden, [n - 1 for n in kept])
             self.stats.prefill_forwards += 1
             for a, index in enumerate(group):
                 self.rows[index].prefilled = True
-                self._choose(index, logits[a], greedy[a], finished, ranking)
+                if tries[a] is None:
+                    self._choose(index, logits[a], greedy[a], finished, ranking)
+                else:
+                    following = self._following(hidden[a], kept[a], tries[a]) if tries[a].nodes else None
+                    self._settle(index, logits[a], tries[a], following, finished)
         self.stats.prefill_s += time.perf_counter() - started
         if ranking:
             self._rank(ranking, finished)
@@ -455,8 +479,9 @@ class SlotDecoder:
         rows = list(range(len(self.rows))) if self.decode_all_rows else decoding
         active = set(decoding)
         tokens = [[self.rows[i].generated[-1] if i in active else self.end_id] for i in rows]
-        hidden = self._forward(rows, tokens, attention=self.decode_attention, keep=active)
-        logits, greedy = self._logits(hidden, [1] * len(rows))
+        kept = [int(i in active) for i in rows]
+        hidden = self._forward(rows, tokens, attention=self.decode_attention, kept=kept)
+        logits, greedy = self._logits(hidden, [0] * len(rows))
         self.stats.decode_forwards += 1
         self.stats.decode_rows += len(active)
         ranking: list[tuple[int, Any, CommandTrie]] = []
@@ -477,15 +502,14 @@ class SlotDecoder:
         finished: list[tuple[Hashable, list[int]]],
         ranking: list[tuple[int, Any, CommandTrie]],
     ) -> None:
-        """Pick the row's next token and finish the reply when it ends; a row whose command is due joins `ranking`
-        (its next-token logits and its trie) to be scored by `_rank` after this forward."""
+        """Pick the row's next free token and finish the reply when it ends; a row whose command is due (after the
+        marker, or forced) joins `ranking` with its next-token logits and its trie, scored by `_rank`."""
         row = self.rows[index]
-        grounding = row.constraint
-        if grounding is not None and (not grounding.after_marker or self._grounding_starts(row)):
+        if row.constraint is not None and self._grounding_starts(row):
             ranking.append((index, logits, self._trie(row, forced=False)))
             return
         token = self._pick(row, logits, greedy)
-        if grounding is not None and (token in self.stop_ids or len(row.generated) + 1 >= row.max_new_tokens):
+        if row.constraint is not None and (token in self.stop_ids or len(row.generated) + 1 >= row.max_new_tokens):
             # The free thought may neither end nor run out before "Action:": force the marker, then a choice.
             ranking.append((index, logits, self._trie(row, forced=True)))
             return
@@ -494,57 +518,74 @@ class SlotDecoder:
         if token in self.stop_ids or len(row.generated) >= row.max_new_tokens:
             self._finish(row, finished)
 
+    def _rank(self, ranking: list[tuple[int, Any, CommandTrie]], finished: list[tuple[Hashable, list[int]]]) -> None:
+        """Score the commands of rows whose command is due mid-reply: one forward over their tries (like prefill:
+        all rows at once on a GPU, one at a time on a CPU, where padding costs). The trie's tokens are not kept in
+        the cache: the row's next prompt computes the chosen command's few tokens again."""
+        started = time.perf_counter()
+        branching = [(index, trie) for index, _, trie in ranking if trie.nodes]
+        groups = [branching] if self.batch_prefill and branching else [[each] for each in branching]
+        following: dict[int, Any] = {}
+        for group in groups:
+            rows = [index for index, _ in group]
+            tries: list[CommandTrie | None] = [trie for _, trie in group]
+            tokens = [[token for token, _ in trie.nodes] for _, trie in group]
+            hidden = self._forward(rows, tokens, kept=[0] * len(rows), tries=tries)
+            self.stats.rank_forwards += 1
+            for a, (index, trie) in enumerate(group):
+                following[index] = self._following(hidden[a], 0, trie)
+        for index, logits, trie in ranking:
+            self._settle(index, logits, trie, following.get(index), finished)
+        self.stats.rank_s += time.perf_counter() - started
+
+    def _settle(
+        self,
+        index: int,
+        logits: Any,
+        trie: CommandTrie,
+        following: Any,
+        finished: list[tuple[Hashable, list[int]]],
+    ) -> None:
+        """End the row's reply with its best-scored command (drawn by score when sampling): a command's score is
+        its first token's log-probability under `logits` plus its later tokens' under `following`."""
+        torch = self._torch
+        first = torch.log_softmax(logits.float(), dim=-1)
+        # Each trie token's and each sequence's last token's log-probability, gathered on the device at once.
+        steps = [*trie.nodes, *((token, leaf) for leaf, token in trie.leaves)]
+        token_ids = torch.tensor([token for token, _ in steps], device=first.device)
+        after = torch.tensor([parent for _, parent in steps], device=first.device)
+        scored = first[token_ids]
+        if following is not None:
+            scored = torch.where(after >= 0, following[after.clamp(min=0), token_ids], scored)
+        scored = scored.tolist()
+        path: list[float] = []  # each trie token's log-probability with its ancestors'
+        for j, (_, parent) in enumerate(trie.nodes):
+            path.append(scored[j] + (path[parent] if parent >= 0 else 0.0))
+        scores = torch.tensor(
+            [
+                scored[len(trie.nodes) + k] + (path[leaf] if leaf >= 0 else 0.0)
+                for k, (leaf, _) in enumerate(trie.leaves)
+            ]
+        )
+        row = self.rows[index]
+        choice = self._draw(row, scores) if row.temperature > 0 else int(scores.argmax())
+        row.generated.extend(trie.sequences[choice])
+        self.stats.generated_tokens += len(trie.sequences[choice])
+        self._finish(row, finished)
+
     def _finish(self, row: Row, finished: list[tuple[Hashable, list[int]]]) -> None:
         finished.append((row.key, list(row.generated)))
         # The last token was never fed back: the row keeps the prompt and the reply without it.
         row.key, row.constraint, row.last_used = None, None, time.perf_counter()
 
-    def _rank(self, ranking: list[tuple[int, Any, CommandTrie]], finished: list[tuple[Hashable, list[int]]]) -> None:
-        """Score every command of each waiting row in one forward over the rows' tries (`CommandTrie`); the reply
-        goes on with the best command (or one drawn by score when sampling). The trie's tokens are not kept in the
-        cache: the row's next prompt computes the chosen command's few tokens again."""
-        torch = self._torch
-        started = time.perf_counter()
-        branching = [(index, trie) for index, _, trie in ranking if trie.nodes]
-        following: dict[int, Any] = {}  # row -> log-probabilities of the tokens after each fed trie node
-        # Like prefill: the rows' tries in one forward on a GPU, one row at a time on a CPU (padding costs there).
-        groups = [branching] if self.batch_prefill and branching else [[each] for each in branching]
-        for group in groups:
-            rows = [index for index, _ in group]
-            tokens = [[token for token, _ in trie.nodes] for _, trie in group]
-            parents = [[parent for _, parent in trie.nodes] for _, trie in group]
-            hidden = self._forward(rows, tokens, keep=set(), parents=parents)
-            self.stats.rank_forwards += 1
-            for a, (index, trie) in enumerate(group):
-                following[index] = torch.log_softmax(self.head(hidden[a, : len(trie.nodes)]).float(), dim=-1)
-        for index, logits, trie in ranking:
-            first = torch.log_softmax(logits.float(), dim=-1)
-            # Each fed node's and each sequence's last token's log-probability, gathered on the device at once.
-            steps = [*trie.nodes, *((token, leaf) for leaf, token in trie.leaves)]
-            token_ids = torch.tensor([token for token, _ in steps], device=first.device)
-            after = torch.tensor([parent for _, parent in steps], device=first.device)
-            scored = first[token_ids]
-            if index in following:
-                inner = following[index][after.clamp(min=0), token_ids]
-                scored = torch.where(after >= 0, inner, scored)
-            scored = scored.tolist()
-            path: list[float] = []  # each fed node's log-probability with its ancestors'
-            for j, (_, parent) in enumerate(trie.nodes):
-                path.append(scored[j] + (path[parent] if parent >= 0 else 0.0))
-            scores = torch.tensor(
-                [
-                    scored[len(trie.nodes) + k] + (path[leaf] if leaf >= 0 else 0.0)
-                    for k, (leaf, _) in enumerate(trie.leaves)
-                ]
-            )
-            row = self.rows[index]
-            choice = self._draw(row, scores) if row.temperature > 0 else int(scores.argmax())
-            row.generated.extend(trie.sequences[choice])
-            self.stats.generated_tokens += len(trie.sequences[choice])
-            self._finish(row, finished)
-        self.stats.rank_s += time.perf_counter() - started
+    def _first_trie(self, row: Row) -> CommandTrie | None:
+        """The trie of a row whose reply is a grounded command from its first token (else None)."""
+        if row.constraint is None or row.constraint.after_marker:
+            return None
+        return self._trie(row, forced=False)
 
     def _grounding_starts(self, row: Row) -> bool:
+        """Whether the reply's free part has just written the marker after which its command is grounded."""
         text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
         return text.rstrip(" ").endswith(ACTION_MARKER)
 
