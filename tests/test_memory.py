@@ -59,6 +59,31 @@ def test_only_the_tasks_objects_are_remembered_and_a_taken_one_moves_with_the_ro
     assert put.endswith("seen: knife 2 (countertop 1), knife 1 (drawer 1)")
 
 
+def test_with_holding_the_memory_says_what_is_held_and_what_was_placed():
+    task = "put two watch in dresser"
+    found = "You arrive at sidetable 1. On the sidetable 1, you see a watch 1, and a watch 2."
+    memory = prompts.SearchMemory(task, ROOM, holding=True)
+    for observation in (found, "You pick up the watch 1 from the sidetable 1."):
+        memory.observe(observation)
+    assert memory.render().endswith("seen: watch 2 (sidetable 1); placed: none; holding: watch 1")
+    memory.observe("You move the watch 1 to the dresser 1.")
+    memory.observe("You arrive at dresser 1. On the dresser 1, you see a watch 1.")  # seen again: still placed
+    assert memory.render().endswith("seen: watch 2 (sidetable 1); placed: watch 1 (dresser 1); holding: nothing")
+    memory.observe("You are carrying: a watch 2.")
+    assert memory.render().endswith("holding: watch 2")
+    # Without it the line is the one earlier models were trained on: a placed object is "seen" where it was put.
+    assert memory_after(task, found, "You pick up the watch 1 from the sidetable 1.", "You move the watch 1 to the "
+                        "dresser 1.").endswith("seen: watch 2 (sidetable 1), watch 1 (dresser 1)")  # fmt: skip
+    with pytest.raises(ValueError, match="needs show_memory"):
+        prompts.PromptFormat(show_holding=True)
+    holding = prompts.PromptFormat(False, True, True)
+    turns = prompts.render_user_turns(task, ROOM, None, [(found, None)], holding)
+    assert turns[1].endswith("; placed: none; holding: nothing")
+    # Stored only when on: records and run keys written before the field existed equal today's.
+    assert MEMORY.as_dict() == {"show_admissible_commands": False, "show_memory": True}
+    assert [prompts.read_prompt_format(f.as_dict()) for f in (MEMORY, holding)] == [MEMORY, holding]
+
+
 def test_the_memory_line_reads_back_as_the_observation():
     turn = prompts.render_turn("You arrive at sinkbasin 1.", ["look"], prompts.PromptFormat(True, True), "x; y")
     assert turn == "Observation: You arrive at sinkbasin 1.\nMemory: x; y\nAdmissible commands: look"
@@ -68,7 +93,7 @@ def test_the_memory_line_reads_back_as_the_observation():
 
 
 def test_an_older_record_reads_with_the_memory_off_and_an_unknown_field_is_named():
-    assert prompts.read_prompt_format({"show_admissible_commands": True}) == prompts.PromptFormat(True, False)
+    assert prompts.read_prompt_format({"show_admissible_commands": True}) == prompts.PromptFormat(True, False, False)
     with pytest.raises(ValueError, match="unknown fields \\['show_map'\\]"):
         prompts.read_prompt_format({"show_map": True})
 

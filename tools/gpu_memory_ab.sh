@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Issue 31's measurement on the lent GPU machine: does the game's memory line (PromptFormat.show_memory) win games?
-# One expert collection at the course's full size (a balanced sample of 1,800 train games, as notebook 01), rendered
-# twice: as collected (plain) and with the memory (`collect --from-trajectories --show-memory`, the same games and
-# commands). Each arm is formatted, trained with the recipe (no recipe flags) and plays grounded zero_shot on every
-# eval_in_distribution game; the two arms run side by side on the one GPU, 8 engine workers each.
+# A prompt-format A/B on the lent GPU machine (issue 31): does a change to what the model reads win games? One expert
+# collection in the course's default prompt format (arm `memory`: the game's memory line), rendered a second time
+# with OTHER_FLAGS (arm `$OTHER_ARM`, default `holding`: `--show-holding`, the memory also says what the robot holds and
+# where it put the task's objects; `collect --from-trajectories`: the same games and commands). Each arm is formatted,
+# trained with the recipe (no recipe flags) and plays grounded zero_shot on every eval_in_distribution game; the two
+# arms run side by side on the one GPU, 8 engine workers each. LIMIT=N collects N train games (balanced by type)
+# instead of the whole split (the recipe's data; ~11 minutes on 16 workers).
 #
 #     setsid nohup bash tools/gpu_memory_ab.sh > /root/ab.out 2>&1 < /dev/null &
 #     bash tools/gpu_memory_ab.sh watch $OUT 480   # a whole report every minute until both arms are done
@@ -17,6 +19,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 RUN=results/memory_ab
 LOG=$RUN/run.log
+OTHER_ARM=${OTHER_ARM:-holding}
+OTHER_FLAGS=${OTHER_FLAGS:---show-holding}
 
 case "${1:-}" in
     report)
@@ -26,11 +30,11 @@ case "${1:-}" in
             && mv "$out/.ab.tar.xz" "$out/ab.tar.xz"
         if grep -q "both arms done" "$LOG" 2>/dev/null && [ ! -f "$out/adapter_f16.sha256" ]; then
             arm=$(python3 -c "import json
-won = {arm: json.load(open(f'$RUN/{arm}/eval.json'))['agents']['zero_shot']['won'] for arm in ('plain', 'memory')}
-print(max(won, key=lambda arm: (won[arm], arm == 'memory')))" 2>/dev/null) || arm=plain
+won = {arm: json.load(open(f'$RUN/{arm}/eval.json'))['agents']['zero_shot']['won'] for arm in ('memory', '$OTHER_ARM')}
+print(max(won, key=lambda arm: (won[arm], arm == 'memory')))" 2>/dev/null) || arm=memory
             bash tools/adapter_pieces.sh "$RUN/$arm/sft_adapter" "$out" && echo "$arm" > "$out/adapter_f16.arm"
         fi
-        tail -n 25 "$LOG" "$RUN"/plain.log "$RUN"/memory.log 2>/dev/null | cut -c1-300
+        tail -n 25 "$LOG" "$RUN"/memory.log "$RUN/$OTHER_ARM.log" 2>/dev/null | cut -c1-300
         nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
         ;;
     watch)
@@ -49,11 +53,13 @@ print(max(won, key=lambda arm: (won[arm], arm == 'memory')))" 2>/dev/null) || ar
         export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
         mkdir -p "$RUN"
         { date -u +"start %FT%TZ"
-          alfworld-sft collect --split train --limit 1800 --workers 0 --output "$RUN/plain/trajectories.jsonl" &&
-          alfworld-sft collect --from-trajectories "$RUN/plain/trajectories.jsonl" --show-memory \
-              --output "$RUN/memory/trajectories.jsonl"
+          alfworld-sft collect --split train ${LIMIT:+--limit "$LIMIT"} --workers 0 \
+              --output "$RUN/memory/trajectories.jsonl" &&
+          # shellcheck disable=SC2086  # OTHER_FLAGS is a list of flags
+          alfworld-sft collect --from-trajectories "$RUN/memory/trajectories.jsonl" $OTHER_FLAGS \
+              --output "$RUN/$OTHER_ARM/trajectories.jsonl"
           date -u +"collected %FT%TZ"
-          for arm in memory plain; do
+          for arm in memory "$OTHER_ARM"; do
               ( alfworld-sft format --data "$RUN/$arm/trajectories.jsonl" --output "$RUN/$arm/sft_data" &&
                 date -u +"formatted %FT%TZ" &&
                 alfworld-sft train --data "$RUN/$arm/sft_data" --output "$RUN/$arm/sft_adapter" &&

@@ -20,7 +20,6 @@ worker count or the order games finish in. Beside the output: `<stem>.summary.js
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -187,7 +186,7 @@ def build_record(
         "system": prompts.SYSTEM_PROMPT,
         "conversations": turns,
         "admissible_commands": admissible,
-        "prompt_format": dataclasses.asdict(prompt_format),
+        "prompt_format": prompt_format.as_dict(),
         "game_id": game_id,
         "gamefile": str(gamefile),
         "task_type": task_type,
@@ -210,7 +209,7 @@ def _check_compatible(done: list[dict[str, Any]], config: CollectConfig, path: P
         "split": config.split,
         "seed": config.seed,
         "expert": config.expert,
-        "prompt_format": dataclasses.asdict(config.prompt_format),
+        "prompt_format": config.prompt_format.as_dict(),
     }
     if path.name.endswith(".attempts.jsonl"):
         expected = {"split": config.split, "seed": config.seed, "max_steps": config.max_steps, "expert": config.expert}
@@ -218,7 +217,7 @@ def _check_compatible(done: list[dict[str, Any]], config: CollectConfig, path: P
         for key, value in expected.items():
             found = record.get(key)
             if key == "prompt_format" and isinstance(found, dict):
-                found = dataclasses.asdict(prompts.read_prompt_format(found))  # an older record, fields defaulted
+                found = prompts.read_prompt_format(found).as_dict()  # an older record, fields defaulted
             if key in record and found != value:
                 raise ValueError(
                     f"{path} holds games collected with {key}={record[key]!r}, this run asks for {value!r}: "
@@ -394,7 +393,7 @@ def collect_trajectories(config: CollectConfig) -> CollectSummary:
             "output": str(output),
             "split": config.split,
             "max_steps": config.max_steps,
-            "prompt_format": dataclasses.asdict(config.prompt_format),
+            "prompt_format": config.prompt_format.as_dict(),
             "attempted": len(attempts),
             "won": won_total,
             "won_rate": round(won_total / len(attempts), 4) if attempts else 0.0,
@@ -477,7 +476,7 @@ def rerender_trajectories(
         texts = prompts.render_user_turns(task or "", first_observation, admissible[0], later, fmt)
         for turn, text in zip(users, texts):
             turn["content"] = text
-        rendered.append({**record, "prompt_format": dataclasses.asdict(fmt)})
+        rendered.append({**record, "prompt_format": fmt.as_dict()})
     if not rendered:
         raise ValueError(f"{source} holds no records: collect trajectories first")
     files.write_text(output, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in rendered))
@@ -507,7 +506,9 @@ def describe_summary(summary: CollectSummary) -> str:
 
 def _run_collect(args) -> int:
     prompt_format = prompts.PromptFormat(
-        show_admissible_commands=args.show_admissible_commands, show_memory=args.show_memory
+        show_admissible_commands=args.show_admissible_commands,
+        show_memory=args.show_memory,
+        show_holding=args.show_holding,
     )
     if args.from_trajectories:
         files.check_output(args.output, "--output")
@@ -540,5 +541,11 @@ def configure_parser(subparsers) -> None:
         default=DEFAULT_PROMPT_FORMAT.show_memory,
         help="add the game's memory (places not searched yet, the task's objects seen) to every later user turn "
         "(default: on, the measured recipe's)",
+    )
+    parser.add_argument(
+        "--show-holding",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_PROMPT_FORMAT.show_holding,
+        help="the memory also says what the robot holds and where it put the task's objects (needs --show-memory)",
     )
     parser.set_defaults(func=_run_collect)

@@ -194,13 +194,13 @@ def read_expert_records(path: Path, prompt_format: prompts.PromptFormat) -> list
     found = list(files.read_jsonl(path))
     if not found:
         raise ValueError(f"{path} holds no records: collect expert trajectories first (notebook 01)")
-    wanted = asdict(prompt_format)
     for record in found:
         records.check_record(record)
-        if record["prompt_format"] != wanted:
+        if prompts.read_prompt_format(record["prompt_format"]) != prompt_format:
             raise ValueError(
                 f"{path}: {record['game_id']} was rendered with prompt format {record['prompt_format']}, the adapter "
-                f"plays with {wanted}: DAgger's records must match the expert data; pass the data it was trained on"
+                f"plays with {prompt_format.as_dict()}: DAgger's records must match the expert data; pass the data it "
+                "was trained on"
             )
     return found
 

@@ -297,7 +297,7 @@ def run_evaluation(
                 "data_format": record.data_format,
                 "max_seq_len": record.max_seq_len,
                 "system_sha256": record.system_sha256(),  # a prompt edited since is another run
-                **dataclasses.asdict(record.prompt_format),
+                **record.prompt_format.as_dict(),
             }
         if own_backend and choice.kind in SERVED_KINDS:
             prompt["served"] = config.served_prompt  # text and chat render a conversation differently

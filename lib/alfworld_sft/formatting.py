@@ -433,7 +433,7 @@ def save_formatted(
         "source": str(source),
         "source_sha256": files.sha256_file(source),
         "config": asdict(config),
-        "prompt_format": asdict(prompt_format_of(loaded)),
+        "prompt_format": prompt_format_of(loaded).as_dict(),
         "data_format": config.data_format,
         "system_prompt": prompts.system_prompt(config.data_format),  # the text every example starts with
         "max_seq_len": config.max_seq_len,

@@ -30,7 +30,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from alfworld_sft import engine, formatting, models, paths, prompts, records
@@ -109,7 +109,7 @@ def label_rollout(rollout: Mapping[str, Any], settings: LabelSettings) -> tuple[
             "system": prompts.SYSTEM_PROMPT,
             "conversations": conversation,
             "admissible_commands": admissible[:steps],
-            "prompt_format": asdict(fmt),
+            "prompt_format": fmt.as_dict(),
             **{key: rollout[key] for key in ("game_id", "gamefile", "task_type", "task")},
             "split": "train",
             "seed": settings.seed,

@@ -59,6 +59,19 @@ class PromptFormat:
 
     show_admissible_commands: bool = False  # append the engine's admissible commands to every user turn
     show_memory: bool = False  # append the game's memory (SearchMemory) to every user turn after the first
+    show_holding: bool = False  # the memory also says what the robot holds and where it put the task's objects
+
+    def __post_init__(self) -> None:
+        if self.show_holding and not self.show_memory:
+            raise ValueError("show_holding extends the game's memory line: it needs show_memory too")
+
+    def as_dict(self) -> dict[str, bool]:
+        """As records, training records and evaluation run keys store it. `show_holding` came later: it is written
+        only when on, so that what was written before it existed still equals what is written today."""
+        stored = dataclasses.asdict(self)
+        if not self.show_holding:
+            del stored["show_holding"]
+        return stored
 
 
 def read_prompt_format(raw: dict) -> PromptFormat:
@@ -171,7 +184,7 @@ def render_user_turns(
     """Every user turn of a game: the first, then one per (observation, admissible commands) that followed a
     command. Collection, play and labelling all render a game through this, so they cannot drift apart."""
     turns = [render_first_turn(task, first_observation, first_admissible, fmt)]
-    memory = SearchMemory(task, first_observation)
+    memory = SearchMemory(task, first_observation, holding=fmt.show_holding)
     for observation, admissible in later:
         memory.observe(observation)
         turns.append(render_turn(observation, admissible, fmt, memory.render() if fmt.show_memory else None))
@@ -183,7 +196,9 @@ class SearchMemory:
 
     * the places of the room (the first observation lists them) whose contents have not been seen yet: a place
       counts as searched once an observation shows what is on or in it (arriving at an open place, or opening it);
-    * where each object of the task's kinds was last seen (an object taken is forgotten until it is put down).
+    * where each object of the task's kinds was last seen (an object taken is forgotten until it is put down);
+    * with `holding` (`PromptFormat.show_holding`): where the robot put objects of the task's kinds down ("placed",
+      no longer "seen") and what it holds now.
 
     A model's window drops the oldest turns of a long game; this line keeps what they showed, so that the search
     goes on where it stopped instead of going round the same places again. The sentences are read by
@@ -194,13 +209,16 @@ class SearchMemory:
         memory.render()  # 'not searched: cabinet 1-4, drawer 1, 2, ...; seen: mug 1 (countertop 1)'
     """
 
-    def __init__(self, task: str, first_observation: str):
+    def __init__(self, task: str, first_observation: str, *, holding: bool = False):
         self.unsearched = list(dict.fromkeys(observations.parse_room(first_observation)))
         words = set(re.findall(r"[a-z]+", task.lower()))
         # "mugs", "knives", "tomatoes": a kind counts as the task's when the task names it, plural or not.
         self.kinds = words | {w[:-1] for w in words if w.endswith("s")} | {w[:-2] for w in words if w.endswith("es")}
         self.kinds |= {w[:-3] + "fe" for w in words if w.endswith("ves")}
         self.seen: dict[str, str] = {}
+        self.tracks_hands = holding
+        self.placed: dict[str, str] = {}  # the task's objects the robot put down, and where
+        self.held: str | None = None
 
     def observe(self, observation: str) -> None:
         """Take in what a command produced."""
@@ -210,16 +228,28 @@ class SearchMemory:
             if view.receptacle in self.unsearched:
                 self.unsearched.remove(view.receptacle)
             for thing in view.objects:
-                if observations.class_of(thing) in self.kinds:
+                if observations.class_of(thing) in self.kinds and self.placed.get(thing) != view.receptacle:
                     self.seen[thing] = view.receptacle
         if taken := observations.TAKE.match(text):
             self.seen.pop(taken["o"], None)
-        elif (put := observations.PUT.match(text)) and observations.class_of(put["o"]) in self.kinds:
-            self.seen[put["o"]] = put["r"]
+            self.placed.pop(taken["o"], None)
+            self.held = taken["o"]
+        elif put := observations.PUT.match(text):
+            self.held = None
+            if observations.class_of(put["o"]) in self.kinds:
+                (self.placed if self.tracks_hands else self.seen)[put["o"]] = put["r"]
+        elif carrying := observations.CARRYING.match(text):
+            self.held = next(iter(observations.parse_names(carrying["items"])), None)
+        elif text.startswith("You are not carrying anything"):
+            self.held = None
 
     def render(self) -> str:
         seen = ", ".join(f"{thing} ({place})" for thing, place in self.seen.items()) or "none"
-        return f"not searched: {compress_places(self.unsearched) or 'none'}; seen: {seen}"
+        line = f"not searched: {compress_places(self.unsearched) or 'none'}; seen: {seen}"
+        if self.tracks_hands:
+            placed = ", ".join(f"{thing} ({place})" for thing, place in self.placed.items()) or "none"
+            line += f"; placed: {placed}; holding: {self.held or 'nothing'}"
+        return line
 
 
 def compress_places(places: Sequence[str]) -> str:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -234,7 +233,7 @@ class TrainingRecord:
         return {
             **self.details,
             "base_model": self.base_model,
-            "prompt_format": dataclasses.asdict(self.prompt_format),
+            "prompt_format": self.prompt_format.as_dict(),
             "max_seq_len": self.max_seq_len,
             "end_of_turn": self.end_of_turn,
             "data_format": self.data_format,
