@@ -8,6 +8,7 @@ import pytest
 from alfworld_sft import models
 from alfworld_sft.backends import Request
 from alfworld_sft.decoding import SlotDecoder, register_grouped_attention
+from alfworld_sft.grounding import choose_whole, score_commands
 
 SYSTEM = {"role": "system", "content": "Reply with one command."}
 PROMPTS = [
@@ -200,25 +201,10 @@ def test_a_grounded_reply_is_always_one_of_the_choices(model_and_tokenizer, budg
     assert all(text in CHOICES for text in texts.values()), texts
 
 
-def command_scores(model, tokenizer, messages, choices) -> list[float]:
-    """Each command's log-probability as a reply, from one plain forward over the prompt and the command."""
-    import torch
-
-    prompt = encode(tokenizer, messages)
-    end = models.stop_token_ids(tokenizer)[0]
-    scores = []
-    for choice in choices:
-        command = [*tokenizer(choice, add_special_tokens=False)["input_ids"], end]
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt + command])).logits[0, len(prompt) - 1 : -1].float()
-        scores.append(float(torch.log_softmax(logits, -1)[torch.arange(len(command)), command].sum()))
-    return scores
-
-
 def test_a_grounded_reply_is_the_command_the_model_likes_best_as_a_whole(model_and_tokenizer, eager_model):
     """The commands' trie rides in the prefill forward (rows of different prompts and tries in one batch) and scores
-    each command as plain forwards over prompt + command do; the reply is the best-scored command. The trie is not
-    kept: the game's next request reuses its prompt and replies as a fresh decoder does."""
+    each command as plain forwards over prompt + command do (`grounding.score_commands`); the reply is the best. The
+    trie is not kept: the game's next request reuses its prompt and replies as a fresh decoder does."""
     model, tokenizer = model_and_tokenizer
     decoder = make_decoder(model, tokenizer, 3, True)
     items = [
@@ -226,9 +212,10 @@ def test_a_grounded_reply_is_the_command_the_model_likes_best_as_a_whole(model_a
     ]
     texts = run(decoder, items)
     assert (decoder.stats.prefill_forwards, decoder.stats.decode_forwards, decoder.stats.rank_forwards) == (1, 0, 0)
+    end = models.stop_token_ids(tokenizer)[0]
     for i, prompt in enumerate(PROMPTS):
-        scores = command_scores(eager_model, tokenizer, prompt, CHOICES[i:])
-        assert texts[str(i)] == CHOICES[i:][scores.index(max(scores))], (texts[str(i)], scores)
+        scores = score_commands(eager_model, tokenizer, encode(tokenizer, prompt), CHOICES[i:], end)
+        assert texts[str(i)] == choose_whole(scores), (texts[str(i)], scores)
 
     follow = (*PROMPTS[0], {"role": "assistant", "content": texts["0"]}, {"role": "user", "content": "Observation: ok"})
     again = Request(follow, 24, choices=CHOICES)

@@ -19,7 +19,7 @@
   from its first token hangs the trie after its prompt's new tokens: the prefill forward settles the reply, no decode
   forward follows. Token-by-token constrained decoding (a grammar) commits to the first token: a model that wants
   "take creditcard 2 from countertop 1" where no credit card lies takes whatever lies there ("take mug 1 ..."); scored
-  whole, "take mug 1 ..." is unlikely and a "go to" wins (measured: `results/README.md`).
+  whole, "take mug 1 ..." is unlikely and a "go to" wins (`grounding` shows the mechanism the plain way).
 * **Sampling** (`Request.temperature > 0`) draws each token (a grounded reply: each command, by its score) from a
   generator seeded by `Request.sample_seed` and the token's index, so a reply does not depend on which other rows
   share the batch.
@@ -47,6 +47,8 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from alfworld_sft.grounding import CommandTrie
 
 ACTION_MARKER = "Action:"
 FORCED_ACTION = "\nAction: "
@@ -83,28 +85,6 @@ def register_grouped_attention() -> str:
     AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
     AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
     return GROUPED_ATTENTION
-
-
-class CommandTrie:
-    """Token sequences of the allowed continuations; each path ends with a stop token.
-
-    `nodes` lists the trie's tokens that have children, parents before children, as (token, parent index or -1);
-    `leaves` each sequence as the index of its last fed node (-1: a sequence of one token) and its last token."""
-
-    def __init__(self, sequences: Sequence[Sequence[int]]):
-        self.sequences = [list(sequence) for sequence in sequences]
-        self.nodes: list[tuple[int, int]] = []
-        index: dict[tuple[int, ...], int] = {}
-        self.leaves: list[tuple[int, int]] = []
-        for sequence in self.sequences:
-            parent = -1
-            for depth, token in enumerate(sequence[:-1]):
-                prefix = tuple(sequence[: depth + 1])
-                if prefix not in index:
-                    index[prefix] = len(self.nodes)
-                    self.nodes.append((token, parent))
-                parent = index[prefix]
-            self.leaves.append((parent, sequence[-1]))
 
 
 @dataclass(frozen=True)
