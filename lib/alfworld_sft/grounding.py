@@ -72,7 +72,8 @@ def score_commands(
         with torch.no_grad():
             logits = model(torch.tensor([[*prompt_ids, *ids]], device=model.device)).logits[0].float()
         log_probs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)[torch.arange(len(ids)), ids]
-        scores.append(CommandScore(command, tuple(tokenizer.convert_ids_to_tokens(ids)), tuple(log_probs.tolist())))
+        tokens = tuple(tokenizer.decode([token]) for token in ids)
+        scores.append(CommandScore(command, tokens, tuple(log_probs.tolist())))
     return scores
 
 
@@ -119,7 +120,7 @@ def rank_first_step(model: str, adapter: str | Path | None, gamefile: str | Path
         {
             "command": score.command,
             "log_probability": round(score.total, 2),
-            "tokens": " ".join(f"{token}:{value:.1f}" for token, value in zip(score.tokens, score.log_probs)),
+            "tokens": " ".join(f"{token!r} {value:.1f}" for token, value in zip(score.tokens, score.log_probs)),
             "chosen_whole": score.command == whole,
             "chosen_token_by_token": score.command == stepwise,
         }
