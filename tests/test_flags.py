@@ -420,6 +420,7 @@ def test_collect_command_lines_give_the_config_they_gave_before(monkeypatch):
     )
     assert run("--task-types", "").task_types is None
     assert run("--no-show-memory").prompt_format == prompts.PromptFormat(show_memory=False)
+    assert run("--show-holding").prompt_format == prompts.PromptFormat(show_memory=True, show_holding=True)
 
 
 @pytest.mark.parametrize(
@@ -462,7 +463,11 @@ COMMANDS = {
     "course": (course, (CourseConfig,), {"--publish"}),
     "evaluate": (evaluation, (EvalConfig,), set()),
     "dagger": (dagger, (DaggerConfig, RoundTraining), set()),
-    "collect": (collect, (CollectConfig,), {"--show-admissible-commands", "--show-memory", "--from-trajectories"}),
+    "collect": (
+        collect,
+        (CollectConfig,),
+        {"--show-admissible-commands", "--show-memory", "--show-holding", "--from-trajectories"},
+    ),
 }
 # The commands without a config dataclass (one call's arguments): their few flags, written by hand.
 WITHOUT_CONFIG = {
