@@ -2,7 +2,8 @@
 from their tokens' log-probabilities, and notebook 05's table on a real game with the real default model."""
 
 from alfworld_sft import models
-from alfworld_sft.grounding import CommandScore, CommandTrie, choose_token_by_token, choose_whole, rank_first_step
+from alfworld_sft.evaluation import rank_first_step
+from alfworld_sft.grounding import CommandScore, CommandTrie, choose_token_by_token, choose_whole
 
 
 def test_the_trie_shares_prefixes_and_ends_every_command_at_a_leaf():

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import engine, files, games, llama_server, models, paths, records, reports, served
+from alfworld_sft import engine, files, games, grounding, llama_server, models, paths, records, reports, served
 from alfworld_sft.agents import ACTIONS, AGENTS, Demonstration, render_demonstration
 from alfworld_sft.backends import (
     BACKENDS,
@@ -540,6 +540,38 @@ def preview_prompt(
     if codec.tokenizer is None:  # the expert, or a served model whose tokenizer is not here: the messages as sent
         return "\n\n".join(f"[{message['role']}]\n{message['content']}" for message in request.messages)
     return codec.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
+
+
+def rank_first_step(model: str, adapter: str | Path | None, gamefile: str | Path) -> list[dict[str, Any]]:
+    """The admissible commands of a real game's first step, scored by the model as its grounded reply (best first):
+    each command's summed log-probability, its tokens' log-probabilities, and which command each way chooses
+    (`grounding`: the mechanism the decoder runs in one forward, shown the plain way)."""
+    from alfworld_sft.rollouts import GameRunner, RolloutConfig
+
+    backend = load_backend(model, adapter=adapter, backend="transformers")
+    try:
+        runner = GameRunner(backend.codec)
+        config = RolloutConfig(agent="zero_shot", expert=None, actions="constrained")
+        kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile), config)
+        if kind != "request" or not request.choices:
+            raise RuntimeError(f"the game {gamefile} did not ask for a grounded command at its first step: {request}")
+        runner.episodes[0][0].close()
+        prompt = backend.codec.encode(request.messages)
+        end_id = models.stop_token_ids(backend.tokenizer)[0]
+        scores = grounding.score_commands(backend.model, backend.tokenizer, prompt, request.choices, end_id)
+    finally:
+        backend.close()
+    whole, stepwise = grounding.choose_whole(scores), grounding.choose_token_by_token(scores)
+    return [
+        {
+            "command": score.command,
+            "log_probability": round(score.total, 2),
+            "tokens": " ".join(f"{token!r} {value:.1f}" for token, value in zip(score.tokens, score.log_probs)),
+            "chosen_whole": score.command == whole,
+            "chosen_token_by_token": score.command == stepwise,
+        }
+        for score in sorted(scores, key=lambda score: -score.total)
+    ]
 
 
 # --- command line --------------------------------------------------------------------------------------------

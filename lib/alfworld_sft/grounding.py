@@ -15,14 +15,14 @@ before the decoder hides it; `decoding.SlotDecoder` gets the same scores from on
 trie of the commands' tokens, in the prefill forward itself (tests/test_decoding.py checks the two agree).
 
     scores = score_commands(model, tokenizer, prompt_ids, ["go to desk 1", "take mug 1 from desk 1"], end_id)
-    rank_first_step(model, adapter, gamefile)   # the table notebook 05 shows: one real game's first step
+    choose_whole(scores), choose_token_by_token(scores)
+    evaluation.rank_first_step(model, adapter, gamefile)   # notebook 05's table: one real game's first step
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -93,36 +93,3 @@ def choose_token_by_token(scores: Sequence[CommandScore]) -> str:
         if len(alive) == 1:
             break
     return alive[0].command
-
-
-def rank_first_step(model: str, adapter: str | Path | None, gamefile: str | Path) -> list[dict[str, Any]]:
-    """The admissible commands of a real game's first step, scored by the model as its grounded reply (best first):
-    each command's summed log-probability, its tokens' log-probabilities, and which command each way chooses."""
-    from alfworld_sft import games, models
-    from alfworld_sft.backends import load_backend
-    from alfworld_sft.rollouts import GameRunner, RolloutConfig
-
-    backend = load_backend(model, adapter=adapter, backend="transformers")
-    try:
-        runner = GameRunner(backend.codec)
-        config = RolloutConfig(agent="zero_shot", expert=None, actions="constrained")
-        kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile), config)
-        if kind != "request" or not request.choices:
-            raise RuntimeError(f"the game {gamefile} did not ask for a grounded command at its first step: {request}")
-        runner.episodes[0][0].close()
-        prompt = backend.codec.encode(request.messages)
-        end_id = models.stop_token_ids(backend.tokenizer)[0]
-        scores = score_commands(backend.model, backend.tokenizer, prompt, request.choices, end_id)
-    finally:
-        backend.close()
-    whole, stepwise = choose_whole(scores), choose_token_by_token(scores)
-    return [
-        {
-            "command": score.command,
-            "log_probability": round(score.total, 2),
-            "tokens": " ".join(f"{token!r} {value:.1f}" for token, value in zip(score.tokens, score.log_probs)),
-            "chosen_whole": score.command == whole,
-            "chosen_token_by_token": score.command == stepwise,
-        }
-        for score in sorted(scores, key=lambda score: -score.total)
-    ]
