@@ -289,10 +289,13 @@ def test_no_server_outlives_an_evaluation_stopped_by_ctrl_c_or_a_kill(stop, eval
     time.sleep(1.0)
     process.send_signal(stop)
     try:
-        process.wait(timeout=60)
+        # Bounded, not instant: on CI's loaded 2 cores the evaluation outlived a SIGINT by over 60 s twice (a reply in
+        # flight), while it ends in seconds on an idle machine. What must never happen is a hang or an orphan server.
+        process.wait(timeout=180)
     except subprocess.TimeoutExpired:
         process.kill()
-        pytest.fail(f"the evaluation outlived its {stop!r} by 60 s: " + (tmp_path / "evaluate.log").read_text()[-3000:])
+        tail = (tmp_path / "evaluate.log").read_text()[-3000:]
+        pytest.fail(f"the evaluation outlived its {stop!r} by 180 s: {tail}")
     finally:
         log.close()
     deadline = time.monotonic() + 30
