@@ -526,15 +526,11 @@ def preview_prompt(
     the system message alone; for a model without a tokenizer here (the expert), each message under its role.
     Loads no weights."""
     from alfworld_sft.backends import PromptCodec, codec_spec
-    from alfworld_sft.rollouts import GameRunner, RolloutConfig
+    from alfworld_sft.rollouts import RolloutConfig
 
     codec = PromptCodec(codec_spec(model, adapter))
     config = RolloutConfig(agent=agent, expert=None, demonstrations=tuple(demonstrations))
-    runner = GameRunner(codec)
-    kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile), config)
-    if kind != "request":
-        raise RuntimeError(f"the game {gamefile} could not start: {request}")
-    runner.episodes[0][0].close()
+    request = first_request(codec, gamefile, config)
     if system_only:
         return request.messages[0]["content"]
     if codec.tokenizer is None:  # the expert, or a served model whose tokenizer is not here: the messages as sent
@@ -542,20 +538,27 @@ def preview_prompt(
     return codec.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
 
 
+def first_request(codec: Any, gamefile: str | Path, config: Any) -> Any:
+    """The request a game's first step sends the model under a `rollouts.RolloutConfig` (the game is then closed)."""
+    from alfworld_sft.rollouts import GameRunner
+
+    runner = GameRunner(codec)
+    kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile), config)
+    if kind != "request":
+        raise RuntimeError(f"the game {gamefile} could not start: {request}")
+    runner.episodes[0][0].close()
+    return request
+
+
 def rank_first_step(model: str, adapter: str | Path | None, gamefile: str | Path) -> list[dict[str, Any]]:
     """The admissible commands of a real game's first step, scored by the model as its grounded reply (best first):
     each command's summed log-probability, its tokens' log-probabilities, and which command each way chooses
     (`grounding`: the mechanism the decoder runs in one forward, shown the plain way)."""
-    from alfworld_sft.rollouts import GameRunner, RolloutConfig
+    from alfworld_sft.rollouts import RolloutConfig
 
     backend = load_backend(model, adapter=adapter, backend="transformers")
     try:
-        runner = GameRunner(backend.codec)
-        config = RolloutConfig(agent="zero_shot", expert=None, actions="constrained")
-        kind, _, request = runner.start(0, str(gamefile), games.game_id(gamefile), config)
-        if kind != "request" or not request.choices:
-            raise RuntimeError(f"the game {gamefile} did not ask for a grounded command at its first step: {request}")
-        runner.episodes[0][0].close()
+        request = first_request(backend.codec, gamefile, RolloutConfig(expert=None, actions="constrained"))
         prompt = backend.codec.encode(request.messages)
         end_id = models.stop_token_ids(backend.tokenizer)[0]
         scores = grounding.score_commands(backend.model, backend.tokenizer, prompt, request.choices, end_id)
