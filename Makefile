@@ -30,10 +30,12 @@ setup-export: $(EXPORT_STAMP)
 # llama.cpp is built for any x86-64 with AVX2 (GGML_NATIVE=OFF), not for this CPU: built natively on a virtual
 # machine whose CPU has AMX (Sapphire Rapids), ggml's AMX kernels kill the process with a general protection fault
 # when they run a Q4_K_M file (seen on the course's 2-core machine, 2026-12-04). Elsewhere the flags are ignored.
+# --no-cache-dir: pip's wheel cache is keyed by the source package, not CMAKE_ARGS, and would hand back a native
+# build made earlier on this machine (a clean clone's `make test` segfaulted so, 2026-12-05).
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 $(EXPORT_STAMP): $(STAMP)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[dev,export]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev,export]'
 	touch $@
 
 course: setup
