@@ -163,3 +163,10 @@ def test_load_error_advice_names_the_callers_flag():
     assert "--base" in str(error) and "--model" not in str(error)
     with pytest.raises(models.ModelUnavailableError, match="check --base"):
         models.resolve_model("./no/such/model", flag="--base")
+
+
+def test_a_local_model_that_fails_to_load_says_why_not_offline():
+    """A folder that is there but cannot load with these settings is no hub problem: the real cause is shown."""
+    with pytest.raises(models.ModelUnavailableError) as raised:
+        models.load_model(models.DEFAULT_MODEL, attn_implementation="no_such_attention")
+    assert "no_such_attention" in str(raised.value) and "offline" not in str(raised.value)

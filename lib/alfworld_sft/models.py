@@ -330,6 +330,8 @@ def load_model(model: str, *, flag: str = "--model", **kwargs: Any) -> Any:
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
+        if Path(path).is_dir():  # a folder here: what failed is the folder or the settings, not the hub
+            raise ModelUnavailableError(f"cannot load model {model!r} from {path}: {error}") from error
         raise explain_load_error(model, error, flag=flag) from error
 
 
