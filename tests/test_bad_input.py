@@ -283,7 +283,7 @@ def test_a_bad_input_is_named_and_nothing_is_written(argv, named, tmp_path, requ
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     words = [part.format(**fill) for part in argv]
     for name, value in (word[len("ENV:") :].split("=", 1) for word in words if word.startswith("ENV:")):
-        env.pop(name) if value == "" else env.update({name: value})
+        env.pop(name, None) if value == "" else env.update({name: value})
     before = snapshot(tmp_path)
     result = subprocess.run(
         ["alfworld-sft", *(word for word in words if not word.startswith("ENV:"))],

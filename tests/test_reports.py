@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,22 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def run(eval_games, tmp_path_factory) -> Path:
-    """A real results file and its played games: the expert, stopped after 5 steps, plays two held-out games with
-    two agents (it wins the shorter and loses the other)."""
-    output = tmp_path_factory.mktemp("eval") / "run.json"
+    """A real results file and its played games: the expert plays two held-out games with two agents, stopped at the
+    shorter game's length (it wins that one and loses the other, on real games and on generated ones alike)."""
+    folder = tmp_path_factory.mktemp("eval")
     config = EvalConfig(
-        agents=AGENTS, num_games=GAMES, max_steps=5, model="expert", split="eval_in_distribution", output=str(output)
+        agents=AGENTS[:1],
+        num_games=GAMES,
+        max_steps=50,
+        model="expert",
+        split="eval_in_distribution",
+        output=str(folder / "full.json"),
     )
     run_evaluation(config)
+    lengths = sorted(record["steps"] for record in reports.played_games(config.output))
+    assert lengths[0] < lengths[-1], f"the sample's games should differ in length: {lengths}"
+    output = folder / "run.json"
+    run_evaluation(replace(config, agents=AGENTS, max_steps=lengths[0], output=str(output)))
     return output
 
 

@@ -190,8 +190,8 @@ def list_games(
     task types by taking one game of each type in turn (so 12 games cover all six types twice); a larger
     limit with the same seed extends a smaller one. Raises MissingSplitError when nothing is there.
     """
+    wanted = parse_task_types(task_types) if task_types is not None else list(TASK_TYPES)  # a bad name first
     games = all_games(split)
-    wanted = parse_task_types(task_types) if task_types is not None else list(TASK_TYPES)
     by_type: dict[str, list[Path]] = {name: [] for name in wanted}
     for path in games:
         task_type = _task_type_of(path)
