@@ -12,11 +12,17 @@ each measured on the same model in one run:
 * CPU load: idle against `--busy` processes spinning on the CPUs (an evaluation runs one engine worker a core beside
   the model's process, which must launch every kernel of every layer).
 
+`--grounded` adds what grounded zero_shot spends instead of decode forwards: the prefill forward that settles every
+row's reply, each row's new turn (`--new-tokens` after its kept prefix) followed by the trie of a real admissible list
+(from `--records`, expert trajectories), and of it the milliseconds spent building the trie's attention mask on the
+CPU (`SlotDecoder._trie_visibility`: 0.4 s of a 0.41 s forward on the H200 on 2026-12-05 before it was vectorized).
+
 Each row of the table: `--rows` slots, each prefilled with `--prompt-tokens` random tokens, then `--steps` decode
 forwards timed (after 3 unmeasured); the median and the mean in ms, and tokens a second.
 
     python benchmarks/decode_speed.py --device cuda --rows 128 --prompt-tokens 1500      # on the GPU machine
     python benchmarks/decode_speed.py --rows 8 --prompt-tokens 300 --busy 0               # here, on the CPU
+    python benchmarks/decode_speed.py --device cuda --grounded --busy 0                   # grounded prefill only
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import multiprocessing
 import os
 import statistics
 import time
+
+from alfworld_sft.paths import REPO_ROOT
 
 
 def spin() -> None:
@@ -39,12 +47,13 @@ def measure(model, tokenizer, *, rows: int, active: int, prompt_tokens: int, ste
     from alfworld_sft.backends import Request
     from alfworld_sft.decoding import SlotDecoder
 
-    # A stop id no token has: every row decodes for the whole measurement.
-    decoder = SlotDecoder(model, tokenizer, stop_ids=[-1], rows=rows, initial_width=prompt_tokens + steps + 8)
+    # The vocabulary's last token as the only stop: random prompts all but never end on it, so every row decodes for
+    # the whole measurement. It must be a real token: idle rows are fed it (-1 was an out-of-range index on the GPU).
+    stop = model.config.vocab_size - 1
+    decoder = SlotDecoder(model, tokenizer, stop_ids=[stop], rows=rows, initial_width=prompt_tokens + steps + 8)
     generator = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
     for row in range(active):
-        prompt = torch.randint(100, vocab, (prompt_tokens,), generator=generator).tolist()
+        prompt = torch.randint(100, stop, (prompt_tokens,), generator=generator).tolist()
         decoder.submit(row, Request(messages=(), max_new_tokens=steps + 8), prompt, row)
     decoder.step()  # prefill, and the first decode forward
     times = []
@@ -60,6 +69,55 @@ def measure(model, tokenizer, *, rows: int, active: int, prompt_tokens: int, ste
         "median_ms": round(1000 * median, 2),
         "mean_ms": round(1000 * statistics.fmean(times), 2),
         "tokens_per_s": round(active / median),
+    }
+
+
+def measure_grounded(
+    model, tokenizer, lists: list[list[str]], *, rows: int, prompt_tokens: int, new_tokens: int, steps: int, seed: int
+) -> dict:
+    """Grounded prefill forwards: every row a new turn and its commands' trie, settled in the forward."""
+    import torch
+    from alfworld_sft.backends import Request
+    from alfworld_sft.decoding import SlotDecoder
+
+    stop = model.config.vocab_size - 1
+    decoder = SlotDecoder(model, tokenizer, stop_ids=[stop], rows=rows, initial_width=prompt_tokens + 64)
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(100, stop, (prompt_tokens,), generator=generator).tolist() for _ in range(rows)]
+    mask_s = []
+    building = decoder._trie_visibility
+
+    def timed_visibility(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return building(*args, **kwargs)
+        finally:
+            mask_s[-1] += time.perf_counter() - started
+
+    decoder._trie_visibility = timed_visibility
+    times = []
+    for step in range(steps + 2):
+        for row in range(rows):
+            choices = tuple(dict.fromkeys(lists[(step * rows + row) % len(lists)]))
+            decoder.submit(row, Request(messages=(), max_new_tokens=8, choices=choices), prompts[row], row)
+        mask_s.append(0.0)
+        started = time.perf_counter()
+        replies = []
+        while decoder.busy:
+            replies += decoder.step()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:  # after the first turn (the whole prompt) and one more
+            times.append(time.perf_counter() - started)
+        for key, reply in replies:  # the next turn: the reply kept, then a new observation
+            tail = torch.randint(100, stop, (new_tokens,), generator=generator).tolist()
+            prompts[key] = prompts[key] + reply + tail
+    median = statistics.median(times)
+    return {
+        "median_ms": round(1000 * median, 2),
+        "mask_ms": round(1000 * statistics.median(mask_s[2:]), 2),
+        "forwards_per_turn": round(decoder.stats.prefill_forwards / (steps + 2), 2),
+        "rows_per_s": round(rows / median, 1),
     }
 
 
@@ -105,6 +163,23 @@ def run(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def run_grounded(args: argparse.Namespace) -> list[dict]:
+    import torch
+    from alfworld_sft import models
+    from alfworld_sft.formatting import load_records
+
+    lists = [commands for record in load_records(args.records) for commands in record["admissible_commands"]]
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, models.resolve_dtype(args.dtype, device))
+    tokenizer = models.load_tokenizer(args.model)
+    model = models.load_model(args.model, dtype=dtype).to(device).eval()
+    kwargs = {"rows": args.rows, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "seed": args.seed}
+    measure_grounded(model, tokenizer, lists, steps=2, **kwargs)  # unmeasured: kernel selection, clocks
+    result = {"rows": args.rows, **measure_grounded(model, tokenizer, lists, steps=args.steps, **kwargs)}
+    print(json.dumps(result), flush=True)
+    return [result]
+
+
 def main(argv: list[str] | None = None) -> int:
     from alfworld_sft import models
 
@@ -117,18 +192,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="decode forwards timed per row of the table")
     parser.add_argument("--busy", type=int, default=os.cpu_count(), help="CPU-spinning processes for the loaded rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grounded", action="store_true", help="also time grounded prefill forwards (docstring)")
+    parser.add_argument("--new-tokens", type=int, default=60, help="--grounded: a turn's new prompt tokens")
+    parser.add_argument("--records", default=str(REPO_ROOT / "results" / "oracle" / "trajectories.jsonl"))
     parser.add_argument("--output", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     results = run(args)
+    grounded = run_grounded(args) if args.grounded else []
     print(f"{'attention':<9} {'active/rows':>11} {'busy':>5} {'median ms':>10} {'mean ms':>8} {'tokens/s':>9}")
     for r in results:
         print(
             f"{r['attention']:<9} {r['active']:>5}/{r['rows']:<5} {r['busy']:>5} {r['median_ms']:>10} "
             f"{r['mean_ms']:>8} {r['tokens_per_s']:>9}"
         )
+    for r in grounded:
+        print(
+            f"grounded prefill, {r['rows']} rows: {r['median_ms']} ms a turn ({r['forwards_per_turn']} forwards), "
+            f"of which {r['mask_ms']} ms building the trie mask; {r['rows_per_s']} replies/s"
+        )
     if args.output:
         with open(args.output, "w") as handle:
-            json.dump({"args": vars(args), "results": results}, handle)
+            json.dump({"args": vars(args), "results": results, "grounded": grounded}, handle)
             handle.write("\n")
     return 0
 

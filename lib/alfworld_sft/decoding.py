@@ -378,26 +378,26 @@ class SlotDecoder:
         self, lengths: Any, tokens: list[list[int]], tries: list[CommandTrie | None], new: int, width: int
     ) -> tuple[Any, Any]:
         """The `[rows, new, width]` visibility and `[rows, new]` positions of sequences followed by trie tokens."""
+        import numpy as np
+
         torch = self._torch
         rows = len(tokens)
-        sees = torch.zeros((rows, new, new), dtype=torch.bool)
-        depth = torch.zeros((rows, new), dtype=torch.long)
+        causal = np.tri(new, dtype=bool)
+        sees = np.zeros((rows, new, new), dtype=bool)
+        depth = np.zeros((rows, new), dtype=np.int64)
         for a, (row_tokens, trie) in enumerate(zip(tokens, tries)):
-            chain = len(row_tokens) - (len(trie.nodes) if trie else 0)
-            sees[a, :chain, :chain] = torch.ones((chain, chain), dtype=torch.bool).tril()
-            depth[a, :chain] = torch.arange(chain)
-            for k, (_, parent) in enumerate(trie.nodes if trie else ()):
-                j = chain + k
-                if parent >= 0:
-                    sees[a, j] = sees[a, chain + parent]
-                    depth[a, j] = depth[a, chain + parent] + 1
-                else:
-                    sees[a, j, :chain] = True
-                    depth[a, j] = chain
-                sees[a, j, j] = True
+            nodes = len(trie.nodes) if trie else 0
+            chain = len(row_tokens) - nodes
+            sees[a, :chain, :chain] = causal[:chain, :chain]
+            depth[a, :chain] = np.arange(chain)
+            if nodes:
+                end = chain + nodes
+                sees[a, chain:end, :chain] = True
+                sees[a, chain:end, chain:end] = trie.ancestry
+                depth[a, chain:end] = chain + trie.levels
             last = len(row_tokens) - 1
             sees[a, last + 1 :], depth[a, last + 1 :] = sees[a, last], depth[a, last]
-        sees, depth = sees.to(self.device), depth.to(self.device)
+        sees, depth = torch.from_numpy(sees).to(self.device), torch.from_numpy(depth).to(self.device)
         span = int(lengths.max()) + new  # every row's new columns fit below it
         visible = torch.arange(span, device=self.device)[None, None, :] < lengths[:, None, None]
         visible = visible.expand(rows, new, span).clone()
@@ -442,11 +442,12 @@ class SlotDecoder:
             kept = [len(s) for s in suffixes]
             hidden = self._forward(group, tokens, kept=kept, tries=tries)
             logits, greedy = self._logits(hidden, [n - 1 for n in kept])
+            picked = self._pick(group, logits, greedy)
             self.stats.prefill_forwards += 1
             for a, index in enumerate(group):
                 self.rows[index].prefilled = True
                 if tries[a] is None:
-                    self._choose(index, logits[a], greedy[a], finished, ranking)
+                    self._choose(index, logits[a], picked[a], finished, ranking)
                 else:
                     following = self._following(hidden[a], kept[a], tries[a]) if tries[a].nodes else None
                     self._settle(index, logits[a], tries[a], following, finished)
@@ -462,12 +463,13 @@ class SlotDecoder:
         kept = [int(i in active) for i in rows]
         hidden = self._forward(rows, tokens, attention=self.decode_attention, kept=kept)
         logits, greedy = self._logits(hidden, [0] * len(rows))
+        picked = self._pick(rows, logits, greedy)
         self.stats.decode_forwards += 1
         self.stats.decode_rows += len(active)
         ranking: list[tuple[int, Any, CommandTrie]] = []
         for a, index in enumerate(rows):
             if index in active:
-                self._choose(index, logits[a], greedy[a], finished, ranking)
+                self._choose(index, logits[a], picked[a], finished, ranking)
         self.stats.decode_s += time.perf_counter() - started
         if ranking:
             self._rank(ranking, finished)
@@ -478,17 +480,16 @@ class SlotDecoder:
         self,
         index: int,
         logits: Any,
-        greedy: int,
+        token: int,
         finished: list[tuple[Hashable, list[int]]],
         ranking: list[tuple[int, Any, CommandTrie]],
     ) -> None:
-        """Pick the row's next free token and finish the reply when it ends; a row whose command is due (after the
-        marker, or forced) joins `ranking` with its next-token logits and its trie, scored by `_rank`."""
+        """Take the row's next free token (`_pick`'s) and finish the reply when it ends; a row whose command is due
+        (after the marker, or forced) joins `ranking` with its next-token logits and its trie, scored by `_rank`."""
         row = self.rows[index]
         if row.constraint is not None and self._grounding_starts(row):
             ranking.append((index, logits, self._trie(row, forced=False)))
             return
-        token = self._pick(row, logits, greedy)
         if row.constraint is not None and (token in self.stop_ids or len(row.generated) + 1 >= row.max_new_tokens):
             # The free thought may neither end nor run out before "Action:": force the marker, then a choice.
             ranking.append((index, logits, self._trie(row, forced=True)))
@@ -548,7 +549,7 @@ class SlotDecoder:
             ]
         )
         row = self.rows[index]
-        choice = self._draw(row, scores) if row.temperature > 0 else int(scores.argmax())
+        choice = self._draw([row], scores[None])[0] if row.temperature > 0 else int(scores.argmax())
         row.generated.extend(trie.sequences[choice])
         self.stats.generated_tokens += len(trie.sequences[choice])
         self._finish(row, finished)
@@ -585,19 +586,40 @@ class SlotDecoder:
             self._choice_tokens[text] = [*self.tokenizer(text, add_special_tokens=False)["input_ids"], self.end_id]
         return self._choice_tokens[text]
 
-    def _pick(self, row: Row, logits: Any, greedy: int) -> int:
-        """The next free token: greedy, or drawn when sampling."""
-        return self._draw(row, logits) if row.temperature > 0 else greedy
+    def _pick(self, rows: list[int], logits: Any, greedy: list[int]) -> list[int]:
+        """Each row's next free token: greedy, or drawn when sampling (every sampling row at once)."""
+        picked = list(greedy)
+        sampling = [a for a, index in enumerate(rows) if self.rows[index].temperature > 0]
+        if sampling:
+            drawn = self._draw([self.rows[rows[a]] for a in sampling], logits[sampling])
+            for a, token in zip(sampling, drawn):
+                picked[a] = token
+        return picked
 
-    def _draw(self, row: Row, scores: Any) -> int:
-        """An index drawn from softmax(scores / temperature), seeded by the request and the token's index: the draw
-        does not depend on the other rows. A game's sample seed has 48 bits (agents._seed_of): the product stays
-        within the generator's signed 64 bits."""
+    def _draw(self, rows: list[Row], scores: Any) -> list[int]:
+        """One index a row drawn from softmax(scores / temperature) `scores: [rows, n]`, by the inverse of its
+        cumulative distribution at a uniform number seeded by the row's request and token index: a draw does not
+        depend on the other rows, and all rows are drawn on the scores' device at once (one copy back, where a
+        draw a row on the CPU waited for the GPU a row). A game's sample seed has 48 bits (agents._seed_of): the
+        product stays within the generator's signed 64 bits."""
         torch = self._torch
-        seed = (row.sample_seed * 1_000_003 + len(row.generated)) % (1 << 63)
-        generator = torch.Generator().manual_seed(seed)
-        probs = torch.softmax(scores.float().cpu() / row.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
+        uniforms = [
+            float(
+                torch.rand(
+                    1,
+                    generator=torch.Generator().manual_seed(
+                        (row.sample_seed * 1_000_003 + len(row.generated)) % (1 << 63)
+                    ),
+                )
+            )
+            for row in rows
+        ]
+        temperature = torch.tensor([row.temperature for row in rows], device=scores.device)
+        cumulative = torch.softmax(scores.float() / temperature[:, None], dim=-1).cumsum(-1)
+        # The first index whose cumulative probability passes the uniform (right: never one of probability 0).
+        target = torch.tensor(uniforms, device=scores.device)[:, None] * cumulative[:, -1:]
+        drawn = torch.searchsorted(cumulative, target, right=True).clamp(max=scores.shape[-1] - 1)
+        return drawn[:, 0].tolist()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

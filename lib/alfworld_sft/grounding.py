@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 
 class CommandTrie:
@@ -46,6 +49,29 @@ class CommandTrie:
                     self.nodes.append((token, parent))
                 parent = index[prefix]
             self.leaves.append((parent, sequence[-1]))
+
+    # The arrays the decoder builds its attention mask and its scores from, a few numpy operations a trie (a Python
+    # loop over every node of 128 rows' tries cost ~0.4 s a forward on the GPU machine: results/README.md).
+
+    @cached_property
+    def levels(self) -> np.ndarray:
+        """Each node's depth below the trie's root (0: a first token) `[nodes]`."""
+        levels = np.zeros(len(self.nodes), dtype=np.int64)
+        for j, (_, parent) in enumerate(self.nodes):
+            if parent >= 0:
+                levels[j] = levels[parent] + 1
+        return levels
+
+    @cached_property
+    def ancestry(self) -> np.ndarray:
+        """`ancestry[n, j]`: node j is node n or one of its ancestors `[nodes, nodes]`: what node n's token sees of
+        the trie in the decoder's forward."""
+        ancestry = np.eye(len(self.nodes), dtype=bool)
+        parents = np.array([parent for _, parent in self.nodes], dtype=np.int64)
+        for level in range(1, int(self.levels.max(initial=0)) + 1):  # parents first: a level reads the one above
+            at = np.nonzero(self.levels == level)[0]
+            ancestry[at] |= ancestry[parents[at]]
+        return ancestry
 
 
 @dataclass(frozen=True)
