@@ -262,3 +262,25 @@ def test_sampling_is_seeded_per_request_not_per_batch(model_and_tokenizer):
         for s in range(8, 12)
     ]
     assert any(text != alone["x"] for text in others)  # the seed matters
+
+
+def test_a_draw_follows_the_distribution_and_never_takes_an_impossible_token():
+    """`_draw`'s inverse-CDF draws: over many seeds the frequencies follow softmax(scores / temperature), a token of
+    probability 0 is never drawn, and a row's draw is the same alone or among others."""
+    import torch
+    from alfworld_sft.decoding import Row
+
+    decoder = SlotDecoder.__new__(SlotDecoder)
+    decoder._torch = torch
+    probs = torch.tensor([0.0, 0.7, 0.2, 0.1])
+    scores = torch.log(probs).expand(2000, 4)  # log(0) = -inf: impossible
+    rows = []
+    for seed in range(2000):
+        row = Row()
+        row.sample_seed, row.temperature, row.generated = seed + 1, 1.0, []
+        rows.append(row)
+    drawn = decoder._draw(rows, scores)
+    counts = torch.bincount(torch.tensor(drawn), minlength=4) / len(drawn)
+    assert counts[0] == 0
+    assert torch.allclose(counts, probs, atol=0.04), counts
+    assert decoder._draw(rows[7:8], scores[:1]) == drawn[7:8]

@@ -603,17 +603,12 @@ class SlotDecoder:
         draw a row on the CPU waited for the GPU a row). A game's sample seed has 48 bits (agents._seed_of): the
         product stays within the generator's signed 64 bits."""
         torch = self._torch
-        uniforms = [
-            float(
-                torch.rand(
-                    1,
-                    generator=torch.Generator().manual_seed(
-                        (row.sample_seed * 1_000_003 + len(row.generated)) % (1 << 63)
-                    ),
-                )
-            )
-            for row in rows
-        ]
+
+        def uniform(row: Row) -> float:
+            seed = (row.sample_seed * 1_000_003 + len(row.generated)) % (1 << 63)
+            return float(torch.rand(1, generator=torch.Generator().manual_seed(seed)))
+
+        uniforms = [uniform(row) for row in rows]
         temperature = torch.tensor([row.temperature for row in rows], device=scores.device)
         cumulative = torch.softmax(scores.float() / temperature[:, None], dim=-1).cumsum(-1)
         # The first index whose cumulative probability passes the uniform (right: never one of probability 0).
