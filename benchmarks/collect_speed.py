@@ -2,21 +2,24 @@
 
     python benchmarks/collect_speed.py --games 12 --workers 2
 
-The baseline, measured in the same run, is the bare engine: ALFWorld's expert playing each game in this
-process with no records, files or progress bar. Then `collect_trajectories` plays the same games (same
-per-game seeds, so the same steps) with TextWorld's double PDDL translation, with the translation paid once,
-and with N worker processes. Prints games/s, steps/s, CPU seconds per game (workers included) and the
-speed-ups. The load average is printed too: on a shared machine other jobs take cores, while CPU s/game shows
-the cost whatever the load. Uses $ALFWORLD_DATA, or the generated games (made first if missing).
+The baseline, measured in the same run, is the bare engine: ALFWorld's expert playing each game in this process with
+no records, files or progress bar. Then `collect_trajectories` plays the same games (same per-game seeds, so the
+same steps) with TextWorld's double PDDL translation, with its text parsed again at every step (no
+`engine.cache_text_parses`), with both paid once, and with N worker processes. Prints games/s, steps/s, CPU seconds
+per game (workers included) and the speed-ups. The load average is printed too: on a shared machine other jobs take
+cores, while CPU s/game shows the cost whatever the load. Uses $ALFWORLD_DATA, or the generated games (made first if
+missing).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from alfworld_sft import collect, games, generate
@@ -56,6 +59,32 @@ def play_collect(gamefiles: list[Path], seed: int, max_steps: int, workers: int,
         return sum(row["steps"] for row in ledger)
 
 
+@contextlib.contextmanager
+def text_parsed_each_step() -> Iterator[None]:
+    """In this process, TextWorld's own parsers (no `engine.cache_text_parses`) for the block's duration."""
+    from alfworld_sft import engine
+    from textworld import logic
+    from textworld.envs.pddl import textgen
+
+    engine.cache_text_parses()
+    cached = {module: module._parse_and_convert for module in (textgen, logic)}
+    install = engine.cache_text_parses
+    for module, parse in cached.items():
+        module._parse_and_convert = parse.original
+    engine.cache_text_parses = lambda: None
+    try:
+        yield
+    finally:
+        engine.cache_text_parses = install
+        for module, parse in cached.items():
+            module._parse_and_convert = parse
+
+
+def play_uncached(gamefiles: list[Path], seed: int, max_steps: int) -> int:
+    with text_parsed_each_step():
+        return play_collect(gamefiles, seed, max_steps, 1, translate_once=True)
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished workers: what a game costs whatever else the machine runs."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -84,6 +113,10 @@ def main() -> None:
             lambda: play_collect(gamefiles, args.seed, args.max_steps, 1, translate_once=False),
         ),
         (
+            "collect, 1 worker, text parsed every step",
+            lambda: play_uncached(gamefiles, args.seed, args.max_steps),
+        ),
+        (
             "collect, 1 worker",
             lambda: play_collect(gamefiles, args.seed, args.max_steps, 1, translate_once=True),
         ),
@@ -109,10 +142,11 @@ def main() -> None:
     if len({steps for _, _, steps, _ in rows}) != 1:
         raise RuntimeError(f"the runs played different numbers of steps: {[row[2] for row in rows]}")
 
-    bare, twice, once, parallel = (seconds for _, seconds, _, _ in rows)
-    cpu_once, cpu_parallel = rows[2][3], rows[3][3]
+    bare, twice, parsed, once, parallel = (seconds for _, seconds, _, _ in rows)
+    cpu_once, cpu_parallel = rows[3][3], rows[4][3]
     print(f"1 worker vs bare engine:       {bare / once:.2f}x  (translating twice: {bare / twice:.2f}x)")
     print(f"translating the PDDL once:     {twice / once:.2f}x faster than twice")
+    print(f"text parses cached:            {parsed / once:.2f}x faster than parsed every step")
     print(
         f"{args.workers} workers vs 1 worker:        {once / parallel:.2f}x  "
         f"(goal >= {0.8 * args.workers:.1f}x; efficiency {once / parallel / args.workers:.0%})"

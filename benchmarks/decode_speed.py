@@ -15,8 +15,8 @@ each measured on the same model in one run:
 `--grounded` adds what grounded zero_shot spends instead of decode forwards: the prefill forward that settles every
 row's reply, each row's new turn (`--new-tokens` after its kept prefix) followed by the trie of a real admissible list
 (from `--records`, expert trajectories), and of it the milliseconds spent building the trie's attention mask on the
-CPU (`SlotDecoder._trie_visibility`: 847 ms for 128 rows on the 2-core CPU before it was vectorized, the likely
-cause of 415 ms grounded prefill forwards on the H200 on 2026-12-05; its share there is what this measures).
+CPU (`SlotDecoder._trie_visibility`: 847 ms for 128 rows on the 2-core CPU before it was vectorized; on an H100,
+once vectorized, 23 ms of a 340 ms turn of 128 rows, measured beside a collection: results/README.md).
 
 Each row of the table: `--rows` slots, each prefilled with `--prompt-tokens` random tokens, then `--steps` decode
 forwards timed (after 3 unmeasured); the median and the mean in ms, and tokens a second.

@@ -1,6 +1,6 @@
 """The game engine (`alfworld_sft.engine`): real ALFWorld games in the real TextWorld engine, stepped by hand and
-played by both experts; each game's own random state, the translation cache, the caller's sys.argv given back,
-workers that exit with their parent. Games: real ones from $ALFWORLD_DATA, else the course's generated games
+played by both experts; each game's own random state, the translation and parse caches, the caller's sys.argv given
+back, workers that exit with their parent. Games: real ones from $ALFWORLD_DATA, else the course's generated games
 (conftest.py). The teacher's decisions are tested in test_teacher.py."""
 
 from __future__ import annotations
@@ -176,15 +176,39 @@ def test_the_translation_cache_translates_each_problem_once(train_games, monkeyp
     with cache.active():
         first = fast_downward.pddl2sas(pddl["pddl_domain"], pddl["pddl_problem"])
         assert fast_downward.pddl2sas(pddl["pddl_domain"], pddl["pddl_problem"]) is first
-        optimized = fast_downward.pddl2sas(pddl["pddl_domain"], pddl["pddl_problem"], optimize=True)
+        # The optimized translation only serves TextWorld's replanner, which the engine never asks for.
+        assert fast_downward.pddl2sas(pddl["pddl_domain"], pddl["pddl_problem"], optimize=True) is first
     assert fast_downward.pddl2sas is original  # given back after the block
-    assert len(cache.results) == 2 and optimized is not first
-    assert cache.results[(pddl["pddl_domain"], pddl["pddl_problem"], False)] is first
+    assert cache.results == {(pddl["pddl_domain"], pddl["pddl_problem"]): first}
 
 
 def test_translating_once_plays_the_same_game(train_games):
     gamefile = first_of(train_games, "pick_and_place_simple")
     assert play(gamefile, translate_once=False) == play(gamefile)
+
+
+def test_cached_text_parses_play_the_same_games(train_games, monkeypatch):
+    """The parse cache changes how fast a step renders its text, never what it says or admits."""
+    from textworld import logic
+    from textworld.envs.pddl import textgen
+
+    gamefiles = [first_of(train_games, "pick_heat_then_place_in_recep"), first_of(train_games, "look_at_obj_in_light")]
+    cached = [play(gamefile) for gamefile in gamefiles]
+    for module in (textgen, logic):
+        assert module._parse_and_convert.cached
+        monkeypatch.setattr(module, "_parse_and_convert", module._parse_and_convert.original)
+    monkeypatch.setattr(engine, "cache_text_parses", lambda: None)
+    assert [play(gamefile) for gamefile in gamefiles] == cached
+
+
+def test_a_cached_parse_is_a_fresh_copy_each_time():
+    from textworld.envs.pddl import textgen
+
+    engine.cache_text_parses()
+    first = textgen._parse_and_convert("You see #list_objects#.", rule_name="symbols")
+    second = textgen._parse_and_convert("You see #list_objects#.", rule_name="symbols")
+    assert [str(symbol) for symbol in first] == [str(symbol) for symbol in second]
+    assert all(a is not b for a, b in zip(first, second, strict=True))
 
 
 def test_a_wrong_expert_or_a_missing_game_is_refused(train_games, tmp_path):
@@ -197,6 +221,12 @@ def test_a_wrong_expert_or_a_missing_game_is_refused(train_games, tmp_path):
         play(gamefile, expert=None)
     with pytest.raises(FileNotFoundError, match=f"game file {tmp_path / 'none.tw-pddl'} does not exist"):
         AlfworldGame(tmp_path / "none.tw-pddl")
+    # TextWorld would load it as a Z-machine game and fail with "Only .z[1-8] files are supported!"
+    misread = tmp_path / "trial.z3k9" / "game.tw-pddl"
+    misread.parent.mkdir()
+    misread.write_bytes(gamefile.read_bytes())
+    with pytest.raises(ValueError, match="containing '.z1' to '.z8' for a Z-machine game .*: move or rename"):
+        AlfworldGame(misread)
 
 
 # A process that starts an engine worker (watching its parent with exit_with_parent) and then waits on it.

@@ -98,8 +98,8 @@ def test_rerun_reuses_and_same_seed_gives_same_bytes(generated, tmp_path):
     assert snapshot(root) == before  # nothing rewritten
     # A fresh folder with the same seed, in a fresh process (as a user's rerun), gets byte-identical games: the
     # first look_at_obj_in_light and pick_two_obj_and_place ones (the latter won through the expert's seeded
-    # random fallbacks). Once, in the full suite's long-lived process, this slot came out otherwise (not
-    # reproduced since): the separate process keeps the check about the seed, not about the suite's history.
+    # random fallbacks). This slot came out otherwise twice in the full suite: a scratch folder's random name
+    # began ".z3", which TextWorld reads as a Z-machine game, so verification failed (fixed: no dot there).
     script = (
         "import sys; from pathlib import Path; from alfworld_sft import generate; "
         "print('\\n'.join(map(str, generate.generate_games(Path(sys.argv[1]), 'train', count=2, seed=0, "

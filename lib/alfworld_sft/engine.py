@@ -24,14 +24,18 @@ verifies games with it, few-shot demonstrations come from it.
     python -m alfworld_sft.engine GAMEFILE [--max-steps 50]      # one expert game's transcript with the thoughts
 
 TextWorld builds a game's PDDL state at load and again at every reset, each time running fast-downward's
-translator twice: most of the cost of starting a game. The translation is a pure function of (domain, problem,
-options), so a game translates once and reuses the result at every reset (`translate_once`, on by default).
+translator twice (the second, optimized, only for a replanner this engine never asks for): most of the cost of
+starting a game. The translation is a pure function of (domain, problem), so a game translates once and reuses the
+result for the replanner and at every reset (`translate_once`, on by default).
+Every step, TextWorld also renders its feedback from the game's text grammar, parsing the same few dozen template
+strings and logic queries with tatsu each time: `cache_text_parses` keeps each string's parse for the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,7 @@ from alfworld_sft import games
 from alfworld_sft.prompts import split_first_observation
 
 EXPERTS = ("teacher", "handcoded")
+ZMACHINE_PATH = r"\.z[1-8]"  # what textworld.envs._guess_backend takes for a Z-machine game, anywhere in a path
 DEFAULT_EXPERT = "teacher"
 
 
@@ -59,9 +64,14 @@ class GameState:
 
 @dataclass
 class TranslationCache:
-    """fast-downward translations of one game, keyed by (domain, problem, optimize)."""
+    """fast-downward translations of one game, keyed by (domain, problem).
 
-    results: dict[tuple[str, str, bool], Any] = field(default_factory=dict)
+    TextWorld translates each problem twice: plainly, for the game's state and its admissible commands, and
+    optimized, only for its replanner (`policy_commands`, `extra.walkthrough`), which this engine never requests
+    (its handcoded expert plans on its own). So the optimized request is answered with the plain translation: one
+    translation a game instead of two."""
+
+    results: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -71,9 +81,9 @@ class TranslationCache:
         original = fast_downward.pddl2sas
 
         def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
-            key = (domain, problem, bool(optimize))
+            key = (domain, problem)
             if key not in self.results:
-                self.results[key] = original(domain, problem, verbose=verbose, optimize=optimize)
+                self.results[key] = original(domain, problem, verbose=verbose, optimize=False)
             return self.results[key]
 
         fast_downward.pddl2sas = pddl2sas
@@ -81,6 +91,34 @@ class TranslationCache:
             yield
         finally:
             fast_downward.pddl2sas = original
+
+
+def cache_text_parses() -> None:
+    """Make TextWorld's parsers of its text grammar and of logic queries answer each string from a process-wide
+    cache (idempotent).
+
+    Both parses are pure functions of the string; what the engine does next assigns contexts to the parsed
+    symbols, so every call gets its own deep copy of the cached result."""
+    import copy
+    import functools
+
+    from textworld import logic
+    from textworld.envs.pddl import textgen
+
+    for module in (textgen, logic):
+        original = module._parse_and_convert
+        if getattr(original, "cached", False):
+            continue
+        parse = functools.lru_cache(maxsize=4096)(
+            lambda text, options, original=original: original(text, **dict(options))
+        )
+
+        def parse_and_convert(text: str, parse: Any = parse, **options: Any) -> Any:
+            return copy.deepcopy(parse(text, tuple(sorted(options.items()))))
+
+        parse_and_convert.cached = True  # type: ignore[attr-defined]
+        parse_and_convert.original = original  # type: ignore[attr-defined]
+        module._parse_and_convert = parse_and_convert
 
 
 def check_expert(expert: str | None) -> None:
@@ -102,11 +140,17 @@ class AlfworldGame:
         import textworld
 
         check_expert(expert)
+        cache_text_parses()
         alfred_tw_env = games.import_alfworld("alfworld.agents.environment.alfred_tw_env")
 
         self.gamefile = Path(gamefile)
         if not self.gamefile.exists():
             raise FileNotFoundError(f"game file {self.gamefile} does not exist")
+        if re.search(ZMACHINE_PATH, str(self.gamefile)):
+            raise ValueError(
+                f"game file {self.gamefile}: TextWorld takes any path containing '.z1' to '.z8' for a Z-machine "
+                "game and cannot load it: move or rename the folder"
+            )
         self.expert = expert
         extras = ["gamefile", "expert_plan"] if expert == "handcoded" else ["gamefile"]
         wrappers = [alfred_tw_env.AlfredDemangler(shuffle=False), alfred_tw_env.AlfredInfos]

@@ -495,7 +495,9 @@ def generate_game(root: Path, split_folder: str, seed: int, task_type: TaskType,
             "expert_seed": engine.expert_seed(seed, game_id),
         }
         traj = {**traj, "generator": expert}
-        scratch = Path(tempfile.mkdtemp(prefix=f"{trial}.", dir=scratch_root))
+        # No dot before the random part: TextWorld reads any path containing ".z1".."z8" as a Z-machine game, so a
+        # name drawn as "trial.z3..." failed verification and silently gave the slot another game.
+        scratch = Path(tempfile.mkdtemp(prefix=f"{trial}-", dir=scratch_root))
         try:
             trial_dir = scratch / trial
             trial_dir.mkdir()

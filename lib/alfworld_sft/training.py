@@ -526,13 +526,15 @@ def load_adapter(adapter: str | os.PathLike[str], **kwargs: Any) -> Any:
 def compare_with_base(
     adapter: str | os.PathLike[str], messages: list[dict[str, str]], max_new_tokens: int = 16
 ) -> dict[str, str]:
-    """Greedy replies of the base model and of base + adapter to the same messages (CPU-friendly check)."""
+    """Greedy replies of the base model and of base + adapter to the same messages (a quick check, any device)."""
     import torch
 
     record = records.read_training_record(resolve_repo_path(adapter))
     tokenizer = models.load_tokenizer(record.base_model)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    tuned = load_adapter(adapter, dtype=dtype)
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    # On the GPU even for two short replies: training with Liger kernels replaced the model classes' forwards in
+    # this process by Triton kernels, which cannot take CPU tensors (notebook 03 failed so on the H100, 2026-12-05).
+    tuned = load_adapter(adapter, dtype=dtype).to(device)
     replies = {"tuned": models.generate_reply(tuned, tokenizer, messages, max_new_tokens)}
     with tuned.disable_adapter():
         replies["base"] = models.generate_reply(tuned, tokenizer, messages, max_new_tokens)
