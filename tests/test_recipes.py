@@ -48,6 +48,13 @@ def test_notebooks_take_the_recipe_in_full_mode_and_name_their_small_mode_overri
     assert "lora_r" not in overrides and small.lora_r == recipes.LORA_BF16.values["lora_r"]
 
 
+def test_a_t4s_choices_change_how_the_gpu_computes_not_the_recipe():
+    """Notebook 03's T4 parameters (float16, sdpa, 15 GiB) reach the trainer and are no recipe override."""
+    t4 = train_config.course_config(False, 0, dtype="float16", memory_budget_gib=15, attention="sdpa")
+    assert (t4.dtype, t4.memory_budget_gib, t4.attention) == ("float16", 15, "sdpa")
+    assert recipes.describe_recipe(t4)["overrides"] == {}
+
+
 def test_the_recipe_follows_the_size_of_the_base_model(tmp_path):
     assert recipes.recipe_for(models.DEFAULT_MODEL) is recipes.LORA_BF16
     eight_b = {  # Llama-3.1-8B's shape: the config alone decides, no weights are read

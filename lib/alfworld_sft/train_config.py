@@ -279,13 +279,15 @@ def course_config(
     data_format: str = "commands",
     dtype: str = "auto",
     memory_budget_gib: float | None = None,
+    attention: str = "auto",
 ) -> TrainConfig:
     """Notebook 03's run: the data notebook 02 formatted (in `data_format`), into `run_dir(small)/sft_adapter`.
 
     Full mode: the base model's recipe, as measured (`recipes`). Small mode (CPU, a few minutes): the recipe with one
     epoch, batch 2 without accumulation, a higher learning rate so that a handful of steps show a falling loss,
-    frequent evals, and notebook 02's shorter window and larger eval share (all recorded as overrides). `dtype` and
-    `memory_budget_gib` choose how a GPU computes (a T4: float16 within 15 GiB), not what is trained.
+    frequent evals, and notebook 02's shorter window and larger eval share (all recorded as overrides). `dtype`,
+    `memory_budget_gib` and `attention` choose how a GPU computes (a T4: float16, sdpa, within 15 GiB), not what is
+    trained.
     """
     from alfworld_sft.paths import run_dir
 
@@ -297,6 +299,7 @@ def course_config(
         "data_format": data_format,
         "dtype": dtype,
         "memory_budget_gib": memory_budget_gib,
+        "attention": attention,
     }
     if not small:
         return recipes.resolve_recipe(TrainConfig(**common))
