@@ -111,7 +111,7 @@ def test_publishing_copies_a_finished_run_and_writes_the_readme_block(tmp_path, 
     row = {"agent": "zero_shot", "games": 140, "won": 134, "success_rate": 0.957}
     (run / "05_evaluation.json").write_text(
         json.dumps({"base": [{**row, "won": 0}], "finetuned": None, "finetuned_constrained": [row],
-                    "split": "eval_in_distribution", "max_steps": 50})
+                    "split": "eval_in_distribution", "max_steps": {"base": 20, "constrained": 50}})
     )  # fmt: skip
     runs = [{"notebook": "05_evaluation.ipynb", "status": "failed", "seconds": 30.4}]
     (run / "course.json").write_text(
@@ -135,4 +135,15 @@ def test_publishing_copies_a_finished_run_and_writes_the_readme_block(tmp_path, 
     assert "`alfworld-sft course --mode full --split eval_in_distribution`" in block and "NVIDIA H200 x1, 16" in block
     assert "| 05_evaluation.ipynb | ok     | 30      |" in block
     assert "| zero_shot | 0/140      | -                | 134/140              |" in block
+    assert "(steps a game: base 20, constrained 50)" in block
     assert readme.read_text().endswith("after\n") and block.strip() == course.render_results(target).strip()
+
+
+def test_a_run_names_the_commit_it_was_given_where_its_copy_has_another_history(monkeypatch):
+    """On the lent GPU machine the copy's git history is the session's first commit, not the code's."""
+    from alfworld_sft import results
+
+    monkeypatch.delenv("ALFWORLD_SFT_GIT_COMMIT", raising=False)
+    own = results.git_commit()
+    monkeypatch.setenv("ALFWORLD_SFT_GIT_COMMIT", "abc1234")
+    assert results.run_metadata(0)["git_commit"] == "abc1234" != own

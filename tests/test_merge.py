@@ -11,6 +11,15 @@ from alfworld_sft import cli, merge, models, prompts, records
 from partials import leave_killed_partial, start_partial_writer
 
 
+def test_the_merge_runs_in_float32_wherever_the_model_fits_in_it():
+    """In bfloat16 the 135M default's merge differed from base + adapter by 2.3 logits (an H100, 2026-12-05)."""
+    gib = 1024**3
+    assert merge.choose_merge_dtype(135_000_000, None) == "float32"  # the CPU
+    assert merge.choose_merge_dtype(135_000_000, 79 * gib) == "float32"
+    assert merge.choose_merge_dtype(8_000_000_000, 139 * gib) == "float32"  # an 8B on an H200
+    assert merge.choose_merge_dtype(8_000_000_000, 15 * gib) == "bfloat16"  # an 8B on a T4
+
+
 @pytest.mark.slow
 def test_merge_matches_base_plus_adapter(adapter: Path, merged: tuple[Path, dict]) -> None:
     output, record = merged
@@ -18,7 +27,7 @@ def test_merge_matches_base_plus_adapter(adapter: Path, merged: tuple[Path, dict
     # The adapter really changes the model, so logit equality is not trivially true...
     assert record["adapter_effect_max_abs_logit_diff"] > 100 * record["tolerance"]
     # ...and the saved merged folder reproduces base+adapter.
-    assert record["max_abs_logit_diff"] <= record["tolerance"] == merge.LOGIT_TOLERANCE["float32"][0]
+    assert record["max_abs_logit_diff"] <= record["tolerance"] <= 0.01
     names = {p.name for p in output.iterdir()}
     assert {
         "model.safetensors",

@@ -77,6 +77,24 @@ def test_memory_estimate_covers_the_peaks_measured_on_the_gpu(tokens, checkpoint
     assert measured_gib <= estimate / train_setup.GIB <= 1.3 * measured_gib
 
 
+def test_packed_sdpa_plans_for_the_square_of_a_pass():
+    """A T4 has no varlen kernel: sdpa attends through one mask over the pass. Forced on an H100 (2026-12-05), the
+    135M default's pass of 13,236 tokens, planned at 15.0 GiB without that term, peaked at 19.6 GiB."""
+    common = {"quantization": "none", "liger": True, "lora_r": 64, "targets": train_config.LORA_TARGET_MODULES}
+    shape = train_setup.SMOLLM2_135M
+    linear = train_setup.estimate_training_memory(shape, tokens=13_236, checkpointing=False, **common)
+    quadratic = train_setup.estimate_training_memory(
+        shape, tokens=13_236, checkpointing=False, packed_sdpa=True, **common
+    )
+    assert linear / train_setup.GIB < 19.6 <= quadratic / train_setup.GIB
+    plan = {"effective_batch": 32, "max_seq_len": 2048, "budget_bytes": 15 * train_setup.GIB, "packing": True}
+    varlen = train_setup.plan_memory(shape, **plan, **common)
+    sdpa = train_setup.plan_memory(shape, **plan, packed_sdpa=True, **common)
+    assert 2048 <= sdpa.tokens_per_pass < varlen.tokens_per_pass and sdpa.estimate_gib <= 15
+    plans = train_setup.plan_gpu_setups(15 * train_setup.GIB, liger=True, attention="sdpa")
+    assert all("does not fit" not in line for line in plans.values()), plans  # a T4 trains both recipes
+
+
 def test_cpu_defaults_and_clear_setup_errors(monkeypatch):
     import torch
 

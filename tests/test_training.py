@@ -467,3 +467,18 @@ def test_a_checkpoint_with_a_torn_file_is_skipped_with_a_message(records_path, t
 
     said = f"checkpoint-2 is incomplete (adapter_model.safetensors is {size // 2:,} bytes, its manifest says {size:,}"
     assert said in capsys.readouterr().out and result.resumed_from is None and result.global_step == 4
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("float16", "float32"), ("bfloat16", "bfloat16")])
+def test_adapters_stay_float32_under_float16s_gradient_scaler(dtype, expected):
+    """TRL casts a quantized model's adapters to bfloat16; float16's scaler cannot unscale such gradients (a T4)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    model = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    model.bias.requires_grad_(False)
+    setup = train_setup.TrainSetup("cuda", "nf4", "peft", False, True, "sdpa", 4, 1, False, dtype=dtype)
+    training.keep_adapters_float32_under_float16(SimpleNamespace(model=model), setup)
+    assert str(model.weight.dtype) == f"torch.{expected}"
+    assert model.bias.dtype == torch.bfloat16  # frozen weights keep their dtype

@@ -58,6 +58,8 @@ case "${1:-}" in
             exit 2
         fi
         export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+        # The copy's git history there is the session's first commit, not the code's: the commit comes carried.
+        if [ -f .carry/commit ]; then export ALFWORLD_SFT_GIT_COMMIT=$(cat .carry/commit); fi
         mkdir -p results
         { date -u +"start %FT%TZ"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
           echo "cores $(getconf _NPROCESSORS_ONLN)"; } > "$LOG"

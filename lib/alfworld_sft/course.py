@@ -278,7 +278,10 @@ def render_results(folder: Path = REFERENCE_RUN) -> str:
         for agent in dict.fromkeys(agent for table in tables for agent in table):
             cells = [table.get(agent) for table in tables]
             rows.append((agent, *(f"{c['won']}/{c['games']}" if c else "-" for c in cells)))
-        lines += ["", f"Games won on `{summary['split']}` ({summary['max_steps']} steps):", ""]
+        steps = summary["max_steps"]
+        if isinstance(steps, dict):  # per run: the base model plays fewer steps in full mode (notebook 05)
+            steps = ", ".join(f"{run} {n}" for run, n in steps.items())
+        lines += ["", f"Games won on `{summary['split']}` (steps a game: {steps}):", ""]
         lines.append(format_table(rows, ("agent", "base model", "fine-tuned, free", "fine-tuned, grounded")))
     return "\n".join(lines)
 

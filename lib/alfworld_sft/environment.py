@@ -353,7 +353,7 @@ def check_training_setup() -> Check:
     attention = train_setup.choose_attention("auto", "cuda", packing=True, dtype=dtype)
     total = torch.cuda.get_device_properties(0).total_memory
     liger = importlib.util.find_spec("liger_kernel") is not None
-    plans = train_setup.plan_gpu_setups(total - GIB, liger=liger)
+    plans = train_setup.plan_gpu_setups(total - GIB, liger=liger, attention=attention)
     detail = f"{dtype}, {attention} attention, Liger {'on' if liger else 'off'}; " + "; ".join(
         f"{model}: {plan}" for model, plan in plans.items()
     )

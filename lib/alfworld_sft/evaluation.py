@@ -442,7 +442,10 @@ def run_served_when_present(base: EvalConfig, gguf: str | Path) -> dict[str, Any
 # Full mode's sizes, for one sitting on one GPU: the fine-tuned model plays every game of the split with every agent
 # and grounded commands (the course's default for it), and zero_shot free (the seed's setting); the base model, which
 # wins none (0 of 140 per agent, 2026-12-02: it answers in prose), plays a balanced sample with the single-trial
-# agents (reflexion and hierarchical only retry a lost first trial, twice).
+# agents (reflexion and hierarchical only retry a lost first trial, twice), for 20 steps: 50 steps of prose took
+# 224 s of the course's 25 minutes (36 games, one H100, 2026-12-05), a game's steps being played one after another.
+FULL_STEPS = 50  # the seed guide's step cap
+FULL_BASE_STEPS = 20
 FULL_BASE_GAMES = 12
 FULL_BASE_AGENTS = ("zero_shot", "few_shot", "react")
 FULL_FREE_AGENTS = ("zero_shot",)
@@ -460,8 +463,8 @@ def course_split(small: bool, split: str = "") -> str:
 def course_config(small: bool, seed: int, model: str = EvalConfig.model, split: str = "", games: int = 0) -> EvalConfig:
     """Notebook 05's base-model run. Small (CPU, minutes): every agent on 2 games of 3 steps, in this process, all ten
     games in one batch (the multi-trial agents' chains of 3 trials and 2 reflections set the wall time). Full: the
-    single-trial agents on `FULL_BASE_GAMES` games (fewer when `games`, the fine-tuned runs' count, is smaller) of 50
-    steps, every CPU an engine worker."""
+    single-trial agents on `FULL_BASE_GAMES` games (fewer when `games`, the fine-tuned runs' count, is smaller) of
+    `FULL_BASE_STEPS` steps, every CPU an engine worker."""
     from alfworld_sft.paths import run_dir
 
     out = run_dir(small) / "eval"
@@ -479,7 +482,7 @@ def course_config(small: bool, seed: int, model: str = EvalConfig.model, split: 
         **common,
         agents=FULL_BASE_AGENTS,
         num_games=min(games, FULL_BASE_GAMES) if games else FULL_BASE_GAMES,
-        max_steps=50,
+        max_steps=FULL_BASE_STEPS,
         batch_size=FULL_BATCH_SIZE,
         workers=os.cpu_count() or 1,
     )
@@ -497,11 +500,14 @@ def course_finetuned_config(
     base: EvalConfig, adapter: str | Path, actions: str, small: bool, games: int = 0
 ) -> EvalConfig:
     """Notebook 05's run of the fine-tuned adapter with `actions`: small mode zero_shot on the base run's games;
-    full mode `games` games of the split (0: every game), all agents grounded and zero_shot free."""
+    full mode `games` games of the split (0: every game) of the seed's 50 steps, all agents grounded and zero_shot
+    free."""
     if small:
         return finetuned_config(base, adapter, actions=actions, agents=("zero_shot",))
     agents = FULL_FREE_AGENTS if actions == "free" else DEFAULT_AGENTS
-    return replace(finetuned_config(base, adapter, actions=actions, agents=agents), num_games=games)
+    return replace(
+        finetuned_config(base, adapter, actions=actions, agents=agents), num_games=games, max_steps=FULL_STEPS
+    )
 
 
 def prepare_games(config: EvalConfig) -> list[Path]:

@@ -42,6 +42,10 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 
 
 def git_commit() -> str | None:
+    """The commit the code was checked out at; `ALFWORLD_SFT_GIT_COMMIT` names it where the copy's own git history
+    is not the code's (the lent GPU machine's copy kept the session's first commit: tools/gpu_course.sh)."""
+    if os.environ.get("ALFWORLD_SFT_GIT_COMMIT"):
+        return os.environ["ALFWORLD_SFT_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],

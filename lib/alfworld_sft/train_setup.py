@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +79,12 @@ LOSS_BYTES_PER_LOGIT = 12  # without Liger: bf16 logits, their fp32 copy, log-so
 # Without recomputation a pass must still hold enough tokens to keep the GPU busy; below this many tokens a larger
 # micro-batch with gradient checkpointing is the faster choice.
 NO_RECOMPUTE_MIN_TOKENS = 4096
+# sdpa over a packed pass (no varlen kernel: a T4) attends through one block-diagonal mask of the pass's tokens
+# squared, and its scores for one layer at a time: bytes per head and pair of tokens. Calibrated on an H100 forced
+# to a T4's set-up (2026-12-05: float16, sdpa, the 135M default): 19.6 GiB peak for a pass of 13,236 tokens, where
+# the linear terms above, which overstate this model's use 2.4 times (28.7 GiB measured, 66.2 estimated for
+# 65,536 tokens with the varlen kernel), leave ~7.4 GiB: ~8.3 bytes a score.
+SDPA_PACKED_BYTES_PER_SCORE = 9
 
 
 def estimate_training_memory(
@@ -91,8 +96,10 @@ def estimate_training_memory(
     liger: bool,
     lora_r: int,
     targets: Sequence[str],
+    packed_sdpa: bool = False,
 ) -> float:
-    """Bytes of GPU memory a LoRA/QLoRA step on `tokens` tokens in one forward pass needs, at most (bf16)."""
+    """Bytes of GPU memory a LoRA/QLoRA step on `tokens` tokens in one forward pass needs, at most (bf16); with
+    `packed_sdpa` (packing without a varlen kernel) the pass's mask and one layer's scores, quadratic in `tokens`."""
     weights = shape.linear_params() * (NF4_BYTES_PER_PARAM if quantization == "nf4" else 2)
     weights += shape.embedding_params() * 2
     lora = shape.lora_params(lora_r, targets) * LORA_BYTES_PER_PARAM
@@ -110,7 +117,8 @@ def estimate_training_memory(
     else:
         activations = tokens * shape.layers * per_layer
     logits = 0 if liger else tokens * shape.vocab * LOSS_BYTES_PER_LOGIT
-    return weights + lora + ACTIVATION_SLACK * activations + logits + WORKSPACE_BYTES
+    scores = SDPA_PACKED_BYTES_PER_SCORE * shape.heads * tokens**2 if packed_sdpa else 0
+    return weights + lora + ACTIVATION_SLACK * activations + logits + scores + WORKSPACE_BYTES
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,7 @@ def plan_memory(
     micro_batch: int | None = None,
     tokens_per_pass: int | None = None,
     gradient_checkpointing: bool | None = None,
+    packed_sdpa: bool = False,
 ) -> MemoryPlan:
     """The fastest layout of `effective_batch` sequences of up to `max_seq_len` tokens that fits `budget_bytes`
     at its largest pass (a run must not run out of memory at its longest batch).
@@ -147,7 +156,7 @@ def plan_memory(
     the most that fit (or `tokens_per_pass`). Padded, a micro-batch holds a number of sequences, sized as if each
     were `max_seq_len` long. Without recomputation when a pass still holds `NO_RECOMPUTE_MIN_TOKENS` tokens (or
     the whole step); otherwise with gradient checkpointing and the largest pass that fits.
-    `gradient_checkpointing` pins that choice."""
+    `gradient_checkpointing` pins that choice; `packed_sdpa` says packed passes attend through sdpa's mask."""
     whole_step = effective_batch * max_seq_len
 
     def need(tokens: int, checkpointing: bool) -> float:
@@ -159,11 +168,15 @@ def plan_memory(
             liger=liger,
             lora_r=lora_r,
             targets=targets,
+            packed_sdpa=packed_sdpa and packing,
         )
 
-    def most_tokens(checkpointing: bool) -> int:  # the estimate is linear in the tokens of a pass
-        fixed, per_token = need(0, checkpointing), need(1, checkpointing) - need(0, checkpointing)
-        return min(whole_step, max(0, math.floor((budget_bytes - fixed) / per_token)))
+    def most_tokens(checkpointing: bool) -> int:  # the estimate grows with the tokens of a pass: bisect it
+        fewest, most = 0, whole_step
+        while fewest < most:
+            middle = (fewest + most + 1) // 2
+            fewest, most = (middle, most) if need(middle, checkpointing) <= budget_bytes else (fewest, middle - 1)
+        return fewest
 
     by_tokens = packing and micro_batch is None
     micros = [micro_batch] if micro_batch else [m for m in range(effective_batch, 0, -1) if effective_batch % m == 0]
@@ -206,9 +219,10 @@ LLAMA_3_1_8B = ModelShape(layers=32, hidden=4096, intermediate=14336, heads=32, 
                           vocab=128256, tied_embeddings=False)  # fmt: skip
 
 
-def plan_gpu_setups(budget_bytes: float, *, liger: bool) -> dict[str, str]:
+def plan_gpu_setups(budget_bytes: float, *, liger: bool, attention: str = VARLEN_ATTENTION) -> dict[str, str]:
     """What full mode trains on a GPU with this much memory, for the default model's recipe and an 8B's (QLoRA):
-    packed passes of how many tokens, with or without recomputation, or why it does not fit (notebook 00)."""
+    packed passes of how many tokens, with or without recomputation, or why it does not fit (notebook 00).
+    `attention` is the kernel packed passes use (sdpa on a T4: its mask grows with the square of a pass)."""
     plans = {}
     for name, shape, recipe in (
         (models.DEFAULT_MODEL, SMOLLM2_135M, recipes.LORA_BF16),
@@ -227,6 +241,7 @@ def plan_gpu_setups(budget_bytes: float, *, liger: bool) -> dict[str, str]:
                 lora_r=values["lora_r"],
                 targets=LORA_TARGET_MODULES,
                 packing=True,
+                packed_sdpa=attention == "sdpa",
             )
         except TrainingOutOfMemoryError as error:
             plans[name] = f"{recipe.name} does not fit: {error}"
@@ -391,6 +406,7 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
         micro_batch=config.micro_batch,
         tokens_per_pass=config.tokens_per_pass,
         gradient_checkpointing=config.gradient_checkpointing,
+        packed_sdpa=attention == "sdpa",
     )
     largest = (
         f"{plan.tokens_per_pass:,} tokens a pass"

@@ -317,7 +317,7 @@ def build_trainer(setup: TrainSetup, **kwargs: Any) -> Any:
     from trl import SFTTrainer
 
     if not setup.tokens_per_pass:
-        return SFTTrainer(**kwargs)
+        return keep_adapters_float32_under_float16(SFTTrainer(**kwargs), setup)
     budget = setup.tokens_per_pass
 
     class TokenBudgetTrainer(SFTTrainer):
@@ -336,7 +336,20 @@ def build_trainer(setup: TrainSetup, **kwargs: Any) -> Any:
             # One process only (resolve_setup): no gradients to exchange between the passes.
             return sum(super(TokenBudgetTrainer, self).training_step(model, p, num_items_in_batch) for p in passes)
 
-    return TokenBudgetTrainer(**kwargs)
+    return keep_adapters_float32_under_float16(TokenBudgetTrainer(**kwargs), setup)
+
+
+def keep_adapters_float32_under_float16(trainer: Any, setup: TrainSetup) -> Any:
+    """TRL casts a quantized model's adapter weights to bfloat16 (the QLoRA paper's choice). Under float16 (a T4)
+    the gradient scaler cannot unscale bfloat16 gradients, so there they go back to float32, the usual master
+    weights of mixed precision (QLoRA failed so on an H100 forced to a T4's set-up, 2026-12-05)."""
+    import torch
+
+    if setup.dtype == "float16":
+        for parameter in trainer.model.parameters():
+            if parameter.requires_grad and parameter.dtype == torch.bfloat16:
+                parameter.data = parameter.data.float()
+    return trainer
 
 
 def keep_initial_eval_callback(entry: dict[str, Any]) -> Any:
@@ -531,7 +544,8 @@ def compare_with_base(
 
     record = records.read_training_record(resolve_repo_path(adapter))
     tokenizer = models.load_tokenizer(record.base_model)
-    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, models.resolve_dtype("auto", device)) if device == "cuda" else torch.float32
     # On the GPU even for two short replies: training with Liger kernels replaced the model classes' forwards in
     # this process by Triton kernels, which cannot take CPU tensors (notebook 03 failed so on the H100, 2026-12-05).
     tuned = load_adapter(adapter, dtype=dtype).to(device)
