@@ -24,6 +24,10 @@ forwards timed (after 3 unmeasured); the median and the mean in ms, and tokens a
     python benchmarks/decode_speed.py --device cuda --rows 128 --prompt-tokens 1500      # on the GPU machine
     python benchmarks/decode_speed.py --rows 8 --prompt-tokens 300 --busy 0               # here, on the CPU
     python benchmarks/decode_speed.py --device cuda --grounded --busy 0                   # grounded prefill only
+
+With `--grounded`, `--restart-every N` (default 8) also times turns where one row in N starts a new game (its whole
+prompt new), grouped for prefill as the decoder does (`decoding.group_by_padded_size`: rows of like size together)
+and, as the baseline in the same run, in arrival order by their sum of new tokens (padding not counted).
 """
 
 from __future__ import annotations
@@ -73,16 +77,49 @@ def measure(model, tokenizer, *, rows: int, active: int, prompt_tokens: int, ste
     }
 
 
+def group_in_arrival_order(sizes: dict[int, int], max_tokens: int) -> list[list[int]]:
+    """The baseline of `decoding.group_by_padded_size`: rows in arrival order, a group closed when the sum of its
+    new tokens would pass `max_tokens`, padding not counted (the decoder's grouping until 2026-12-05, which left the
+    tries' tokens out of the sum as well: its groups were larger still)."""
+    groups, group, budget = [], [], 0
+    for index, size in sizes.items():
+        if group and budget + size > max_tokens:
+            groups.append(group)
+            group, budget = [], 0
+        group.append(index)
+        budget += size
+    return [*groups, group]
+
+
 def measure_grounded(
-    model, tokenizer, lists: list[list[str]], *, rows: int, prompt_tokens: int, new_tokens: int, steps: int, seed: int
+    model,
+    tokenizer,
+    lists: list[list[str]],
+    *,
+    rows: int,
+    prompt_tokens: int,
+    new_tokens: int,
+    steps: int,
+    seed: int,
+    restart_every: int = 0,
 ) -> dict:
-    """Grounded prefill forwards: every row a new turn and its commands' trie, settled in the forward."""
+    """Grounded prefill forwards: every row a new turn and its commands' trie, settled in the forward. With
+    `restart_every` N, one row in N starts a new game each turn (its whole prompt new), as games end and begin in an
+    evaluation; prefills are batched on any device then, so that the grouping of rows shows on a CPU too."""
     import torch
     from alfworld_sft.backends import Request
     from alfworld_sft.decoding import SlotDecoder
 
     stop = model.config.vocab_size - 1
-    decoder = SlotDecoder(model, tokenizer, stop_ids=[stop], rows=rows, initial_width=prompt_tokens + 64)
+    decoder = SlotDecoder(
+        model,
+        tokenizer,
+        stop_ids=[stop],
+        rows=rows,
+        initial_width=prompt_tokens + 64,
+        batch_prefill=True if restart_every else None,
+    )
+    sessions = list(range(rows))
     generator = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(100, stop, (prompt_tokens,), generator=generator).tolist() for _ in range(rows)]
     mask_s = []
@@ -100,7 +137,12 @@ def measure_grounded(
     for step in range(steps + 2):
         for row in range(rows):
             choices = tuple(dict.fromkeys(lists[(step * rows + row) % len(lists)]))
-            decoder.submit(row, Request(messages=(), max_new_tokens=8, choices=choices), prompts[row], row)
+            if restart_every and step and (step + row) % restart_every == 0:
+                decoder.release(sessions[row])
+                sessions[row] = (row, step)
+                prompts[row] = torch.randint(100, stop, (prompt_tokens,), generator=generator).tolist()
+            request = Request(messages=(), max_new_tokens=8, choices=choices)
+            decoder.submit(row, request, prompts[row], sessions[row])
         mask_s.append(0.0)
         started = time.perf_counter()
         replies = []
@@ -166,7 +208,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def run_grounded(args: argparse.Namespace) -> list[dict]:
     import torch
-    from alfworld_sft import models
+    from alfworld_sft import decoding, models
     from alfworld_sft.formatting import load_records
 
     lists = [commands for record in load_records(args.records) for commands in record["admissible_commands"]]
@@ -176,9 +218,21 @@ def run_grounded(args: argparse.Namespace) -> list[dict]:
     model = models.load_model(args.model, dtype=dtype).to(device).eval()
     kwargs = {"rows": args.rows, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "seed": args.seed}
     measure_grounded(model, tokenizer, lists, steps=2, **kwargs)  # unmeasured: kernel selection, clocks
-    result = {"rows": args.rows, **measure_grounded(model, tokenizer, lists, steps=args.steps, **kwargs)}
-    print(json.dumps(result), flush=True)
-    return [result]
+    results = [{"rows": args.rows, **measure_grounded(model, tokenizer, lists, steps=args.steps, **kwargs)}]
+    if args.restart_every:  # games ending and starting: the decoder's grouping against the baseline, same run
+        own = decoding.group_by_padded_size
+        for name, grouping in (("arrival order", group_in_arrival_order), ("padded size", own)):
+            decoding.group_by_padded_size = grouping
+            try:
+                figures = measure_grounded(
+                    model, tokenizer, lists, steps=args.steps, restart_every=args.restart_every, **kwargs
+                )
+            finally:
+                decoding.group_by_padded_size = own
+            results.append({"rows": args.rows, "restart_every": args.restart_every, "grouping": name, **figures})
+    for result in results:
+        print(json.dumps(result), flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grounded", action="store_true", help="also time grounded prefill forwards (docstring)")
     parser.add_argument("--new-tokens", type=int, default=60, help="--grounded: a turn's new prompt tokens")
+    parser.add_argument(
+        "--restart-every", type=int, default=8, help="--grounded: one row in N starts a new game a turn (0: none)"
+    )
     parser.add_argument("--records", default=str(REPO_ROOT / "results" / "oracle" / "trajectories.jsonl"))
     parser.add_argument("--output", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
@@ -207,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['mean_ms']:>8} {r['tokens_per_s']:>9}"
         )
     for r in grounded:
+        mixed = f", 1 row in {r['restart_every']} a new game, grouped by {r['grouping']}" if "grouping" in r else ""
         print(
-            f"grounded prefill, {r['rows']} rows: {r['median_ms']} ms a turn ({r['forwards_per_turn']} forwards), "
-            f"of which {r['mask_ms']} ms building the trie mask; {r['rows_per_s']} replies/s"
+            f"grounded prefill, {r['rows']} rows{mixed}: {r['median_ms']} ms a turn ({r['forwards_per_turn']} "
+            f"forwards), of which {r['mask_ms']} ms building the trie mask; {r['rows_per_s']} replies/s"
         )
     if args.output:
         with open(args.output, "w") as handle:

@@ -284,3 +284,15 @@ def test_a_draw_follows_the_distribution_and_never_takes_an_impossible_token():
     assert counts[0] == 0
     assert torch.allclose(counts, probs, atol=0.04), counts
     assert decoder._draw(rows[7:8], scores[:1]) == drawn[7:8]
+
+
+def test_prefill_groups_hold_rows_of_like_size_within_the_padded_budget():
+    """A game's first prompt is not batched with continuations a tenth its length (each would be padded to it)."""
+    from alfworld_sft.decoding import group_by_padded_size
+
+    sizes = {0: 100, 1: 1200, 2: 120, 3: 90, 4: 1000, 5: 30, 6: 5000}
+    groups = group_by_padded_size(sizes, max_tokens=2400)
+    assert groups == [[6], [1, 4], [2, 0, 3], [5]]
+    assert all(len(g) * max(sizes[i] for i in g) <= 2400 for g in groups if len(g) > 1)
+    assert sorted(i for g in groups for i in g) == sorted(sizes)
+    assert group_by_padded_size({0: 50, 1: 60, 2: 55}, max_tokens=120) == [[1, 2], [0]]

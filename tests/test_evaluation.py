@@ -235,6 +235,12 @@ def test_the_course_plays_the_split_it_is_given_and_never_another(tmp_path, monk
     free = evaluation.course_finetuned_config(chosen, tmp_path, "free", small=False)
     assert (chosen.split, chosen.num_games, grounded.split, grounded.num_games) == ("eval_in_distribution", 4) * 2
     assert grounded.agents == evaluation.DEFAULT_AGENTS and free.agents == ("zero_shot",) and free.num_games == 0
+    # The base model plays its sample for fewer steps; every fine-tuned run, the exported model's too, the seed's 50.
+    served = evaluation.course_served_config(chosen, small=False)
+    assert (
+        chosen.max_steps == evaluation.FULL_BASE_STEPS < grounded.max_steps == free.max_steps == served.max_steps == 50
+    )
+    assert evaluation.course_served_config(evaluation.course_config(True, 0), small=True).max_steps == 3
     with pytest.raises(ValueError, match="split must be one of"):
         evaluation.course_config(False, 0, split="valid_unseen")
     data = tmp_path / "alfworld"

@@ -41,6 +41,10 @@ TRIPS = [
 ]
 
 
+# Ten new places searched, the object found and taken with one turn left: no room to put it (two turns at least).
+FOUND_LATE = [*EXPLORING, turn("go to bed 1", "On the bed 1, you see a pillow 1."), TAKEN[7], EXPLORING[0]]
+
+
 @pytest.mark.parametrize(
     ("turns", "cause"),
     [
@@ -53,6 +57,7 @@ TRIPS = [
         (WRONG, "wrong_object"),
         (LOOP_AFTER_TAKING, "search_loop"),
         (TRIPS, "task_step_missed"),
+        (FOUND_LATE, "found_late"),
     ],
 )
 def test_each_cause_is_read_from_the_record(turns, cause):
@@ -64,6 +69,14 @@ def test_an_object_whose_name_ends_another_is_not_mistaken_for_it():
     butter = [*EXPLORING[:6], turn("go to countertop 1", "On the countertop 1, you see a butterknife 1.")]
     assert failures.classify_failure(lost(butter, game_id=knife)) == "step_limit"
     assert failures.target_object(GAME.replace("Pillow", "SaltShaker")) == "saltshaker"
+
+
+def test_found_late_counts_the_turns_the_task_type_needs_after_taking():
+    """A heat task needs four turns after taking its object (go, heat, go, put); a pick-and-place task two."""
+    heat = GAME.replace("pick_and_place_simple", "pick_heat_then_place_in_recep")
+    three_left = [*EXPLORING, turn("go to bed 1", "On the bed 1, you see a pillow 1."), TAKEN[7], *EXPLORING[:3]]
+    assert failures.classify_failure(lost(three_left, game_id=heat)) == "found_late"
+    assert failures.classify_failure(lost(three_left)) == "task_step_missed"
 
 
 def test_counts_cover_every_cause_and_skip_won_games():

@@ -20,6 +20,13 @@ def test_the_merge_runs_in_float32_wherever_the_model_fits_in_it():
     assert merge.choose_merge_dtype(8_000_000_000, 15 * gib) == "bfloat16"  # an 8B on a T4
 
 
+def test_a_base_of_another_shape_is_counted_from_its_weight_files(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))  # no intermediate_size
+    (tmp_path / "model.safetensors").write_bytes(bytes(1000))
+    assert merge.count_base_parameters(str(tmp_path), tmp_path) == 500
+    assert merge.count_base_parameters(models.DEFAULT_MODEL, tmp_path) > 100_000_000  # from its config
+
+
 @pytest.mark.slow
 def test_merge_matches_base_plus_adapter(adapter: Path, merged: tuple[Path, dict]) -> None:
     output, record = merged

@@ -86,7 +86,7 @@ def test_packed_sdpa_plans_for_the_square_of_a_pass():
     quadratic = train_setup.estimate_training_memory(
         shape, tokens=13_236, checkpointing=False, packed_sdpa=True, **common
     )
-    assert linear / train_setup.GIB < 19.6 <= quadratic / train_setup.GIB
+    assert linear / train_setup.GIB < 19.6 <= quadratic / train_setup.GIB <= 1.3 * 19.6
     plan = {"effective_batch": 32, "max_seq_len": 2048, "budget_bytes": 15 * train_setup.GIB, "packing": True}
     varlen = train_setup.plan_memory(shape, **plan, **common)
     sdpa = train_setup.plan_memory(shape, **plan, packed_sdpa=True, **common)
@@ -167,9 +167,9 @@ def test_a_gpu_without_bfloat16_trains_in_float16(monkeypatch):
 
 def test_a_15_gib_card_plans_both_recipes_and_a_small_one_says_what_does_not_fit():
     """Notebook 00's report on a T4: the default model's recipe and an 8B QLoRA, each as `train` would plan it."""
-    t4 = train_setup.plan_gpu_setups(14 * train_setup.GIB, liger=True)
+    t4 = train_setup.plan_gpu_setups(14 * train_setup.GIB, liger=True, attention="sdpa")  # no varlen kernel there
     assert t4[models.DEFAULT_MODEL].startswith("lora-bf16, passes of")
     assert t4["Llama-3.1-8B"].startswith("qlora-nf4, passes of") and "with recomputation" in t4["Llama-3.1-8B"]
-    small = train_setup.plan_gpu_setups(6 * train_setup.GIB, liger=True)
+    small = train_setup.plan_gpu_setups(6 * train_setup.GIB, liger=True, attention="sdpa")
     assert small["Llama-3.1-8B"].startswith("qlora-nf4 does not fit: a pass of 2048 tokens")
     assert "does not fit" not in small[models.DEFAULT_MODEL]

@@ -3,11 +3,12 @@
 # memory plan, as a Colab learner's card allows (no bfloat16, no flash kernel, 15 GB), and the 8B's QLoRA recipe
 # (nf4) with the same choices on the default model, so that the fallbacks are run, not assumed.
 #
-#     setsid nohup bash tools/gpu_t4.sh > /root/t4.out 2>&1 < /dev/null &   # beside tools/gpu_course.sh
-#     bash tools/gpu_t4.sh report $OUT                                     # t4.tar.xz: notebook, records, log
+#     setsid nohup bash tools/gpu_t4.sh > /root/t4.out 2>&1 < /dev/null &   # once tools/gpu_course.sh has started
+#     bash tools/gpu_t4.sh report $OUT          # t4.tar.xz: the executed notebook, training records, plots, log
 #
 # It waits until the course has installed the kit and passed notebook 00 (the default model converted), then runs
-# at a lower CPU priority while notebook 01's workers collect and the GPU is otherwise idle. Its own results folder
+# at a lower CPU priority. Beside notebook 01 the GPU is otherwise idle, but its training takes cores from the
+# collection (2026-12-05: notebook 01 took 304 s with it); after the course it disturbs nothing. Its own results folder
 # (ALFWORLD_SFT_RESULTS_DIR=$T4) starts from a collection and formatted data carried in .carry/t4 (oracle/ and
 # sft_data/, made here by `alfworld-sft collect --limit 240` and `alfworld-sft format`), so the course's results
 # are never touched. Peak memory is read from each training record (torch's max_memory_allocated): the plan's
@@ -25,10 +26,15 @@ case "${1:-}" in
     report)
         out=${2:?usage: gpu_t4.sh report FOLDER}
         tar -cJf "$out/.t4.tar.xz" --exclude="*.safetensors" --exclude="checkpoint-*" --exclude="tokenizer*" \
+            --exclude="trajectories*.jsonl" --exclude="dataset" \
             -C "$(dirname "$T4")" "$(basename "$T4")" 2>/dev/null && mv "$out/.t4.tar.xz" "$out/t4.tar.xz"
         tail -c 2000 "$LOG" 2>/dev/null
         ;;
     *)
+        if [ ! -d .carry/t4/oracle ] || [ ! -d .carry/t4/sft_data ]; then
+            echo "gpu_t4: carry .carry/t4 (oracle/ and sft_data/, the header says how to make them)" >&2
+            exit 2
+        fi
         mkdir -p "$T4/results"
         for _ in $(seq 600); do  # the course's set-up and notebook 00 first: at most 10 minutes
             grep -q "\[2/" "$COURSE_LOG" 2>/dev/null && break

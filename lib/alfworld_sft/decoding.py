@@ -6,10 +6,10 @@
   with what the row already holds (the previous prompt and reply); only the new tokens (the reply's end and the new
   observation) are computed. Rows of finished games are released; under pressure the least recently used parked
   row is taken over (that game then recomputes its prompt).
-* **Continuous batching.** Every `step()` first prefills the rows that received a request (batched on a GPU, one
-  row at a time on a CPU, where a padded batch costs as much), then runs one decode forward for every row that is
-  mid-reply. A row whose reply ends is free for its game's next request at once; no row waits for the longest
-  reply of a batch.
+* **Continuous batching.** Every `step()` first prefills the rows that received a request (batched on a GPU, rows
+  of like size together: `group_by_padded_size`; one row at a time on a CPU, where a padded batch costs as much),
+  then runs one decode forward for every row that is mid-reply. A row whose reply ends is free for its game's next
+  request at once; no row waits for the longest reply of a batch.
 * **Grounded commands** (`Request.choices`): the reply is the admissible command the model gives the highest
   probability as a whole (the sum of its tokens' log-probabilities, the end-of-turn token included), from the first
   token or after the reply's "Action:" marker (the thought before it stays free; if it runs out of budget or ends
@@ -421,23 +421,16 @@ class SlotDecoder:
         """Each row's new prompt tokens; a row whose reply is a grounded command from its first token gets its
         commands' trie in the same forward, so its reply is settled without another."""
         started = time.perf_counter()
-        groups: list[list[int]] = []
-        if self.batch_prefill:
-            group, budget = [], 0
-            for index in pending:
-                size = len(self.rows[index].prompt) - self.rows[index].suffix_from
-                if group and budget + size > self.max_prefill_tokens:
-                    groups.append(group)
-                    group, budget = [], 0
-                group.append(index)
-                budget += size
-            groups.append(group)
-        else:
-            groups = [[index] for index in pending]
+        first_tries = {index: self._first_trie(self.rows[index]) for index in pending}
+        sizes = {
+            index: len(self.rows[index].prompt) - self.rows[index].suffix_from + len(getattr(trie, "nodes", ()))
+            for index, trie in first_tries.items()
+        }
+        groups = group_by_padded_size(sizes, self.max_prefill_tokens) if self.batch_prefill else [[i] for i in pending]
         ranking: list[tuple[int, Any, CommandTrie]] = []
         for group in groups:
             suffixes = [self.rows[i].prompt[self.rows[i].suffix_from :] for i in group]
-            tries = [self._first_trie(self.rows[i]) for i in group]
+            tries = [first_tries[i] for i in group]
             tokens = [s + [t for t, _ in trie.nodes] if trie else s for s, trie in zip(suffixes, tries)]
             kept = [len(s) for s in suffixes]
             hidden = self._forward(group, tokens, kept=kept, tries=tries)
@@ -615,6 +608,22 @@ class SlotDecoder:
         target = torch.tensor(uniforms, device=scores.device)[:, None] * cumulative[:, -1:]
         drawn = torch.searchsorted(cumulative, target, right=True).clamp(max=scores.shape[-1] - 1)
         return drawn[:, 0].tolist()
+
+
+def group_by_padded_size(sizes: dict[int, int], max_tokens: int) -> list[list[int]]:
+    """Rows (row index -> new tokens) in prefill groups of like size: longest first, a row joins the group before it
+    while it is at least half that group's longest and the padded forward (rows x the longest) stays within
+    `max_tokens` (a longer row alone). Grouped in arrival order by their sum, a game's first prompt (~1,000 tokens
+    and its commands' trie) padded every continuation beside it (~100) to its length, and the trie's attention mask,
+    built on the CPU, grows with each row's padded length squared."""
+    groups: list[list[int]] = []
+    for index in sorted(sizes, key=lambda i: -sizes[i]):
+        longest = sizes[groups[-1][0]] if groups else 0
+        if groups and 2 * sizes[index] >= longest and (len(groups[-1]) + 1) * longest <= max_tokens:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

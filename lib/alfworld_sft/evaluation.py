@@ -510,6 +510,12 @@ def course_finetuned_config(
     )
 
 
+def course_served_config(base: EvalConfig, small: bool) -> EvalConfig:
+    """Notebook 05's run of the exported model (`run_served_when_present`): the base run's games, with the
+    fine-tuned runs' step cap (full mode: the seed's 50, where the base model plays `FULL_BASE_STEPS`)."""
+    return base if small else replace(base, max_steps=FULL_STEPS)
+
+
 def prepare_games(config: EvalConfig) -> list[Path]:
     """The games `config` plays, generating them first when the course plays its own (no $ALFWORLD_DATA)."""
     from alfworld_sft import generate

@@ -12,6 +12,8 @@ The causes, checked in this order (the first that holds is the game's cause):
 * `search_loop`: a stretch of the game between two handlings (take, put, heat, cool, clean, use) that made at least
   `MIN_MOVES` moves, a third of them back to places already visited in that stretch: the agent forgot where it had
   searched, whether for the object, the lamp, the second object or the place to put it;
+* `found_late`: the task's object was first picked up (in the last trial) with fewer turns left than finishing the
+  task takes at the least (`FINISH_TURNS`): a long search without revisits left no room for the task's steps;
 * `task_step_missed`: the task's object was picked up, and the game was still lost (wrong place, a missing clean,
   heat, cool or lamp step);
 * `seen_not_taken`: an observation showed the task's object, and it was never picked up;
@@ -35,6 +37,7 @@ CAUSES = (
     "invalid_replies",
     "wrong_object",
     "search_loop",
+    "found_late",
     "task_step_missed",
     "seen_not_taken",
     "step_limit",
@@ -44,15 +47,25 @@ INVALID_SHARE = 0.25  # replies that named no admissible command, as a share of 
 REVISIT_SHARE = 1 / 3  # moves back to a place visited in the same stretch, as a share of the stretch's moves
 MIN_MOVES = 6  # a stretch of fewer moves than this says nothing about a search
 HANDLINGS = ("take ", "move ", "put ", "heat ", "cool ", "clean ", "use ")  # commands that end a stretch of search
+# The fewest turns a task takes once its object is first in hand: go to the place and put it (a look task: go to
+# the lamp and use it; a pick-two task: that, then go to the second object, take it, go back and put it); a clean,
+# heat or cool task goes to the appliance and uses it first.
+FINISH_TURNS = {"pick_and_place_simple": 2, "look_at_obj_in_light": 2, "pick_two_obj_and_place": 6}
+FINISH_TURNS_WITH_APPLIANCE = 4
 
 
-def target_object(game_id: str) -> str:
-    """The task's object as the game's text spells it (`SaltShaker` -> `saltshaker`), from the game's folder."""
+def game_folder_parts(game_id: str) -> list[str]:
+    """`<task_type>-<Object>-<Mrecep>-<Parent>-<scene>` of the game's folder, split."""
     folder = game_id.rstrip("/").split("/")[-2] if "/trial_" in game_id else game_id.rstrip("/").split("/")[-1]
     parts = folder.split("-")
     if len(parts) < 5:
         raise ValueError(f"{game_id}: not an ALFWorld game folder (<task_type>-<Object>-<Mrecep>-<Parent>-<scene>)")
-    return parts[1].lower()
+    return parts
+
+
+def target_object(game_id: str) -> str:
+    """The task's object as the game's text spells it (`SaltShaker` -> `saltshaker`), from the game's folder."""
+    return game_folder_parts(game_id)[1].lower()
 
 
 def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,10 +80,13 @@ def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
     loop_moves = loop_revisits = 0  # the stretch with the most revisits
     seen = bool(mention.search(record.get("first_observation", "")))
     taken, others = False, []
+    turns_left_after_taking = None  # in the last trial, after its first pick of the task's object
     for trial in record.get("transcript", ()):
         stretch: set[str] = set()
         stretch_moves = stretch_revisits = 0
-        for turn in trial.get("turns", ()):
+        trial_turns = trial.get("turns", ())
+        turns_left_after_taking = None
+        for index, turn in enumerate(trial_turns):
             command = turn.get("command") or ""
             observation = turn.get("observation") or ""
             if turn.get("how") == "invalid" or not command:
@@ -89,6 +105,8 @@ def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
             if kind := picked.match(observation):
                 if kind.group(1) == target:
                     taken = True
+                    if turns_left_after_taking is None:
+                        turns_left_after_taking = len(trial_turns) - index - 1
                 else:
                     others.append(kind.group(1))
     turns = sum(len(trial.get("turns", ())) for trial in record.get("transcript", ()))
@@ -101,6 +119,7 @@ def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
         "invalid": invalid,
         "seen": seen,
         "taken": taken,
+        "turns_left_after_taking": turns_left_after_taking,
         "other_objects_taken": others,
     }
 
@@ -116,6 +135,11 @@ def classify_failure(record: Mapping[str, Any]) -> str:
         return "wrong_object"
     if search["loop_moves"] >= MIN_MOVES and search["loop_revisits"] >= REVISIT_SHARE * search["loop_moves"]:
         return "search_loop"
+    left = search["turns_left_after_taking"]
+    if left is not None and left < FINISH_TURNS.get(
+        game_folder_parts(record["game_id"])[0], FINISH_TURNS_WITH_APPLIANCE
+    ):
+        return "found_late"
     if search["taken"]:
         return "task_step_missed"
     if search["seen"]:

@@ -48,6 +48,16 @@ def choose_merge_dtype(parameters: int, gpu_free_bytes: int | None) -> str:
     return "bfloat16"
 
 
+def count_base_parameters(base: str, base_path: str | Path) -> int:
+    """The base model's parameters from its config (`recipes.count_parameters`), or, for a config of another shape
+    than a Llama-like decoder's, from its weight files' size at 2 bytes a parameter (a float32 checkpoint counts
+    double: the merge then leans to bfloat16, never past the card's memory)."""
+    try:
+        return recipes.count_parameters(base)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return sum(path.stat().st_size for path in Path(base_path).glob("*.safetensors")) // 2
+
+
 class BaseModelMismatchError(ValueError):
     """A --base that is not the model the adapter was trained on."""
 
@@ -225,7 +235,7 @@ def merge_adapter(config: MergeConfig, log: Callable[[str], None] = print) -> di
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else None
-    dtype_name = choose_merge_dtype(recipes.count_parameters(base), free)
+    dtype_name = choose_merge_dtype(count_base_parameters(base, base_path), free)
     dtype = getattr(torch, dtype_name)
     log(f"base {base} ({base_path}) in {dtype_name} on {device}; adapter {adapter_dir}")
     own_tokenizer = (adapter_dir / "tokenizer_config.json").exists()

@@ -80,11 +80,10 @@ LOSS_BYTES_PER_LOGIT = 12  # without Liger: bf16 logits, their fp32 copy, log-so
 # micro-batch with gradient checkpointing is the faster choice.
 NO_RECOMPUTE_MIN_TOKENS = 4096
 # sdpa over a packed pass (no varlen kernel: a T4) attends through one block-diagonal mask of the pass's tokens
-# squared, and its scores for one layer at a time: bytes per head and pair of tokens. Calibrated on an H100 forced
-# to a T4's set-up (2026-12-05: float16, sdpa, the 135M default): 19.6 GiB peak for a pass of 13,236 tokens, where
-# the linear terms above, which overstate this model's use 2.4 times (28.7 GiB measured, 66.2 estimated for
-# 65,536 tokens with the varlen kernel), leave ~7.4 GiB: ~8.3 bytes a score.
-SDPA_PACKED_BYTES_PER_SCORE = 9
+# squared, and holds one layer's scores and their softmax at a time: 2 + 2 bytes per head and pair of tokens in 16
+# bits. Checked on an H100 forced to a T4's set-up (2026-12-05: float16, sdpa, the 135M default): a pass of 13,236
+# tokens peaked at 19.6 GiB, planned at 15.0 without this term and 20.9 with it.
+SDPA_PACKED_BYTES_PER_SCORE = 4
 
 
 def estimate_training_memory(
@@ -156,7 +155,8 @@ def plan_memory(
     the most that fit (or `tokens_per_pass`). Padded, a micro-batch holds a number of sequences, sized as if each
     were `max_seq_len` long. Without recomputation when a pass still holds `NO_RECOMPUTE_MIN_TOKENS` tokens (or
     the whole step); otherwise with gradient checkpointing and the largest pass that fits.
-    `gradient_checkpointing` pins that choice; `packed_sdpa` says packed passes attend through sdpa's mask."""
+    `gradient_checkpointing` pins that choice; `packed_sdpa` says a pass's sequences are packed into one row that
+    attends through sdpa's mask (its square counted), whether the pass is sized in tokens or in sequences."""
     whole_step = effective_batch * max_seq_len
 
     def need(tokens: int, checkpointing: bool) -> float:
@@ -168,7 +168,7 @@ def plan_memory(
             liger=liger,
             lora_r=lora_r,
             targets=targets,
-            packed_sdpa=packed_sdpa and packing,
+            packed_sdpa=packed_sdpa,
         )
 
     def most_tokens(checkpointing: bool) -> int:  # the estimate grows with the tokens of a pass: bisect it
@@ -406,7 +406,7 @@ def resolve_setup(config: TrainConfig) -> TrainSetup:
         micro_batch=config.micro_batch,
         tokens_per_pass=config.tokens_per_pass,
         gradient_checkpointing=config.gradient_checkpointing,
-        packed_sdpa=attention == "sdpa",
+        packed_sdpa=packing and attention == "sdpa",
     )
     largest = (
         f"{plan.tokens_per_pass:,} tokens a pass"
