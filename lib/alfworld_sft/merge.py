@@ -32,9 +32,9 @@ from alfworld_sft.results import write_result
 
 MERGE_RECORD = "merge_record.json"
 ADAPTER_CONFIG = records.ADAPTER_CONFIG
-# Merged vs base+adapter logits: fp32 differ only by summation order; bf16 rounds W + BA to 8 mantissa bits.
-# (absolute, relative to the largest logit): bf16 rounds W + BA to 8 mantissa bits, an error that grows with the
-# logits' scale (an 8B model's random-weight logits reach ~60: 0.6 there is rounding, not a wrong merge).
+# Merged vs base+adapter logits, (absolute, relative to the largest logit): fp32 differ only by summation order (its
+# reductions ordered otherwise on a GPU than on a CPU: the relative share); bf16 rounds W + BA to 8 mantissa bits,
+# an error that grows with the logits' scale (an 8B model's random-weight logits reach ~60: 0.6 there is rounding).
 LOGIT_TOLERANCE = {"float32": (1e-3, 1e-4), "bfloat16": (0.5, 0.01)}
 
 
