@@ -421,6 +421,7 @@ def test_collect_command_lines_give_the_config_they_gave_before(monkeypatch):
     assert run("--task-types", "").task_types is None
     assert run("--no-show-memory").prompt_format == prompts.PromptFormat(show_memory=False)
     assert run("--show-holding").prompt_format == prompts.PromptFormat(show_memory=True, show_holding=True)
+    assert run("--search-order").prompt_format == prompts.PromptFormat(show_memory=True, search_order=True)
 
 
 @pytest.mark.parametrize(
@@ -466,7 +467,7 @@ COMMANDS = {
     "collect": (
         collect,
         (CollectConfig,),
-        {"--show-admissible-commands", "--show-memory", "--show-holding", "--from-trajectories"},
+        {"--show-admissible-commands", "--show-memory", "--show-holding", "--search-order", "--from-trajectories"},
     ),
 }
 # The commands without a config dataclass (one call's arguments): their few flags, written by hand.

@@ -1,6 +1,8 @@
 """The game's memory (`prompts.SearchMemory`): what it reads from observations, and the contract that collection
 and play render the same user turns with it, on a real game of the real engine."""
 
+import re
+
 import pytest
 from alfworld_sft import collect, files, games, prompts, records
 from alfworld_sft.agents import Trial, Turn, build_agent
@@ -131,3 +133,57 @@ def test_games_collected_without_memory_render_again_as_a_collection_with_it(tra
         collect.rerender_trajectories(tmp_path / "memory.jsonl", tmp_path / "back.jsonl", prompts.PromptFormat()) == 1
     )
     assert next(files.read_jsonl(tmp_path / "back.jsonl")) == plain
+
+
+def test_in_search_order_the_line_lists_first_where_alfreds_priors_put_the_object():
+    ordered = prompts.SearchMemory("put a cool tomato in countertop", ROOM, ordered=True)
+    # Priors for a tomato: countertop, sinkbasin, fridge; those that need no opening before the fridge; the rest
+    # (cabinets, drawer: openable) after them, by name. Kinds keep that order in the compressed line.
+    assert ordered.render() == "not searched: countertop 1, sinkbasin 1, fridge 1, cabinet 1-3, drawer 1; seen: none"
+    assert prompts.SearchMemory("put two knives in drawer", ROOM, ordered=True).target == "knife"
+    assert memory_after("put a cool tomato in countertop").startswith("not searched: cabinet 1-3, countertop 1")
+
+
+def test_a_look_task_searches_for_its_lamp_once_it_holds_its_object():
+    memory = prompts.SearchMemory("look at bowl under the desklamp", ROOM, ordered=True)
+    assert (memory.target, memory.lamp, memory.sought()) == ("bowl", "desklamp", "bowl")
+    assert memory.render().startswith("not searched: countertop 1, sinkbasin 1, cabinet 1-3, fridge 1, drawer 1")
+    memory.observe("You arrive at cabinet 1. On the cabinet 1, you see a bowl 1.")
+    memory.observe("You pick up the bowl 1 from the cabinet 1.")
+    # No prior places a lamp: the places that need no opening, then the rest, each by name.
+    assert memory.sought() == "desklamp"
+    assert memory.render() == "not searched: countertop 1, sinkbasin 1, cabinet 2-3, drawer 1, fridge 1; seen: none"
+
+
+def test_search_order_shows_the_memory_from_the_first_turn_and_is_stored_only_when_on():
+    ordered = prompts.PromptFormat(show_memory=True, search_order=True)
+    with pytest.raises(ValueError, match="search_order .* needs show_memory"):
+        prompts.PromptFormat(search_order=True)
+    first = prompts.render_user_turns("put a mug in fridge", ROOM, None, [], ordered)[0]
+    line = "not searched: countertop 1, sinkbasin 1, cabinet 1-3, fridge 1, drawer 1; seen: none"
+    assert first.endswith(f"\nMemory: {line}")
+    assert prompts.parse_turn(first) == ("put a mug in fridge", ROOM, None)
+    assert "Memory:" not in prompts.render_user_turns("put a mug in fridge", ROOM, None, [], MEMORY)[0]
+    assert "search_order" not in MEMORY.as_dict()
+    assert prompts.read_prompt_format(ordered.as_dict()) == ordered
+
+
+def test_every_search_move_of_the_teacher_is_the_first_place_the_ordered_line_lists(train_games):
+    # The contract that makes the order learnable, on real games of the real engine: until the task's object is
+    # first seen, the teacher goes to the place the line lists first (a kitchen, a look task, a two-object task).
+    ordered = prompts.PromptFormat(show_memory=True, search_order=True)
+    searches = 0
+    for task_type in (1, 2, 6):
+        gamefile = games.list_games("train", task_types=[task_type], limit=1)[0]
+        record = collect.play_game(gamefile, split="train", max_steps=30, prompt_format=ordered).record
+        turns = record["conversations"]
+        for user, assistant in zip(turns[::2], turns[1::2]):
+            memory = user["content"].partition("\nMemory: ")[2]
+            if not memory.endswith("seen: none"):
+                break  # found: from here on the teacher fetches, treats and delivers
+            command = assistant["content"]
+            listed = re.match(r"not searched: ([a-z]+) (\d+)", memory)
+            if command.startswith("go to ") and listed:
+                searches += 1
+                assert command == f"go to {listed[1]} {listed[2]}", (gamefile, memory)
+    assert searches >= 3

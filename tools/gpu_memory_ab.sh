@@ -5,7 +5,8 @@
 # where it put the task's objects; `collect --from-trajectories`: the same games and commands). Each arm is formatted,
 # trained with the recipe (no recipe flags) and plays grounded zero_shot on every eval_in_distribution game; the two
 # arms run side by side on the one GPU, 8 engine workers each. LIMIT=N collects N train games (balanced by type)
-# instead of the whole split (the recipe's data; ~11 minutes on 16 workers).
+# instead of the whole split (the recipe's data; ~4 minutes on 16 workers); FROM=JSONL plays nothing and renders
+# both arms from a collection already made (the course's results/oracle/trajectories.jsonl).
 #
 #     setsid nohup bash tools/gpu_memory_ab.sh > /root/ab.out 2>&1 < /dev/null &
 #     bash tools/gpu_memory_ab.sh watch $OUT 480   # a whole report every minute until both arms are done
@@ -53,8 +54,12 @@ print(max(won, key=lambda arm: (won[arm], arm == 'memory')))" 2>/dev/null) || ar
         export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
         mkdir -p "$RUN"
         { date -u +"start %FT%TZ"
-          alfworld-sft collect --split train ${LIMIT:+--limit "$LIMIT"} --workers 0 \
-              --output "$RUN/memory/trajectories.jsonl" &&
+          if [ -n "${FROM:-}" ]; then
+              alfworld-sft collect --from-trajectories "$FROM" --output "$RUN/memory/trajectories.jsonl"
+          else
+              alfworld-sft collect --split train ${LIMIT:+--limit "$LIMIT"} --workers 0 \
+                  --output "$RUN/memory/trajectories.jsonl"
+          fi &&
           # shellcheck disable=SC2086  # OTHER_FLAGS is a list of flags
           alfworld-sft collect --from-trajectories "$RUN/memory/trajectories.jsonl" $OTHER_FLAGS \
               --output "$RUN/$OTHER_ARM/trajectories.jsonl"

@@ -509,6 +509,7 @@ def _run_collect(args) -> int:
         show_admissible_commands=args.show_admissible_commands,
         show_memory=args.show_memory,
         show_holding=args.show_holding,
+        search_order=args.search_order,
     )
     if args.from_trajectories:
         files.check_output(args.output, "--output")
@@ -547,5 +548,12 @@ def configure_parser(subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=DEFAULT_PROMPT_FORMAT.show_holding,
         help="the memory also says what the robot holds and where it put the task's objects (needs --show-memory)",
+    )
+    parser.add_argument(
+        "--search-order",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_PROMPT_FORMAT.search_order,
+        help="the memory, from the first turn on, lists the places not searched in the order a search takes: where "
+        "ALFRED's priors put the object sought first, then places that need no opening (needs --show-memory)",
     )
     parser.set_defaults(func=_run_collect)

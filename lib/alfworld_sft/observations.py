@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+LAMP_CLASSES = frozenset({"desklamp", "floorlamp"})  # what a look task's object is looked at under
 NAME = r"[a-z]+ \d+"  # an object or a receptacle as the game names it: "cabinet 12", "mug 1"
 
 # Sentences that start an observation (match them with `.match` on the stripped text).

@@ -60,17 +60,21 @@ class PromptFormat:
     show_admissible_commands: bool = False  # append the engine's admissible commands to every user turn
     show_memory: bool = False  # append the game's memory (SearchMemory) to every user turn after the first
     show_holding: bool = False  # the memory also says what the robot holds and where it put the task's objects
+    search_order: bool = False  # the memory, from the first turn on, lists the places not searched in search order
 
     def __post_init__(self) -> None:
-        if self.show_holding and not self.show_memory:
-            raise ValueError("show_holding extends the game's memory line: it needs show_memory too")
+        for name in ("show_holding", "search_order"):
+            if getattr(self, name) and not self.show_memory:
+                raise ValueError(f"{name} changes the game's memory line: it needs show_memory too")
 
     def as_dict(self) -> dict[str, bool]:
-        """As records, training records and evaluation run keys store it. `show_holding` came later: it is written
-        only when on, so that what was written before it existed still equals what is written today."""
+        """As records, training records and evaluation run keys store it. `show_holding` and `search_order` came
+        later: each is written only when on, so that what was written before it existed still equals what is
+        written today."""
         stored = dataclasses.asdict(self)
-        if not self.show_holding:
-            del stored["show_holding"]
+        for name in ("show_holding", "search_order"):
+            if not stored[name]:
+                del stored[name]
         return stored
 
 
@@ -154,9 +158,16 @@ def render_first_turn(
     observation: str,
     admissible_commands: Sequence[str] | None = None,
     fmt: PromptFormat = PromptFormat(),
+    memory: str | None = None,
 ) -> str:
-    """The first user turn: the task and the first observation."""
-    return _with_commands(f"Task: {task}.\nObservation: {observation}", admissible_commands, fmt)
+    """The first user turn: the task and the first observation (and, under `search_order`, the memory line: the
+    first move is a search too)."""
+    text = f"Task: {task}.\nObservation: {observation}"
+    if fmt.search_order:
+        if memory is None:
+            raise ValueError("this prompt format shows the game's memory from the first turn on, but none was given")
+        text += f"{MEMORY_PREFIX}{memory}"
+    return _with_commands(text, admissible_commands, fmt)
 
 
 def render_turn(
@@ -183,8 +194,8 @@ def render_user_turns(
 ) -> list[str]:
     """Every user turn of a game: the first, then one per (observation, admissible commands) that followed a
     command. Collection, play and labelling all render a game through this, so they cannot drift apart."""
-    turns = [render_first_turn(task, first_observation, first_admissible, fmt)]
-    memory = SearchMemory(task, first_observation, holding=fmt.show_holding)
+    memory = SearchMemory(task, first_observation, holding=fmt.show_holding, ordered=fmt.search_order)
+    turns = [render_first_turn(task, first_observation, first_admissible, fmt, memory.render())]
     for observation, admissible in later:
         memory.observe(observation)
         turns.append(render_turn(observation, admissible, fmt, memory.render() if fmt.show_memory else None))
@@ -198,7 +209,10 @@ class SearchMemory:
       counts as searched once an observation shows what is on or in it (arriving at an open place, or opening it);
     * where each object of the task's kinds was last seen (an object taken is forgotten until it is put down);
     * with `holding` (`PromptFormat.show_holding`): where the robot put objects of the task's kinds down ("placed",
-      no longer "seen") and what it holds now.
+      no longer "seen") and what it holds now;
+    * with `ordered` (`PromptFormat.search_order`): the places not searched in the order a search for what the task
+      needs next takes (`teacher.rank_for_search`: where ALFRED's priors put the task's object first, the lamp's
+      once a look task holds its object; then places that need no opening; then by name), not by name alone.
 
     A model's window drops the oldest turns of a long game; this line keeps what they showed, so that the search
     goes on where it stopped instead of going round the same places again. The sentences are read by
@@ -209,16 +223,27 @@ class SearchMemory:
         memory.render()  # 'not searched: cabinet 1-4, drawer 1, 2, ...; seen: mug 1 (countertop 1)'
     """
 
-    def __init__(self, task: str, first_observation: str, *, holding: bool = False):
+    def __init__(self, task: str, first_observation: str, *, holding: bool = False, ordered: bool = False):
         self.unsearched = list(dict.fromkeys(observations.parse_room(first_observation)))
-        words = set(re.findall(r"[a-z]+", task.lower()))
+        words = re.findall(r"[a-z]+", task.lower())
         # "mugs", "knives", "tomatoes": a kind counts as the task's when the task names it, plural or not.
-        self.kinds = words | {w[:-1] for w in words if w.endswith("s")} | {w[:-2] for w in words if w.endswith("es")}
-        self.kinds |= {w[:-3] + "fe" for w in words if w.endswith("ves")}
+        self.kinds = set().union(*(_singulars(word) for word in words))
         self.seen: dict[str, str] = {}
         self.tracks_hands = holding
         self.placed: dict[str, str] = {}  # the task's objects the robot put down, and where
         self.held: str | None = None
+        self.ordered = ordered
+        self.target = self.lamp = None
+        if ordered:
+            from alfworld_sft import teacher
+
+            # Every task sentence names its object before anything else it names ("put a hot mug in sidetable",
+            # "look at bowl under the desklamp"); a look task also names the lamp its object is looked at under.
+            known = teacher.object_classes() | observations.LAMP_CLASSES  # lamps stand; ALFRED's priors place none
+            named = [kind for word in words for kind in sorted(_singulars(word)) if kind in known]
+            self.lamp = next((kind for kind in named if kind in observations.LAMP_CLASSES), None)
+            self.target = next((kind for kind in named if kind not in observations.LAMP_CLASSES), None)
+            self._openable = teacher.openable_classes()
 
     def observe(self, observation: str) -> None:
         """Take in what a command produced."""
@@ -243,24 +268,53 @@ class SearchMemory:
         elif text.startswith("You are not carrying anything"):
             self.held = None
 
+    def sought(self) -> str | None:
+        """The object class a search looks for now: the task's object, the lamp once a look task holds it."""
+        if self.lamp is not None and self.held is not None and observations.class_of(self.held) == self.target:
+            return self.lamp
+        return self.target
+
+    def places_to_search(self) -> list[str]:
+        """The places not searched yet, in the order the line lists them."""
+        if not self.ordered:
+            return self.unsearched
+        from alfworld_sft import teacher
+
+        sought = self.sought()
+        priors = teacher.receptacle_priors(sought) if sought else frozenset()
+        return sorted(self.unsearched, key=lambda place: teacher.rank_for_search(place, priors, self._openable))
+
     def render(self) -> str:
         seen = ", ".join(f"{thing} ({place})" for thing, place in self.seen.items()) or "none"
-        line = f"not searched: {compress_places(self.unsearched) or 'none'}; seen: {seen}"
+        places = compress_places(self.places_to_search(), keep_order=self.ordered)
+        line = f"not searched: {places or 'none'}; seen: {seen}"
         if self.tracks_hands:
             placed = ", ".join(f"{thing} ({place})" for thing, place in self.placed.items()) or "none"
             line += f"; placed: {placed}; holding: {self.held or 'nothing'}"
         return line
 
 
-def compress_places(places: Sequence[str]) -> str:
-    """Places in order of kind and number, runs of numbers as ranges: "cabinet 1-4, 7, drawer 2" (a kitchen's
-    thirty-odd places cost a third of the tokens so)."""
+def _singulars(word: str) -> set[str]:
+    """A word of a task and what it names if it is a plural: "knives" -> {"knives", "knive", "knife", ...}."""
+    forms = {word}
+    if word.endswith("s"):
+        forms.add(word[:-1])
+    if word.endswith("es"):
+        forms.add(word[:-2])
+    if word.endswith("ves"):
+        forms.add(word[:-3] + "fe")
+    return forms
+
+
+def compress_places(places: Sequence[str], *, keep_order: bool = False) -> str:
+    """Places grouped by kind, runs of numbers as ranges: "cabinet 1-4, 7, drawer 2" (a kitchen's thirty-odd places
+    cost a third of the tokens so). Kinds by name, or with `keep_order` in the order `places` first names them."""
     numbers: dict[str, list[int]] = {}
     for place in places:
         kind, number = place.rsplit(" ", 1)
         numbers.setdefault(kind, []).append(int(number))
     parts = []
-    for kind in sorted(numbers):
+    for kind in numbers if keep_order else sorted(numbers):
         runs: list[list[int]] = []
         for number in sorted(numbers[kind]):
             if runs and number == runs[-1][-1] + 1:

@@ -28,6 +28,7 @@ been searched does the search start over, and those decisions carry `guess=True`
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ def article(cls: str) -> str:
     return f"an {cls}" if cls[0] in "aeiou" else f"a {cls}"
 
 
+@functools.cache
 def receptacle_priors(object_class: str) -> frozenset[str]:
     """Receptacle classes (lower case) that ALFRED's priors say can hold an object class."""
     constants = games.import_alfworld("alfworld.gen.constants")
@@ -91,10 +93,29 @@ def receptacle_priors(object_class: str) -> frozenset[str]:
     )
 
 
+@functools.cache
 def openable_classes() -> frozenset[str]:
     constants = games.import_alfworld("alfworld.gen.constants")
 
     return frozenset(name.lower() for name in constants.OPENABLE_CLASS_LIST)
+
+
+@functools.cache
+def object_classes() -> frozenset[str]:
+    """Object classes (lower case) that ALFRED's priors place somewhere: what a task can ask to be found."""
+    constants = games.import_alfworld("alfworld.gen.constants")
+
+    return frozenset(name.lower() for objects in constants.VAL_RECEPTACLE_OBJECTS.values() for name in objects)
+
+
+def rank_for_search(receptacle: str, priors: frozenset[str], openable: frozenset[str]) -> tuple[bool, bool, tuple]:
+    """Where a receptacle comes in a search for an object whose class ALFRED's `priors` place in some receptacle
+    classes: those first, then those that need no opening, then by name. The game's memory line ranks by this
+    (`prompts.SearchMemory` under `PromptFormat.search_order`); the teacher's own order (`Teacher._search_order`)
+    is the same but for what only its bookkeeping knows: where the class was seen comes first, what stands at hand
+    before what needs a walk, and a receptacle seen to be a surface needs no opening."""
+    cls = class_of(receptacle)
+    return (cls not in priors, cls in openable, sort_key(receptacle))
 
 
 class Teacher:
