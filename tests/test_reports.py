@@ -315,3 +315,17 @@ def test_the_same_game_played_twice_side_by_side(played):
     other = next(r for r in played if r["game_id"] != game_id)
     with pytest.raises(ValueError, match="two different games"):
         reports.side_by_side(left, other, ["a", "b"])
+
+
+def test_notebook_05s_summary_names_each_runs_step_cap_and_games(run):
+    results = files.read_json(run)
+    base = {**results, "max_steps": 20, "num_games": 12}
+    served = {**results, "served": "llama-server"}
+    summary = reports.summarize_evaluations(base, {"free": results, "constrained": None}, served)
+    assert summary["base"] == summary["finetuned"] == reports.results_table(results)
+    assert summary["finetuned_constrained"] is None and summary["served"] == "llama-server"
+    assert summary["split"] == results["split"]
+    assert summary["max_steps"] == {"base": 20, "free": results["max_steps"], "served": results["max_steps"]}
+    assert summary["num_games"] == {"base": 12, "free": results["num_games"]}
+    alone = reports.summarize_evaluations(base, {"free": None, "constrained": None}, None)
+    assert alone["finetuned"] is alone["served_gguf"] is None and list(alone["max_steps"]) == ["base"]

@@ -231,6 +231,24 @@ def results_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def summarize_evaluations(
+    base: dict[str, Any], finetuned: Mapping[str, dict[str, Any] | None], served: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Notebook 05's summary (`05_evaluation.json`, which `course.render_results` reads): each run's table, the
+    split, and each run's step cap and games (the base model's sample plays fewer of both in full mode)."""
+    played = {"base": base, **{actions: run for actions, run in finetuned.items() if run}}
+    return {
+        "base": results_table(base),
+        "finetuned": results_table(finetuned["free"]) if finetuned.get("free") else None,
+        "finetuned_constrained": results_table(finetuned["constrained"]) if finetuned.get("constrained") else None,
+        "served_gguf": results_table(served) if served else None,
+        "served": served["served"] if served else None,
+        "split": base["split"],
+        "max_steps": {name: run["max_steps"] for name, run in {**played, "served": served}.items() if run},
+        "num_games": {name: run["num_games"] for name, run in played.items()},
+    }
+
+
 def _agent_order(name: str) -> int:
     from alfworld_sft.agents import AGENTS
 
