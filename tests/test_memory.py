@@ -187,3 +187,50 @@ def test_every_search_move_of_the_teacher_is_the_first_place_the_ordered_line_li
                 searches += 1
                 assert command == f"go to {listed[1]} {listed[2]}", (gamefile, memory)
     assert searches >= 3
+
+
+def test_recall_takes_in_only_what_stood_where_and_shows_from_the_first_turn():
+    earlier = [
+        "You arrive at cabinet 1. The cabinet 1 is closed.",
+        "You open the cabinet 1. The cabinet 1 is open. In it, you see a mug 1.",
+        "You arrive at countertop 1. On the countertop 1, you see a apple 1.",
+        "Nothing happens.",
+    ]
+    turns = prompts.render_user_turns("put a mug in fridge", ROOM, None, [("Nothing happens.", None)], MEMORY, earlier)
+    line = "not searched: cabinet 2-3, drawer 1, fridge 1, sinkbasin 1; seen: mug 1 (cabinet 1)"
+    assert turns[0].endswith(f"\nMemory: {line}") and turns[1].endswith(f"\nMemory: {line}")
+    assert prompts.parse_turn(turns[0]) == ("put a mug in fridge", ROOM, None)
+    # A format without the memory line has nowhere to show it: the turns are what they were.
+    plain = prompts.PromptFormat()
+    assert prompts.render_user_turns("put a mug in fridge", ROOM, None, [], plain, earlier) == [
+        prompts.render_first_turn("put a mug in fridge", ROOM, None, plain)
+    ]
+
+
+def test_a_failed_trial_is_recalled_in_the_next_until_it_moved_something(train_games, tmp_path):
+    from alfworld_sft.agents import Episode, observed_before_moving
+    from alfworld_sft.backends import Reply
+
+    records.write_training_record(tmp_path, records.TrainingRecord("smollm2-135m-instruct", MEMORY, 4096), seed=0)
+    agent = build_agent("reflexion", PromptCodec(CodecSpec(None, str(tmp_path))), actions="constrained")
+    gamefile = games.list_games("train", task_types=[1], limit=1)[0]
+    episode = Episode(agent, gamefile, game_id=games.game_id(gamefile), max_steps=4, seed=0)
+    try:
+        while episode.phase == "act":  # the first trial walks to four places, the last ones listed, and fails
+            goes = [c for c in episode.request().choices if c.startswith("go to ")]
+            episode.advance(Reply(goes[-1 - len(episode.trial.turns)], 1, 0.0))
+        first = episode.trials[0]
+        episode.advance(Reply("Look elsewhere.", 3, 0.0))
+        second = episode.trial
+        assert second is not first and second.recalled == tuple(turn.observation for turn in first.turns)
+        opening = agent.act_messages(second, episode.reflections)[1]["content"]
+        memory = prompts.SearchMemory(second.task, second.first_observation)
+        memory.recall(second.recalled)
+        assert opening.endswith(f"\nMemory: {memory.render()}")
+        assert memory.render() != prompts.SearchMemory(second.task, second.first_observation).render()
+    finally:
+        episode.close()
+    # What a trial saw after it picked something up is not the room the next trial finds.
+    took = "You pick up the mug 1 from the countertop 1."
+    turns = [Turn("c", "c", "exact", text, ()) for text in ("You arrive at countertop 1. On it...", took, "x")]
+    assert observed_before_moving(Trial("t", "o", (), turns=turns)) == ["You arrive at countertop 1. On it..."]

@@ -15,6 +15,10 @@ was trained (prompt format, window, and data format: bare commands, or "Thought:
 * `hierarchical`: a planner writes a numbered subgoal list, an executor follows it; after a failed trial the
   critique targets the plan, and the next trial's planner reads it.
 
+A multi-trial agent (reflexion, hierarchical) also carries what its failed trials saw into the next: for a model
+whose prompt format shows the game's memory line, the places an earlier trial searched and where it saw the task's
+objects, before it moved anything, are in that line from the next trial's first turn on (`Trial.recalled`).
+
 Reply -> command (`map_action`), the documented rule:
 1. exact: the reply's command (`prompts.parse_reply`: after the last "Action:", else the first line that is no
    thought; without ">", quotes, a final period) is admissible;
@@ -44,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alfworld_sft import prompts
+from alfworld_sft import observations, prompts
 from alfworld_sft.backends import PromptCodec, Reply, Request
 from alfworld_sft.prompts import Message, PromptFormat
 
@@ -138,6 +142,7 @@ class Trial:
     turns: list[Turn] = field(default_factory=list)
     won: bool = False
     dropped_pairs: int = 0  # oldest (reply, observation) pairs the prompt window has left behind
+    recalled: tuple[str, ...] = ()  # what earlier trials saw before they moved anything (the game's memory reads it)
 
 
 class Agent:
@@ -197,7 +202,9 @@ class Agent:
 
     def act_messages(self, trial: Trial, reflections: Sequence[str]) -> list[Message]:
         later = [(turn.observation, turn.admissible_commands) for turn in trial.turns]
-        users = prompts.render_user_turns(trial.task, trial.first_observation, trial.first_admissible, later, self.fmt)
+        users = prompts.render_user_turns(
+            trial.task, trial.first_observation, trial.first_admissible, later, self.fmt, trial.recalled
+        )
         conversation: list[Message] = [{"role": "user", "content": users[0]}]
         for turn, user in zip(trial.turns, users[1:]):
             conversation.append({"role": "assistant", "content": self.assistant_text(turn)})
@@ -361,7 +368,9 @@ class Episode:
         # The first trial is seeded as the collection plays the game (a generated game's walkthrough replays).
         seed = expert_seed(self.seed, self.game_id)
         self.state = self.game.reset(seed=f"{seed}:{len(self.trials)}" if self.trials else seed)
-        self.trials.append(Trial(self.state.task, self.state.observation, self.state.admissible_commands))
+        recalled = tuple(text for trial in self.trials for text in observed_before_moving(trial))
+        state = self.state
+        self.trials.append(Trial(state.task, state.observation, state.admissible_commands, recalled=recalled))
         self.phase = "plan" if self.agent.plans else "act"
 
     @property
@@ -473,6 +482,17 @@ class Episode:
             "transcript": [{"plan": t.plan, "won": t.won, "turns": [turn(u) for u in t.turns]} for t in self.trials],
             "actions": [u.command or f"(invalid) {u.reply}" for t in self.trials for u in t.turns],
         }
+
+
+def observed_before_moving(trial: Trial) -> list[str]:
+    """A trial's observations until it first picks something up: the room as the game starts it, which the next
+    trial finds again (a game resets to the same state whatever its seed)."""
+    seen = []
+    for turn in trial.turns:
+        if observations.TAKE.match(turn.observation.strip()):
+            break
+        seen.append(turn.observation)
+    return seen
 
 
 def _seed_of(text: str) -> int:

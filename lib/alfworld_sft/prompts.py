@@ -159,13 +159,15 @@ def render_first_turn(
     admissible_commands: Sequence[str] | None = None,
     fmt: PromptFormat = PromptFormat(),
     memory: str | None = None,
+    *,
+    recalled: bool = False,
 ) -> str:
-    """The first user turn: the task and the first observation (and, under `search_order`, the memory line: the
-    first move is a search too)."""
+    """The first user turn: the task and the first observation (and the memory line under `search_order`, the
+    first move being a search too, or when the memory `recalled` an earlier trial of the game)."""
     text = f"Task: {task}.\nObservation: {observation}"
-    if fmt.search_order:
+    if fmt.search_order or (recalled and fmt.show_memory):
         if memory is None:
-            raise ValueError("this prompt format shows the game's memory from the first turn on, but none was given")
+            raise ValueError("this prompt format shows the game's memory in the first turn, but none was given")
         text += f"{MEMORY_PREFIX}{memory}"
     return _with_commands(text, admissible_commands, fmt)
 
@@ -191,11 +193,15 @@ def render_user_turns(
     first_admissible: Sequence[str] | None,
     later: Sequence[tuple[str, Sequence[str] | None]],
     fmt: PromptFormat = PromptFormat(),
+    recalled: Sequence[str] = (),
 ) -> list[str]:
     """Every user turn of a game: the first, then one per (observation, admissible commands) that followed a
-    command. Collection, play and labelling all render a game through this, so they cannot drift apart."""
+    command. Collection, play and labelling all render a game through this, so they cannot drift apart.
+    `recalled`: what earlier trials of the game showed before they moved anything (`SearchMemory.recall`)."""
     memory = SearchMemory(task, first_observation, holding=fmt.show_holding, ordered=fmt.search_order)
-    turns = [render_first_turn(task, first_observation, first_admissible, fmt, memory.render())]
+    memory.recall(recalled)
+    first = render_first_turn(task, first_observation, first_admissible, fmt, memory.render(), recalled=bool(recalled))
+    turns = [first]
     for observation, admissible in later:
         memory.observe(observation)
         turns.append(render_turn(observation, admissible, fmt, memory.render() if fmt.show_memory else None))
@@ -267,6 +273,14 @@ class SearchMemory:
             self.held = next(iter(observations.parse_names(carrying["items"])), None)
         elif text.startswith("You are not carrying anything"):
             self.held = None
+
+    def recall(self, earlier: Sequence[str]) -> None:
+        """Take in the views (what stood on or in a place) of an earlier trial of the same game, observed before
+        that trial moved anything: every trial starts the game over as it was, so they still hold. This is the
+        memory a multi-trial agent carries into its next trial (`agents.Episode`)."""
+        for text in earlier:
+            if observations.parse_view(text.strip()) is not None:
+                self.observe(text)
 
     def sought(self) -> str | None:
         """The object class a search looks for now: the task's object, the lamp once a look task holds it."""
