@@ -200,8 +200,8 @@ def render_user_turns(
     `recalled`: what earlier trials of the game showed before they moved anything (`SearchMemory.recall`)."""
     memory = SearchMemory(task, first_observation, holding=fmt.show_holding, ordered=fmt.search_order)
     memory.recall(recalled)
-    first = render_first_turn(task, first_observation, first_admissible, fmt, memory.render(), recalled=bool(recalled))
-    turns = [first]
+    line = memory.render() if fmt.show_memory else None
+    turns = [render_first_turn(task, first_observation, first_admissible, fmt, line, recalled=bool(recalled))]
     for observation, admissible in later:
         memory.observe(observation)
         turns.append(render_turn(observation, admissible, fmt, memory.render() if fmt.show_memory else None))
