@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from alfworld_sft import collect, games, generate, merge, models, prompts, records
+from alfworld_sft import games, generate, merge, models, prompts, records
 from partials import leave_killed_partial
 
 # Games per split the suite uses: two of every task type.
@@ -65,7 +65,7 @@ def train_tiny_adapter(out: Path, steps: int = 3) -> Path:
     tokenizer.save_pretrained(out)
     record = records.TrainingRecord(
         base_model=models.DEFAULT_MODEL,
-        prompt_format=collect.DEFAULT_PROMPT_FORMAT,  # as the oracle fixtures collect: DAgger checks they agree
+        prompt_format=prompts.DEFAULT_PROMPT_FORMAT,  # as the oracle fixtures collect: DAgger checks they agree
         max_seq_len=1024,
         end_of_turn=models.end_of_turn_marker(tokenizer),
     )

@@ -2,7 +2,7 @@
 the order in which causes are checked."""
 
 import pytest
-from alfworld_sft import failures
+from alfworld_sft import failures, prompts
 
 GAME = "json_2.1.1/valid_seen/pick_and_place_simple-Pillow-None-Sofa-212/trial_T20190907_213524_129712"
 
@@ -90,3 +90,35 @@ def test_counts_cover_every_cause_and_skip_won_games():
         failures.classify_failure(lost(TAKEN, won=True))
     with pytest.raises(ValueError, match="not an ALFWorld game folder"):
         failures.target_object("json_2.1.1/train/odd/trial_1")
+
+
+def test_a_trace_shows_each_revisit_beside_the_memory_line_the_model_read():
+    room = "You are in the middle of a room. Looking quickly around you, you see a shelf 1, a shelf 2, a shelf 3."
+    record = {**lost(LOOP), "task": "put some pillow on sofa", "first_observation": room}
+    rows = failures.trace_search(record, prompts.DEFAULT_PROMPT_FORMAT)
+    assert [row["visit"] for row in rows] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    # Each shelf's contents are seen at its first visit; every later visit goes back to a place already searched.
+    assert [row["searched before"] for row in rows] == [False] * 3 + [True] * 9
+    assert rows[0]["memory line read"] == ""  # the trained default shows the line from the second turn on
+    assert rows[1]["memory line read"] == "not searched: shelf 2-3; seen: none"
+    assert rows[3]["memory line read"] == "not searched: none; seen: none"
+    ordered = failures.trace_search(record, prompts.PromptFormat(show_memory=True, search_order=True))
+    assert ordered[0]["memory line read"] == "not searched: shelf 1-3; seen: none"
+    # A model shown no memory line (the base model's format): the column stays empty, the revisits are the same.
+    bare = failures.trace_search(record, None)
+    assert {row["memory line read"] for row in bare} == {""} and [r["visit"] for r in bare] == [
+        r["visit"] for r in rows
+    ]
+    # A second trial starts with what the first saw before it picked anything up: shelf 1, then nothing more.
+    first = [LOOP[0], turn("take book 1 from shelf 1", "You pick up the book 1 from the shelf 1."), LOOP[1]]
+    again = {**record, "transcript": [{"plan": "", "won": False, "turns": first}, record["transcript"][0]]}
+    second = failures.trace_search(again, prompts.DEFAULT_PROMPT_FORMAT, trial=1)
+    assert second[0]["memory line read"] == "not searched: shelf 2-3; seen: none"
+    assert [row["searched before"] for row in second[:3]] == [True, False, False]
+
+
+def test_the_loop_example_is_the_lost_search_loop_with_most_revisits():
+    games = [lost(TAKEN), lost(LOOP[:7]), lost(LOOP), lost(LOOP, won=True)]
+    assert failures.pick_loop_example(games) is games[2]
+    assert failures.pick_loop_example([games[3]]) is games[3]  # nothing lost: the game with most revisits
+    assert failures.pick_loop_example([]) is None

@@ -205,10 +205,15 @@ def test_recall_takes_in_only_what_stood_where_and_shows_from_the_first_turn():
     assert prompts.render_user_turns("put a mug in fridge", ROOM, None, [], plain, earlier) == [
         prompts.render_first_turn("put a mug in fridge", ROOM, None, plain)
     ]
+    # A trial that saw no place's contents (invalid replies only) taught the next one nothing: its first turn is the
+    # one training showed.
+    assert prompts.render_user_turns("put a mug in fridge", ROOM, None, [], MEMORY, ["Nothing happens."] * 3) == [
+        prompts.render_first_turn("put a mug in fridge", ROOM, None, MEMORY)
+    ]
 
 
 def test_a_failed_trial_is_recalled_in_the_next_until_it_moved_something(train_games, tmp_path):
-    from alfworld_sft.agents import Episode, observed_before_moving
+    from alfworld_sft.agents import Episode
     from alfworld_sft.backends import Reply
 
     records.write_training_record(tmp_path, records.TrainingRecord("smollm2-135m-instruct", MEMORY, 4096), seed=0)
@@ -233,4 +238,4 @@ def test_a_failed_trial_is_recalled_in_the_next_until_it_moved_something(train_g
     # What a trial saw after it picked something up is not the room the next trial finds.
     took = "You pick up the mug 1 from the countertop 1."
     turns = [Turn("c", "c", "exact", text, ()) for text in ("You arrive at countertop 1. On it...", took, "x")]
-    assert observed_before_moving(Trial("t", "o", (), turns=turns)) == ["You arrive at countertop 1. On it..."]
+    assert prompts.observed_before_moving(t.observation for t in turns) == ["You arrive at countertop 1. On it..."]

@@ -129,6 +129,17 @@ def test_the_results_table_and_the_lost_games_by_cause(run):
     assert reports.format_table(lost).startswith("| agent     | task_type ")
 
 
+def test_the_loop_example_traces_the_lost_game_of_the_run(run, played):
+    """Notebook 05's search loop, on a real run: the expert, stopped short, loses one of the two games."""
+    example = reports.loop_example(files.read_json(run))
+    lost = next(r for r in played if r["agent"] == "zero_shot" and not r["won"])
+    assert example["heading"].startswith(f"zero_shot, {lost['game_id']}: {lost['task']}; lost (")
+    assert [row["step"] for row in example["rows"]] == list(range(1, lost["steps"] + 1))
+    assert [row["command"] for row in example["rows"]] == lost["actions"]
+    assert "no memory line" in example["heading"] and {row["memory line read"] for row in example["rows"]} == {""}
+    assert reports.loop_example(files.read_json(run), agent="reflexion") is None  # it did not play
+
+
 def test_write_results_writes_the_json_with_its_metadata_and_a_plot(played, tmp_path):
     results = reports.summarize_run(played, AGENTS, sorted({r["game_id"] for r in played}), model="expert")
     path = reports.write_results(tmp_path / "eval" / "again.json", results, seed=5)

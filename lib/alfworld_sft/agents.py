@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alfworld_sft import observations, prompts
+from alfworld_sft import prompts
 from alfworld_sft.backends import PromptCodec, Reply, Request
 from alfworld_sft.prompts import Message, PromptFormat
 
@@ -368,7 +368,9 @@ class Episode:
         # The first trial is seeded as the collection plays the game (a generated game's walkthrough replays).
         seed = expert_seed(self.seed, self.game_id)
         self.state = self.game.reset(seed=f"{seed}:{len(self.trials)}" if self.trials else seed)
-        recalled = tuple(text for trial in self.trials for text in observed_before_moving(trial))
+        recalled = tuple(
+            text for trial in self.trials for text in prompts.observed_before_moving(t.observation for t in trial.turns)
+        )
         state = self.state
         self.trials.append(Trial(state.task, state.observation, state.admissible_commands, recalled=recalled))
         self.phase = "plan" if self.agent.plans else "act"
@@ -482,17 +484,6 @@ class Episode:
             "transcript": [{"plan": t.plan, "won": t.won, "turns": [turn(u) for u in t.turns]} for t in self.trials],
             "actions": [u.command or f"(invalid) {u.reply}" for t in self.trials for u in t.turns],
         }
-
-
-def observed_before_moving(trial: Trial) -> list[str]:
-    """A trial's observations until it first picks something up: the room as the game starts it, which the next
-    trial finds again (a game resets to the same state whatever its seed)."""
-    seen = []
-    for turn in trial.turns:
-        if observations.TAKE.match(turn.observation.strip()):
-            break
-        seen.append(turn.observation)
-    return seen
 
 
 def _seed_of(text: str) -> int:

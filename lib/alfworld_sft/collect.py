@@ -33,11 +33,6 @@ from alfworld_sft.flags import add_options, config_from_args, option
 from alfworld_sft.results import write_result
 from alfworld_sft.task_types import TASK_TYPES
 
-# The game's memory in every later user turn: on one collection of 1,800 teacher games, trained alike, grounded
-# zero_shot won 127/140 eval_in_distribution games with it against 119 without, and search loops fell from 10 to 3
-# (one H200, 2026-12-05, tools/gpu_memory_ab.sh; results/README.md).
-DEFAULT_PROMPT_FORMAT = prompts.PromptFormat(show_memory=True)
-
 
 def split_task_types(text: str) -> tuple[str, ...] | None:
     """`--task-types 1,pick_and_place_simple` -> ("1", "pick_and_place_simple"); empty: None (every type)."""
@@ -65,7 +60,7 @@ class CollectConfig:
         None, "only these task types: comma-separated numbers 1-6 or names", type=split_task_types
     )
     seed: int = option(0, "sample seed and, with the game id, seed of Python's random for each game's expert")
-    prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT  # how user turns are rendered
+    prompt_format: prompts.PromptFormat = prompts.DEFAULT_PROMPT_FORMAT  # how user turns are rendered
     translate_once: bool = option(  # the same result, ~0.4 s less a game
         True,
         "let TextWorld translate each game's PDDL again at reset (slower; for comparison)",
@@ -121,7 +116,7 @@ def play_game(
     split: str,
     seed: int = 0,
     max_steps: int = 50,
-    prompt_format: prompts.PromptFormat = DEFAULT_PROMPT_FORMAT,
+    prompt_format: prompts.PromptFormat = prompts.DEFAULT_PROMPT_FORMAT,
     translate: bool = True,
     game_id: str | None = None,
     expert: str = engine.DEFAULT_EXPERT,
@@ -539,20 +534,20 @@ def configure_parser(subparsers) -> None:
     parser.add_argument(
         "--show-memory",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULT_PROMPT_FORMAT.show_memory,
+        default=prompts.DEFAULT_PROMPT_FORMAT.show_memory,
         help="add the game's memory (places not searched yet, the task's objects seen) to every later user turn "
         "(default: on, the measured recipe's)",
     )
     parser.add_argument(
         "--show-holding",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULT_PROMPT_FORMAT.show_holding,
+        default=prompts.DEFAULT_PROMPT_FORMAT.show_holding,
         help="the memory also says what the robot holds and where it put the task's objects (needs --show-memory)",
     )
     parser.add_argument(
         "--search-order",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULT_PROMPT_FORMAT.search_order,
+        default=prompts.DEFAULT_PROMPT_FORMAT.search_order,
         help="the memory, from the first turn on, lists the places not searched in the order a search takes: where "
         "ALFRED's priors put the object sought first, then places that need no opening (needs --show-memory)",
     )

@@ -3,6 +3,7 @@
     from alfworld_sft import failures
     failures.classify_failure(record)        # "search_loop", "invalid_replies", ... for one lost game
     failures.count_failures(records)         # {cause: games} over the lost games of a run
+    failures.trace_search(record, fmt)       # its moves turn by turn, beside the memory line the model read
 
 The causes, checked in this order (the first that holds is the game's cause):
 
@@ -32,6 +33,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from alfworld_sft import prompts
 
 CAUSES = (
     "invalid_replies",
@@ -77,11 +80,11 @@ def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
     mention = re.compile(rf"\b{re.escape(target)} \d+\b")
     picked = re.compile(r"^You pick up the ([a-z]+) \d+ from")
     moves = invalid = 0
-    loop_moves = loop_revisits = 0  # the stretch with the most revisits
+    loop_moves = loop_revisits = loop_trial = 0  # the stretch with the most revisits, and its trial
     seen = bool(mention.search(record.get("first_observation", "")))
     taken, others = False, []
     turns_left_after_taking = None  # in the last trial, after its first pick of the task's object
-    for trial in record.get("transcript", ()):
+    for trial_index, trial in enumerate(record.get("transcript", ())):
         stretch: set[str] = set()
         stretch_moves = stretch_revisits = 0
         trial_turns = trial.get("turns", ())
@@ -98,7 +101,7 @@ def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
                 stretch_revisits += place in stretch
                 stretch.add(place)
                 if (stretch_revisits, stretch_moves) > (loop_revisits, loop_moves):
-                    loop_moves, loop_revisits = stretch_moves, stretch_revisits
+                    loop_moves, loop_revisits, loop_trial = stretch_moves, stretch_revisits, trial_index
             elif command.startswith(HANDLINGS) and not observation.startswith("Nothing happens"):
                 stretch, stretch_moves, stretch_revisits = set(), 0, 0
             seen = seen or bool(mention.search(observation))
@@ -116,6 +119,7 @@ def describe_search(record: Mapping[str, Any]) -> dict[str, Any]:
         "moves": moves,
         "loop_moves": loop_moves,
         "loop_revisits": loop_revisits,
+        "loop_trial": loop_trial,
         "invalid": invalid,
         "seen": seen,
         "taken": taken,
@@ -147,6 +151,59 @@ def classify_failure(record: Mapping[str, Any]) -> str:
     if search["moves"] >= MIN_MOVES:
         return "step_limit"
     return "other"
+
+
+def trace_search(record: Mapping[str, Any], fmt: prompts.PromptFormat | None, trial: int = 0) -> list[dict[str, Any]]:
+    """One trial of a rollout turn by turn: the command; for a move, the how-manieth visit of its place in the trial
+    and whether the place's contents had been seen before (the memory line no longer lists it: a move back there is
+    the loop the memory is there to prevent); and the memory line the model read before it chose the command,
+    rendered from the game's own observations as the format it played in renders it (`prompts.render_user_turns`'
+    rules: earlier trials recalled, the first turn's line only where the format shows it there). `fmt` None or
+    without `show_memory`: the model read no line, and that column stays empty."""
+    turns = record["transcript"][trial]["turns"]
+    shown = fmt is not None and fmt.show_memory
+    fmt = fmt or prompts.PromptFormat()
+    memory = prompts.SearchMemory(
+        record["task"], record["first_observation"], holding=fmt.show_holding, ordered=fmt.search_order
+    )
+    learned = memory.recall(
+        [
+            text
+            for past in record["transcript"][:trial]
+            for text in prompts.observed_before_moving(turn.get("observation") or "" for turn in past["turns"])
+        ]
+    )
+    visits: Counter[str] = Counter()
+    rows = []
+    for step, turn in enumerate(turns, start=1):
+        command = turn.get("command") or ""
+        place = command[len("go to ") :] if command.startswith("go to ") else None
+        if place is not None:
+            visits[place] += 1
+        line_shown = shown and (step > 1 or fmt.search_order or learned)
+        rows.append(
+            {
+                "step": step,
+                "command": command or f"(invalid) {turn.get('reply', '')}",
+                "visit": visits[place] if place is not None else None,
+                "searched before": (place not in memory.unsearched) if place is not None else None,
+                "memory line read": memory.render() if line_shown else "",
+            }
+        )
+        memory.observe(turn.get("observation") or "")
+    return rows
+
+
+def pick_loop_example(records: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The game that shows a search loop best: a lost game whose cause is `search_loop`, else any lost game, else any
+    game, the one with the most revisits in one stretch of search first. None when there is no game."""
+
+    def strength(record: Mapping[str, Any]) -> tuple[bool, bool, int, int]:
+        search = describe_search(record)
+        lost = not record.get("won")
+        return lost, lost and classify_failure(record) == "search_loop", search["loop_revisits"], search["moves"]
+
+    return max(records, key=strength, default=None)
 
 
 def count_failures(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alfworld_sft import failures, files, paths, records
+from alfworld_sft import failures, files, paths, prompts, records
 from alfworld_sft.task_types import TASK_TYPES, task_label
 
 # ---------------------------------------------------------------------------------------------------- tables
@@ -207,6 +207,30 @@ def failure_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                              **entry["failures"]})  # fmt: skip
         rows.append({"agent": agent, "task_type": "all", "lost": block["games"] - block["won"], **block["failures"]})
     return rows
+
+
+def loop_example(results: Mapping[str, Any], agent: str = "zero_shot") -> dict[str, Any] | None:
+    """The game of a run that shows a search loop best (`failures.pick_loop_example`, among `agent`'s games): its
+    trial with the longest loop traced turn by turn beside the memory line the model read (`failures.trace_search`,
+    in the prompt format the run played, as its run key stores it). None when the agent played no game."""
+    record = failures.pick_loop_example(r for r in played_games(results["config"]["output"]) if r["agent"] == agent)
+    if record is None:
+        return None
+    # A fine-tuned run's key holds its adapter's prompt format beside other keys; a base run's holds none.
+    prompt = results["run"]["prompt"]
+    fields = {name: prompt[name] for name in prompts.PromptFormat.__dataclass_fields__ if name in prompt}
+    fmt = prompts.read_prompt_format(fields) if fields else None
+    search = failures.describe_search(record)
+    outcome = "won" if record["won"] else f"lost ({failures.classify_failure(record)})"
+    read = "the memory line it read" if fmt and fmt.show_memory else "no memory line: this model was not shown one"
+    return {
+        "heading": (
+            f"{agent}, {record['game_id']}: {record['task']}; {outcome} in {search['turns']} turns, {search['moves']} "
+            f"moves; its longest search (trial {search['loop_trial'] + 1}): {search['loop_revisits']} of "
+            f"{search['loop_moves']} moves back to a place already visited; {read}"
+        ),
+        "rows": failures.trace_search(record, fmt, trial=search["loop_trial"]),
+    }
 
 
 def write_results(path: str | os.PathLike[str], results: dict[str, Any], *, seed: int) -> Path:
