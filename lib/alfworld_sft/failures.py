@@ -29,6 +29,7 @@ real and generated games share.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -156,41 +157,40 @@ def classify_failure(record: Mapping[str, Any]) -> str:
 def trace_search(record: Mapping[str, Any], fmt: prompts.PromptFormat | None, trial: int = 0) -> list[dict[str, Any]]:
     """One trial of a rollout turn by turn: the command; for a move, the how-manieth visit of its place in the trial
     and whether the place's contents had been seen before (the memory line no longer lists it: a move back there is
-    the loop the memory is there to prevent); and the memory line the model read before it chose the command,
-    rendered from the game's own observations as the format it played in renders it (`prompts.render_user_turns`'
-    rules: earlier trials recalled, the first turn's line only where the format shows it there). `fmt` None or
-    without `show_memory`: the model read no line, and that column stays empty."""
+    the loop the memory is there to prevent); and the memory line the model read before it chose the command, taken
+    from the user turns as play renders them in `fmt` (`prompts.render_user_turns`, earlier trials recalled). `fmt`
+    None or without `show_memory`: the model read no line, and that column stays empty."""
     turns = record["transcript"][trial]["turns"]
-    shown = fmt is not None and fmt.show_memory
-    fmt = fmt or prompts.PromptFormat()
-    memory = prompts.SearchMemory(
-        record["task"], record["first_observation"], holding=fmt.show_holding, ordered=fmt.search_order
+    seen = [turn.get("observation") or "" for turn in turns]
+    recalled = [
+        text
+        for past in record["transcript"][:trial]
+        for text in prompts.observed_before_moving(turn.get("observation") or "" for turn in past["turns"])
+    ]
+    # The memory line does not depend on the commands listed beside it: render without them.
+    shown = dataclasses.replace(fmt or prompts.PromptFormat(), show_admissible_commands=False)
+    read = prompts.render_user_turns(
+        record["task"], record["first_observation"], None, [(text, None) for text in seen[:-1]], shown, recalled
     )
-    learned = memory.recall(
-        [
-            text
-            for past in record["transcript"][:trial]
-            for text in prompts.observed_before_moving(turn.get("observation") or "" for turn in past["turns"])
-        ]
-    )
+    memory = prompts.SearchMemory(record["task"], record["first_observation"])
+    memory.recall(recalled)
     visits: Counter[str] = Counter()
     rows = []
-    for step, turn in enumerate(turns, start=1):
+    for step, (turn, user_turn) in enumerate(zip(turns, read), start=1):
         command = turn.get("command") or ""
         place = command[len("go to ") :] if command.startswith("go to ") else None
         if place is not None:
             visits[place] += 1
-        line_shown = shown and (step > 1 or fmt.search_order or learned)
         rows.append(
             {
                 "step": step,
                 "command": command or f"(invalid) {turn.get('reply', '')}",
                 "visit": visits[place] if place is not None else None,
                 "searched before": (place not in memory.unsearched) if place is not None else None,
-                "memory line read": memory.render() if line_shown else "",
+                "memory line read": user_turn.partition(prompts.MEMORY_PREFIX)[2],
             }
         )
-        memory.observe(turn.get("observation") or "")
+        memory.observe(seen[step - 1])
     return rows
 
 
